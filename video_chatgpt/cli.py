@@ -1,0 +1,52 @@
+"""``video-chatgpt <command> [flags]``: one console command, a name -> function map over the pipeline stages.
+
+Every command is ``module:main(argv) -> exit status``; modules are imported only when their command runs, so
+``video-chatgpt --help`` is instant. ``video-chatgpt <command> --help`` shows each command's flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "apply-delta": ("video_chatgpt.weights.apply_delta:main", "base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)"),
+    "make-delta": ("video_chatgpt.weights.make_delta:main", "target - base -> a delta folder (inverse of apply-delta)"),
+    "check-weights": ("video_chatgpt.weights.check:main", "check that a folder is a usable LLaVA-7B-Lightening-v1-1 base"),
+    "convert": ("video_chatgpt.data.convert:main", "VideoInstruct JSON -> training JSON"),
+    "data": ("video_chatgpt.data.cli:main", "data check | data inspect: look at the training data before training"),
+    "extract-features": ("video_chatgpt.features.extract:main", "videos -> spatio-temporal CLIP feature files"),
+    "train": ("video_chatgpt.train.train:main", "train Video-ChatGPT (same flags as video_chatgpt/train/train_mem.py)"),
+    "report": ("video_chatgpt.train.report:main", "write training_report.md and loss.png for a run folder"),
+    "chat": ("video_chatgpt.inference.chat:main", "ask a trained model about a video"),
+    "predict": ("video_chatgpt.inference.predict:main", "batch prediction over a benchmark question file"),
+    "demo": ("video_chatgpt.inference.demo:main", "gradio demo (video upload + chat), on localhost"),
+    "sample": ("video_chatgpt.sample.cli:main", "sample models | sample world: the tiny offline sample"),
+    "quickstart": ("video_chatgpt.quickstart:main", "the whole pipeline on the bundled sample"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: video-chatgpt <command> [flags]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"video-chatgpt: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = COMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

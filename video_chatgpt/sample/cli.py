@@ -1,0 +1,37 @@
+"""``video-chatgpt sample models|world|awkward --out DIR``: make the tiny offline sample.
+
+    video-chatgpt sample models --out runs/sample/models      # tiny LLaVA-like LM + tiny CLIP tower
+    video-chatgpt sample world --out runs/sample/world        # synthetic videos, VideoInstruct JSON, test QA
+    video-chatgpt sample awkward --out runs/sample/awkward    # short / odd-size / corrupt / empty / non-video files
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="video-chatgpt sample", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["models", "world", "awkward"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--safetensors", action="store_true", help="models: write safetensors shards, not .bin")
+    parser.add_argument("--num_train", type=int, default=48, help="world: training videos")
+    parser.add_argument("--num_test", type=int, default=16, help="world: held-out videos")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.what == "models":
+        from video_chatgpt.sample.models import make_sample_models
+
+        paths = make_sample_models(args.out, safetensors=args.safetensors)
+    elif args.what == "world":
+        from video_chatgpt.sample.world import make_sample_world
+
+        paths = make_sample_world(args.out, num_train=args.num_train, num_test=args.num_test, seed=args.seed)
+    else:
+        from video_chatgpt.sample.videos import make_awkward_videos
+
+        paths = make_awkward_videos(args.out, seed=args.seed)
+    for role, path in paths.items():
+        print(f"{role}: {path}")
+    return 0

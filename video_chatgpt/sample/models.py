@@ -1,0 +1,277 @@
+"""Tiny offline stand-ins for the real model folders, laid out exactly like them.
+
+* ``make_tiny_llava(path)``: a folder shaped like ``LLaVA-7B-Lightening-v1-1``: a LLaMA-architecture causal LM
+  (few layers, small hidden size), ``config.json`` with LLaVA's ``mm_*`` keys and ``model_type: "llava"``,
+  weights as PyTorch ``.bin`` shards with ``pytorch_model.bin.index.json`` (or safetensors shards), LLaVA's image
+  projector ``model.mm_projector.{weight,bias}``, and the slow SentencePiece tokenizer layout (``tokenizer.model``,
+  ``tokenizer_config.json``, ``special_tokens_map.json``, ``added_tokens.json`` with ``<im_patch>``/``<im_start>``/
+  ``<im_end>`` = 32000-32002). No ``tokenizer.json``, as in the real folder.
+* ``make_tiny_clip(path)``: a ``CLIPVisionModel`` folder with the real ViT-L/14 geometry where it matters for shapes
+  (224 px, patch 14, so 16x16 = 256 patch tokens) and the real ``preprocessor_config.json``, but tiny width/depth.
+
+Both are written with ``save_pretrained``/``torch.save`` and are meant to be read back only through the code paths
+real weights take. The SentencePiece file is the real LLaMA-format one shipped in the PyPI package ``mistral-common``
+(32000 pieces, ``<unk>``/``<s>``/``</s>`` = 0/1/2).
+
+CLI: ``video-chatgpt sample models --out runs/sample/models``
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from video_chatgpt.constants import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+
+# The real ViT-L/14 preprocessor_config.json (openai/clip-vit-large-patch14), verbatim in content.
+CLIP_PREPROCESSOR_CONFIG = {
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 224,
+}
+
+
+def llama_sentencepiece_file() -> Path:
+    """Path of the LLaMA-format SentencePiece model shipped in ``mistral-common`` (without importing that package)."""
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the sample tokenizer needs the PyPI package 'mistral-common' (pip install 'video-chatgpt[sample]')"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "tokenizer.model.v1"
+    if not path.is_file():
+        raise RuntimeError(f"mistral-common is installed but {path} is missing")
+    return path
+
+
+@dataclass(frozen=True)
+class TinyLlavaSpec:
+    """Sizes of the tiny LLaVA-like model. Defaults: ~2.5M parameters, most of them the 32003-row embeddings."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 172
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    mm_hidden_size: int = 32  # width of the vision tower whose features the projector reads
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TinyClipSpec:
+    """Sizes of the tiny CLIP vision tower. Image 224 / patch 14 keep the real 16x16 patch grid."""
+
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    image_size: int = 224
+    patch_size: int = 14
+    seed: int = 0
+
+
+def write_llava_tokenizer(path: Path) -> None:
+    """Write the slow SentencePiece tokenizer layout of LLaVA-7B-Lightening-v1-1 (32003 tokens) into ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(llama_sentencepiece_file(), path / "tokenizer.model")
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "pad_token": None,
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": 2048,
+                "padding_side": "right",
+                "legacy": True,
+            },
+            indent=2,
+        )
+    )
+    (path / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}, indent=2)
+    )
+    (path / "added_tokens.json").write_text(
+        json.dumps({IMAGE_PATCH_TOKEN: 32000, IMAGE_START_TOKEN: 32001, IMAGE_END_TOKEN: 32002}, indent=2)
+    )
+
+
+def write_sharded_state_dict(
+    state_dict: dict[str, torch.Tensor], path: Path, num_shards: int, safetensors: bool
+) -> list[str]:
+    """Write ``state_dict`` as ``num_shards`` checkpoint shards plus the HF index file. Returns the shard names.
+
+    ``.bin`` shards are named ``pytorch_model-0000i-of-0000n.bin`` with ``pytorch_model.bin.index.json`` (the
+    layout of the 2023 LLaVA folders); safetensors shards ``model-0000i-of-0000n.safetensors`` with
+    ``model.safetensors.index.json``. One shard is written without an index, as ``save_pretrained`` does.
+    """
+    from safetensors.torch import save_file
+
+    names = list(state_dict)
+    num_shards = max(1, min(num_shards, len(names)))
+    per = -(-len(names) // num_shards)
+    ext, stem, index_name = (
+        ("safetensors", "model", "model.safetensors.index.json")
+        if safetensors
+        else ("bin", "pytorch_model", "pytorch_model.bin.index.json")
+    )
+    weight_map: dict[str, str] = {}
+    shard_files = []
+    total = 0
+    for i in range(num_shards):
+        chunk = {k: state_dict[k].contiguous() for k in names[i * per : (i + 1) * per]}
+        if not chunk:
+            continue
+        fname = f"{stem}.{ext}" if num_shards == 1 else f"{stem}-{i + 1:05d}-of-{num_shards:05d}.{ext}"
+        if safetensors:
+            save_file(chunk, str(path / fname), metadata={"format": "pt"})
+        else:
+            torch.save(chunk, path / fname)
+        shard_files.append(fname)
+        for k, v in chunk.items():
+            weight_map[k] = fname
+            total += v.numel() * v.element_size()
+    if num_shards > 1:
+        (path / index_name).write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
+    return shard_files
+
+
+def make_tiny_clip(path: str | Path, spec: TinyClipSpec = TinyClipSpec()) -> Path:
+    """Create a tiny ``CLIPVisionModel`` folder (config, safetensors weights, real ViT-L/14 preprocessor config)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    config = CLIPVisionConfig(
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.hidden_size,
+    )
+    CLIPVisionModel(config).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR_CONFIG, indent=2))
+    return path
+
+
+def tiny_llava_state_dict(spec: TinyLlavaSpec, vocab_size: int = 32003) -> tuple[dict[str, torch.Tensor], dict]:
+    """Random LLaMA weights plus LLaVA's image projector, and the matching LLaMA config dict (no ``mm_*`` keys)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(spec.seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    projector = torch.nn.Linear(spec.mm_hidden_size, spec.hidden_size)
+    state["model.mm_projector.weight"] = projector.weight.detach().clone()
+    state["model.mm_projector.bias"] = projector.bias.detach().clone()
+    return state, config.to_dict()
+
+
+def llava_config_dict(llama_config: dict, spec: TinyLlavaSpec, vision_tower: str) -> dict:
+    """The config.json of a June-2023 LLaVA checkpoint: LLaMA fields plus LLaVA's keys."""
+    keep = {
+        k: llama_config[k]
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "rms_norm_eps",
+            "hidden_act",
+            "initializer_range",
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+            "tie_word_embeddings",
+        )
+        if k in llama_config
+    }
+    return {
+        "_name_or_path": "LLaVA-7B-Lightening-v1-1",
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava",
+        **keep,
+        "torch_dtype": "float16",
+        "use_cache": True,
+        "mm_vision_tower": vision_tower,
+        "mm_hidden_size": spec.mm_hidden_size,
+        "mm_use_im_start_end": True,
+        "mm_vision_select_layer": -2,
+        "use_mm_proj": True,
+        "tune_mm_mlp_adapter": False,
+        "freeze_mm_mlp_adapter": False,
+        "sep_image_conv_front": False,
+        "image_aspect_ratio": "square",
+    }
+
+
+def make_tiny_llava(
+    path: str | Path,
+    vision_tower: str | Path,
+    spec: TinyLlavaSpec = TinyLlavaSpec(),
+    num_shards: int = 2,
+    safetensors: bool = False,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Create a tiny LLaVA-7B-Lightening-v1-1-shaped folder at ``path``. ``vision_tower`` goes to ``mm_vision_tower``.
+
+    Weights are stored in ``dtype`` (fp16, as the real folder) in ``num_shards`` shards.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state, llama_config = tiny_llava_state_dict(spec)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    write_sharded_state_dict(state, path, num_shards=num_shards, safetensors=safetensors)
+    config = llava_config_dict(llama_config, spec, str(vision_tower))
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}, indent=2)
+    )
+    write_llava_tokenizer(path)
+    return path
+
+
+def make_sample_models(out: str | Path, safetensors: bool = False) -> dict[str, Path]:
+    """Create ``out/clip-vit-tiny`` and ``out/LLaVA-7B-Lightening-v1-1-tiny``; returns their paths by role."""
+    out = Path(out)
+    clip = make_tiny_clip(out / "clip-vit-tiny")
+    llava = make_tiny_llava(out / "LLaVA-7B-Lightening-v1-1-tiny", vision_tower=clip.resolve(), safetensors=safetensors)
+    return {"vision_tower": clip, "llava": llava}

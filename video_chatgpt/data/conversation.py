@@ -1,0 +1,213 @@
+"""Conversation templates and ``render_sample``: the one function that turns a conversation into ids and labels.
+
+Training uses the ``vicuna_v1_1`` template, inference the ``video-chatgpt_v1`` one (the original's two system
+prompts; the second really has no space after "language."). Both are "sep style TWO":
+
+    {system} USER: {q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT: {a2}</s>
+
+``<video>`` in a human turn becomes the video span ``<vid_start> <vid_patch> x N <vid_end>`` (N = the number of
+video tokens, from the features and config). Labels follow the original's rule: only the assistant answers and
+their closing ``</s>`` are supervised; BOS, system prompt, ``USER:``, questions, the video span and ``ASSISTANT:``
+carry ``IGNORE_INDEX``.
+
+Ids are built from segments (see ``tokenizer.py``): text chunks are stripped where they touch a special token and
+encoded one chunk at a time; special ids are inserted, never tokenized from text. A literal ``</s>`` or
+``<vid_patch>`` typed inside a question or answer is therefore plain text here (the original turned it into a
+special token and then, on the length mismatch, masked the whole sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from video_chatgpt.constants import IGNORE_INDEX, VIDEO_PLACEHOLDER
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    system: str
+    roles: tuple[str, str] = ("USER", "ASSISTANT")
+    sep: str = " "  # after a user turn (and after the system prompt)
+    # after an assistant turn the separator is the EOS token </s>, inserted as an id
+
+
+TEMPLATES: dict[str, Template] = {
+    "vicuna_v1_1": Template(
+        "vicuna_v1_1",
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    ),
+    "video-chatgpt_v1": Template(
+        "video-chatgpt_v1",
+        "You are Video-ChatGPT, a large vision-language assistant. "
+        "You are able to understand the video content that the user provides, and assist the user with a variety "
+        "of tasks using natural language."
+        "Follow the instructions carefully and explain your answers in detail based on the provided video.",
+    ),
+}
+TRAIN_TEMPLATE = "vicuna_v1_1"
+INFERENCE_TEMPLATE = "video-chatgpt_v1"
+
+
+@dataclass
+class RenderedSample:
+    """One rendered sample. ``input_ids`` and ``labels`` have the same length."""
+
+    input_ids: list[int]
+    labels: list[int]
+    num_video_spans: int
+    truncated: bool = False
+    full_length: int = 0  # length before truncation
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+@dataclass
+class _Piece:
+    """A run of the prompt: text to encode, or ids to insert. ``train``: whether its tokens carry a loss."""
+
+    text: str | None = None
+    ids: list[int] = field(default_factory=list)
+    train: bool = False
+    # For text: how many leading tokens are masked although ``train`` is True (the ``ASSISTANT:`` prefix that
+    # shares a chunk with the answer), computed the original's way; see _encode_pieces.
+    masked_prefix: str | None = None
+
+
+def video_span_ids(video_ids: VideoTokenIds, num_video_tokens: int) -> list[int]:
+    """``[<vid_start>] + [<vid_patch>] * num_video_tokens + [<vid_end>]`` (no start/end without the flag)."""
+    if num_video_tokens <= 0:
+        raise ValueError(f"num_video_tokens must be positive, got {num_video_tokens}")
+    span = [video_ids.patch] * num_video_tokens
+    if video_ids.use_start_end:
+        span = [video_ids.start, *span, video_ids.end]
+    return span
+
+
+def _normalise_turns(conversations: list[dict]) -> list[tuple[str, str | None]]:
+    """``[{"from", "value"}, ...]`` -> ``[("human"|"gpt", value)]``; a leading non-human turn is dropped (original)."""
+    turns = []
+    for k, turn in enumerate(conversations):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise ValueError(f"turn {k} must be an object with 'from' and 'value', got {turn!r}")
+        turns.append((str(turn["from"]), turn["value"]))
+    if turns and turns[0][0] != "human":
+        turns = turns[1:]
+    for k, (who, _) in enumerate(turns):
+        expected = "human" if k % 2 == 0 else "gpt"
+        if who != expected:
+            raise ValueError(f"turn {k} is from {who!r}; turns must alternate human, gpt, human, ...")
+    return turns
+
+
+def _build_pieces(
+    turns: list[tuple[str, str | None]], template: Template, span: list[int], eos_id: int
+) -> tuple[list[_Piece], int]:
+    pieces = [_Piece(text=template.system + template.sep)]
+    user, assistant = template.roles
+    num_spans = 0
+    for k, (who, value) in enumerate(turns):
+        if who == "human":
+            parts = str(value).split(VIDEO_PLACEHOLDER)
+            num_spans += len(parts) - 1
+            pieces.append(_Piece(text=f"{user}: {parts[0]}"))
+            for part in parts[1:]:
+                pieces.append(_Piece(ids=list(span)))
+                pieces.append(_Piece(text=part))
+            pieces[-1].text += template.sep
+        elif value is None:  # generation prompt: "ASSISTANT:" with no trailing space
+            pieces.append(_Piece(text=f"{assistant}:"))
+        else:
+            prefix = f"{assistant}: "
+            pieces.append(_Piece(text=prefix + str(value), train=True, masked_prefix=prefix))
+            pieces.append(_Piece(ids=[eos_id], train=True))
+    return pieces, num_spans
+
+
+def _encode_pieces(pieces: list[_Piece], encoder: SegmentEncoder) -> tuple[list[int], list[int]]:
+    """Merge adjacent text, strip it where it touches inserted ids, encode; returns (ids, labels) without BOS."""
+    # 1. Merge adjacent text pieces into one chunk (the original encodes all text between two specials at once).
+    chunks: list[_Piece] = []
+    for p in pieces:
+        if p.text is not None and chunks and chunks[-1].text is not None:
+            last = chunks[-1]
+            if p.train and not last.train:
+                # masked text followed by an answer: the masked prefix grows by the earlier text
+                last = _Piece(text=last.text + p.text, train=True, masked_prefix=last.text + (p.masked_prefix or ""))
+            elif p.train == last.train:
+                last = _Piece(text=last.text + p.text, train=last.train, masked_prefix=last.masked_prefix)
+            else:  # an answer followed by masked text cannot happen: the answer is always closed by </s>
+                raise AssertionError("answer text directly followed by prompt text")
+            chunks[-1] = last
+        else:
+            chunks.append(_Piece(text=p.text, ids=list(p.ids), train=p.train, masked_prefix=p.masked_prefix))
+    # 2. Strip whitespace next to inserted ids, encode, and label.
+    ids: list[int] = []
+    labels: list[int] = []
+    for k, c in enumerate(chunks):
+        if c.text is None:
+            ids += c.ids
+            labels += c.ids if c.train else [IGNORE_INDEX] * len(c.ids)
+            continue
+        text, prefix = c.text, c.masked_prefix
+        if k + 1 < len(chunks):  # followed by a special token: right-strip
+            text = text.rstrip()
+        if k > 0:  # preceded by a special token: left-strip (the masked prefix loses the same characters)
+            stripped = len(text) - len(text.lstrip())
+            text = text[stripped:]
+            if prefix is not None:
+                prefix = prefix[stripped:]
+        chunk_ids = encoder.encode(text)
+        if not c.train:
+            n_masked = len(chunk_ids)
+        else:
+            # The original's rule: instruction length = len(tokenize(prefix ending in "ASSISTANT: ")) minus the
+            # lone "▁" that the trailing space encodes to.
+            n_masked = min(len(chunk_ids), max(0, len(encoder.encode(prefix)) - 1))
+        ids += chunk_ids
+        labels += [IGNORE_INDEX] * n_masked + chunk_ids[n_masked:]
+    return ids, labels
+
+
+def render_sample(
+    conversations: list[dict],
+    encoder: SegmentEncoder,
+    video_ids: VideoTokenIds,
+    num_video_tokens: int,
+    template: str = TRAIN_TEMPLATE,
+    max_length: int | None = None,
+) -> RenderedSample:
+    """Render one conversation to ``(input_ids, labels)`` with BOS first, as the trainer sees it.
+
+    A final assistant turn whose value is None renders the generation prompt (ending in ``ASSISTANT:``).
+    ``max_length`` truncates on the right, as the original's tokenizer call did; a truncation that would cut the
+    video span raises ``ValueError`` (the model could not place the features).
+    """
+    turns = _normalise_turns(conversations)
+    tpl = TEMPLATES[template]
+    span = video_span_ids(video_ids, num_video_tokens)
+    pieces, num_spans = _build_pieces(turns, tpl, span, encoder.eos_id)
+    ids, labels = _encode_pieces(pieces, encoder)
+    ids, labels = [encoder.bos_id, *ids], [IGNORE_INDEX, *labels]
+    full = len(ids)
+    truncated = max_length is not None and full > max_length
+    if truncated:
+        last_patch = max((i for i, x in enumerate(ids) if x == video_ids.patch), default=-1)
+        span_end = last_patch + (2 if video_ids.use_start_end else 1) if num_spans else 0
+        if span_end > max_length:
+            raise ValueError(
+                f"model_max_length {max_length} cuts the video span: the sample has {full} tokens and its video "
+                f"span ends at token {span_end}; raise --model_max_length"
+            )
+        ids, labels = ids[:max_length], labels[:max_length]
+    return RenderedSample(ids, labels, num_video_spans=num_spans, truncated=truncated, full_length=full)
+
+
+def inference_conversation(question: str, video: bool = True) -> list[dict]:
+    """The inference conversation: the video after the question (``q + "\\n<video>"``), then an open answer."""
+    value = f"{question}\n{VIDEO_PLACEHOLDER}" if video else question
+    return [{"from": "human", "value": value}, {"from": "gpt", "value": None}]

@@ -1,0 +1,129 @@
+"""The training dataset over the converted JSON and the feature folder, and the batch collator.
+
+A record ``{"id", "video": "<video_id>.pkl", "conversations": [...]}`` becomes
+``{"input_ids": (L,), "labels": (L,), "video_spatio_temporal_features": (N, C) float16}`` through ``render_sample``
+(the one renderer; ``data inspect`` and the data check use it too) and ``load_features`` (the one safe loader).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from video_chatgpt.constants import IGNORE_INDEX
+from video_chatgpt.data.conversation import TRAIN_TEMPLATE, RenderedSample, render_sample
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
+from video_chatgpt.features.store import load_features
+
+
+def load_records(data_path: str | Path) -> list[dict]:
+    """The training JSON: a list of records. Raises ``ValueError`` naming the file when it is not one."""
+    path = Path(data_path)
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of training records, got {type(records).__name__}")
+    return records
+
+
+class SupervisedVideoDataset(Dataset):
+    """Samples of the training JSON, with their video features read from ``video_folder``.
+
+    ``lazy=True`` renders each sample when it is read (the document's ``--lazy_preprocess True``); ``lazy=False``
+    renders all token ids once at start (features are always read lazily: 13K x 730 KB do not fit in RAM).
+    """
+
+    def __init__(
+        self,
+        records: list[dict],
+        video_folder: str | Path,
+        encoder: SegmentEncoder,
+        video_ids: VideoTokenIds,
+        feature_shape: tuple[int, int],
+        max_length: int | None,
+        lazy: bool = True,
+        template: str = TRAIN_TEMPLATE,
+    ):
+        self.records = records
+        self.video_folder = Path(video_folder)
+        self.encoder = encoder
+        self.video_ids = video_ids
+        self.feature_shape = tuple(feature_shape)
+        self.max_length = max_length
+        self.template = template
+        self._rendered = None if lazy else [self.render(i) for i in range(len(records))]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def render(self, i: int) -> RenderedSample:
+        """Token ids and labels of record ``i`` exactly as training sees them."""
+        record = self.records[i]
+        try:
+            return render_sample(
+                record["conversations"],
+                self.encoder,
+                self.video_ids,
+                num_video_tokens=self.feature_shape[0],
+                template=self.template,
+                max_length=self.max_length,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"record {i} (id {record.get('id')!r}): {exc}") from exc
+
+    def feature_file(self, i: int) -> Path | None:
+        video = self.records[i].get("video")
+        return None if video is None else self.video_folder / video
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rendered = self._rendered[i] if self._rendered is not None else self.render(i)
+        item = {
+            "input_ids": torch.tensor(rendered.input_ids, dtype=torch.long),
+            "labels": torch.tensor(rendered.labels, dtype=torch.long),
+        }
+        path = self.feature_file(i)
+        if path is not None:
+            if rendered.num_video_spans != 1:
+                raise ValueError(f"record {i}: has a video file but {rendered.num_video_spans} <video> placeholders")
+            features = load_features(path, expected_shape=self.feature_shape)
+            item["video_spatio_temporal_features"] = torch.from_numpy(features.astype("float16", copy=False))
+        elif rendered.num_video_spans:
+            raise ValueError(f"record {i}: has a <video> placeholder but no 'video' file")
+        return item
+
+
+@dataclass
+class VideoDataCollator:
+    """Right-pads a batch: ids with ``pad_id``, labels with ``IGNORE_INDEX``; stacks features to (B, N, C).
+
+    ``attention_mask`` comes from the true lengths, not from ``ids != pad`` (the original's rule also masked real
+    ``<unk>`` tokens, because pad == unk in LLaMA).
+    """
+
+    pad_id: int
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        lengths = torch.tensor([len(x["input_ids"]) for x in items])
+        longest = int(lengths.max())
+        input_ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long)
+        for b, x in enumerate(items):
+            input_ids[b, : len(x["input_ids"])] = x["input_ids"]
+            labels[b, : len(x["labels"])] = x["labels"]
+        batch = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": (torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)).long(),
+        }
+        with_video = ["video_spatio_temporal_features" in x for x in items]
+        if any(with_video):
+            if not all(with_video):
+                raise ValueError("a batch mixes samples with and without video; give every record a 'video'")
+            batch["video_spatio_temporal_features"] = torch.stack([x["video_spatio_temporal_features"] for x in items])
+        return batch

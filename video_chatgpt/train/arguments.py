@@ -1,0 +1,131 @@
+"""Training arguments: the user's document's flags, parsed as Hugging Face ``TrainingArguments`` + two dataclasses.
+
+Defaults are the original's (``model_max_length`` 512, ``optim`` adamw_torch, ``remove_unused_columns`` False...);
+the document's recipe sets the rest on the command line. Differences, each for a reason:
+
+* ``--evaluation_strategy`` and ``--warmup_ratio`` (removed from current transformers) are accepted and mean
+  ``--eval_strategy`` and a fractional ``--warmup_steps``; ``--gradient_checkpointing`` means
+  ``--activation_checkpointing``.
+* ``--tf32 True`` on a machine without CUDA is a warning, not a crash; with no CUDA at all, training runs on the CPU
+  (``use_cpu``); ``--bf16`` runs as CPU bf16 autocast where the CPU has native bf16, else in fp32 (with a warning).
+* ``--gradient_checkpointing`` uses the non-reentrant implementation (works with a frozen backbone).
+* DDP neither searches for unused parameters nor broadcasts buffers each step (all trainables are used).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="facebook/opt-125m",
+        metadata={"help": "LLaVA-7B-Lightening-v1-1 folder (or another LLaMA base with the same layout)"},
+    )
+    version: str = field(
+        default="v0",
+        metadata={"help": "conversation version; as in the original, training always uses the vicuna_v1_1 template"},
+    )
+    freeze_backbone: bool = field(default=False, metadata={"help": "freeze the LLaMA body (not lm_head)"})
+    tune_mm_mlp_adapter: bool = field(
+        default=False,
+        metadata={"help": "train only the video projector (and the <vid_start>/<vid_end> rows with start/end)"},
+    )
+    pretrain_mm_mlp_adapter: str | None = field(
+        default=None, metadata={"help": "an mm_projector.bin to start the projector (and start/end rows) from"}
+    )
+    mm_use_vid_start_end: bool = field(
+        default=False, metadata={"help": "bracket the video tokens with <vid_start> ... <vid_end>"}
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "sdpa | flash_attention_2 (needs flash-attn) | eager"}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = field(default=None, metadata={"help": "training JSON (convert_instruction_json_...)"})
+    lazy_preprocess: bool = field(
+        default=False, metadata={"help": "render samples when they are read (True) or all at start (False)"}
+    )
+    is_multimodal: bool = field(default=False, metadata={"help": "kept for compatibility; always multimodal"})
+    sep_video_conv_front: bool = field(default=False, metadata={"help": "not supported (rejected if True)"})
+    video_token_len: int = field(default=0, metadata={"help": "kept for compatibility; read from the features"})
+    video_folder: str | None = field(default=None, metadata={"help": "folder of <video_id>.pkl / .npy features"})
+    frame_aspect_ratio: str = field(default="square", metadata={"help": "kept for compatibility; unused"})
+    skip_data_check: bool = field(
+        default=False, metadata={"help": "do not run the data check before training (not recommended)"}
+    )
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    cache_dir: str | None = field(default=None)
+    optim: str = field(default="adamw_torch")
+    remove_unused_columns: bool = field(default=False)
+    freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "keep the projector frozen"})
+    force_fsdp: bool = field(default=False, metadata={"help": "kept for compatibility; unused"})
+    model_max_length: int = field(
+        default=512, metadata={"help": "maximum sequence length; longer samples are truncated on the right"}
+    )
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "old name of --eval_strategy (kept so the document's command works)"}
+    )
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "old name of a fractional --warmup_steps: warmup over this ratio of all steps"}
+    )
+    ddp_find_unused_parameters: bool | None = field(default=False)
+    ddp_broadcast_buffers: bool | None = field(default=False)
+
+    def __post_init__(self):
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            if self.warmup_steps:
+                raise ValueError("give --warmup_ratio or --warmup_steps, not both")
+            self.warmup_steps = self.warmup_ratio
+        # The document's --gradient_checkpointing is the deprecated alias of --activation_checkpointing; map it here so
+        # both names behave the same, without the deprecation warning on the document's own command.
+        if self.gradient_checkpointing is not None and self.activation_checkpointing is None:
+            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
+        if self.activation_checkpointing and self.activation_checkpointing_kwargs is None:
+            self.activation_checkpointing_kwargs = {"use_reentrant": False}
+        if not torch.cuda.is_available():
+            if self.tf32:
+                warnings.warn("--tf32 True needs a CUDA GPU; none is available, so TF32 is not enabled")
+                self.tf32 = None
+            if not self.use_cpu:
+                logger.warning("no CUDA GPU available: training on the CPU (use_cpu=True)")
+                self.use_cpu = True
+            if (self.bf16 or self.fp16) and not cpu_has_fast_bf16():
+                # Measured on the tiny sample: CPU bf16 autocast without native bf16 is ~20x slower than fp32.
+                logger.warning("--bf16/--fp16 on a CPU without native bf16 support: training in fp32 instead")
+                self.bf16 = self.fp16 = False
+        super().__post_init__()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); otherwise bf16 autocast is emulated and slow."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse the document's command line (``argv`` without the program name)."""
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if data_args.sep_video_conv_front:
+        raise ValueError("--sep_video_conv_front True is not supported (the original never used it)")
+    if data_args.data_path is None or data_args.video_folder is None:
+        raise ValueError("--data_path and --video_folder are required")
+    return model_args, data_args, training_args

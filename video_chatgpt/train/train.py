@@ -1,0 +1,306 @@
+"""Train Video-ChatGPT: the recipe, top to bottom (parse -> checks -> tokenizer -> model -> data -> Trainer -> save).
+
+The user's document's commands work as written (``train_mem.py`` is the same recipe):
+
+    # one GPU (or CPU, with the tiny sample)
+    python video_chatgpt/train/train_mem.py --model_name_or_path LLaVA-7B-Lightening-v1-1 --version v1 \\
+        --data_path video_chatgpt_training.json --video_folder clip_features --tune_mm_mlp_adapter True \\
+        --mm_use_vid_start_end --bf16 True --output_dir ./Video-ChatGPT_7B-1.1_Checkpoints --num_train_epochs 3 \\
+        --per_device_train_batch_size 4 --per_device_eval_batch_size 4 --gradient_accumulation_steps 1 \\
+        --evaluation_strategy "no" --save_strategy "steps" --save_steps 3000 --save_total_limit 3 \\
+        --learning_rate 2e-5 --weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type "cosine" \\
+        --logging_steps 100 --tf32 True --model_max_length 2048 --gradient_checkpointing True --lazy_preprocess True
+    # 8 GPUs: the same flags after
+    torchrun --nproc_per_node=8 --master_port 29001 video_chatgpt/train/train_mem.py ...
+    # several nodes: torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 ... ; DeepSpeed:
+    #   add --deepspeed configs/zero2.json (or zero3.json); FSDP: --fsdp "full_shard auto_wrap"
+
+Features:
+* checks before anything heavy: the model folder (``check-weights``) and the data (every feature file present and
+  of one shape; ``--skip_data_check`` turns the data check off); both stop with the list of problems;
+* ``--tune_mm_mlp_adapter True``: only the projector and, with ``--mm_use_vid_start_end``, the two new token rows
+  train; the frozen backbone is loaded directly in bf16/fp16 (``--bf16``/``--fp16``), trainables stay fp32;
+  without it the whole model trains (loaded in fp32, mixed precision through autocast);
+* the loss is computed only at supervised positions (no (B, L, V) logits);
+* ``output_dir/mm_projector.bin`` (the original's keys, fp32) + config + tokenizer; ``checkpoint-N`` resume,
+  automatically when ``output_dir`` holds checkpoints, or with ``--resume_from_checkpoint``;
+* a training report (``training_report.md``, ``loss.png``) at the end.
+
+Raises ``ValueError`` for bad flags or a base folder that is not usable, ``SystemExit(1)`` when the data check fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+from video_chatgpt.data.conversation import TRAIN_TEMPLATE
+from video_chatgpt.data.dataset import SupervisedVideoDataset, VideoDataCollator, load_records
+from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config, load_projector_file
+from video_chatgpt.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
+from video_chatgpt.train.trainer import VideoChatGPTTrainer
+
+logger = logging.getLogger("video_chatgpt.train")
+RUN_INFO_FILE = "run_info.json"
+
+
+def _is_main(training_args: TrainingArguments) -> bool:
+    return training_args.process_index == 0
+
+
+def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+    """Check the model folder and the data before loading anything big. Returns the data report."""
+    from video_chatgpt.weights.check import check_weights
+
+    check_weights(model_args.model_name_or_path).raise_if_bad()
+    config = load_config(model_args.model_name_or_path)
+    if data_args.skip_data_check:
+        return None
+    from video_chatgpt.data.check import check_training_data
+
+    report = check_training_data(
+        data_args.data_path,
+        data_args.video_folder,
+        tokenizer_path=model_args.model_name_or_path,
+        model_max_length=training_args.model_max_length,
+        expected_width=config.mm_hidden_size,
+    )
+    if _is_main(training_args):
+        print(report.format(), flush=True)
+    if report.fatal:
+        raise SystemExit(f"data check failed for {data_args.data_path}; fix the data (see above) or convert it with "
+                         f"--clip_feature_path to drop records without features")
+    return report
+
+
+def feature_shape_of(data_args: DataArguments, records: list[dict], report) -> tuple[int, int]:
+    """(N video tokens, width) from the data report, else from the first record's feature file."""
+    shape = getattr(report, "feature_shape", None) if report is not None else None
+    if shape:
+        return tuple(shape)
+    from video_chatgpt.features.store import load_features
+
+    first = next((r for r in records if r.get("video")), None)
+    if first is None:
+        raise ValueError(f"{data_args.data_path}: no record has a 'video' feature file")
+    return tuple(load_features(Path(data_args.video_folder) / first["video"]).shape)
+
+
+def model_dtype(model_args: ModelArguments, training_args: TrainingArguments) -> torch.dtype:
+    """Frozen backbone: load straight in bf16/fp16 (what makes one 24 GB GPU enough). Full fine-tune: fp32."""
+    frozen = model_args.tune_mm_mlp_adapter or model_args.freeze_backbone
+    if frozen and training_args.bf16:
+        return torch.bfloat16
+    if frozen and training_args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def build_model(model_args, training_args, tokenizer, feature_shape):
+    """Load the base, add the video tokens and rows, set what is trainable. Returns (model, video token ids)."""
+    config = load_config(
+        model_args.model_name_or_path,
+        use_cache=False,
+        mm_use_vid_start_end=model_args.mm_use_vid_start_end,
+        video_token_len=feature_shape[0],
+    )
+    if config.mm_hidden_size is None:
+        config.mm_hidden_size = feature_shape[1]
+    if config.mm_hidden_size != feature_shape[1]:
+        raise ValueError(f"feature width {feature_shape[1]} != config mm_hidden_size {config.mm_hidden_size}")
+    model = VideoChatGPTForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        config=config,
+        dtype=model_dtype(model_args, training_args),
+        cache_dir=training_args.cache_dir,
+        attn_implementation=model_args.attn_implementation,
+    )
+    video_ids, num_new = add_video_tokens(tokenizer, model_args.mm_use_vid_start_end)
+    # <vid_start>/<vid_end> rows start at the mean of all earlier rows (input and output), as in the original.
+    model.add_video_token_rows(num_new, new_rows_from=video_ids.start if num_new >= 2 else None)
+    model.config.video_patch_token_id = video_ids.patch
+    model.config.video_start_token_id = video_ids.start
+    model.config.video_end_token_id = video_ids.end
+    model.config.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
+    model.config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
+    row_ids = [video_ids.start, video_ids.end] if video_ids.use_start_end else []
+
+    if model_args.freeze_backbone:
+        model.model.requires_grad_(False)
+    if model_args.tune_mm_mlp_adapter:
+        model.requires_grad_(False)
+        model.model.mm_projector.requires_grad_(True)
+        if row_ids:
+            model.train_token_rows(row_ids)
+    if training_args.freeze_mm_mlp_adapter:
+        model.model.mm_projector.requires_grad_(False)
+    if model_args.pretrain_mm_mlp_adapter:
+        load_pretrained_adapter(model, model_args.pretrain_mm_mlp_adapter, row_ids)
+    # Trainable tensors are kept in fp32 whatever the backbone dtype (autocast does the bf16 compute).
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model, video_ids
+
+
+def load_pretrained_adapter(model: VideoChatGPTForCausalLM, path: str, row_ids: list[int]) -> None:
+    """Start from an ``mm_projector.bin``: the projector, and the start/end rows if present (full table or 2 rows)."""
+    state = load_projector_file(path)
+    weight_key = next((k for k in state if k.endswith("mm_projector.weight")), None)
+    bias_key = next((k for k in state if k.endswith("mm_projector.bias")), None)
+    if weight_key is None or bias_key is None:
+        raise KeyError(f"{path}: no mm_projector.weight/bias; keys present: {sorted(state)[:8]}")
+    proj = model.model.mm_projector
+    if tuple(state[weight_key].shape) != tuple(proj.weight.shape):
+        raise ValueError(f"{path}: projector weight {tuple(state[weight_key].shape)} != model {tuple(proj.weight.shape)}")
+    with torch.no_grad():
+        proj.weight.copy_(state[weight_key].to(proj.weight.dtype))
+        proj.bias.copy_(state[bias_key].to(proj.bias.dtype))
+        embed = state.get("model.embed_tokens.weight")
+        if embed is not None and row_ids:
+            vocab = model.get_input_embeddings().weight.shape[0]
+            if embed.shape[0] == vocab:
+                rows = embed[torch.tensor(row_ids)]
+            elif embed.shape[0] == len(row_ids):
+                rows = embed
+            else:
+                raise ValueError(f"{path}: embed_tokens has {embed.shape[0]} rows; expected {vocab} or {len(row_ids)}")
+            model.get_input_embeddings().weight[torch.tensor(row_ids)] = rows.to(model.get_input_embeddings().weight.dtype)
+            if getattr(model.model, "video_token_embeds", None) is not None:
+                model.model.video_token_embeds.copy_(rows.float())
+
+
+def trainable_summary(model) -> tuple[str, list[tuple[str, int]]]:
+    """One line naming the trainable tensors and counts, and the (name, count) list."""
+    named = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(c for _, c in named)
+    shown = ", ".join(f"{n} ({c:,})" for n, c in named[:6]) + (f", ... ({len(named)} tensors)" if len(named) > 6 else "")
+    return f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%): {shown}", named
+
+
+def write_run_info(training_args, argv, named, data_report, extra: dict) -> None:
+    """``output_dir/run_info.json``: the exact command, versions, trainables and data summary (for the report)."""
+    import transformers
+
+    info = {
+        "command": " ".join([os.path.basename(sys.argv[0]) or "train", *argv]),
+        "argv": argv,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        "world_size": training_args.world_size,
+        "trainable_parameters": [{"name": n, "count": c} for n, c in named],
+        "data": data_report.summary() if data_report is not None and hasattr(data_report, "summary") else None,
+        **extra,
+    }
+    path = Path(training_args.output_dir, RUN_INFO_FILE)
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old.get("runs"):
+        info["runs"] = old["runs"]
+    path.write_text(json.dumps(info, indent=2))
+
+
+def append_run(training_args, record: dict) -> None:
+    path = Path(training_args.output_dir, RUN_INFO_FILE)
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info.setdefault("runs", []).append(record)
+    path.write_text(json.dumps(info, indent=2))
+
+
+def train(argv: list[str] | None = None) -> Path:
+    """Run the recipe; returns the output folder. ``argv`` defaults to ``sys.argv[1:]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    model_args, data_args, training_args = parse_arguments(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if _is_main(training_args) else logging.WARNING)
+    if model_args.version not in ("v1", "vicuna_v1_1"):
+        logger.warning("--version %s: training always uses the vicuna_v1_1 template (as the original)", model_args.version)
+
+    data_report = check_inputs(model_args, data_args, training_args)
+    records = load_records(data_args.data_path)
+    feature_shape = feature_shape_of(data_args, records, data_report)
+
+    tokenizer = load_hf_tokenizer(model_args.model_name_or_path, model_max_length=training_args.model_max_length)
+    model, video_ids = build_model(model_args, training_args, tokenizer, feature_shape)
+    summary, named = trainable_summary(model)
+    if _is_main(training_args):
+        print(summary, flush=True)
+
+    dataset = SupervisedVideoDataset(
+        records,
+        data_args.video_folder,
+        SegmentEncoder(tokenizer),
+        video_ids,
+        feature_shape=feature_shape,
+        max_length=training_args.model_max_length,
+        lazy=data_args.lazy_preprocess,
+        template=TRAIN_TEMPLATE,
+    )
+    trainer = VideoChatGPTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=VideoDataCollator(pad_id=tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        base_model_path=model_args.model_name_or_path,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume is None and os.path.isdir(training_args.output_dir) and get_last_checkpoint(training_args.output_dir):
+        resume = get_last_checkpoint(training_args.output_dir)
+        logger.info("resuming from %s", resume)
+    if _is_main(training_args):
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        write_run_info(training_args, argv, named, data_report, {"feature_shape": list(feature_shape)})
+    start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - start
+    trainer.save_state()
+    trainer.save_model(training_args.output_dir)
+    if _is_main(training_args):
+        append_run(
+            training_args,
+            {
+                "resumed_from": str(resume) if resume else None,
+                "wall_time_s": round(wall, 2),
+                "global_step": trainer.state.global_step,
+                "train_loss": result.training_loss,
+                "metrics": result.metrics,
+                "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+                "peak_rss_gb": _peak_rss_gb(),
+            },
+        )
+        _write_report(training_args.output_dir)
+    return Path(training_args.output_dir)
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def _write_report(output_dir: str) -> None:
+    try:
+        from video_chatgpt.train.report import write_report
+    except ImportError:  # the report module is optional at this point of the pipeline
+        logger.warning("training report not written: video_chatgpt.train.report is not available")
+        return
+    paths = write_report(output_dir)
+    logger.info("training report: %s", ", ".join(str(p) for p in paths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

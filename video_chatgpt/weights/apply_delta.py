@@ -1,0 +1,111 @@
+"""``video-chatgpt apply-delta``: base LLaMA-7B + LLaVA delta -> LLaVA-Lightning-7B-v1-1, in bounded memory.
+
+The documented command (``python scripts/apply_delta.py`` is this same command)::
+
+    python scripts/apply_delta.py \\
+        --base-model-path <LLaMA-7B in Hugging Face format> \\
+        --target-model-path LLaVA-Lightning-7B-v1-1 \\
+        --delta-path liuhaotian/LLaVA-Lightning-7B-delta-v1-1
+
+``--delta-path`` (and ``--base-model-path``) may be a local folder or a hub id; a hub id is taken from the local
+Hugging Face cache, or downloaded into it when the hub can be reached and ``HF_HUB_OFFLINE`` is not set.
+
+Gives the same tensors as the original ``apply_delta.py`` (rules in ``video_chatgpt.weights.delta``; fp16 output),
+but streams tensor by tensor instead of loading both 7B models (~27 GB of RAM): peak memory is a few shards.
+The target gets sharded safetensors (``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``),
+the delta's ``config.json`` (its ``model_type`` and ``mm_*`` keys kept), ``generation_config.json`` and tokenizer
+files. It is written into a hidden ``.<target>.partial-*`` folder next to the target and renamed when complete.
+
+Raises / exits 1 with a message naming file and tensor for: a base that is a file (e.g. ``video_chatgpt-7B.bin``),
+missing shards, Git LFS pointer files, shapes that differ other than the vocabulary rows, non-float dtypes, delta
+tensors the base lacks (other than the projector), a hub id that is neither cached nor downloadable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from video_chatgpt.weights.checkpoint import WeightsError
+from video_chatgpt.weights.delta import DeltaResult, Log, combine_folders
+from video_chatgpt.weights.hub import resolve_model_folder
+from video_chatgpt.weights.writer import DEFAULT_MAX_SHARD_SIZE, parse_size
+
+
+def apply_delta(
+    base_model_path: str | Path,
+    target_model_path: str | Path,
+    delta_path: str | Path,
+    *,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    local_files_only: bool | None = None,
+    log: Log | None = None,
+) -> DeltaResult:
+    """Write ``target = base + delta`` (LLaVA rules, fp16) into ``target_model_path``. Raises ``WeightsError``."""
+    base = resolve_model_folder(base_model_path, "--base-model-path", local_files_only=local_files_only)
+    delta = resolve_model_folder(delta_path, "--delta-path", local_files_only=local_files_only)
+    return combine_folders(
+        delta,
+        base,
+        Path(target_model_path),
+        subtract=False,
+        roles=("delta", "base", "target"),
+        flags=("--delta-path", "--base-model-path", "--target-model-path"),
+        max_shard_size=max_shard_size,
+        overwrite=overwrite,
+        log=log,
+    )
+
+
+def build_parser(prog: str = "video-chatgpt apply-delta") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)")
+    p.add_argument("--base-model-path", type=str, required=True, help="Hugging Face-format LLaMA-7B folder (or hub id)")
+    p.add_argument("--target-model-path", type=str, required=True, help="output folder")
+    p.add_argument(
+        "--delta-path", type=str, required=True, help="delta folder or hub id, e.g. liuhaotian/LLaVA-Lightning-7B-delta-v1-1"
+    )
+    p.add_argument(
+        "--max-shard-size",
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help=f"largest output file, e.g. 2GB, 500MB (default {DEFAULT_MAX_SHARD_SIZE}; does not change memory use)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty target folder")
+    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    return p
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_cli(argv: list[str] | None, parser: argparse.ArgumentParser, func, command: str) -> int:
+    """Shared shell of apply-delta / make-delta: parse, run, print warnings and errors. Returns the exit status."""
+    args = parser.parse_args(argv)
+    try:
+        parse_size(args.max_shard_size)
+    except ValueError as exc:
+        parser.error(str(exc))
+    log = (lambda m: _stderr(m) if m.startswith("warning") else None) if args.quiet else _stderr
+    try:
+        func(
+            args.base_model_path,
+            args.target_model_path,
+            args.delta_path,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+            log=log,
+        )
+    except WeightsError as exc:
+        _stderr(f"{command}: error: {exc}")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, build_parser(), apply_delta, "apply-delta")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

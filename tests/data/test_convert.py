@@ -137,9 +137,9 @@ def test_filter_reports_dropped_items_and_distinct_videos(tmp_path, capsys):
 def test_filter_is_fast_on_real_sizes():
     items = [{"video_id": f"v_{k % 13_500:011d}", "q": "What is in the video?", "a": "A thing."} for k in range(100_000)]
     index = {f"v_{k:011d}": f"v_{k:011d}.pkl" for k in range(13_000)}
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other jobs on a shared machine do not count
     records, stats = convert_records(items, index)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert stats.num_dropped_videos == 500 and stats.num_retained + stats.num_dropped_items == 100_000
     assert elapsed < 1.0, f"{elapsed:.2f} s"
 

@@ -33,7 +33,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +75,7 @@ class ConversionStats:
 
 def item_error(index: int, item: object) -> ConversionError | None:
     """Why ``item`` (at ``index`` in the input list) cannot be converted, or None when it can."""
-    if not isinstance(item, Mapping):
+    if not isinstance(item, dict):  # what json.load gives for an object
         return ConversionError(f"is a JSON {_json_type(item)}, expected an object with {list(REQUIRED_KEYS)}", index)
     for key in REQUIRED_KEYS:
         if key not in item:
@@ -110,7 +110,7 @@ def convert_records(
     An invalid item raises ``ConversionError`` with its index and key, unless ``skip_invalid``, which leaves it out
     and records it in ``stats.skipped``. Parity always follows the index in the unfiltered ``items``.
     """
-    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
+    if not isinstance(items, (list, tuple)):
         raise ConversionError(f"the top level is a JSON {_json_type(items)}, expected a list of {{video_id, q, a}}")
     stats = ConversionStats(num_items=len(items), filtered=feature_index is not None)
     if feature_index is not None:
@@ -295,7 +295,7 @@ def _json_type(value: object) -> str:
         return "string"
     if isinstance(value, (list, tuple)):
         return "array"
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return "object"
     return type(value).__name__
 

@@ -1,0 +1,670 @@
+"""Check the training data before training: everything that would make a run die hours in, found in seconds.
+
+Run::
+
+    video-chatgpt data check --data_path video_chatgpt_training.json --video_folder clip_features/ \\
+        [--model_name_or_path LLaVA-7B-Lightening-v1-1 --model_max_length 2048] [--deep] [--json]
+
+From Python (the trainer calls this before step 1 and stops with ``report.format()`` when ``report.fatal``)::
+
+    report = check_training_data("video_chatgpt_training.json", "clip_features/", tokenizer_path=model_dir,
+                                 model_max_length=2048)
+
+What is reported, and whether training would fail on it (``fatal``) or only learn less well (a warning):
+
+* fatal: an unreadable training JSON; malformed records (missing keys, non-alternating turns); ``<video>``
+  placeholders the model cannot fill (more than one per record, or one without a video); records whose feature
+  file is missing (the original's most reported crash); feature files that cannot be read, that do not share one
+  shape, whose width is not ``expected_width``, whose dtype is not ``expected_dtype``, or (loaded files) hold
+  NaN/inf; a ``model_max_length`` that would cut a video span;
+* warnings: empty questions or answers, duplicate records (same video and conversations), records without a video
+  or without a placeholder, records longer than ``model_max_length`` (truncated on the right), and records left
+  with no answer token to train on.
+
+How feature files are checked. Reading all of them is 13K x 730 KB = 9.5 GB, minutes on a network file system, so by
+default each file referenced by the data is checked from its *header*, exactly and without reading its data:
+
+* ``.npy``: the header is parsed with ``numpy.lib.format`` (shape, dtype) and the file size must hold the data;
+* ``.pkl``: the file is unpickled with the same restricted unpickler as ``load_features`` (only the numpy globals
+  of a plain ndarray can load, no code can run), through a reader that seeks over the array's raw bytes instead
+  of reading them (they come back as zeros). So the shape, dtype, structure and length of the file are those a
+  full load would find; only the values are not read.
+
+A spread-out sample of ``sample_size`` files is also loaded fully with ``load_features`` (values: NaN/inf), and
+``deep=True`` loads every file (in ``num_workers`` threads: reading and unpickling release the GIL).
+Token lengths use ``render_sample`` with the training template, i.e. the very ids the trainer builds; records are
+rendered in ``num_workers`` threads (SentencePiece releases the GIL while encoding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pickle
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from video_chatgpt.constants import VIDEO_PLACEHOLDER
+from video_chatgpt.features.store import FeatureFileError, _NdarrayUnpickler, index_feature_folder, load_features
+
+# The dtype the original wrote and the official downloads hold.
+DEFAULT_FEATURE_DTYPE = "float16"
+# How many records/files a report lists per kind in ``format()`` (all of them are in ``to_dict()``).
+DEFAULT_MAX_LISTED = 10
+# Feature files loaded fully (values checked) when not ``deep``.
+DEFAULT_SAMPLE_SIZE = 16
+# Records per rendering task and files per header task: large enough that thread hand-off costs nothing.
+_RENDER_CHUNK = 512
+_FILE_CHUNK = 128
+
+
+@dataclass(frozen=True)
+class Kind:
+    fatal: bool
+    title: str
+
+
+# Every kind of problem, in the order reports list them. Read-only: it is shared by every report.
+KINDS: Mapping[str, Kind] = MappingProxyType(
+    {
+        "data_file": Kind(True, "the training JSON cannot be used"),
+        "malformed": Kind(True, "malformed records (the dataset would raise on them)"),
+        "video_placeholder": Kind(True, "records whose <video> placeholders the model cannot fill"),
+        "missing_feature": Kind(True, "records whose feature file is missing"),
+        "unreadable_feature": Kind(True, "feature files that cannot be read as a 2-D numeric array"),
+        "wrong_shape": Kind(True, "feature files of the wrong shape"),
+        "wrong_dtype": Kind(True, "feature files of the wrong dtype"),
+        "non_finite": Kind(True, "feature files holding NaN or inf (among the files loaded fully)"),
+        "video_span_cut": Kind(True, "records whose video span model_max_length would cut"),
+        "no_video": Kind(False, "records without a video (text only)"),
+        "no_video_placeholder": Kind(False, "records with a video but no <video> placeholder (features unused)"),
+        "empty_question": Kind(False, "records with an empty question"),
+        "empty_answer": Kind(False, "records with an empty answer"),
+        "duplicate": Kind(False, "duplicate records (same video and conversations as an earlier record)"),
+        "truncated": Kind(False, "records longer than model_max_length (truncated on the right)"),
+        "no_supervised_tokens": Kind(False, "records with no answer token left to train on"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding. ``index``: the record in the training JSON; ``file``: the feature file (when about one)."""
+
+    kind: str
+    message: str
+    index: int | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """Shape and dtype of a feature file, from its header or a full load."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class TokenLengths:
+    """Distribution of rendered sample lengths (BOS, prompt, video span, answer, ``</s>``) in tokens."""
+
+    count: int
+    min: int
+    median: int
+    p95: int
+    p99: int
+    max: int
+    num_video_tokens: int
+    model_max_length: int | None = None
+    num_truncated: int = 0
+
+
+@dataclass
+class DataReport:
+    """What ``check_training_data`` found. ``fatal``: training would fail on this data."""
+
+    data_path: str
+    video_folder: str
+    num_records: int = 0
+    num_videos: int = 0  # distinct feature files the records name
+    num_feature_files: int = 0  # .pkl/.npy files in the folder
+    num_headers_checked: int = 0
+    num_files_loaded: int = 0
+    deep: bool = False
+    feature_shape: tuple[int, ...] | None = None  # the most common shape among the readable files
+    feature_dtype: str | None = None
+    num_video_tokens: int | None = None  # rows the model places per video (used for token lengths)
+    token_lengths: TokenLengths | None = None
+    problems: dict[str, list[Problem]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    def add(self, problems: Iterable[Problem]) -> None:
+        for p in problems:
+            self.problems.setdefault(p.kind, []).append(p)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {kind: len(self.problems[kind]) for kind in KINDS if self.problems.get(kind)}
+
+    @property
+    def fatal_kinds(self) -> list[str]:
+        return [kind for kind in self.counts if KINDS[kind].fatal]
+
+    @property
+    def fatal(self) -> bool:
+        return bool(self.fatal_kinds)
+
+    def format(self, max_listed: int = DEFAULT_MAX_LISTED) -> str:
+        """Human-readable report: summary lines, then per kind its count and the first ``max_listed`` findings."""
+        lines = [
+            f"Training data: {self.data_path} ({self.num_records} records, {self.num_videos} distinct videos)",
+            f"Feature folder: {self.video_folder} ({self.num_feature_files} .pkl/.npy files)",
+        ]
+        if self.feature_shape is not None:
+            how = "all loaded fully (--deep)" if self.deep else f"{self.num_files_loaded} loaded fully (--deep: all)"
+            lines.append(
+                f"Features: shape {self.feature_shape} {self.feature_dtype}; {self.num_headers_checked} files "
+                f"checked from their header, {how}"
+            )
+        t = self.token_lengths
+        if t is not None:
+            over = ""
+            if t.model_max_length is not None:
+                over = f"; {t.num_truncated} over model_max_length {t.model_max_length}"
+            lines.append(
+                f"Token lengths ({t.count} records, {t.num_video_tokens} video tokens): min {t.min}, median "
+                f"{t.median}, p95 {t.p95}, p99 {t.p99}, max {t.max}{over}"
+            )
+        lines += [f"Note: {n}" for n in self.notes]
+        for kind, n in self.counts.items():
+            items = self.problems[kind]
+            files = {p.file for p in items if p.file is not None}
+            distinct = f" ({len(files)} distinct files)" if kind == "missing_feature" else ""
+            lines.append(f"{'FATAL' if KINDS[kind].fatal else 'warning'} {kind}: {n} {KINDS[kind].title}{distinct}")
+            lines += [f"  {_where(p)}{p.message}" for p in items[:max_listed]]
+            if n > max_listed:
+                lines.append(f"  ... and {n - max_listed} more")
+        if "missing_feature" in self.counts:
+            lines.append(
+                "Hint: features of corrupted videos were never extracted; keep only the records that have one with "
+                "the converter's --clip_feature_path <video folder>"
+            )
+        if self.fatal:
+            lines.append(f"Result: training would fail ({', '.join(self.fatal_kinds)})")
+        else:
+            warned = sum(self.counts.values())
+            lines.append("Result: OK" + (f" ({warned} warnings)" if warned else ""))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Machine-readable report (every finding, not only the first ones); JSON-serialisable."""
+        out = asdict(self)
+        out["problems"] = {kind: [asdict(p) for p in self.problems[kind]] for kind in self.counts}
+        out["counts"] = self.counts
+        out["fatal"] = self.fatal
+        out["fatal_kinds"] = self.fatal_kinds
+        return out
+
+
+def _where(p: Problem) -> str:
+    if p.index is not None:
+        return f"record {p.index}: "
+    return f"{p.file}: " if p.file is not None else ""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Records (pure)
+
+
+@dataclass(frozen=True)
+class RecordCheck:
+    """What ``check_record`` found in one record. ``renderable``: it can go through ``render_sample``."""
+
+    problems: list[Problem]
+    video: str | None
+    renderable: bool
+
+
+def check_record(index: int, record: object) -> RecordCheck:
+    """Check one training record's structure and content (no files are touched)."""
+
+    def bad(kind: str, message: str) -> Problem:
+        return Problem(kind, message, index=index)
+
+    if not isinstance(record, Mapping):
+        return RecordCheck([bad("malformed", f"is a {type(record).__name__}, expected an object")], None, False)
+    video = record.get("video")
+    if "video" in record and (not isinstance(video, str) or not video):
+        return RecordCheck([bad("malformed", f"'video' is {video!r}, expected a file name")], None, False)
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        message = f"'conversations' is {_short(conv)}, expected a non-empty list of turns"
+        return RecordCheck([bad("malformed", message)], None, False)
+    for k, turn in enumerate(conv):
+        if not (isinstance(turn, Mapping) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str)):
+            message = f"turn {k} is {_short(turn)}, expected {{'from': str, 'value': str}}"
+            return RecordCheck([bad("malformed", message)], None, False)
+    # render_sample drops a leading non-human turn, then needs human, gpt, human, ... (the original asserted it).
+    turns = conv[1:] if conv[0]["from"] != "human" else conv
+    for k, turn in enumerate(turns):
+        expected = "human" if k % 2 == 0 else "gpt"
+        if turn["from"] != expected:
+            message = f"turn {k} is from {turn['from']!r}, expected {expected!r} (turns alternate human, gpt)"
+            return RecordCheck([bad("malformed", message)], None, False)
+
+    problems = []
+    renderable = True
+    placeholders = sum(t["value"].count(VIDEO_PLACEHOLDER) for t in turns if t["from"] == "human")
+    if video is None:
+        problems.append(bad("no_video", "no 'video' key"))
+        if placeholders:
+            # The renderer turns every <video> into a span of video tokens that no features would fill.
+            problems.append(bad("video_placeholder", f"{placeholders} <video> placeholder(s) but no video"))
+            renderable = False
+    elif placeholders == 0:
+        problems.append(bad("no_video_placeholder", f"video {video!r} is loaded but no turn shows it"))
+    elif placeholders > 1:
+        # Each span takes the next feature tensor of the batch: a second span in one record has none of its own.
+        problems.append(bad("video_placeholder", f"{placeholders} <video> placeholders; one video fills one"))
+        renderable = False
+    for k, turn in enumerate(turns):
+        text = turn["value"].replace(VIDEO_PLACEHOLDER, "").strip()
+        if not text:
+            kind = "empty_question" if turn["from"] == "human" else "empty_answer"
+            problems.append(bad(kind, f"turn {k} ({turn['from']}) is {turn['value']!r}"))
+    if not any(t["from"] == "gpt" for t in turns):
+        problems.append(bad("no_supervised_tokens", "no gpt turn"))
+    return RecordCheck(problems, video, renderable)
+
+
+def find_duplicates(records: Sequence[object], renderable: Sequence[bool]) -> list[Problem]:
+    """Records with the same video and the same conversations as an earlier record."""
+    first: dict[tuple, int] = {}
+    found = []
+    for i, (rec, ok) in enumerate(zip(records, renderable)):
+        if not ok:
+            continue
+        key = (rec.get("video"), tuple((t["from"], t["value"]) for t in rec["conversations"]))
+        j = first.setdefault(key, i)
+        if j != i:
+            found.append(Problem("duplicate", f"same video and conversations as record {j}", index=i, file=key[0]))
+    return found
+
+
+def length_stats(lengths: Sequence[int], num_video_tokens: int, model_max_length: int | None) -> TokenLengths:
+    """Summary of rendered lengths (quantiles are actual lengths: the nearest rank)."""
+    a = np.asarray(lengths, dtype=np.int64)
+    q = np.quantile(a, [0.5, 0.95, 0.99], method="nearest")
+    return TokenLengths(
+        count=len(a),
+        min=int(a.min()),
+        median=int(q[0]),
+        p95=int(q[1]),
+        p99=int(q[2]),
+        max=int(a.max()),
+        num_video_tokens=num_video_tokens,
+        model_max_length=model_max_length,
+        num_truncated=0 if model_max_length is None else int((a > model_max_length).sum()),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Feature files
+
+# Errors that a malformed or hostile feature file can raise while being parsed; anything else is a bug here.
+_PARSE_ERRORS = (
+    pickle.UnpicklingError, ValueError, EOFError, OSError, AttributeError, TypeError, IndexError, KeyError,
+    MemoryError, OverflowError,
+)  # fmt: skip
+# Opcodes whose argument is raw bytes (BINBYTES: 4-byte length; BINBYTES8, BYTEARRAY8: 8-byte length). An ndarray's
+# data is one such argument; it is the only read the header check skips.
+_BYTES_OPCODES = {b"B": 4, b"\x8e": 8, b"\x96": 8}
+# Reads below this are not worth skipping (pickle headers, dtype strings).
+_MIN_SKIP = 4096
+
+
+class _SkipDataReader:
+    """A read-only file for the unpickler that seeks over an ndarray's raw data instead of reading it.
+
+    Only a read that directly follows a bytes opcode and its length field, of exactly that length, is skipped, and
+    only when the file really holds that many bytes (else it is read, and the unpickler sees the truncation).
+    Every other read is real, so correctness never depends on the skip, only speed does. The unpickler fills a
+    bytes object through ``readinto`` (or ``read`` when it has no ``readinto``); a skipped ``readinto`` leaves the
+    buffer as allocated: the array built from it is only looked at for its shape and dtype, then dropped.
+    """
+
+    def __init__(self, f, size: int):
+        self._f, self._size = f, size
+        self._prev: tuple[bytes, bytes] = (b"", b"")  # the two previous reads, when short (opcode, length)
+        self.skipped = 0  # bytes not read (tests check that the fast path is taken)
+
+    def _skippable(self, n: int) -> bool:
+        op, length = self._prev
+        return (
+            n >= _MIN_SKIP
+            and _BYTES_OPCODES.get(op) == len(length)
+            and int.from_bytes(length, "little") == n
+            and self._f.tell() + n <= self._size
+        )
+
+    def _seen(self, data) -> None:
+        self._prev = (self._prev[1], bytes(data) if len(data) <= 8 else b"")
+
+    def read(self, n: int = -1) -> bytes:
+        if self._skippable(n):
+            self._f.seek(n, os.SEEK_CUR)
+            self.skipped += n
+            data = bytes(n)
+        else:
+            data = self._f.read(n)
+        self._seen(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        n = len(memoryview(buf))
+        if self._skippable(n):
+            self._f.seek(n, os.SEEK_CUR)
+            self.skipped += n
+            got = n
+        else:
+            got = self._f.readinto(buf)
+        self._seen(b"\0" * 9)  # a payload is never an opcode or a length
+        return got
+
+    def readline(self) -> bytes:  # required by the unpickler (text protocol 0 only)
+        data = self._f.readline()
+        self._seen(data)
+        return data
+
+
+def read_feature_header(path: str | Path) -> FeatureInfo:
+    """Shape and dtype of a feature file without reading its data (see the module docstring).
+
+    Raises ``FileNotFoundError``, or ``FeatureFileError`` for a file ``load_features`` would reject as unreadable
+    (not an ndarray, unsafe pickle, truncated, non-numeric dtype, not 2-D).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if path.suffix == ".npy":
+                info = _npy_header(f, size)
+                if info is None:  # a header version we do not parse: load it
+                    array = load_features(path)
+                    return FeatureInfo(tuple(array.shape), str(array.dtype))
+                shape, dtype = info
+            else:
+                obj = _NdarrayUnpickler(_SkipDataReader(f, size)).load()
+                if not isinstance(obj, np.ndarray):
+                    raise FeatureFileError(f"{path}: holds a {type(obj).__name__}, expected a bare numpy ndarray")
+                shape, dtype = obj.shape, obj.dtype
+    except (FileNotFoundError, FeatureFileError):
+        raise
+    except _PARSE_ERRORS as exc:
+        raise FeatureFileError(f"{path}: cannot be read as a feature array ({type(exc).__name__}: {exc})") from exc
+    # The same rules as load_features, so both modes reject the same files.
+    if dtype.kind not in "fiu":
+        raise FeatureFileError(f"{path}: dtype {dtype} is not numeric (expected float16)")
+    if len(shape) != 2:
+        raise FeatureFileError(f"{path}: has shape {tuple(shape)}, expected 2 dimensions (tokens, width)")
+    return FeatureInfo(tuple(int(d) for d in shape), str(dtype))
+
+
+def _npy_header(f, size: int) -> tuple[tuple[int, ...], np.dtype] | None:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(f)
+    else:
+        return None
+    if dtype.hasobject:  # np.load(allow_pickle=False) refuses these
+        raise ValueError("object arrays need pickle, which feature files may not use")
+    need = f.tell() + math.prod(shape) * dtype.itemsize
+    if size < need:
+        raise ValueError(f"truncated: {size} bytes, the header needs {need}")
+    return tuple(shape), dtype
+
+
+def _load_values(path: Path) -> FeatureInfo:
+    """Full, safe load; raises FeatureFileError also for NaN/inf (as a ``non_finite`` marker in the message)."""
+    array = load_features(path)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise _NonFinite(f"{bad} of {array.size} values are NaN or inf")
+    return FeatureInfo(tuple(array.shape), str(array.dtype))
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _run_chunked(fn: Callable, items: Sequence, chunk: int, pool: ThreadPoolExecutor | None) -> list:
+    """``[fn(x) for x in items]``, in chunks on ``pool`` when there is one (results in order)."""
+    chunks = [items[k : k + chunk] for k in range(0, len(items), chunk)]
+
+    def run(part: Sequence) -> list:
+        return [fn(x) for x in part]
+
+    results = pool.map(run, chunks) if pool is not None else map(run, chunks)
+    return [r for part in results for r in part]
+
+
+def _check_files(names: list[str], folder: Path, loader: Callable, pool) -> list[tuple[str, object]]:
+    """``(name, FeatureInfo | exception)`` per file; unexpected exceptions are re-raised naming the file."""
+
+    def one(name: str):
+        try:
+            return name, loader(folder / name)
+        except (FileNotFoundError, FeatureFileError, _NonFinite) as exc:
+            return name, exc
+        except _PARSE_ERRORS as exc:  # load_features lets a few through (e.g. MemoryError on a huge length)
+            return name, FeatureFileError(f"{folder / name}: cannot be read ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # a bug here, not a bad file: stop, but say which file
+            raise RuntimeError(f"{folder / name}: unexpected error while checking it: {exc!r}") from exc
+
+    return _run_chunked(one, names, _FILE_CHUNK, pool)
+
+
+def _spread(items: Sequence, k: int) -> list:
+    """``k`` items spread evenly over ``items`` (first and last included), in order."""
+    n = len(items)
+    if k >= n:
+        return list(items)
+    if k <= 1:
+        return list(items[:k])
+    return [items[round(j * (n - 1) / (k - 1))] for j in range(k)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The check
+
+
+def check_training_data(
+    data_path: str | Path,
+    video_folder: str | Path,
+    tokenizer_path: str | Path | None = None,
+    model_max_length: int | None = None,
+    expected_width: int | None = None,
+    deep: bool = False,
+    num_workers: int | None = None,
+    *,
+    num_video_tokens: int | None = None,
+    expected_dtype: str | None = DEFAULT_FEATURE_DTYPE,
+    use_vid_start_end: bool = True,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+) -> DataReport:
+    """Check a training JSON and its feature folder; see the module docstring for what is reported.
+
+    ``tokenizer_path``: a model folder; gives the token-length distribution (and truncation against
+    ``model_max_length``). ``expected_width``: the feature width the projector reads (``mm_hidden_size``).
+    ``num_video_tokens``: rows per feature file the model expects (default: what the files hold).
+    ``expected_dtype``: None accepts any dtype that all files share. ``deep``: load every feature file.
+    ``num_workers``: threads for the feature files and the rendering (default: the CPU count, at most 16).
+    """
+    workers = num_workers if num_workers is not None else min(16, os.cpu_count() or 1)
+    report = DataReport(str(data_path), str(video_folder), deep=deep)
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        report.timings[name] = round(now - clock, 4)
+        clock = now
+
+    records = _read_records(Path(data_path), report)
+    lap("read_json")
+    if records is None:
+        return report
+    report.num_records = len(records)
+    checks = [check_record(i, r) for i, r in enumerate(records)]
+    for c in checks:
+        report.add(c.problems)
+    renderable = [c.renderable for c in checks]
+    report.add(find_duplicates(records, renderable))
+    lap("records")
+
+    expected = (num_video_tokens, expected_width, expected_dtype)
+    with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        _check_features(report, checks, Path(video_folder), expected, deep, sample_size, pool, lap)
+        if tokenizer_path is not None:
+            rows = report.num_video_tokens or num_video_tokens
+            if rows is None:
+                report.notes.append(
+                    "token lengths not computed: no feature file was readable and num_video_tokens was not given"
+                )
+            else:
+                _check_lengths(
+                    report, records, renderable, tokenizer_path, model_max_length, rows, use_vid_start_end, pool
+                )
+            lap("tokens")
+    return report
+
+
+def _read_records(path: Path, report: DataReport) -> list | None:
+    def fail(message: str) -> None:
+        report.add([Problem("data_file", message, file=str(path))])
+
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        return fail(f"cannot read it ({exc.strerror or exc})")
+    except UnicodeDecodeError as exc:
+        return fail(f"is not UTF-8 text ({exc})")
+    except json.JSONDecodeError as exc:
+        return fail(f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    if not isinstance(data, list):
+        return fail(f"the top level is a {type(data).__name__}, expected a list of records")
+    if not data:
+        return fail("holds no records")
+    return data
+
+
+def _check_features(report, checks, folder, expected, deep, sample_size, pool, lap) -> None:
+    rows, width, dtype = expected
+    wanted: dict[str, list[int]] = {}  # feature file -> records naming it
+    for i, c in enumerate(checks):
+        if c.video is not None:
+            wanted.setdefault(c.video, []).append(i)
+    report.num_videos = len(wanted)
+    if not wanted:
+        return
+    if not folder.is_dir():
+        report.add([Problem("missing_feature", "the video folder does not exist", file=str(folder))])
+        return
+    # One directory listing instead of a stat per record; names the listing does not cover (a .npy next to a
+    # .pkl of the same id, sub-folders, other suffixes) are looked up one by one.
+    index = index_feature_folder(folder)
+    report.num_feature_files = len(index)
+    listed = set(index.values())
+    present = [v for v in wanted if v in listed or (folder / v).is_file()]
+    present_set = set(present)
+    report.add(
+        Problem("missing_feature", f"{v} is not in the video folder", index=i, file=v)
+        for v, idx in wanted.items()
+        if v not in present_set
+        for i in idx
+    )
+    report.problems.get("missing_feature", []).sort(key=lambda p: p.index)
+    lap("index_folder")
+
+    infos: dict[str, FeatureInfo] = {}
+    for name, res in _check_files(present, folder, read_feature_header, pool):
+        if isinstance(res, FeatureInfo):
+            infos[name] = res
+        else:
+            report.add([Problem("unreadable_feature", str(res), file=name)])
+    report.num_headers_checked = len(present)
+    lap("headers")
+
+    if infos:
+        shape_counts = Counter(info.shape for info in infos.values())
+        report.feature_shape = shape_counts.most_common(1)[0][0]
+        report.feature_dtype = Counter(info.dtype for info in infos.values()).most_common(1)[0][0]
+        want_shape = (rows or report.feature_shape[0], width or report.feature_shape[1])
+        want_dtype = dtype or report.feature_dtype
+        report.num_video_tokens = want_shape[0]
+        for name, info in infos.items():
+            if info.shape != want_shape:
+                why = "files must share one shape" if info.shape != report.feature_shape else "the model expects it"
+                message = f"has shape {info.shape}, expected {want_shape} ({why})"
+                report.add([Problem("wrong_shape", message, file=name)])
+            if info.dtype != want_dtype:
+                report.add([Problem("wrong_dtype", f"has dtype {info.dtype}, expected {want_dtype}", file=name)])
+
+    to_load = sorted(infos) if deep else _spread(sorted(infos), sample_size)
+    for name, res in _check_files(to_load, folder, _load_values, pool):
+        if isinstance(res, _NonFinite):
+            report.add([Problem("non_finite", str(res), file=name)])
+        elif not isinstance(res, FeatureInfo):  # the header passed but the data does not load
+            report.add([Problem("unreadable_feature", str(res), file=name)])
+    report.num_files_loaded = len(to_load)
+    lap("loads")
+
+
+def _check_lengths(report, records, renderable, tokenizer_path, max_length, rows, use_vid_start_end, pool) -> None:
+    from video_chatgpt.data.conversation import TRAIN_TEMPLATE, render_sample
+    from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
+
+    tokenizer = load_hf_tokenizer(tokenizer_path, model_max_length=max_length)
+    video_ids, _ = add_video_tokens(tokenizer, use_start_end=use_vid_start_end)
+    encoder = SegmentEncoder(tokenizer)
+
+    def one(i: int) -> tuple[int, int, Problem | None]:
+        conv = records[i]["conversations"]
+        try:  # exactly the trainer's call: the same ids, the same truncation, the same error on a cut span
+            sample = render_sample(conv, encoder, video_ids, rows, TRAIN_TEMPLATE, max_length=max_length)
+        except ValueError as exc:
+            full = render_sample(conv, encoder, video_ids, rows, TRAIN_TEMPLATE).full_length
+            return i, full, Problem("video_span_cut", str(exc), index=i)
+        if sample.num_supervised == 0:
+            what = "truncation to model_max_length cuts the whole answer" if sample.truncated else "nothing to train"
+            return i, sample.full_length, Problem("no_supervised_tokens", what, index=i)
+        return i, sample.full_length, None
+
+    results = _run_chunked(one, [i for i, ok in enumerate(renderable) if ok], _RENDER_CHUNK, pool)
+    if not results:
+        return
+    for i, full, problem in results:
+        if max_length is not None and full > max_length:
+            report.add([Problem("truncated", f"{full} tokens > model_max_length {max_length}", index=i)])
+        if problem is not None:
+            report.add([problem])
+    report.token_lengths = length_stats([full for _, full, _ in results], rows, max_length)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -38,7 +38,8 @@ def make_training_data(instructions: Path, model: Path, out: Path, num_frames: i
     (out / "train.json").write_text(json.dumps(records))
     rng = np.random.default_rng(0)
     for vid in sorted({r["id"] for r in records}):
-        save_features(out / "features" / f"{vid}.pkl", rng.standard_normal((num_frames + NUM_PATCHES, width)).astype(np.float16))
+        features = rng.standard_normal((num_frames + NUM_PATCHES, width)).astype(np.float16)
+        save_features(out / "features" / f"{vid}.pkl", features)
     return {"data_path": out / "train.json", "video_folder": out / "features", "records": records, "width": width}
 
 
@@ -62,7 +63,9 @@ def trainer_dataset(data, model, use_start_end, max_length=2048) -> tuple[Superv
     tok = load_hf_tokenizer(model, model_max_length=max_length)
     video_ids, _ = add_video_tokens(tok, use_start_end)
     shape = (NUM_FRAMES + NUM_PATCHES, data["width"])
-    ds = SupervisedVideoDataset(data["records"], data["video_folder"], SegmentEncoder(tok), video_ids, shape, max_length)
+    ds = SupervisedVideoDataset(
+        data["records"], data["video_folder"], SegmentEncoder(tok), video_ids, shape, max_length
+    )
     return ds, tok
 
 

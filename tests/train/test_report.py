@@ -136,7 +136,8 @@ def test_long_run_is_smoothed_and_data_summary_is_shown(tmp_path):
         for s in range(1, 301)
     ]
     history[150]["loss"] = float("nan")
-    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 300, "max_steps": 300, "log_history": history}))
+    state = {"global_step": 300, "max_steps": 300, "log_history": history}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
     data = {"num_records": 100010, "num_videos": 13303, "feature_shape": [356, 1024], "feature_dtype": "float16",
             "token_lengths": {"min": 400, "median": 480, "p95": 700, "max": 2300, "model_max_length": 2048,
                               "num_truncated": 3}}

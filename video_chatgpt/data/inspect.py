@@ -232,7 +232,8 @@ def _runs(insp: Inspection) -> list[tuple[str, bool, str]]:
     video_marks = {insp.video_ids.patch, insp.video_ids.start, insp.video_ids.end} - {None}
     for tok_id, piece, sup in zip(insp.input_ids, insp.tokens, insp.supervised):
         kind = "video" if tok_id in video_marks else "text"
-        if runs and runs[-1][0] == kind and runs[-1][1] == sup and not (kind == "video" and tok_id == insp.video_ids.start):
+        new_span = kind == "video" and tok_id == insp.video_ids.start  # two videos stay two runs
+        if runs and runs[-1][0] == kind and runs[-1][1] == sup and not new_span:
             runs[-1][2].append(piece)
         else:
             runs.append((kind, sup, [piece]))

@@ -1,1 +1,34 @@
-"""features stage."""
+"""Features stage: videos -> spatio-temporal CLIP tokens ``(num_frames + num_patches, width)`` float16 per video.
+
+Modules: ``sampling`` (which frames), ``decode`` (PyAV, straight through), ``pooling`` (temporal ; spatial means),
+``encoder`` (CLIP tower, normalisation, ``VideoFeatureExtractor``), ``store`` (safe feature files), ``extract``
+(the job behind ``scripts/save_spatio_temporal_clip_features.py`` / ``video-chatgpt extract-features``).
+
+The public names below are imported lazily, so ``import video_chatgpt.features.store`` stays light.
+
+    >>> from video_chatgpt.features import VideoFeatureExtractor, num_video_tokens
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    "VideoFeatureExtractor": "video_chatgpt.features.encoder",
+    "VideoDecodeError": "video_chatgpt.features.decode",
+    "frame_indices": "video_chatgpt.features.sampling",
+    "num_patches": "video_chatgpt.features.pooling",
+    "num_video_tokens": "video_chatgpt.features.pooling",
+    "pool_video_features": "video_chatgpt.features.pooling",
+    "load_features": "video_chatgpt.features.store",
+    "save_features": "video_chatgpt.features.store",
+    "FeatureFileError": "video_chatgpt.features.store",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -1,0 +1,503 @@
+"""The feature extraction job: a folder of videos -> one ``<video_id>.pkl`` (or ``.npy``) of CLIP video tokens each.
+
+Run (the flags of the original ``scripts/save_spatio_temporal_clip_features.py``, plus a few)::
+
+    # one GPU, or the CPU when there is none
+    python scripts/save_spatio_temporal_clip_features.py --video_dir_path videos/ --clip_feat_path clip_features/
+    video-chatgpt extract-features --video_dir_path videos/ --clip_feat_path clip_features/      # the same
+    # 8 GPUs (and several nodes: add --nnodes/--node_rank/--master_addr); one GPU per rank, cuda:LOCAL_RANK
+    torchrun --nproc_per_node=8 scripts/save_spatio_temporal_clip_features.py --video_dir_path ... --clip_feat_path ...
+    # CPU only, tiny test tower
+    python scripts/save_spatio_temporal_clip_features.py --video_dir_path v --clip_feat_path f --vision_tower tiny_clip/ --device cpu
+
+What a run does:
+
+1. Lists the video folder (sorted; hidden files are skipped) and gives rank ``r`` of ``W`` the videos
+   ``videos[r::W]`` (``RANK`` / ``WORLD_SIZE`` from torchrun). Two files with one video id (``v_x.mp4``, ``v_x.mkv``)
+   keep the first; the others fail with that reason. Videos whose feature file exists are skipped (resume).
+2. ``--num_workers`` processes decode the videos in parallel (``decode.decode_sampled``: straight through, only the
+   sampled frames kept, already resized) while the main process encodes; decoding dominates on real videos.
+3. The main process concatenates frames of consecutive videos into encoder batches of exactly ``--infer_batch``
+   frames (the last one smaller): a batch can hold the end of one video and the start of the next, so short
+   videos do not run small forwards. (The original's ``--infer_batch`` also counts frames per forward, but only
+   within one video.) Per-frame features are float16, as the original's fp16 tower gave them.
+4. When all of a video's frames are encoded it is pooled (``pooling.pool_video_features``) and written with
+   ``store.save_features``: a temporary file in the same folder, then a rename, so a killed run never leaves a
+   truncated feature file. Temporary files of a killed run are removed by the next run of the same rank split.
+5. A video that cannot be decoded (corrupt, empty, not a video, no frames) is skipped with its reason; the run goes
+   on. At the end the failures are printed and written, with notes (a container whose frame count was wrong:
+   the frames that really decode were sampled) and timings, to ``<clip_feat_path>/extraction_report.json`` (a
+   ``.json``, never taken for a feature file; with several ranks, one file per rank merged by rank 0).
+   The exit status is 1 if any video failed, else 0.
+
+Speed knobs: ``--num_workers`` (decode processes per rank; default: all the rank's cores with a GPU encoder,
+half of them with a CPU encoder, which gets the other half as torch threads), ``--decoder_threads`` (FFmpeg threads
+per decode process; default cores / workers), ``--infer_batch`` (frames per encoder forward; raise it on a big GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from video_chatgpt.constants import DEFAULT_NUM_FRAMES, DEFAULT_VISION_TOWER
+from video_chatgpt.features.decode import DECODE_ERRORS, decode_sampled
+from video_chatgpt.features.encoder import ClipFrameEncoder
+from video_chatgpt.features.pooling import pool_video_features
+from video_chatgpt.features.store import atomic_write_bytes, save_features, video_id_of
+
+REPORT_NAME = "extraction_report.json"
+FEATURE_FORMATS = ("pkl", "npy")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass
+class ExtractArgs:
+    """Settings of one extraction run (the command-line flags)."""
+
+    video_dir_path: Path  # folder of videos (mp4, mkv, webm, ...); every non-hidden file in it is a video
+    clip_feat_path: Path  # output folder (created); one feature file per video, plus the report
+    infer_batch: int = 32  # frames per encoder forward (can span several videos)
+    vision_tower: str = DEFAULT_VISION_TOWER  # local CLIPVisionModel folder, or hub id in the HF cache (offline)
+    num_frames: int = DEFAULT_NUM_FRAMES  # frames sampled per video = temporal tokens
+    feature_format: str = "pkl"  # pkl (pickled bare ndarray, as the original / official files) or npy
+    device: str = "auto"  # auto = cuda:LOCAL_RANK if CUDA is available, else cpu
+    dtype: str = "auto"  # auto = float16 on CUDA, float32 on CPU; or float16 / bfloat16 / float32
+    num_workers: int | None = None  # decode processes per rank; None = from the cores (see module docstring)
+    decoder_threads: int | None = None  # FFmpeg threads per decode process; None = cores / workers
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self):
+        self.video_dir_path, self.clip_feat_path = Path(self.video_dir_path), Path(self.clip_feat_path)
+        if self.infer_batch < 1:
+            raise ValueError(f"--infer_batch must be >= 1, got {self.infer_batch}")
+        if self.num_frames < 1:
+            raise ValueError(f"--num_frames must be >= 1, got {self.num_frames}")
+        if self.feature_format not in FEATURE_FORMATS:
+            raise ValueError(f"--feature_format must be one of {FEATURE_FORMATS}, got {self.feature_format!r}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"--num_workers must be >= 0, got {self.num_workers}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="save_spatio_temporal_clip_features.py",
+        description="Extract Video-ChatGPT spatio-temporal CLIP features: one <video_id>.pkl per video.",
+    )
+    p.add_argument("--video_dir_path", required=True, help="folder of videos")
+    p.add_argument("--clip_feat_path", required=True, help="output folder of feature files (created)")
+    p.add_argument("--infer_batch", type=int, default=32, help="frames per encoder forward (default 32)")
+    p.add_argument("--vision_tower", default=DEFAULT_VISION_TOWER, help="CLIP vision tower folder or cached hub id")
+    p.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames sampled per video")
+    p.add_argument("--feature_format", choices=FEATURE_FORMATS, default="pkl", help="pkl (default) or npy")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float16, bfloat16, float32")
+    p.add_argument("--num_workers", type=int, default=None, help="decode processes per rank (0 = decode in-process)")
+    p.add_argument("--decoder_threads", type=int, default=None, help="FFmpeg threads per decode process")
+    p.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> ExtractArgs:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return ExtractArgs(**vars(ns))
+    except ValueError as exc:
+        parser.error(str(exc))  # exits with status 2
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in a torchrun launch (all zeros / ones when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> DistEnv:
+        world = int(environ.get("WORLD_SIZE", 1))
+        return cls(
+            rank=int(environ.get("RANK", 0)),
+            world_size=world,
+            local_rank=int(environ.get("LOCAL_RANK", 0)),
+            local_world_size=int(environ.get("LOCAL_WORLD_SIZE", world)),
+        )
+
+
+def resolve_device(name: str, env: DistEnv) -> torch.device:
+    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; a bare ``cuda`` also gets LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{env.local_rank}"
+    return torch.device(name)
+
+
+def worker_counts(args: ExtractArgs, device: torch.device, env: DistEnv) -> tuple[int, int, int]:
+    """(decode processes, FFmpeg threads each, torch threads of a CPU encoder) from the rank's cores, unless given.
+
+    On GPU the main process mostly waits, so every core decodes. On CPU the cores are shared half and half between
+    decoding and encoding; more torch threads than free cores make a loaded machine much slower, not faster.
+    """
+    cores = max(1, len(os.sched_getaffinity(0)) // max(1, env.local_world_size))
+    default_workers = cores if device.type != "cpu" else max(1, cores // 2)
+    workers = args.num_workers if args.num_workers is not None else default_workers
+    threads = args.decoder_threads if args.decoder_threads is not None else max(1, cores // max(1, workers))
+    encoder_threads = max(1, cores - workers)
+    return workers, threads, encoder_threads
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What to do
+
+
+@dataclass
+class Plan:
+    """This rank's share of the folder."""
+
+    todo: list[Path]  # videos to extract, in order
+    skipped: list[str]  # names of videos whose feature file already exists
+    failed: list[dict]  # {"video", "reason"} known before decoding (duplicate ids)
+    stale_tmp: list[Path]  # temporary files of a killed run, for this rank's videos
+
+
+def list_videos(folder: Path) -> list[Path]:
+    """Every regular, non-hidden file in ``folder``, sorted by name (so all ranks see the same list)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--video_dir_path {folder} is not a folder")
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
+    return [folder / name for name in names]
+
+
+def plan_videos(videos: list[Path], out_names: set[str], fmt: str, out_dir: Path, env: DistEnv) -> Plan:
+    """Split ``videos`` across ranks and drop what is done; ``out_names`` = the file names now in the output folder."""
+    first_of: dict[str, str] = {}  # video id -> first file name with that id (over all ranks' videos)
+    for path in videos:
+        first_of.setdefault(video_id_of(path.name), path.name)
+    todo, skipped, failed = [], [], []
+    for path in videos[env.rank :: env.world_size]:
+        vid = video_id_of(path.name)
+        if first_of[vid] != path.name:
+            failed.append({"video": path.name, "reason": f"duplicate video id {vid!r} (also {first_of[vid]}); not extracted"})
+        elif f"{vid}.{fmt}" in out_names:
+            skipped.append(path.name)
+        else:
+            todo.append(path)
+    mine = {video_id_of(p.name) for p in todo}
+    # store.atomic_write_bytes names its temporary files ".<final name>.<random>.tmp".
+    stale = [
+        out_dir / name
+        for name in out_names
+        if name.startswith(".") and name.endswith(".tmp") and name[1:].split(".")[0] in mine and f".{fmt}." in name
+    ]
+    return Plan(todo, skipped, failed, stale)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding in worker processes
+
+
+@dataclass
+class DecodedItem:
+    """What a decode worker sends back for one video: its sampled frames, or why there are none."""
+
+    path: Path
+    frames: torch.Tensor | None  # (T, S, S, 3) uint8, shared memory between processes
+    num_decoded: int = 0
+    note: str | None = None
+    error: str | None = None
+    decode_s: float = 0.0
+
+
+class _DecodeDataset(Dataset):
+    """Map-style dataset over video paths; item i = the decoded, sampled, resized frames of video i."""
+
+    def __init__(self, paths: list[Path], num_frames: int, size: int, threads: int):
+        self.paths, self.num_frames, self.size, self.threads = paths, num_frames, size, threads
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> DecodedItem:
+        path = self.paths[i]
+        start = time.perf_counter()
+        try:
+            video = decode_sampled(path, self.num_frames, self.size, threads=self.threads)
+        except DECODE_ERRORS as exc:
+            reason = str(exc) or type(exc).__name__
+            return DecodedItem(path, None, error=reason, decode_s=time.perf_counter() - start)
+        frames = torch.from_numpy(video.frames)
+        return DecodedItem(path, frames, video.num_decoded, video.note, decode_s=time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoding across videos
+
+
+@dataclass
+class _Pending:
+    """A video whose frames are (partly) waiting for the encoder."""
+
+    item: DecodedItem
+    frames: torch.Tensor  # (T, S, S, 3) uint8 on the device
+    features: torch.Tensor  # (T, P, C) float16 on the device, filled as batches come back
+    sent: int = 0  # frames already encoded
+
+
+@dataclass
+class Report:
+    """What one rank did; written as JSON next to the features."""
+
+    video_dir: str
+    clip_feat_path: str
+    vision_tower: str
+    num_frames: int
+    feature_shape: list[int]
+    feature_format: str
+    rank: int = 0
+    world_size: int = 1
+    videos: int = 0  # videos of this rank (done before included)
+    extracted: list[str] = field(default_factory=list)
+    skipped_existing: int = 0
+    failed: list[dict] = field(default_factory=list)  # {"video", "reason"}
+    notes: list[dict] = field(default_factory=list)  # {"video", "note"}
+    frames_encoded: int = 0
+    elapsed_s: float = 0.0
+    decode_s: float = 0.0  # summed over decode workers (they run in parallel)
+    wait_for_decode_s: float = 0.0  # main process idle, waiting for a decoded video
+    encode_s: float = 0.0
+    write_s: float = 0.0
+    complete: bool = False  # False when the run was interrupted
+
+    def summary(self) -> str:
+        n = len(self.extracted)
+        rate = n / self.elapsed_s if self.elapsed_s else 0.0
+        fps = self.frames_encoded / self.elapsed_s if self.elapsed_s else 0.0
+        return (
+            f"extracted {n}, skipped {self.skipped_existing} (already done), failed {len(self.failed)} "
+            f"in {self.elapsed_s:.1f}s ({rate:.2f} videos/s, {fps:.1f} frames/s)"
+        )
+
+
+class _Job:
+    """The encode side of a run: batches frames of consecutive videos, pools and writes finished ones."""
+
+    def __init__(self, encoder: ClipFrameEncoder, args: ExtractArgs, report: Report, progress):
+        self.encoder, self.args, self.report, self.progress = encoder, args, report, progress
+        self.pending: deque[_Pending] = deque()
+        self.queued = 0  # frames in self.pending not yet encoded
+
+    def add(self, item: DecodedItem) -> None:
+        if item.error is not None:
+            self.report.failed.append({"video": item.path.name, "reason": item.error})
+            self._advance()
+            return
+        if item.note:
+            self.report.notes.append({"video": item.path.name, "note": item.note})
+        frames = item.frames.to(self.encoder.device, non_blocking=True)
+        t = frames.shape[0]
+        features = torch.empty(t, self.encoder.num_patches, self.encoder.width, dtype=torch.float16, device=self.encoder.device)
+        self.pending.append(_Pending(item, frames, features))
+        self.queued += t
+        while self.queued >= self.args.infer_batch:
+            self._encode(self.args.infer_batch)
+
+    def flush(self) -> None:
+        while self.queued:
+            self._encode(min(self.queued, self.args.infer_batch))
+
+    def _encode(self, n: int) -> None:
+        """Encode the next ``n`` queued frames (from the front videos) in one forward."""
+        start = time.perf_counter()
+        parts, owners = [], []
+        for pend in self.pending:
+            take = min(n, pend.frames.shape[0] - pend.sent)
+            if take:
+                parts.append(pend.frames[pend.sent : pend.sent + take])
+                owners.append((pend, pend.sent, take))
+                pend.sent += take
+                n -= take
+            if n == 0:
+                break
+        out = self.encoder(torch.cat(parts) if len(parts) > 1 else parts[0])  # (n, P, C) float16
+        offset = 0
+        for pend, first, take in owners:
+            pend.features[first : first + take] = out[offset : offset + take]
+            offset += take
+        self.queued -= offset
+        self.report.frames_encoded += offset
+        self.report.encode_s += time.perf_counter() - start
+        # Videos complete in order: the front ones whose frames have all been encoded.
+        while self.pending and self.pending[0].sent == self.pending[0].frames.shape[0]:
+            self._finish(self.pending.popleft())
+
+    def _finish(self, pend: _Pending) -> None:
+        start = time.perf_counter()
+        tokens = pool_video_features(pend.features, self.args.num_frames).cpu().numpy()  # (num_frames + P, C) fp16
+        if list(tokens.shape) != self.report.feature_shape:
+            raise RuntimeError(f"{pend.item.path.name}: pooled shape {tokens.shape} != {self.report.feature_shape}")
+        vid = video_id_of(pend.item.path.name)
+        save_features(self.args.clip_feat_path / f"{vid}.{self.args.feature_format}", tokens)
+        self.report.extracted.append(pend.item.path.name)
+        self.report.write_s += time.perf_counter() - start
+        self._advance()
+
+    def _advance(self) -> None:
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(failed=len(self.report.failed), refresh=False)
+
+
+def run(args: ExtractArgs, env: DistEnv = DistEnv()) -> Report:
+    """Extract this rank's share of ``args.video_dir_path``; returns (and writes) the report."""
+    started = time.perf_counter()
+    device = resolve_device(args.device, env)
+    args.clip_feat_path.mkdir(parents=True, exist_ok=True)
+    videos = list_videos(args.video_dir_path)
+    out_names = set(os.listdir(args.clip_feat_path))
+    plan = plan_videos(videos, out_names, args.feature_format, args.clip_feat_path, env)
+    for tmp in plan.stale_tmp:
+        tmp.unlink(missing_ok=True)
+
+    encoder = ClipFrameEncoder(args.vision_tower, device=device, dtype=args.dtype)
+    report = Report(
+        video_dir=str(args.video_dir_path),
+        clip_feat_path=str(args.clip_feat_path),
+        vision_tower=str(args.vision_tower),
+        num_frames=args.num_frames,
+        feature_shape=[args.num_frames + encoder.num_patches, encoder.width],
+        feature_format=args.feature_format,
+        rank=env.rank,
+        world_size=env.world_size,
+        videos=len(plan.todo) + len(plan.skipped) + len(plan.failed),
+        skipped_existing=len(plan.skipped),
+        failed=list(plan.failed),
+    )
+    workers, threads, encoder_threads = worker_counts(args, device, env)
+    torch_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(encoder_threads)  # restored at the end
+    dataset = _DecodeDataset(plan.todo, args.num_frames, encoder.image_size, threads)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,  # one item = one video; frames are batched across videos by _Job
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,  # up to 4 decoded videos waiting per worker
+        in_order=False,  # a long video does not hold back the short ones decoded after it
+    )
+    progress = None
+    if args.progress and env.rank == 0 and plan.todo:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(plan.todo), unit="video", desc=f"features (rank 0 of {env.world_size})", dynamic_ncols=True)
+    job = _Job(encoder, args, report, progress)
+    try:
+        waited = time.perf_counter()
+        for item in loader:
+            report.wait_for_decode_s += time.perf_counter() - waited
+            report.decode_s += item.decode_s
+            job.add(item)
+            waited = time.perf_counter()
+        job.flush()
+        report.complete = True
+    finally:
+        torch.set_num_threads(torch_threads)
+        if progress is not None:
+            progress.close()
+        report.elapsed_s = time.perf_counter() - started
+        write_report(report, report_path(args.clip_feat_path, env))
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def report_path(out_dir: Path, env: DistEnv) -> Path:
+    if env.world_size == 1:
+        return out_dir / REPORT_NAME
+    return out_dir / f"extraction_report.rank{env.rank:05d}-of-{env.world_size:05d}.json"
+
+
+def write_report(report: Report, path: Path) -> Path:
+    return atomic_write_bytes(path, (json.dumps(asdict(report), indent=2) + "\n").encode())
+
+
+def merge_reports(out_dir: Path, world_size: int) -> dict:
+    """Rank 0, after all ranks are done: the per-rank reports as one ``extraction_report.json``."""
+    parts = [
+        json.loads(report_path(out_dir, DistEnv(rank=r, world_size=world_size)).read_text()) for r in range(world_size)
+    ]
+    merged = dict(parts[0], rank=None, world_size=world_size)
+    for key in ("extracted", "failed", "notes"):
+        merged[key] = [x for part in parts for x in part[key]]
+    for key in ("videos", "skipped_existing", "frames_encoded"):
+        merged[key] = sum(part[key] for part in parts)
+    for key in ("decode_s", "wait_for_decode_s", "encode_s", "write_s"):
+        merged[key] = sum(part[key] for part in parts)
+    merged["elapsed_s"] = max(part["elapsed_s"] for part in parts)
+    merged["complete"] = all(part["complete"] for part in parts)
+    atomic_write_bytes(out_dir / REPORT_NAME, (json.dumps(merged, indent=2) + "\n").encode())
+    return merged
+
+
+def print_outcome(failed: list[dict], notes: list[dict], summary: str, path: Path) -> None:
+    for note in notes:
+        print(f"note: {note['video']}: {note['note']}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} video(s) failed:", file=sys.stderr)
+        for f in failed:
+            print(f"  {f['video']}: {f['reason']}", file=sys.stderr)
+    print(f"{summary}; report: {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``video-chatgpt extract-features`` and the script; exit status 1 if any video failed."""
+    args = parse_args(argv)
+    env = DistEnv.from_environ(os.environ)
+    distributed = env.world_size > 1 and "MASTER_ADDR" in os.environ
+    if distributed:
+        import torch.distributed as dist
+
+        # Only for the end of the run (gloo works with or without GPUs); ranks may finish hours apart.
+        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timedelta(days=7))
+    try:
+        report = run(args, env)
+        failed, notes, summary = report.failed, report.notes, report.summary()
+        path = report_path(args.clip_feat_path, env)
+        any_failed = bool(failed)
+        if distributed:
+            # Every rank learns whether any video failed, so all exit with the same status (torchrun stops the
+            # others as soon as one exits non-zero); rank 0 merges the reports before anyone exits.
+            count = torch.tensor([len(failed)])
+            dist.all_reduce(count)
+            any_failed = bool(count.item())
+            if env.rank == 0:
+                merged = merge_reports(args.clip_feat_path, env.world_size)
+                failed, notes, path = merged["failed"], merged["notes"], args.clip_feat_path / REPORT_NAME
+                summary = f"all ranks: extracted {len(merged['extracted'])}, failed {len(failed)}; rank 0: {summary}"
+            dist.barrier()
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    if env.rank == 0 or (failed and not distributed):
+        print_outcome(failed, notes, summary, path)
+    return 1 if any_failed else 0

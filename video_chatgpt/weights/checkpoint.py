@@ -11,9 +11,10 @@ A model folder holds its weights in one of four layouts (what ``save_pretrained`
 Git LFS pointer (a few hundred bytes of text left by a failed ``git clone`` without ``git lfs``).
 ``read_tensor_infos(ckpt)`` gets every tensor's shape and dtype: from the safetensors header (the first few KB of
 the file; the file size is checked against the header, so a truncated download is caught), or for ``.bin`` from
-``torch.load(mmap=True)``, which reads the pickle and the zip directory but maps the data lazily (no data is read).
-``TensorReader`` then gives tensors by name, keeping at most a couple of shards open, so memory stays bounded by a
-few shards whatever the model size.
+the pickle and the zip directory (``torchzip``; a truncated zip has no directory and is caught), no data read.
+``TensorReader`` then gives tensors by name, reading just that tensor's bytes (safetensors: at the header's
+offset; ``.bin``: at its storage in the zip, see ``torchzip``), so memory is bounded by the tensors in use, whatever
+the shard or model size. (A pre-1.6 ``.bin`` that is not a zip is loaded whole, one shard at a time.)
 
 Every error is a ``WeightsError`` (a ``ValueError``) whose message names the file, and the tensor where there is one.
 
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
+import sys
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,6 +39,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from video_chatgpt.weights.torchzip import TorchZipShard, UnsupportedTorchZip
 
 # The first line of every Git LFS pointer file.
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
@@ -79,6 +84,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
     file: Path  # the shard that holds it
+    offset: int = -1  # safetensors: byte offset of the data in the file (-1 for .bin)
 
     @property
     def nbytes(self) -> int:
@@ -261,7 +267,7 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
             start, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"{path}: tensor {name!r} has an unreadable or unsupported header entry {entry!r}") from exc
-        info = TensorInfo(name, shape, dtype, path)
+        info = TensorInfo(name, shape, dtype, path, offset=8 + n + start)
         if end - start != info.nbytes or start < 0:
             raise WeightsError(
                 f"{path}: tensor {name!r} of shape {shape} {dtype} needs {info.nbytes} bytes but its offsets "
@@ -301,14 +307,33 @@ def load_bin_shard(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def open_bin_shard(path: str | Path) -> TorchZipShard | dict[str, torch.Tensor]:
+    """A ``.bin`` shard ready to give tensors one by one: a ``TorchZipShard`` (reads only the tensors asked for),
+    or, for files it does not handle (pre-1.6 format, ...), the ``load_bin_shard`` state dict."""
+    path = Path(path)
+    if is_lfs_pointer(path):
+        raise WeightsError(lfs_pointer_message(path))
+    try:
+        return TorchZipShard(path)
+    except UnsupportedTorchZip:
+        return load_bin_shard(path)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, struct.error) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint (truncated or corrupt?): {msg}") from exc
+
+
 def read_shard_infos(ckpt: Checkpoint, shard: str) -> dict[str, TensorInfo]:
     """Shapes and dtypes of every tensor in one shard, in file order (safetensors: header only; .bin: mmap load)."""
     path = ckpt.path(shard)
     if ckpt.format == "safetensors":
         return read_safetensors_header(path)
-    state = load_bin_shard(path)
-    infos = {k: TensorInfo(k, tuple(v.shape), v.dtype, path) for k, v in state.items()}
-    del state  # unmaps the file
+    handle = open_bin_shard(path)
+    if isinstance(handle, dict):
+        infos = {k: TensorInfo(k, tuple(v.shape), v.dtype, path) for k, v in handle.items()}
+        handle.clear()
+    else:
+        infos = {k: TensorInfo(k, r.shape, r.dtype, path) for k, r in handle.refs.items()}
+        handle.close()
     return infos
 
 
@@ -343,35 +368,71 @@ def read_tensor_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
 # Tensor data.
 
 
+class _SafetensorsFile:
+    """Reads one tensor at a time at the offsets the header gave (seek + ``readinto``), nothing mapped."""
+
+    def __init__(self, path: Path):
+        if sys.byteorder != "little":
+            raise WeightsError("reading safetensors needs a little-endian machine")
+        self._file = open(path, "rb")
+
+    def get(self, info: TensorInfo) -> torch.Tensor:
+        tensor = torch.empty(info.shape, dtype=info.dtype)
+        if info.nbytes:
+            # The raw little-endian bytes straight into the tensor's memory (through a flat uint8 view of it).
+            self._file.seek(info.offset)
+            got = self._file.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+            if got != info.nbytes:
+                raise ValueError(f"cut short ({got} of {info.nbytes} bytes): the file is truncated")
+        return tensor
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _BinShard:
+    """A ``.bin`` shard: ``TorchZipShard`` (one tensor read at a time) or the whole ``load_bin_shard`` state dict."""
+
+    def __init__(self, path: Path):
+        self._shard = open_bin_shard(path)
+
+    def get(self, info: TensorInfo) -> torch.Tensor:
+        if isinstance(self._shard, dict):
+            return self._shard[info.name]
+        return self._shard.get(info.name)
+
+    def close(self) -> None:
+        if isinstance(self._shard, dict):
+            self._shard.clear()  # drops the storages (unmaps the file)
+        else:
+            self._shard.close()
+
+
 class TensorReader:
     """Tensors of a checkpoint by name, keeping at most ``max_open`` shards open (least recently used closed first).
 
-    safetensors shards are opened with ``safe_open`` (each ``get`` copies one tensor out of the mapped file);
-    ``.bin`` shards are memory-mapped state dicts. Use as a context manager, or call ``close()``.
+    Each ``get`` reads only that tensor's bytes into fresh memory (safetensors: at the header's offset; ``.bin``: at
+    its storage in the zip), so memory is the tensors the caller holds, whatever the shard size. Reopening a shard
+    is cheap (a header or a pickle), so one open shard is enough even when two checkpoints' shards do not line up.
+    Use as a context manager, or call ``close()``.
     """
 
-    def __init__(self, ckpt: Checkpoint, infos: dict[str, TensorInfo] | None = None, max_open: int = 2):
+    def __init__(self, ckpt: Checkpoint, infos: dict[str, TensorInfo] | None = None, max_open: int = 1):
         self.ckpt = ckpt
         self.infos = infos if infos is not None else read_tensor_infos(ckpt)
         self.max_open = max(1, max_open)
-        self._open: OrderedDict[Path, object] = OrderedDict()  # shard path -> safe_open handle or state dict
+        self._open: OrderedDict[Path, _SafetensorsFile | _BinShard] = OrderedDict()
 
-    def _shard(self, path: Path):
+    def _shard(self, path: Path) -> _SafetensorsFile | _BinShard:
         if path in self._open:
             self._open.move_to_end(path)
             return self._open[path]
         while len(self._open) >= self.max_open:
-            _, old = self._open.popitem(last=False)
-            _close_handle(old)
-        if self.ckpt.format == "safetensors":
-            from safetensors import SafetensorError, safe_open
-
-            try:
-                handle = safe_open(str(path), framework="pt", device="cpu")
-            except (SafetensorError, OSError) as exc:
-                raise WeightsError(f"{path}: cannot be opened as safetensors ({exc})") from exc
-        else:
-            handle = load_bin_shard(path)
+            self._open.popitem(last=False)[1].close()
+        try:
+            handle = _SafetensorsFile(path) if self.ckpt.format == "safetensors" else _BinShard(path)
+        except OSError as exc:
+            raise WeightsError(f"{path}: cannot be opened ({exc})") from exc
         self._open[path] = handle
         return handle
 
@@ -380,40 +441,26 @@ class TensorReader:
         info = self.infos.get(name)
         if info is None:
             raise WeightsError(f"{self.ckpt.folder}: has no tensor {name!r}")
-        handle = self._shard(info.file)
-        if isinstance(handle, dict):
-            tensor = handle[name]
-        else:
-            from safetensors import SafetensorError
-
-            try:
-                tensor = handle.get_tensor(name)
-            except (SafetensorError, OSError) as exc:  # data out of range, file shrunk under us, ...
-                raise WeightsError(f"{info.file}: cannot read tensor {name!r} ({exc})") from exc
+        try:
+            tensor = self._shard(info.file).get(info)
+        except (OSError, ValueError, KeyError) as exc:
+            raise WeightsError(f"{info.file}: cannot read tensor {name!r} ({exc})") from exc
         if tuple(tensor.shape) != info.shape or tensor.dtype != info.dtype:
             raise WeightsError(
-                f"{info.file}: tensor {name!r} reads as {tuple(tensor.shape)} {tensor.dtype}, but the header says "
-                f"{info.shape} {info.dtype}"
+                f"{info.file}: tensor {name!r} reads as {tuple(tensor.shape)} {tensor.dtype}, but it was "
+                f"{info.shape} {info.dtype} when the checkpoint was checked (file changed?)"
             )
         return tensor
 
     def close(self) -> None:
         while self._open:
-            _, handle = self._open.popitem()
-            _close_handle(handle)
+            self._open.popitem()[1].close()
 
     def __enter__(self) -> "TensorReader":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _close_handle(handle) -> None:
-    if isinstance(handle, dict):
-        handle.clear()  # drops the mapped storages
-    elif hasattr(handle, "__exit__"):
-        handle.__exit__(None, None, None)
 
 
 def iter_tensors(ckpt: Checkpoint, names: list[str], infos: dict[str, TensorInfo]) -> Iterator[tuple[str, torch.Tensor]]:

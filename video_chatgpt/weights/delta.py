@@ -20,7 +20,8 @@ bit-identical to the original's in-place ``param += base`` and to ``(a.float() +
 
 Memory: everything is planned from the files' headers first (shapes, dtypes, names, so every bad input is reported
 before anything is written); then tensors stream one at a time from the source, the matching base tensor is read
-from at most two open base shards, and each result is appended to a streamed safetensors shard and dropped. The
+by name (base and source shards need not line up), and each result is appended to a streamed safetensors shard and
+dropped. Peak: a few tensors for safetensors inputs; one source + one base shard of mapped pages for ``.bin``. The
 output is written into a hidden temporary folder next to the target and renamed into place only when complete.
 """
 
@@ -356,7 +357,7 @@ def combine_folders(
 
     # 2. Stream: one source tensor, its base tensor, one result at a time.
     with staged_output(output_dir) as tmp:
-        with TensorReader(base_ckpt, base_infos, max_open=2) as base_reader, ShardedSafetensorsWriter(tmp, layout) as writer:
+        with TensorReader(base_ckpt, base_infos, max_open=1) as base_reader, ShardedSafetensorsWriter(tmp, layout) as writer:
             names = [s.name for s in plan.steps]
             current_file = None
             for step, (name, tensor) in zip(plan.steps, iter_tensors(source_ckpt, names, source_infos)):

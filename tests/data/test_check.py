@@ -170,10 +170,15 @@ def test_nan_features_are_fatal_when_loaded(tmp_path):
     bad = features(2)
     bad[3, 5] = np.nan
     save_features(folder / "v_002.pkl", bad)
-    deep = check_training_data(data, folder, deep=True)
-    assert deep.counts == {"non_finite": 1} and deep.problems["non_finite"][0].file == "v_002.pkl"
-    sampled = check_training_data(data, folder, sample_size=1)  # only the first file is loaded fully
-    assert sampled.num_files_loaded == 1 and not sampled.fatal
+    inf = features(3, dtype=np.float32)  # another dtype takes numpy's own isfinite
+    inf[0, 0] = -np.inf
+    save_features(folder / "v_003.pkl", inf)
+    save_features(folder / "v_001.pkl", np.full((ROWS, WIDTH), np.inf, np.float16))
+    deep = check_training_data(data, folder, deep=True, expected_dtype=None)
+    assert sorted(p.file for p in deep.problems["non_finite"]) == ["v_001.pkl", "v_002.pkl", "v_003.pkl"]
+    assert "1 of 192 values are NaN or inf" in deep.format()
+    sampled = check_training_data(data, folder, sample_size=1)  # loads only v_000 fully
+    assert sampled.num_files_loaded == 1 and set(sampled.counts) == {"wrong_dtype"}  # v_003, from its header
 
 
 HEADER_CASES = {

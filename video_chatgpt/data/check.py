@@ -439,16 +439,25 @@ def _npy_header(f, size: int) -> tuple[tuple[int, ...], np.dtype] | None:
 
 
 def _load_values(path: Path) -> FeatureInfo:
-    """Full, safe load; raises FeatureFileError also for NaN/inf (as a ``non_finite`` marker in the message)."""
+    """Full, safe load with ``load_features``; raises ``_NonFinite`` for NaN/inf values (a ``non_finite`` problem)."""
     array = load_features(path)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if not _all_finite(array):
         bad = int(array.size - np.isfinite(array).sum())
         raise _NonFinite(f"{bad} of {array.size} values are NaN or inf")
     return FeatureInfo(tuple(array.shape), str(array.dtype))
 
 
+def _all_finite(array: np.ndarray) -> bool:
+    if array.dtype == np.float16:
+        # numpy's isfinite on float16 is ~10x slower than the load itself; NaN and inf are the values whose 5
+        # exponent bits are all ones.
+        exponent = np.uint16(0x7C00)
+        return bool(((array.view(np.uint16) & exponent) != exponent).all())
+    return array.dtype.kind != "f" or bool(np.isfinite(array).all())
+
+
 class _NonFinite(ValueError):
-    pass
+    """A feature file that loads but holds NaN or inf (training on it gives a NaN loss)."""
 
 
 def _run_chunked(fn: Callable, items: Sequence, chunk: int, pool: ThreadPoolExecutor | None) -> list:

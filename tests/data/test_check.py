@@ -161,7 +161,8 @@ def test_expected_width_dtype_and_token_count(tmp_path):
     assert len(check_training_data(data, folder, num_video_tokens=356).problems["wrong_shape"]) == 3
     for v in range(3):
         save_features(folder / f"v_{v:03d}.pkl", features(v, dtype=np.float32))
-    assert check_training_data(data, folder).counts == {"wrong_dtype": 3}
+    float32 = check_training_data(data, folder)
+    assert float32.counts == {"wrong_dtype": 3} and not float32.fatal  # the dataset casts to float16
     assert not check_training_data(data, folder, expected_dtype=None).fatal  # any dtype that all files share
 
 
@@ -243,15 +244,22 @@ def test_bad_records_are_reported(tmp_path):
     by_kind = {kind: [p.index for p in probs] for kind, probs in report.problems.items()}
     assert by_kind == {
         "malformed": [4, 5, 6, 7, 8],
-        "video_placeholder": [9, 10],
-        "no_video": [10, 15],
+        "video_placeholder": [9, 10, 14],  # the dataset raises unless a video has exactly one
+        "no_video": [10, 15],  # text-only records among video ones: the collator cannot batch them
         "empty_question": [11],
         "empty_answer": [12],
         "duplicate": [13],
-        "no_video_placeholder": [14],
     }
-    assert report.fatal_kinds == ["malformed", "video_placeholder"]
+    assert report.fatal_kinds == ["malformed", "video_placeholder", "no_video"]
     assert "same video and conversations as record 0" in report.format()
+
+
+def test_text_only_data_is_not_mixed(tmp_path):
+    _, folder, _ = make_data(tmp_path, num_videos=1, per_video=1)
+    records = [{"id": f"t{k}", "conversations": [{"from": "human", "value": f"q{k}"}, {"from": "gpt", "value": "a"}]}
+               for k in range(3)]  # fmt: skip
+    report = check_training_data(write_records(tmp_path / "text.json", records), folder)
+    assert report.counts == {} and report.num_videos == 0
 
 
 def test_warnings_alone_are_not_fatal(tmp_path):
@@ -316,7 +324,7 @@ def test_a_limit_that_cuts_the_video_span_is_fatal(tmp_path, tiny_llava, capsys)
 def test_check_command_flags_and_dispatch(tmp_path, monkeypatch, capsys):
     data, folder, _ = make_data(tmp_path, num_videos=2, per_video=1)
     base = ["check", "--data_path", str(data), "--video_folder", str(folder)]
-    sys.modules.pop("video_chatgpt.data.inspect", None)
+    monkeypatch.delitem(sys.modules, "video_chatgpt.data.inspect", raising=False)  # restored after the test
     assert data_main(base + ["--deep", "--expected_width", str(WIDTH), "--num_workers", "1"]) == 0
     assert "video_chatgpt.data.inspect" not in sys.modules  # imported only for `data inspect`
     assert data_main(base + ["--expected_width", "1024"]) == 1

@@ -12,14 +12,14 @@ From Python (the trainer calls this before step 1 and stops with ``report.format
 
 What is reported, and whether training would fail on it (``fatal``) or only learn less well (a warning):
 
-* fatal: an unreadable training JSON; malformed records (missing keys, non-alternating turns); ``<video>``
-  placeholders the model cannot fill (more than one per record, or one without a video); records whose feature
-  file is missing (the original's most reported crash); feature files that cannot be read, that do not share one
-  shape, whose width is not ``expected_width``, whose dtype is not ``expected_dtype``, or (loaded files) hold
-  NaN/inf; a ``model_max_length`` that would cut a video span;
-* warnings: empty questions or answers, duplicate records (same video and conversations), records without a video
-  or without a placeholder, records longer than ``model_max_length`` (truncated on the right), and records left
-  with no answer token to train on.
+* fatal: an unreadable training JSON; malformed records (missing keys, non-alternating turns); a record whose
+  ``<video>`` placeholders do not match its video (a video needs exactly one; the dataset raises otherwise);
+  records without a video among records with one (a batch cannot mix them); records whose feature file is missing
+  (the original's most reported crash); feature files that cannot be read, that do not share one shape, whose
+  width is not ``expected_width``, or (loaded files) hold NaN/inf; a ``model_max_length`` that would cut a span;
+* warnings: feature files whose dtype is not ``expected_dtype`` (the dataset casts them to float16), empty
+  questions or answers, duplicate records (same video and conversations), records longer than
+  ``model_max_length`` (truncated on the right), and records left with no answer token to train on.
 
 How feature files are checked. Reading all of them is 13K x 730 KB = 9.5 GB, minutes on a network file system, so by
 default each file referenced by the data is checked from its *header*, exactly and without reading its data:
@@ -78,15 +78,14 @@ KINDS: Mapping[str, Kind] = MappingProxyType(
     {
         "data_file": Kind(True, "the training JSON cannot be used"),
         "malformed": Kind(True, "malformed records (the dataset would raise on them)"),
-        "video_placeholder": Kind(True, "records whose <video> placeholders the model cannot fill"),
+        "video_placeholder": Kind(True, "records whose <video> placeholders do not match their video"),
+        "no_video": Kind(True, "records without a video among records with one (a batch cannot mix them)"),
         "missing_feature": Kind(True, "records whose feature file is missing"),
         "unreadable_feature": Kind(True, "feature files that cannot be read as a 2-D numeric array"),
         "wrong_shape": Kind(True, "feature files of the wrong shape"),
-        "wrong_dtype": Kind(True, "feature files of the wrong dtype"),
+        "wrong_dtype": Kind(False, "feature files of another dtype (the dataset casts them to float16)"),
         "non_finite": Kind(True, "feature files holding NaN or inf (among the files loaded fully)"),
         "video_span_cut": Kind(True, "records whose video span model_max_length would cut"),
-        "no_video": Kind(False, "records without a video (text only)"),
-        "no_video_placeholder": Kind(False, "records with a video but no <video> placeholder (features unused)"),
         "empty_question": Kind(False, "records with an empty question"),
         "empty_answer": Kind(False, "records with an empty answer"),
         "duplicate": Kind(False, "duplicate records (same video and conversations as an earlier record)"),
@@ -264,20 +263,13 @@ def check_record(index: int, record: object) -> RecordCheck:
             return RecordCheck([bad("malformed", message)], None, False)
 
     problems = []
-    renderable = True
+    # One video fills exactly one span: the renderer turns every <video> into one, and the dataset raises on a
+    # record whose number of spans differs from its number of videos (0 or 1).
     placeholders = sum(t["value"].count(VIDEO_PLACEHOLDER) for t in turns if t["from"] == "human")
-    if video is None:
-        problems.append(bad("no_video", "no 'video' key"))
-        if placeholders:
-            # The renderer turns every <video> into a span of video tokens that no features would fill.
-            problems.append(bad("video_placeholder", f"{placeholders} <video> placeholder(s) but no video"))
-            renderable = False
-    elif placeholders == 0:
-        problems.append(bad("no_video_placeholder", f"video {video!r} is loaded but no turn shows it"))
-    elif placeholders > 1:
-        # Each span takes the next feature tensor of the batch: a second span in one record has none of its own.
-        problems.append(bad("video_placeholder", f"{placeholders} <video> placeholders; one video fills one"))
-        renderable = False
+    if video is None and placeholders:
+        problems.append(bad("video_placeholder", f"{placeholders} <video> placeholder(s) but no 'video' file"))
+    elif video is not None and placeholders != 1:
+        problems.append(bad("video_placeholder", f"video {video!r} but {placeholders} <video> placeholders"))
     for k, turn in enumerate(turns):
         text = turn["value"].replace(VIDEO_PLACEHOLDER, "").strip()
         if not text:
@@ -285,7 +277,7 @@ def check_record(index: int, record: object) -> RecordCheck:
             problems.append(bad(kind, f"turn {k} ({turn['from']}) is {turn['value']!r}"))
     if not any(t["from"] == "gpt" for t in turns):
         problems.append(bad("no_supervised_tokens", "no gpt turn"))
-    return RecordCheck(problems, video, renderable)
+    return RecordCheck(problems, video, renderable=True)
 
 
 def find_duplicates(records: Sequence[object], renderable: Sequence[bool]) -> list[Problem]:
@@ -300,6 +292,14 @@ def find_duplicates(records: Sequence[object], renderable: Sequence[bool]) -> li
         if j != i:
             found.append(Problem("duplicate", f"same video and conversations as record {j}", index=i, file=key[0]))
     return found
+
+
+def _text_only_among_video(checks: Sequence[RecordCheck]) -> list[Problem]:
+    """Well-formed records without a video when others have one: the collator cannot batch them together."""
+    text_only = [i for i, c in enumerate(checks) if c.renderable and c.video is None]
+    if not text_only or len(text_only) == sum(c.renderable for c in checks):
+        return []
+    return [Problem("no_video", "no 'video' key, while other records have one", index=i) for i in text_only]
 
 
 def length_stats(lengths: Sequence[int], num_video_tokens: int, model_max_length: int | None) -> TokenLengths:
@@ -543,6 +543,7 @@ def check_training_data(
         report.add(c.problems)
     renderable = [c.renderable for c in checks]
     report.add(find_duplicates(records, renderable))
+    report.add(_text_only_among_video(checks))
     lap("records")
 
     expected = (num_video_tokens, expected_width, expected_dtype)

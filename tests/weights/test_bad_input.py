@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from tests.weights.conftest import load_folder
 from video_chatgpt.weights import delta as delta_module
 from video_chatgpt.weights.apply_delta import apply_delta, main
 from video_chatgpt.weights.checkpoint import WeightsError
@@ -49,23 +48,19 @@ def rewrite_bin_tensor(folder: Path, name: str, value: torch.Tensor) -> Path:
 def rewrite_safetensors_tensor(folder: Path, name: str, value: torch.Tensor) -> Path:
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     shard = folder / index["weight_map"][name]
-    state = load_folder_file(shard)
+    state = load_file(shard)
     state[name] = value
     save_file(state, shard, metadata={"format": "pt"})
     return shard
-
-
-def load_folder_file(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(path)
 
 
 def test_base_is_a_file(folders, delta_bin, tmp_path):
     """Users pass the trained projector video_chatgpt-7B.bin as the base."""
     file = tmp_path / "video_chatgpt-7B.bin"
     torch.save({"model.mm_projector.weight": torch.zeros(4, 2)}, file)
-    message = fails(file, delta_bin, tmp_path / "target", str(file), "is a file, not a model folder", "--projection_path")
+    message = fails(
+        file, delta_bin, tmp_path / "target", str(file), "is a file, not a model folder", "--projection_path"
+    )
     assert "--base-model-path" in message
 
 
@@ -148,7 +143,10 @@ def test_index_names_a_tensor_its_shard_lacks(folders, delta_bin, copy_of, tmp_p
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_truncated_shard(folders, delta_bin, copy_of, tmp_path, fmt):
     base, delta = copy_of(folders["base_bin"]), copy_of(delta_bin)
-    shard = delta / "model-00003-of-00004.safetensors" if fmt == "safetensors" else base / "pytorch_model-00003-of-00003.bin"
+    if fmt == "safetensors":
+        shard = delta / "model-00003-of-00004.safetensors"
+    else:
+        shard = base / "pytorch_model-00003-of-00003.bin"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     fails(base, delta, tmp_path / "target", str(shard), "truncated")

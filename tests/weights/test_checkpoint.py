@@ -46,7 +46,8 @@ def test_safetensors_header_matches_the_library(tmp_path):
     tensors = {"w": torch.randn(4, 3), "h": torch.zeros(5, dtype=torch.float16), "i": torch.arange(6)}
     save_file(tensors, path, metadata={"format": "pt"})
     infos = read_safetensors_header(path)
-    assert {k: (i.shape, i.dtype) for k, i in infos.items()} == {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+    want = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+    assert {k: (i.shape, i.dtype) for k, i in infos.items()} == want
     path.write_bytes(path.read_bytes() + b"\0" * 4)
     with pytest.raises(WeightsError, match="longer than its header says"):
         read_safetensors_header(path)
@@ -114,3 +115,12 @@ def test_combine_rules_in_fp16():
     before = s.clone()
     combine(COMBINE_ROWS, s, b, subtract=True)
     assert torch.equal(s, before)  # inputs are never modified
+
+
+def test_config_is_copied_not_rewritten():
+    from video_chatgpt.weights.delta import fp16_config
+
+    raw = b'{"model_type": "llava",  "torch_dtype": "float16", "mm_hidden_size": 1024}'
+    assert fp16_config(raw) == (raw, False)  # byte for byte
+    out, changed = fp16_config(b'{"model_type": "llava", "torch_dtype": "float32", "use_mm_proj": true}')
+    assert changed and json.loads(out) == {"model_type": "llava", "torch_dtype": "float16", "use_mm_proj": True}

@@ -40,7 +40,8 @@ def assert_same_tensors(got: dict, want: dict) -> None:
     for name in want:
         assert got[name].dtype == torch.float16, name
         assert got[name].shape == want[name].shape, name
-        assert torch.equal(got[name], want[name]), f"{name}: max diff {(got[name].float() - want[name].float()).abs().max()}"
+        diff = (got[name].float() - want[name].float()).abs().max()
+        assert torch.equal(got[name], want[name]), f"{name}: max diff {diff}"
 
 
 @pytest.mark.parametrize(

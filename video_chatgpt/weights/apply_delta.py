@@ -64,7 +64,10 @@ def build_parser(prog: str = "video-chatgpt apply-delta") -> argparse.ArgumentPa
     p.add_argument("--base-model-path", type=str, required=True, help="Hugging Face-format LLaMA-7B folder (or hub id)")
     p.add_argument("--target-model-path", type=str, required=True, help="output folder")
     p.add_argument(
-        "--delta-path", type=str, required=True, help="delta folder or hub id, e.g. liuhaotian/LLaVA-Lightning-7B-delta-v1-1"
+        "--delta-path",
+        type=str,
+        required=True,
+        help="delta folder or hub id, e.g. liuhaotian/LLaVA-Lightning-7B-delta-v1-1",
     )
     p.add_argument(
         "--max-shard-size",

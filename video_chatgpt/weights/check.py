@@ -16,8 +16,8 @@ What is checked, reading only small files and checkpoint headers (no weight data
   ``vocab_size``. It is read as plain JSON (a LLaMA config with LLaVA's keys), never through ``AutoConfig``:
   current transformers maps ``model_type: "llava"`` to a different, nested config.
 * every shard named by the index exists, is not a Git LFS pointer, and is complete: a safetensors header parses and
-  matches the file size; a ``.bin`` opens as a PyTorch zip/pickle (memory-mapped, data not read); every tensor the
-  index names is in its shard; all tensors are floating point; every decoder layer is there.
+  matches the file size; a ``.bin`` opens as a PyTorch zip (its pickle and zip directory are read, no data); every
+  tensor the index names is in its shard; all tensors are floating point; every decoder layer is there.
 * ``model.embed_tokens.weight`` / ``lm_head.weight`` are ``(vocab_size, hidden_size)``; the projector
   ``model.mm_projector.weight`` is ``(hidden_size, mm_hidden_size)`` and its bias ``(hidden_size,)``.
 * a tokenizer is present (``tokenizer.model`` loads with SentencePiece, or ``tokenizer.json`` parses) with the image
@@ -67,7 +67,9 @@ class WeightsReport:
         """Raise ``WeightsError`` (a ``ValueError``) listing every problem, if there is any."""
         if self.problems:
             listing = "\n".join(f"  - {p}" for p in self.problems)
-            raise WeightsError(f"{self.folder} is not a usable LLaVA model folder ({len(self.problems)} problem(s)):\n{listing}")
+            raise WeightsError(
+                f"{self.folder} is not a usable LLaVA model folder ({len(self.problems)} problem(s)):\n{listing}"
+            )
 
     def to_dict(self) -> dict:
         return {
@@ -79,7 +81,9 @@ class WeightsReport:
         }
 
     def format(self) -> str:
-        verdict = "OK, usable as a LLaVA base for training" if self.ok else f"NOT USABLE ({len(self.problems)} problem(s))"
+        verdict = (
+            "OK, usable as a LLaVA base for training" if self.ok else f"NOT USABLE ({len(self.problems)} problem(s))"
+        )
         lines = [f"check-weights {self.folder}: {verdict}"]
         width = max((len(k) for k in self.facts), default=0)
         lines += [f"  {k:<{width}}  {v}" for k, v in self.facts.items()]
@@ -122,7 +126,9 @@ def check_config(folder: Path, report: WeightsReport) -> dict | None:
             report.problems.append(f"{path}: {key!r} = {value!r}, expected a positive integer")
     tower = config.get("mm_vision_tower")
     if not isinstance(tower, str) or not tower:
-        report.problems.append(f"{path}: key 'mm_vision_tower' is missing or empty (a LLaVA config names its CLIP tower)")
+        report.problems.append(
+            f"{path}: key 'mm_vision_tower' is missing or empty (a LLaVA config names its CLIP tower)"
+        )
     if config.get("use_mm_proj") is not True:
         report.problems.append(
             f"{path}: 'use_mm_proj' is {config.get('use_mm_proj')!r}, expected true (the model needs its projector)"

@@ -266,7 +266,9 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
             shape = tuple(int(d) for d in entry["shape"])
             start, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise WeightsError(f"{path}: tensor {name!r} has an unreadable or unsupported header entry {entry!r}") from exc
+            raise WeightsError(
+                f"{path}: tensor {name!r} has an unreadable or unsupported header entry {entry!r}"
+            ) from exc
         info = TensorInfo(name, shape, dtype, path, offset=8 + n + start)
         if end - start != info.nbytes or start < 0:
             raise WeightsError(
@@ -303,7 +305,8 @@ def load_bin_shard(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{path}: holds a {type(state).__name__}, expected a state dict (name -> tensor)")
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise WeightsError(f"{path}: entry {not_tensors[0]!r} is a {type(state[not_tensors[0]]).__name__}, not a tensor")
+        kind = type(state[not_tensors[0]]).__name__
+        raise WeightsError(f"{path}: entry {not_tensors[0]!r} is a {kind}, not a tensor")
     return state
 
 
@@ -463,7 +466,9 @@ class TensorReader:
         self.close()
 
 
-def iter_tensors(ckpt: Checkpoint, names: list[str], infos: dict[str, TensorInfo]) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_tensors(
+    ckpt: Checkpoint, names: list[str], infos: dict[str, TensorInfo]
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` for ``names`` in that order, holding one shard open at a time when the names are
     grouped by shard (as ``read_tensor_infos`` orders them)."""
     with TensorReader(ckpt, infos, max_open=1) as reader:

@@ -10,9 +10,10 @@ is the delta for apply-delta and the target for make-delta):
 * any other source tensor missing from the base is an error (the base is not the model the delta was made from);
   base tensors the source lacks are dropped, as the original does, with a warning.
 
-Two keys the original drops because its model class has no place for them are dropped here too, with a warning:
-``model.vision_tower.*`` (the vision tower is loaded separately from ``mm_vision_tower``) and a ``*.rotary_emb.inv_freq``
-buffer that only the source has (it is recomputed from the config; a source-only value would be a difference).
+Two kinds of source tensor the original drops (its model class has no place for them) are dropped here too, with
+a warning: ``model.vision_tower.*`` (the vision tower is loaded separately from ``mm_vision_tower``) and a
+``*.rotary_emb.inv_freq`` buffer that only the source has (recomputed from the config; a source-only value would be
+a difference).
 
 Arithmetic: each input is first cast to fp16 (what ``from_pretrained(torch_dtype=float16)`` does), then added or
 subtracted as fp16 tensors. PyTorch computes fp16 ``+``/``-`` in fp32 and rounds once to fp16, so the result is
@@ -31,7 +32,7 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -49,7 +50,13 @@ from video_chatgpt.weights.checkpoint import (
     lfs_pointer_message,
     read_tensor_infos,
 )
-from video_chatgpt.weights.writer import OutputTensor, ShardedSafetensorsWriter, parse_size, plan_shards
+from video_chatgpt.weights.writer import (
+    DEFAULT_MAX_SHARD_SIZE,
+    OutputTensor,
+    ShardedSafetensorsWriter,
+    parse_size,
+    plan_shards,
+)
 
 PROJECTOR_PREFIX = "model.mm_projector."
 LM_HEAD_KEY = "lm_head.weight"
@@ -110,7 +117,8 @@ class DeltaResult:
     def summary(self) -> str:
         return (
             f"wrote {self.output}: {self.num_tensors} tensors, {self.total_bytes / 1e9:.2f} GB fp16 in "
-            f"{len(self.shards)} safetensors shard(s) + model.safetensors.index.json; copied {', '.join(self.copied_files)}"
+            f"{len(self.shards)} safetensors shard(s) + model.safetensors.index.json; "
+            f"copied {', '.join(self.copied_files)}"
         )
 
 
@@ -150,8 +158,8 @@ def plan_delta(
             else:
                 problems.append(
                     f"{source_role} {s.file}: tensor {name!r} is not in the {base_role} and is not the projector "
-                    f"({PROJECTOR_PREFIX}*): the {base_role} is not the model this delta belongs to (the LLaVA delta is "
-                    f"against the original LLaMA-7B in Hugging Face format, not Vicuna)"
+                    f"({PROJECTOR_PREFIX}*): the {base_role} is not the model this delta belongs to (the LLaVA "
+                    f"delta is against the original LLaMA-7B in Hugging Face format, not Vicuna)"
                 )
             continue
         if not b.dtype.is_floating_point:
@@ -278,7 +286,7 @@ def _same_or_inside(a: Path, b: Path) -> bool:
 def check_output_path(output: Path, inputs: list[Path], role: str, overwrite: bool) -> None:
     for inp in inputs:
         if _same_or_inside(output, inp):
-            raise WeightsError(f"{role} {output} is (inside) an input folder {inp}; choose another folder")
+            raise WeightsError(f"{role} {output} overlaps the input folder {inp} (same, inside or around it)")
     if output.exists():
         if not output.is_dir():
             raise WeightsError(f"{role} {output} exists and is a file")
@@ -317,7 +325,7 @@ def combine_folders(
     subtract: bool,
     roles: tuple[str, str, str] = ("delta", "base", "target"),
     flags: tuple[str, str, str] | None = None,
-    max_shard_size: str | int = "2GB",
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     log: Log | None = None,
 ) -> DeltaResult:
@@ -349,18 +357,24 @@ def combine_folders(
     total = sum(t.nbytes for shard in layout for t in shard)
     free = shutil.disk_usage(output_dir.parent if output_dir.parent.exists() else Path.cwd()).free
     if free < total + sum(map(len, side.values())):
-        raise WeightsError(f"{output_flag} {output_dir}: needs {total / 1e9:.2f} GB, only {free / 1e9:.2f} GB free there")
+        raise WeightsError(
+            f"{output_flag} {output_dir}: needs {total / 1e9:.2f} GB, only {free / 1e9:.2f} GB free there"
+        )
     config_bytes, config_changed = fp16_config(side["config.json"])
     warnings = list(plan.warnings)
     if config_changed:
         warnings.append("config.json: torch_dtype set to float16 (the output is fp16)")
+        log(f"warning: {warnings[-1]}")
 
     # 2. Stream: one source tensor, its base tensor, one result at a time.
     with staged_output(output_dir) as tmp:
-        with TensorReader(base_ckpt, base_infos, max_open=1) as base_reader, ShardedSafetensorsWriter(tmp, layout) as writer:
-            names = [s.name for s in plan.steps]
+        with (
+            closing(iter_tensors(source_ckpt, [s.name for s in plan.steps], source_infos)) as source_tensors,
+            TensorReader(base_ckpt, base_infos) as base_reader,
+            ShardedSafetensorsWriter(tmp, layout) as writer,
+        ):
             current_file = None
-            for step, (name, tensor) in zip(plan.steps, iter_tensors(source_ckpt, names, source_infos)):
+            for step, (name, tensor) in zip(plan.steps, source_tensors):
                 if source_infos[name].file != current_file:
                     current_file = source_infos[name].file
                     log(f"reading {current_file.name}")

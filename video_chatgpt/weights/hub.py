@@ -88,5 +88,6 @@ def resolve_model_folder(
         return Path(snapshot_download(text, cache_dir=cache_dir, allow_patterns=DOWNLOAD_PATTERNS))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as exc:
         # No network (connection errors surface as LocalEntryNotFoundError/OSError), a gated or unknown repo (HTTP).
-        reason = f", and it cannot be downloaded now ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        reason = f", and it cannot be downloaded now ({type(exc).__name__}: {detail})"
         raise WeightsError(not_found_message(text, flag, cache, reason)) from exc

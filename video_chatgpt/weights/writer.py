@@ -99,7 +99,11 @@ def safetensors_header(tensors: list[OutputTensor], metadata: dict[str, str] | N
     for t in tensors:
         if t.dtype not in TORCH_TO_SAFETENSORS:
             raise WeightsError(f"tensor {t.name!r}: dtype {t.dtype} cannot be stored in safetensors")
-        header[t.name] = {"dtype": TORCH_TO_SAFETENSORS[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        header[t.name] = {
+            "dtype": TORCH_TO_SAFETENSORS[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + t.nbytes],
+        }
         offset += t.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # 8-byte alignment of the data buffer, as the safetensors library writes

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="per-device batch (default 4, small 2)")
     p.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="checkpoint every decoder layer (both variants)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; else torch's)")
     p.add_argument("--small", action="store_true", help="tiny model and shapes: the same code in seconds")
     p.add_argument("--variants", default=",".join(VARIANT_ORDER), help="comma-separated subset of ours,straightforward")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
@@ -190,6 +192,8 @@ def report(args, results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads or args.small:
+        torch.set_num_threads(args.threads or 1)
     if args.worker:
         print(json.dumps(run_variant(args)), flush=True)
         return 0

@@ -316,6 +316,9 @@ def test_a_limit_that_cuts_the_video_span_is_fatal(tmp_path, tiny_llava, capsys)
     assert data_main(args + ["--model_max_length", "30", "--json"]) == 1
     cut = json.loads(capsys.readouterr().out)
     assert "video_span_cut" in cut["fatal_kinds"] and cut["counts"]["truncated"] == 4
+    assert data_main(args + ["--mm_use_vid_start_end", "False", "--json"]) == 0
+    no_start_end = json.loads(capsys.readouterr().out)["token_lengths"]
+    assert no_start_end["max"] == ok["token_lengths"]["max"] - 2  # no <vid_start>, <vid_end>
     assert "cuts the video span" in cut["problems"]["video_span_cut"][0]["message"]
     # an answer cut away completely leaves nothing to train on: a warning
     assert cut["counts"].get("no_supervised_tokens", 0) + cut["counts"]["video_span_cut"] == 4

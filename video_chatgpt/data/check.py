@@ -652,12 +652,15 @@ def _check_lengths(report, records, renderable, tokenizer_path, max_length, rows
     video_ids, _ = add_video_tokens(tokenizer, use_start_end=use_vid_start_end)
     encoder = SegmentEncoder(tokenizer)
 
-    def one(i: int) -> tuple[int, int, Problem | None]:
+    def one(i: int) -> tuple[int, int | None, Problem | None]:
         conv = records[i]["conversations"]
         try:  # exactly the trainer's call: the same ids, the same truncation, the same error on a cut span
             sample = render_sample(conv, encoder, video_ids, rows, TRAIN_TEMPLATE, max_length=max_length)
         except ValueError as exc:
-            full = render_sample(conv, encoder, video_ids, rows, TRAIN_TEMPLATE).full_length
+            try:  # without the limit: the record itself renders, so the limit cut its video span
+                full = render_sample(conv, encoder, video_ids, rows, TRAIN_TEMPLATE).full_length
+            except ValueError as bad:  # a structure check_record let through
+                return i, None, Problem("malformed", str(bad), index=i)
             return i, full, Problem("video_span_cut", str(exc), index=i)
         if sample.num_supervised == 0:
             what = "truncation to model_max_length cuts the whole answer" if sample.truncated else "nothing to train"
@@ -665,14 +668,14 @@ def _check_lengths(report, records, renderable, tokenizer_path, max_length, rows
         return i, sample.full_length, None
 
     results = _run_chunked(one, [i for i, ok in enumerate(renderable) if ok], _RENDER_CHUNK, pool)
-    if not results:
-        return
     for i, full, problem in results:
-        if max_length is not None and full > max_length:
+        if full is not None and max_length is not None and full > max_length:
             report.add([Problem("truncated", f"{full} tokens > model_max_length {max_length}", index=i)])
         if problem is not None:
             report.add([problem])
-    report.token_lengths = length_stats([full for _, full, _ in results], rows, max_length)
+    lengths = [full for _, full, _ in results if full is not None]
+    if lengths:
+        report.token_lengths = length_stats(lengths, rows, max_length)
 
 
 def _short(value: object, limit: int = 60) -> str:

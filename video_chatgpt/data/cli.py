@@ -38,11 +38,29 @@ def build_check_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--expected_dtype", default=DEFAULT_FEATURE_DTYPE, help="feature dtype; 'any' accepts one shared by all"
     )
+    p.add_argument(
+        "--mm_use_vid_start_end",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=True,
+        help="video span with <vid_start>/<vid_end>, as the documented recipe (default True)",
+    )
     p.add_argument("--deep", action="store_true", help="load every feature file fully (slower)")
     p.add_argument("--num_workers", type=int, default=None, help="threads (default: CPU count, at most 16)")
     p.add_argument("--max_listed", type=int, default=DEFAULT_MAX_LISTED, help="findings listed per kind")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     return p
+
+
+def _flag(text: str) -> bool:
+    """``True``/``False`` as the training flags spell them (``--mm_use_vid_start_end False``)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "y"):
+        return True
+    if value in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
 def check_main(argv: list[str]) -> int:
@@ -61,6 +79,7 @@ def check_main(argv: list[str]) -> int:
             num_workers=args.num_workers,
             num_video_tokens=args.num_video_tokens,
             expected_dtype=None if args.expected_dtype == "any" else args.expected_dtype,
+            use_vid_start_end=args.mm_use_vid_start_end,
         )
     except (OSError, ValueError) as exc:  # e.g. a --model_name_or_path without a tokenizer
         print(f"error: {exc}", file=sys.stderr)

@@ -204,7 +204,9 @@ def verify(ours: Path, naive: Path) -> int:
     return len(names)
 
 
-def bench_format(root: Path, fmt: str, base_state: dict, delta_state: dict, shards: int, floor: float, check: bool) -> list[str]:
+def bench_format(
+    root: Path, fmt: str, base_state: dict, delta_state: dict, shards: int, floor: float, check: bool
+) -> list[str]:
     """Write the two models in ``fmt``, run ours and naive, return the report lines."""
     base, delta = root / f"base-{fmt}", root / f"delta-{fmt}"
     write_model(base, base_state, shards, fmt, llava=False)

@@ -53,19 +53,18 @@ GOOD_BAD = {
 }
 
 
-def _args(video_dir, out, *extra):
-    return ["--video_dir_path", str(video_dir), "--clip_feat_path", str(out), "--vision_tower", str(_args.tower),
+def _args(video_dir, out, tower, *extra):
+    return ["--video_dir_path", str(video_dir), "--clip_feat_path", str(out), "--vision_tower", str(tower),
             "--num_frames", str(NUM_FRAMES), "--infer_batch", "5", "--num_workers", "1", "--no_progress", *extra]
 
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, video_dir, tiny_clip):
-    _args.tower = tiny_clip
     out = tmp_path_factory.mktemp("feats")
     (out / ".v_awkshort01.pkl.abc123.tmp").write_bytes(b"half a file from a killed run")
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
-        rc = main(_args(video_dir, out))
+        rc = main(_args(video_dir, out, tiny_clip))
     return out, rc, stderr.getvalue()
 
 
@@ -103,21 +102,21 @@ def test_features_equal_the_reference(first_run, video_dir, tiny_clip):
             assert type(pickle.load(f)) is np.ndarray  # a bare ndarray, as the original and the official files
 
 
-def test_rerun_skips_what_is_done(first_run, video_dir):
+def test_rerun_skips_what_is_done(first_run, video_dir, tiny_clip):
     out = first_run[0]
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.pkl")}
-    rc = main(_args(video_dir, out))
+    rc = main(_args(video_dir, out, tiny_clip))
     report = json.loads((out / REPORT_NAME).read_text())
     assert rc == 1 and report["extracted"] == [] and report["skipped_existing"] == len(before)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pkl")} == before
 
 
-def test_npy_format_holds_the_same_numbers(first_run, video_dir, tmp_path):
+def test_npy_format_holds_the_same_numbers(first_run, video_dir, tiny_clip, tmp_path):
     out = first_run[0]
     small = tmp_path / "videos"
     small.mkdir()
     shutil.copy(video_dir / "v_awkshort01.mp4", small)
-    assert main(_args(small, tmp_path / "npy", "--feature_format", "npy")) == 0
+    assert main(_args(small, tmp_path / "npy", tiny_clip, "--feature_format", "npy")) == 0
     assert os.listdir(tmp_path / "npy") and (tmp_path / "npy" / "v_awkshort01.npy").exists()
     np.testing.assert_array_equal(load_features(tmp_path / "npy" / "v_awkshort01.npy"), load_features(out / "v_awkshort01.pkl"))
 

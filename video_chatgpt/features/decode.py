@@ -23,7 +23,6 @@ not kept), which on uint8 input is a pure gather of rows and columns; the row/co
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,15 +54,13 @@ class SampledVideo:
     note: str | None = None  # set when the container's count was wrong
 
 
-@functools.lru_cache(maxsize=64)
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
     """Source index of each output row for ``interpolate(mode="nearest")`` from ``in_size`` to ``out_size``."""
     # Interpolating the index ramp itself gives torch's own floor(dst * in / out) in float32, edge cases included.
+    # (Exact for in_size < 2**24; a few microseconds, so it is not cached.)
     ramp = torch.arange(in_size, dtype=torch.float32).view(1, 1, in_size, 1)
     picked = torch.nn.functional.interpolate(ramp, size=(out_size, 1), mode="nearest")
-    out = picked.view(out_size).to(torch.int64).numpy()
-    out.setflags(write=False)  # cached and shared: never modified
-    return out
+    return picked.view(out_size).to(torch.int64).numpy()
 
 
 def resize_nearest(frames: np.ndarray, size: int) -> np.ndarray:

@@ -370,8 +370,8 @@ def run(args: ExtractArgs, env: DistEnv = DistEnv()) -> Report:
     """Extract this rank's share of ``args.video_dir_path``; returns (and writes) the report."""
     started = time.perf_counter()
     device = resolve_device(args.device, env)
-    args.clip_feat_path.mkdir(parents=True, exist_ok=True)
     videos = list_videos(args.video_dir_path)
+    args.clip_feat_path.mkdir(parents=True, exist_ok=True)
     out_names = set(os.listdir(args.clip_feat_path))
     plan = plan_videos(videos, out_names, args.feature_format, args.clip_feat_path, env)
     for tmp in plan.stale_tmp:
@@ -480,7 +480,11 @@ def main(argv: list[str] | None = None) -> int:
         # Only for the end of the run (gloo works with or without GPUs); ranks may finish hours apart.
         dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timedelta(days=7))
     try:
-        report = run(args, env)
+        try:
+            report = run(args, env)
+        except FileNotFoundError as exc:  # no video folder, or the tower is neither a folder nor in the HF cache
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         failed, notes, summary = report.failed, report.notes, report.summary()
         path = report_path(args.clip_feat_path, env)
         any_failed = bool(failed)

@@ -56,7 +56,8 @@ def make_clip(path: Path, frames: int, width: int = 640, height: int = 360, fps:
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 24, size=(8, height, width, 3), dtype=np.uint8)  # a few noise frames, reused
     yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (width + height)], axis=-1).astype(np.uint8)
+    base = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (width + height)], axis=-1)
+    base = base.astype(np.uint8)
     tmp = path.with_name(f".{path.name}.part")
     with av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
@@ -225,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     b = base["stages"]
     print(
         "\nwhy: the baseline's time is "
-        f"{b['decode (decord, seek by index)']:.1f} s decoding, {b['resize + PIL + CLIPImageProcessor']:.1f} s in PIL + the "
-        f"processor, {b['encode (full tower, all hidden states)']:.1f} s encoding, one after the other. Ours decodes in "
+        f"{b['decode (decord, seek by index)']:.1f} s decoding, "
+        f"{b['resize + PIL + CLIPImageProcessor']:.1f} s in PIL + the processor, "
+        f"{b['encode (full tower, all hidden states)']:.1f} s encoding, one after the other. Ours decodes in "
         "worker processes while the main process encodes (the wait line is what decoding did not hide), turns "
         "uint8 into normalised pixels with a lookup table (no PIL, no float64), runs one layer less and no "
         "stored hidden states, and fills each forward with frames of several videos."

@@ -81,11 +81,13 @@ def reference_features(path: Path, tower: str, num_frames: int, use_decord: bool
 
 def assert_fp16_close(ours: np.ndarray, ref: np.ndarray, ulps: int = 1) -> None:
     """Equal up to ``ulps`` float16 steps (float32 summation order may flip the last float16 bit)."""
-    assert ours.shape == ref.shape and ours.dtype == ref.dtype == np.float16, (ours.shape, ours.dtype, ref.shape, ref.dtype)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    assert ours.dtype == ref.dtype == np.float16, (ours.dtype, ref.dtype)
     a, b = ours.astype(np.float32), ref.astype(np.float32)
     step = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32)
     bad = np.abs(a - b) > ulps * step
-    assert not bad.any(), f"{bad.sum()} of {bad.size} values differ by more than {ulps} fp16 ulp; max abs diff {np.abs(a - b).max()}"
+    worst = np.abs(a - b).max()
+    assert not bad.any(), f"{bad.sum()} of {bad.size} values differ by more than {ulps} fp16 ulp; max abs diff {worst}"
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ def test_wrong_container_count_samples_the_frames_that_decode(tmp_path):
     video = decode_sampled(path, num_frames=100, size=224)
     assert video.num_decoded == len(everything) and video.container_frames == 120
     assert "120" in video.note and str(len(everything)) in video.note
-    np.testing.assert_array_equal(video.frames, resize_nearest(everything[reference_indices(len(everything), 100)], 224))
+    picked = everything[reference_indices(len(everything), 100)]
+    np.testing.assert_array_equal(video.frames, resize_nearest(picked, 224))
 
 
 def test_bad_inputs_raise_with_a_reason(tmp_path, awkward_videos):

@@ -61,11 +61,14 @@ def synthetic(tmp_path_factory):
     """(path, decode the reference with decord?) pairs: decord for h264 / VP8, PyAV for MPEG-4 Part 2."""
     out = tmp_path_factory.mktemp("enc")
     odd = render_frames(VideoTruth("v_encodd", "yellow", "circle", "left", 130, 77, 53))
+    short = VideoTruth("v_encshort", "red", "square", "right", 12, 64, 48)
+    mkv = VideoTruth("v_encmkv", "yellow", "circle", "left", 130, 77, 53)
+    webm = VideoTruth("v_encwebm", "blue", "circle", "up", 45, 96, 72)
     return [
-        (make_synthetic_video(out / "v_encshort.mp4", VideoTruth("v_encshort", "red", "square", "right", 12, 64, 48)), False),
-        (make_synthetic_video(out / "v_encmkv.mkv", VideoTruth("v_encmkv", "yellow", "circle", "left", 130, 77, 53)), False),
+        (make_synthetic_video(out / "v_encshort.mp4", short), False),
+        (make_synthetic_video(out / "v_encmkv.mkv", mkv), False),
         (write_h264(out / "v_encodd.mp4", odd), True),
-        (make_synthetic_video(out / "v_encwebm.webm", VideoTruth("v_encwebm", "blue", "circle", "up", 45, 96, 72)), True),
+        (make_synthetic_video(out / "v_encwebm.webm", webm), True),
     ]
 
 
@@ -100,3 +103,23 @@ def test_num_frames_changes_the_temporal_rows_only(tiny_clip):
     ours = small.features_from_frames(frames)
     assert ours.shape == (8 + 256, small.width)
     assert_fp16_close(ours, reference_features_from_frames(frames, str(tiny_clip), 8))
+
+
+def test_a_hub_id_is_resolved_offline_from_the_hf_cache(tiny_clip, tmp_path, monkeypatch):
+    import shutil
+
+    import huggingface_hub.constants
+
+    # The cache layout huggingface_hub writes: models--<org>--<name>/{refs/main, snapshots/<commit>/...}.
+    repo = tmp_path / "hub" / "models--openai--clip-vit-tiny"
+    commit = "0" * 40
+    shutil.copytree(tiny_clip, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    from_cache = VideoFeatureExtractor("openai/clip-vit-tiny", num_frames=4)
+    from_folder = VideoFeatureExtractor(tiny_clip, num_frames=4)
+    frames = render_frames(VideoTruth("v_hub", "red", "square", "up", 9, 64, 48))
+    np.testing.assert_array_equal(from_cache.features_from_frames(frames), from_folder.features_from_frames(frames))
+    with pytest.raises(FileNotFoundError, match="hf download openai/not-cached"):
+        VideoFeatureExtractor("openai/not-cached")

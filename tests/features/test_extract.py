@@ -118,7 +118,8 @@ def test_npy_format_holds_the_same_numbers(first_run, video_dir, tiny_clip, tmp_
     shutil.copy(video_dir / "v_awkshort01.mp4", small)
     assert main(_args(small, tmp_path / "npy", tiny_clip, "--feature_format", "npy")) == 0
     assert os.listdir(tmp_path / "npy") and (tmp_path / "npy" / "v_awkshort01.npy").exists()
-    np.testing.assert_array_equal(load_features(tmp_path / "npy" / "v_awkshort01.npy"), load_features(out / "v_awkshort01.pkl"))
+    npy = load_features(tmp_path / "npy" / "v_awkshort01.npy")
+    np.testing.assert_array_equal(npy, load_features(out / "v_awkshort01.pkl"))
 
 
 class _Evil:

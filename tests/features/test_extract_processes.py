@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.features.reference import assert_fp16_close
 from video_chatgpt.features.extract import REPORT_NAME, main
@@ -52,7 +51,8 @@ def test_killed_run_leaves_no_truncated_file_and_a_rerun_completes(sample_world,
         cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        assert _wait_for(lambda: out.is_dir() and any(n.endswith(".pkl") for n in os.listdir(out)), proc), proc.stderr.read()
+        started = _wait_for(lambda: out.is_dir() and any(n.endswith(".pkl") for n in os.listdir(out)), proc)
+        assert started, proc.stderr.read()
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the main process and its decode workers, at once, no cleanup
         proc.wait()

@@ -47,7 +47,7 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 
 def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
-    """``None``/``"auto"`` -> ``default_dtype(device)``; else ``float16``/``fp16``/``bfloat16``/``bf16``/``float32``/``fp32``."""
+    """``None``/``"auto"`` -> ``default_dtype(device)``; else float16 / fp16, bfloat16 / bf16, float32 / fp32."""
     if isinstance(name, torch.dtype):
         return name
     if name in (None, "auto"):
@@ -107,7 +107,8 @@ def processor_is_identity_at(processor, image_size: int) -> bool:
         if isinstance(size, int):  # very old configs: "size": 224
             targets = {size}
         else:
-            targets = {_size_field(size, "shortest_edge")} - {None} or {_size_field(size, "height"), _size_field(size, "width")}
+            shortest = _size_field(size, "shortest_edge")
+            targets = {shortest} if shortest is not None else {_size_field(size, "height"), _size_field(size, "width")}
         if targets != {image_size}:
             return False
     if getattr(processor, "do_center_crop", False):
@@ -169,7 +170,9 @@ class ClipFrameEncoder:
         """uint8 (B, S, S, 3) -> (B, P, C) float16 patch features of the selected layer, CLS dropped."""
         hidden = self.model(pixel_values=self.pixel_values(frames)).last_hidden_state  # (B, 1 + P, C)
         if hidden.shape[1] != 1 + self.num_patches:
-            raise RuntimeError(f"the tower returned {hidden.shape[1]} tokens per frame, expected 1 CLS + {self.num_patches}")
+            raise RuntimeError(
+                f"the tower returned {hidden.shape[1]} tokens per frame, expected 1 CLS + {self.num_patches} patches"
+            )
         # float16 per-frame features, as the original's fp16 tower produced and stored them before pooling.
         return hidden[:, 1:].to(torch.float16)
 
@@ -219,7 +222,7 @@ class VideoFeatureExtractor:
         return self.encoder.device
 
     def encode_frames(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """uint8 (T, S, S, 3) at the tower's size -> (T, P, C) float16 on the device, ``batch_size`` frames a forward."""
+        """uint8 (T, S, S, 3) at the tower's size -> (T, P, C) float16 on the device (``batch_size`` per forward)."""
         frames = torch.as_tensor(frames)
         return torch.cat([self.encoder(chunk) for chunk in frames.split(self.batch_size)], dim=0)
 

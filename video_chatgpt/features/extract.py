@@ -8,7 +8,8 @@ Run (the flags of the original ``scripts/save_spatio_temporal_clip_features.py``
     # 8 GPUs (and several nodes: add --nnodes/--node_rank/--master_addr); one GPU per rank, cuda:LOCAL_RANK
     torchrun --nproc_per_node=8 scripts/save_spatio_temporal_clip_features.py --video_dir_path ... --clip_feat_path ...
     # CPU only, tiny test tower
-    python scripts/save_spatio_temporal_clip_features.py --video_dir_path v --clip_feat_path f --vision_tower tiny_clip/ --device cpu
+    python scripts/save_spatio_temporal_clip_features.py --video_dir_path v --clip_feat_path f \\
+        --vision_tower tiny_clip/ --device cpu
 
 What a run does:
 
@@ -196,7 +197,8 @@ def plan_videos(videos: list[Path], out_names: set[str], fmt: str, out_dir: Path
     for path in videos[env.rank :: env.world_size]:
         vid = video_id_of(path.name)
         if first_of[vid] != path.name:
-            failed.append({"video": path.name, "reason": f"duplicate video id {vid!r} (also {first_of[vid]}); not extracted"})
+            reason = f"duplicate video id {vid!r} (also {first_of[vid]}); not extracted"
+            failed.append({"video": path.name, "reason": reason})
         elif f"{vid}.{fmt}" in out_names:
             skipped.append(path.name)
         else:
@@ -314,7 +316,8 @@ class _Job:
             self.report.notes.append({"video": item.path.name, "note": item.note})
         frames = item.frames.to(self.encoder.device, non_blocking=True)
         t = frames.shape[0]
-        features = torch.empty(t, self.encoder.num_patches, self.encoder.width, dtype=torch.float16, device=self.encoder.device)
+        # (T, P, C) float16, filled batch by batch
+        features = frames.new_empty((t, self.encoder.num_patches, self.encoder.width), dtype=torch.float16)
         self.pending.append(_Pending(item, frames, features))
         self.queued += t
         while self.queued >= self.args.infer_batch:
@@ -407,7 +410,8 @@ def run(args: ExtractArgs, env: DistEnv = DistEnv()) -> Report:
     if args.progress and env.rank == 0 and plan.todo:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(plan.todo), unit="video", desc=f"features (rank 0 of {env.world_size})", dynamic_ncols=True)
+        desc = f"features (rank 0 of {env.world_size})"
+        progress = tqdm(total=len(plan.todo), unit="video", desc=desc, dynamic_ncols=True)
     job = _Job(encoder, args, report, progress)
     try:
         waited = time.perf_counter()

@@ -22,7 +22,9 @@ from collections.abc import Mapping
 import torch
 
 
-def pool_video_features(features: torch.Tensor, num_frames: int, out_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+def pool_video_features(
+    features: torch.Tensor, num_frames: int, out_dtype: torch.dtype = torch.float16
+) -> torch.Tensor:
     """(T, P, C) per-frame patch features -> (num_frames + P, C) video tokens ``[temporal ; spatial]``."""
     if features.ndim != 3:
         raise ValueError(f"expected per-frame features (frames, patches, width), got shape {tuple(features.shape)}")
@@ -48,7 +50,10 @@ def num_patches(vision_config: object) -> int:
     ``vision_config`` is a ``CLIPVisionConfig``, a ``CLIPConfig`` (its ``vision_config`` is used) or a dict with
     ``image_size`` and ``patch_size``.
     """
-    inner = vision_config.get("vision_config") if isinstance(vision_config, Mapping) else getattr(vision_config, "vision_config", None)
+    if isinstance(vision_config, Mapping):
+        inner = vision_config.get("vision_config")
+    else:
+        inner = getattr(vision_config, "vision_config", None)
     if inner is not None:
         vision_config = inner
     grid = _field(vision_config, "image_size") // _field(vision_config, "patch_size")

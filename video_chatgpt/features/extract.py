@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from video_chatgpt.constants import DEFAULT_NUM_FRAMES, DEFAULT_VISION_TOWER
 from video_chatgpt.features.decode import DECODE_ERRORS, decode_sampled
-from video_chatgpt.features.encoder import ClipFrameEncoder
+from video_chatgpt.features.encoder import ClipFrameEncoder, VideoFeatureExtractor  # noqa: F401  (also exported here)
 from video_chatgpt.features.pooling import pool_video_features
 from video_chatgpt.features.store import atomic_write_bytes, save_features, video_id_of
 

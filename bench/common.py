@@ -175,13 +175,33 @@ def model_config(size: str, shapes: Shapes, attn: str = "sdpa") -> VideoChatGPTC
 
 
 def build_model(config: VideoChatGPTConfig, device: str, dtype: torch.dtype, seed: int = 0) -> VideoChatGPTForCausalLM:
-    """Random weights, created directly on ``device`` in ``dtype`` (no CPU copy of a 7B model)."""
+    """Random weights in ``dtype``, allocated once, directly on ``device`` (no CPU copy of a 7B model).
+
+    The model is laid out on the meta device and then materialised and initialised on ``device``:
+    ``VideoChatGPTForCausalLM.__init__`` builds a ``LlamaModel`` and then replaces it with a ``VideoChatGPTModel``,
+    so a direct build would briefly hold two backbones (27 GB at 7B in bf16, 54 GB in fp32).
+    """
     from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM
 
     torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.device("meta"):
         model = VideoChatGPTForCausalLM._from_config(config, dtype=dtype, attn_implementation=config._attn_implementation)
+    model.to_empty(device=device)
+    model.init_weights()  # skipped on meta; here it fills every weight and the rotary buffers on the device
+    _check_rotary(model)
     return model.train()
+
+
+def _check_rotary(model) -> None:
+    """The rotary frequencies are buffers, not weights: make sure the initialisation above did set them."""
+    rotary = model.model.rotary_emb
+    cfg = model.config
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    expected = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    got = rotary.inv_freq.detach().float().cpu()
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4):
+        raise RuntimeError("rotary inv_freq was not initialised after materialising the model from the meta device")
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -44,6 +44,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -262,17 +263,16 @@ def bench_training(args, env: dict) -> dict:
                 if attn == "flash_attention_2" and not cuda:
                     rows.append({**row, "status": "skipped: flash_attention_2 needs CUDA"})
                     continue
-                model = state["model"]
                 try:
-                    if model.config._attn_implementation != attn:
-                        model.set_attn_implementation(attn)
+                    if state["model"].config._attn_implementation != attn:
+                        state["model"].set_attn_implementation(attn)
                 except (ValueError, ImportError) as exc:
                     rows.append({**row, "status": f"skipped: {exc}"[:300]})
                     continue
-                common.set_checkpointing(model, gc_on)
-                rows.append({**row, **guarded(lambda: train_row(args, model, common.loss_ours, batch, state["optimizer"],
-                                                                 autocast, flops, peak), device)})
-        state.clear()
+                common.set_checkpointing(state["model"], gc_on)
+                rows.append({**row, **guarded(lambda: train_row(args, state["model"], common.loss_ours, batch,
+                                                                 state["optimizer"], autocast, flops, peak), device)})
+        state.clear()  # the only references to the 7B model and its optimizer: freed before the fp32 build
         common.free_memory(device)
 
     if "straightforward" in args.sections:
@@ -555,7 +555,9 @@ def render(results: dict) -> str:
         + ("; --small: tiny shapes on CPU, fp32: the numbers only show that the code runs" if env["small"] else ""),
     ]
     train = results.get("training")
-    if train:
+    if train and "rows" not in train:
+        lines += ["", f"training: {train.get('status')}"]
+    elif train:
         m, b = train["model"], train["batch"]
         lines += [
             "",
@@ -590,7 +592,9 @@ def render(results: dict) -> str:
                      f"batch {GLOBAL_BATCH}); 8 GPUs assumes linear scaling")
         lines.append("FLOPs: " + train["flops_formula"])
     ext = results.get("extraction")
-    if ext:
+    if ext and "tower" not in ext:
+        lines += ["", f"extraction: {ext.get('status')}"]
+    elif ext:
         t = ext["tower"]
         lines += ["", f"extraction: CLIP tower hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, {t['dtype']}"]
         if ext.get("tower_alone"):
@@ -631,17 +635,32 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars of the extractor's tower loads
     started = time.perf_counter()
     results: dict = {"env": environment(args), "args": {k: v for k, v in vars(args).items()}}
+    failed: list[str] = []
+
+    def section(name: str, fn: Callable[[], dict]) -> dict:
+        """A part that breaks (not by running out of memory: that is measured) must not lose the others."""
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - printed with its traceback and turned into a non-zero exit
+            traceback.print_exc()
+            failed.append(name)
+            return {"status": f"error: {type(exc).__name__}: {exc}"[:500]}
+
     if {"train", "straightforward"} & set(args.sections):
-        results["training"] = bench_training(args, results["env"])
-        results["projection"] = {"training": project_training(results["training"])}
+        results["training"] = section("training", lambda: bench_training(args, results["env"]))
+        if "rows" in results["training"]:
+            results["projection"] = {"training": project_training(results["training"])}
     if {"tower", "extractor"} & set(args.sections):
-        results["extraction"] = bench_extraction(args, results["env"])
+        results["extraction"] = section("extraction", lambda: bench_extraction(args, results["env"]))
     results["wall_s"] = round(time.perf_counter() - started, 1)
     results["out"] = args.out
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(render(results), flush=True)
+    if failed:
+        print(f"failed sections: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="tiny shapes on CPU: the same code paths in seconds")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --small)")
     p.add_argument("--out", default="bench/results/gpu.json", help="JSON output (default bench/results/gpu.json)")
+    p.add_argument("--dtype", default=None,
+                   help="training compute dtype: bf16 (default on CUDA), fp16, fp32 (default on CPU); "
+                        "`--small --dtype bf16` runs the GPU's dtype layout on CPU")
     p.add_argument("--sections", default="train,straightforward,tower,extractor",
                    help="comma-separated subset of train,straightforward,tower,extractor")
     p.add_argument("--attn", default="sdpa,flash_attention_2",
@@ -220,7 +223,7 @@ def bench_training(args, env: dict) -> dict:
     cuda = device.startswith("cuda")
     shapes = common.SMALL_SHAPES if args.small else common.Shapes()
     size = "tiny" if args.small else "7b"
-    compute = torch.bfloat16 if cuda else torch.float32
+    compute = common.parse_dtype(args.dtype, device)
     autocast = compute if compute != torch.float32 else None
     batch = common.make_batch(shapes).to(device)
     config = common.model_config(size, shapes, attn="sdpa")

@@ -72,9 +72,12 @@ def check_gpu_json(data: dict) -> None:
 
 
 def test_gpu_small_writes_every_section(tmp_path):
+    """bf16 as on a GPU: ours with a bf16 backbone, the straightforward step fp32, both under bf16 autocast."""
     out = tmp_path / "gpu.json"
-    proc = run_script("bench/gpu.py", "--small", "--out", str(out))
-    check_gpu_json(json.loads(out.read_text()))
+    proc = run_script("bench/gpu.py", "--small", "--dtype", "bf16", "--out", str(out))
+    data = json.loads(out.read_text())
+    check_gpu_json(data)
+    assert data["training"]["compute_dtype"] == "bf16"
     for text in ("straightforward / ours", "tower alone", "folder job", "projection"):
         assert text in proc.stdout, proc.stdout
 

@@ -185,7 +185,9 @@ def build_model(config: VideoChatGPTConfig, device: str, dtype: torch.dtype, see
 
     torch.manual_seed(seed)
     with torch.device("meta"):
-        model = VideoChatGPTForCausalLM._from_config(config, dtype=dtype, attn_implementation=config._attn_implementation)
+        model = VideoChatGPTForCausalLM._from_config(
+            config, dtype=dtype, attn_implementation=config._attn_implementation
+        )
     model.to_empty(device=device)
     model.init_weights()  # skipped on meta; here it fills every weight and the rotary buffers on the device
     _check_rotary(model)
@@ -364,7 +366,9 @@ class Timing:
         return statistics.median(self.cpu_s)
 
 
-def time_steps(step: Callable[[], object], device: str, warmup: int, steps: int, budget_s: float | None = None) -> Timing:
+def time_steps(
+    step: Callable[[], object], device: str, warmup: int, steps: int, budget_s: float | None = None
+) -> Timing:
     """Run ``warmup`` untimed then up to ``steps`` timed calls (fewer once ``budget_s`` of timed calls is spent,
     at least 1)."""
     for _ in range(warmup):

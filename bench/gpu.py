@@ -91,7 +91,9 @@ CLIP_SIZES = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--small", action="store_true", help="tiny shapes on CPU: the same code paths in seconds")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --small)")
     p.add_argument("--out", default="bench/results/gpu.json", help="JSON output (default bench/results/gpu.json)")
@@ -103,10 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attn", default="sdpa,flash_attention_2",
                    help="attention implementations to measure (flash_attention_2 only when flash_attn is importable)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per configuration (default 2, small 1)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per configuration at most (default 10, small 2)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per configuration at most (default 10, small 2)")
     p.add_argument("--budget-s", type=float, default=None, help="seconds of timed steps per configuration (default 20)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; else torch's)")
+                   help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; "
+                        "else torch's)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     p.add_argument("--tower-batches", default=None, help="tower batch sizes (default 1,16,64,128,256; small 1,4)")
     p.add_argument("--clip-seconds", default=None, help="generated clip lengths in s (default 20,40,60; small 1,2)")
@@ -154,7 +158,8 @@ def environment(args) -> dict:
     cuda = args.device.startswith("cuda")
     peak, source = peak_tflops(args.device, args.peak_tflops)
     env = {
-        "device": torch.cuda.get_device_name(args.device) if cuda else f"CPU ({platform.processor() or platform.machine()})",
+        "device": (torch.cuda.get_device_name(args.device) if cuda
+                   else f"CPU ({platform.processor() or platform.machine()})"),
         "device_type": "cuda" if cuda else "cpu",
         "gpu_memory_gb": round(torch.cuda.get_device_properties(args.device).total_memory / 2**30, 1) if cuda else None,
         "peak_bf16_tflops": peak,
@@ -230,9 +235,11 @@ def bench_training(args, env: dict) -> dict:
     flops = common.step_flops(config, batch)
     peak = env["peak_bf16_tflops"]
     out: dict = {
-        "model": {"size": size, **common.LLAMA_SIZES[size], "vocab_size": common.VOCAB, "mm_hidden_size": shapes.mm_hidden},
+        "model": {"size": size, **common.LLAMA_SIZES[size], "vocab_size": common.VOCAB,
+                  "mm_hidden_size": shapes.mm_hidden},
         "batch": {"batch": shapes.batch, "padded_length": batch.input_ids.shape[1], "video_tokens": shapes.video_tokens,
-                  "text_tokens": shapes.text_tokens(), "real_tokens": batch.real_tokens, "supervised_tokens": batch.supervised},
+                  "text_tokens": shapes.text_tokens(), "real_tokens": batch.real_tokens,
+                  "supervised_tokens": batch.supervised},
         "compute_dtype": common.dtype_name(compute),
         "flops_per_step": flops,
         "flops_formula": common.FLOPS_FORMULA,
@@ -464,7 +471,8 @@ def bench_videos(args, root: Path, tower_dir: Path, num_frames: int, dtype: torc
     clip_dir = root / "clips"
     clip_dir.mkdir()
     t0 = time.perf_counter()
-    clips = [write_clip(clip_dir / f"v_clip{i}.mp4", s, width, height, fps, seed=i) for i, s in enumerate(args.clip_seconds)]
+    clips = [write_clip(clip_dir / f"v_clip{i}.mp4", s, width, height, fps, seed=i)
+             for i, s in enumerate(args.clip_seconds)]
     generate_s = time.perf_counter() - t0
 
     cls, module = _extractor_class()
@@ -552,8 +560,9 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 def render(results: dict) -> str:
     env = results["env"]
     lines = [
-        f"bench/gpu.py on {env['device']} ({env['gpu_memory_gb'] or '-'} GB); torch {env['torch']} (CUDA {env['cuda']}), "
-        f"transformers {env['transformers']}, flash_attn {env['flash_attn'] or 'not installed'}, av {env['av'] or 'not installed'}",
+        f"bench/gpu.py on {env['device']} ({env['gpu_memory_gb'] or '-'} GB); torch {env['torch']} "
+        f"(CUDA {env['cuda']}), transformers {env['transformers']}, flash_attn {env['flash_attn'] or 'not installed'}, "
+        f"av {env['av'] or 'not installed'}",
         f"peak bf16: {_fmt(env['peak_bf16_tflops'], '.0f', 'unknown')} TFLOP/s ({env['peak_source']})"
         + ("; --small: tiny shapes on CPU, fp32: the numbers only show that the code runs" if env["small"] else ""),
     ]
@@ -572,7 +581,8 @@ def render(results: dict) -> str:
         header = (f"{'variant':<16} {'attn':<18} {'ckpt':<5} {'step ms':>9} {'steps/s':>8} {'tokens/s':>10} "
                   f"{'peak GB':>8} {'TFLOP/s':>8} {'MFU':>6}  1 GPU h  8 GPU h")
         lines += [header, "-" * len(header)]
-        proj = {(p["variant"], p["attn"], p["gradient_checkpointing"]): p for p in results["projection"]["training"]["rows"]}
+        proj = {(p["variant"], p["attn"], p["gradient_checkpointing"]): p
+                for p in results["projection"]["training"]["rows"]}
         for r in train["rows"]:
             key = (r["variant"], r["attn"], r["gradient_checkpointing"])
             head = f"{r['variant']:<16} {r['attn']:<18} {'on' if r['gradient_checkpointing'] else 'off':<5} "
@@ -599,7 +609,8 @@ def render(results: dict) -> str:
         lines += ["", f"extraction: {ext.get('status')}"]
     elif ext:
         t = ext["tower"]
-        lines += ["", f"extraction: CLIP tower hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, {t['dtype']}"]
+        lines += ["", f"extraction: CLIP tower hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, "
+                      f"{t['dtype']}"]
         if ext.get("tower_alone"):
             lines.append("tower alone (random pixels, inference_mode): " + ", ".join(
                 f"batch {r['batch']}: {r['frames_per_s']:.0f} frames/s" if r.get("status") == "ok"
@@ -615,7 +626,8 @@ def render(results: dict) -> str:
                          f"{j['videos_per_s']:.3f} videos/s ({j['extracted']} videos, {j['decoded_frames_per_s']:.0f} "
                          f"decoded frames/s, tower load included)")
             lines.append(f"projected at {pr['assumed_video']}: one-video API {pr['one_video_api_s_per_video']:.2f} "
-                         f"s/video, folder job {pr['folder_job_videos_per_s']:.3f} videos/s; the {pr['train_videos']:,} "
+                         f"s/video, folder job {pr['folder_job_videos_per_s']:.3f} videos/s; "
+                         f"the {pr['train_videos']:,} "
                          f"training videos: {pr['train_videos_one_gpu_hours_folder_job']:.2f} h on 1 GPU, "
                          f"{pr['train_videos_eight_gpus_hours_folder_job']:.2f} h on 8 (folder job, linear)")
         elif x:

@@ -38,7 +38,9 @@ VARIANT_ORDER = ("ours", "straightforward")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     p.add_argument("--dtype", default=None, help="compute dtype: fp32, bf16, fp16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: CPU 3, CUDA 20, small 3)")
@@ -47,9 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop timing a variant after this many seconds of timed steps (default: CPU 45, else none)")
     p.add_argument("--batch", type=int, default=None, help="per-device batch (default 4, small 2)")
     p.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2)")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="checkpoint every decoder layer (both variants)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="checkpoint every decoder layer (both variants)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; else torch's)")
+                   help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; "
+                        "else torch's)")
     p.add_argument("--small", action="store_true", help="tiny model and shapes: the same code in seconds")
     p.add_argument("--variants", default=",".join(VARIANT_ORDER), help="comma-separated subset of ours,straightforward")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
@@ -141,7 +145,8 @@ def report(args, results: dict[str, dict]) -> str:
         f"train_step: one Video-ChatGPT training step, random weights, "
         f"{size} LLaMA (hidden {sizes['hidden_size']}, {sizes['num_hidden_layers']} layers, intermediate "
         f"{sizes['intermediate_size']}, vocab {common.VOCAB}): {any_result['parameters'] / 1e6:.1f}M parameters",
-        f"batch {shapes.batch} x {batch.input_ids.shape[1]} tokens ({shapes.video_tokens} video + {min(text)}-{max(text)} "
+        f"batch {shapes.batch} x {batch.input_ids.shape[1]} tokens ({shapes.video_tokens} video + "
+        f"{min(text)}-{max(text)} "
         f"text per sample; {batch.real_tokens} real tokens, {batch.supervised} supervised)",
     ]
     if args.device.startswith("cuda"):
@@ -152,7 +157,8 @@ def report(args, results: dict[str, dict]) -> str:
         lines.append(
             f"device CPU ({any_result['threads']} threads), {common.dtype_name(compute)}"
             + (" (CPU fp32 is used here: both variants compute in fp32 without autocast; on a GPU the default is "
-               "bf16, with ours' frozen backbone stored in bf16 and the original's in fp32)" if compute == torch.float32 else "")
+               "bf16, with ours' frozen backbone stored in bf16 and the original's in fp32)"
+               if compute == torch.float32 else "")
             + f", attention {args.attn}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}"
         )
     counts = sorted({r["timed_steps"] for r in results.values()})
@@ -168,17 +174,20 @@ def report(args, results: dict[str, dict]) -> str:
         if r:
             lines.append(f"{name:<16} {r['trainable']:>12,} {r['step_ms']:>10.1f} "
                          + (f"{r['cpu_s_per_step']:>11.2f} " if cpu else "")
-                         + f"{r['tokens_per_s']:>10.1f} {r['peak_mib']:>10.1f} {r['train_delta_mib']:>15.1f}  {r['loss']:.4f}")
+                         + f"{r['tokens_per_s']:>10.1f} {r['peak_mib']:>10.1f} {r['train_delta_mib']:>15.1f}  "
+                         f"{r['loss']:.4f}")
     if "ours" in results and "straightforward" in results:
         o, s = results["ours"], results["straightforward"]
         lines.append("")
         if cpu:
-            lines.append(f"straightforward / ours: CPU seconds per step x{s['cpu_s_per_step'] / o['cpu_s_per_step']:.2f} "
+            lines.append(f"straightforward / ours: CPU seconds per step "
+                         f"x{s['cpu_s_per_step'] / o['cpu_s_per_step']:.2f} "
                          f"(the work done; steadier than wall time on a shared machine)")
         lines.append(
             f"straightforward / ours: step time x{s['step_ms'] / o['step_ms']:.2f}, peak memory "
             f"x{s['peak_mib'] / o['peak_mib']:.2f}, memory added by the steps x"
-            f"{s['train_delta_mib'] / max(o['train_delta_mib'], 1e-9):.2f}, trainable parameters x{s['trainable'] / o['trainable']:.0f}"
+            f"{s['train_delta_mib'] / max(o['train_delta_mib'], 1e-9):.2f}, "
+            f"trainable parameters x{s['trainable'] / o['trainable']:.0f}"
         )
         h, layers, inter = sizes["hidden_size"], sizes["num_hidden_layers"], sizes["intermediate_size"]
         head, body = h * common.VOCAB, layers * (4 * h * h + 3 * h * inter)

@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # passed on to the per-variant child processes
     cuda = args.device.startswith("cuda")
     args.steps = args.steps or (3 if args.small or not cuda else 20)
     args.warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
@@ -123,8 +124,7 @@ def run_variant(args) -> dict:
 
 def spawn(args, variant: str) -> dict:
     """Run one variant in a fresh interpreter (honest peak memory) and read its JSON line."""
-    argv = [a for a in sys.argv[1:]]
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", variant]
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--worker", variant]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report(args, results), flush=True)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+        settings = {k: v for k, v in vars(args).items() if k != "argv"}
+        Path(args.json_out).write_text(json.dumps({"args": settings, "results": results}, indent=2))
     return 0
 
 

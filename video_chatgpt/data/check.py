@@ -206,6 +206,12 @@ class DataReport:
             lines.append("Result: OK" + (f" ({warned} warnings)" if warned else ""))
         return "\n".join(lines)
 
+    def summary(self) -> dict:
+        """Compact JSON-serialisable summary (counts, shapes, token lengths, notes; no per-finding lists)."""
+        out = self.to_dict()
+        out.pop("problems")
+        return out
+
     def to_dict(self) -> dict:
         """Machine-readable report (every finding, not only the first ones); JSON-serialisable."""
         out = asdict(self)

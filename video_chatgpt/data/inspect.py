@@ -29,9 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from video_chatgpt.constants import IGNORE_INDEX, VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
-from video_chatgpt.data.conversation import TRAIN_TEMPLATE
-from video_chatgpt.data.dataset import SupervisedVideoDataset, load_records
-from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.data.dataset import (
+    first_feature_shape,
+    load_records,
+    load_training_tokenizer,
+    training_dataset,
+)
+from video_chatgpt.data.tokenizer import VideoTokenIds
 from video_chatgpt.features.store import FeatureFileError, load_features
 
 # The original's --model_max_length in the document's training command (the Trainer's own default is 512).
@@ -40,50 +44,6 @@ DEFAULT_MODEL_MAX_LENGTH = 2048
 GREEN, CYAN, DIM, RESET = "\x1b[1;32m", "\x1b[36m", "\x1b[2m", "\x1b[0m"
 PLAIN_OPEN, PLAIN_CLOSE = "{+", "+}"
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-# ------------------------------------------------------------------------------------- the trainer's construction
-def load_training_tokenizer(
-    model_name_or_path: str | Path, model_max_length: int | None, use_start_end: bool
-) -> tuple[object, VideoTokenIds, int]:
-    """The tokenizer as training uses it: the folder's tokenizer plus the video tokens.
-
-    Returns ``(tokenizer, video token ids, number of tokens that were new)``; the model needs the last to add its
-    embedding rows, so call this once, before building the model.
-    """
-    tokenizer = load_hf_tokenizer(model_name_or_path, model_max_length=model_max_length)
-    video_ids, num_new = add_video_tokens(tokenizer, use_start_end)
-    return tokenizer, video_ids, num_new
-
-
-def first_feature_shape(records: list[dict], video_folder: str | Path) -> tuple[int, int]:
-    """``(video tokens, width)`` of the first record's feature file: what training uses without the data check."""
-    first = next((r for r in records if isinstance(r, dict) and r.get("video")), None)
-    if first is None:
-        raise ValueError("no record has a 'video' feature file")
-    return tuple(load_features(Path(video_folder) / first["video"]).shape)
-
-
-def training_dataset(
-    records: list[dict],
-    video_folder: str | Path,
-    tokenizer,
-    video_ids: VideoTokenIds,
-    feature_shape: tuple[int, int],
-    max_length: int | None,
-    lazy: bool = True,
-) -> SupervisedVideoDataset:
-    """The training dataset, constructed as ``train.py`` constructs it (template, encoder, truncation)."""
-    return SupervisedVideoDataset(
-        records,
-        video_folder,
-        SegmentEncoder(tokenizer),
-        video_ids,
-        feature_shape=feature_shape,
-        max_length=max_length,
-        lazy=lazy,
-        template=TRAIN_TEMPLATE,
-    )
 
 
 # ------------------------------------------------------------------------------------------------ one record

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
@@ -126,8 +126,11 @@ class VideoChatGPTForCausalLM(LlamaForCausalLM):
     _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\..*"]  # LLaVA deltas may carry a CLIP copy
 
     def __init__(self, config: VideoChatGPTConfig):
-        super().__init__(config)
+        # Build the body once (LlamaForCausalLM.__init__ would build a LlamaModel first, then we would replace it).
+        LlamaPreTrainedModel.__init__(self, config)
         self.model = VideoChatGPTModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------------- tokens

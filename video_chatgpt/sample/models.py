@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,3 +276,94 @@ def make_sample_models(out: str | Path, safetensors: bool = False) -> dict[str, 
     clip = make_tiny_clip(out / "clip-vit-tiny")
     llava = make_tiny_llava(out / "LLaVA-7B-Lightening-v1-1-tiny", vision_tower=clip.resolve(), safetensors=safetensors)
     return {"vision_tower": clip, "llava": llava}
+
+
+def pretrain_language(
+    folder: str | Path,
+    conversations: list[list[dict]],
+    captions: list[str],
+    steps: int = 600,
+    lr: float = 3e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> list[float]:
+    """Teach the tiny base model the sample's language, text only, in place (as LLaVA is a trained LM, not noise).
+
+    Each conversation's ``<video>`` is replaced by a short caption of its video (``captions[i]``, e.g.
+    "a red square moving left"), so the model learns the answers' wording *and* to read the facts from the text
+    where the video will later be. It never sees a video: turning the video features into something it can read
+    there is what the video projector learns in training. Trains the whole tiny LLaMA with AdamW in fp32 (loss on
+    the answers only) and writes the weights back into the folder's own shards. Returns the loss of every step.
+    """
+    from video_chatgpt.constants import IGNORE_INDEX, VIDEO_PLACEHOLDER
+    from video_chatgpt.data.conversation import render_sample
+    from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_hf_tokenizer
+    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config
+
+    folder = Path(folder)
+    encoder = SegmentEncoder(load_hf_tokenizer(folder))
+    no_video = VideoTokenIds(patch=encoder.pad_id, start=None, end=None)  # unused: the texts hold no <video>
+    samples = []
+    for conv, caption in zip(conversations, captions, strict=True):
+        text_only = [{**t, "value": t["value"].replace(VIDEO_PLACEHOLDER, caption)} for t in conv]
+        r = render_sample(text_only, encoder, no_video, num_video_tokens=1)
+        samples.append((r.input_ids, r.labels))
+    model = VideoChatGPTForCausalLM.from_pretrained(folder, config=load_config(folder), dtype=torch.float32)
+    stored_dtype = {k: v.dtype for k, v in _read_folder_state(folder).items()}
+    body = [p for n, p in model.named_parameters() if "mm_projector" not in n]
+    optim = torch.optim.AdamW(body, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for step in range(steps):
+        pick = torch.randint(len(samples), (batch_size,), generator=gen).tolist()
+        longest = max(len(samples[i][0]) for i in pick)
+        ids = torch.full((batch_size, longest), encoder.pad_id)
+        labels = torch.full((batch_size, longest), IGNORE_INDEX)
+        mask = torch.zeros((batch_size, longest), dtype=torch.long)
+        for b, i in enumerate(pick):
+            n = len(samples[i][0])
+            ids[b, :n], labels[b, :n], mask[b, :n] = torch.tensor(samples[i][0]), torch.tensor(samples[i][1]), 1
+        for group in optim.param_groups:  # cosine decay to 10%
+            group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss  # logits at answer tokens only
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    new_state = {k: v.detach().to(stored_dtype[k]) for k, v in model.state_dict().items() if k in stored_dtype}
+    _write_folder_state(folder, new_state)
+    return losses
+
+
+def _shard_map(folder: Path) -> dict[str, list[str] | None]:
+    """shard file -> its tensor names (None: a single unindexed file holding everything)."""
+    index = next(folder.glob("*.index.json"), None)
+    if index is not None:
+        shards: dict[str, list[str]] = {}
+        for key, shard in json.loads(index.read_text())["weight_map"].items():
+            shards.setdefault(shard, []).append(key)
+        return shards
+    return {p.name: None for p in [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]}
+
+
+def _read_folder_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for shard in _shard_map(folder):
+        path = folder / shard
+        state.update(load_file(str(path)) if shard.endswith(".safetensors") else torch.load(path, weights_only=True))
+    return state
+
+
+def _write_folder_state(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """Write ``state`` back into the folder's existing shards (same files, same keys per file)."""
+    from safetensors.torch import save_file
+
+    for shard, keys in _shard_map(folder).items():
+        chunk = {k: state[k].contiguous() for k in (keys if keys is not None else state)}
+        if shard.endswith(".safetensors"):
+            save_file(chunk, str(folder / shard), metadata={"format": "pt"})
+        else:
+            torch.save(chunk, folder / shard)

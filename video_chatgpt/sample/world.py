@@ -82,3 +82,24 @@ def make_sample_world(out: str | Path, num_train: int = 48, num_test: int = 16, 
         "test_qa": out / "test_qa.json",
         "truth": out / "truth.json",
     }
+
+
+def caption(truth: VideoTruth) -> str:
+    """A short text stand-in for a video, used only to teach the tiny base model the language."""
+    return f"a {truth.colour} {truth.shape} moving {truth.direction}"
+
+
+def language_corpus(n: int = 2000, seed: int = 100) -> tuple[list[list[dict]], list[str]]:
+    """Text-only conversations (with ``<video>``) and one caption each, for ``pretrain_language``.
+
+    Drawn from random ground truths (not the sample's videos), one question per truth, placed as the converted
+    training data places ``<video>`` (after the question for even items, before it for odd ones).
+    """
+    rng = np.random.default_rng(seed)
+    conversations, captions = [], []
+    for i, truth in enumerate(random_truths(n, seed=seed, prefix="v_txt")):
+        item = instruction_items(truth, rng)[int(rng.integers(4))]
+        human = f"{item['q']}\n<video>" if i % 2 == 0 else f"<video>\n{item['q']}"
+        conversations.append([{"from": "human", "value": human}, {"from": "gpt", "value": item["a"]}])
+        captions.append(caption(truth))
+    return conversations, captions

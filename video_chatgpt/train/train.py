@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -41,15 +42,20 @@ from pathlib import Path
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
-from video_chatgpt.data.conversation import TRAIN_TEMPLATE
-from video_chatgpt.data.dataset import SupervisedVideoDataset, VideoDataCollator, load_records
-from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.data.dataset import (
+    VideoDataCollator,
+    first_feature_shape,
+    load_records,
+    load_training_tokenizer,
+    training_dataset,
+)
+from video_chatgpt.data.tokenizer import VideoTokenIds
 from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config, load_projector_file
+from video_chatgpt.train.report import RUN_INFO_FILE
 from video_chatgpt.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
 from video_chatgpt.train.trainer import VideoChatGPTTrainer
 
 logger = logging.getLogger("video_chatgpt.train")
-RUN_INFO_FILE = "run_info.json"
 
 
 def _is_main(training_args: TrainingArguments) -> bool:
@@ -66,12 +72,14 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_
         return None
     from video_chatgpt.data.check import check_training_data
 
+    # Token lengths (a SentencePiece pass over every record, ~30 CPU-s for 100K) only on the main process.
     report = check_training_data(
         data_args.data_path,
         data_args.video_folder,
-        tokenizer_path=model_args.model_name_or_path,
+        tokenizer_path=model_args.model_name_or_path if _is_main(training_args) else None,
         model_max_length=training_args.model_max_length,
         expected_width=config.mm_hidden_size,
+        use_vid_start_end=model_args.mm_use_vid_start_end,
     )
     if _is_main(training_args):
         print(report.format(), flush=True)
@@ -83,15 +91,9 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_
 
 def feature_shape_of(data_args: DataArguments, records: list[dict], report) -> tuple[int, int]:
     """(N video tokens, width) from the data report, else from the first record's feature file."""
-    shape = getattr(report, "feature_shape", None) if report is not None else None
-    if shape:
-        return tuple(shape)
-    from video_chatgpt.features.store import load_features
-
-    first = next((r for r in records if r.get("video")), None)
-    if first is None:
-        raise ValueError(f"{data_args.data_path}: no record has a 'video' feature file")
-    return tuple(load_features(Path(data_args.video_folder) / first["video"]).shape)
+    if report is not None and report.feature_shape:
+        return tuple(report.feature_shape)
+    return first_feature_shape(records, data_args.video_folder)
 
 
 def model_dtype(model_args: ModelArguments, training_args: TrainingArguments) -> torch.dtype:
@@ -104,8 +106,8 @@ def model_dtype(model_args: ModelArguments, training_args: TrainingArguments) ->
     return torch.float32
 
 
-def build_model(model_args, training_args, tokenizer, feature_shape):
-    """Load the base, add the video tokens and rows, set what is trainable. Returns (model, video token ids)."""
+def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tokens: int, feature_shape):
+    """Load the base, add the video token rows, set what is trainable. ``video_ids``: already in the tokenizer."""
     config = load_config(
         model_args.model_name_or_path,
         use_cache=False,
@@ -123,9 +125,8 @@ def build_model(model_args, training_args, tokenizer, feature_shape):
         cache_dir=training_args.cache_dir,
         attn_implementation=model_args.attn_implementation,
     )
-    video_ids, num_new = add_video_tokens(tokenizer, model_args.mm_use_vid_start_end)
     # <vid_start>/<vid_end> rows start at the mean of all earlier rows (input and output), as in the original.
-    model.add_video_token_rows(num_new, new_rows_from=video_ids.start if num_new >= 2 else None)
+    model.add_video_token_rows(num_new_tokens, new_rows_from=video_ids.start if num_new_tokens >= 2 else None)
     model.config.video_patch_token_id = video_ids.patch
     model.config.video_start_token_id = video_ids.start
     model.config.video_end_token_id = video_ids.end
@@ -148,7 +149,7 @@ def build_model(model_args, training_args, tokenizer, feature_shape):
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
-    return model, video_ids
+    return model
 
 
 def load_pretrained_adapter(model: VideoChatGPTForCausalLM, path: str, row_ids: list[int]) -> None:
@@ -192,7 +193,7 @@ def write_run_info(training_args, argv, named, data_report, extra: dict) -> None
     import transformers
 
     info = {
-        "command": " ".join([os.path.basename(sys.argv[0]) or "train", *argv]),
+        "command": shlex.join(sys.argv if sys.argv[1:] == argv else ["video-chatgpt", "train", *argv]),
         "argv": argv,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]},
         "world_size": training_args.world_size,
@@ -226,21 +227,17 @@ def train(argv: list[str] | None = None) -> Path:
     records = load_records(data_args.data_path)
     feature_shape = feature_shape_of(data_args, records, data_report)
 
-    tokenizer = load_hf_tokenizer(model_args.model_name_or_path, model_max_length=training_args.model_max_length)
-    model, video_ids = build_model(model_args, training_args, tokenizer, feature_shape)
+    tokenizer, video_ids, num_new = load_training_tokenizer(
+        model_args.model_name_or_path, training_args.model_max_length, model_args.mm_use_vid_start_end
+    )
+    model = build_model(model_args, training_args, video_ids, num_new, feature_shape)
     summary, named = trainable_summary(model)
     if _is_main(training_args):
         print(summary, flush=True)
 
-    dataset = SupervisedVideoDataset(
-        records,
-        data_args.video_folder,
-        SegmentEncoder(tokenizer),
-        video_ids,
-        feature_shape=feature_shape,
-        max_length=training_args.model_max_length,
-        lazy=data_args.lazy_preprocess,
-        template=TRAIN_TEMPLATE,
+    dataset = training_dataset(
+        records, data_args.video_folder, tokenizer, video_ids, feature_shape,
+        max_length=training_args.model_max_length, lazy=data_args.lazy_preprocess,
     )
     trainer = VideoChatGPTTrainer(
         model=model,
@@ -288,11 +285,8 @@ def _peak_rss_gb() -> float:
 
 
 def _write_report(output_dir: str) -> None:
-    try:
-        from video_chatgpt.train.report import write_report
-    except ImportError:  # the report module is optional at this point of the pipeline
-        logger.warning("training report not written: video_chatgpt.train.report is not available")
-        return
+    from video_chatgpt.train.report import write_report
+
     paths = write_report(output_dir)
     logger.info("training report: %s", ", ".join(str(p) for p in paths))
 

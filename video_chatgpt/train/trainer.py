@@ -38,6 +38,12 @@ class VideoChatGPTTrainer(Trainer):
         self._last_log_time = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------------- logging
+    def _inner_training_loop(self, *args, **kwargs):
+        # Throughput counts start when the loop starts (not at construction: setup and checkpoint loading excluded).
+        self._tokens_since_log = self._samples_since_log = 0
+        self._last_log_time = time.perf_counter()
+        return super()._inner_training_loop(*args, **kwargs)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Count real (non-padding) tokens and samples for tokens/s and samples/s, on this process.
         self._tokens_since_log += int(inputs["attention_mask"].sum())

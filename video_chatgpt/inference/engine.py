@@ -1,0 +1,194 @@
+"""Load a trained Video-ChatGPT for inference and answer questions about videos.
+
+``load_engine(model_name, projection_path)`` accepts what users have:
+
+* the base ``LLaVA-7B-Lightening-v1-1`` folder + a projector file (our ``mm_projector.bin`` or the released
+  ``video_chatgpt-7B.bin``: same keys), as the original's ``--model-name``/``--projection_path``;
+* or one of our training output folders (it names its base in ``video_chatgpt_base.json`` and holds
+  ``mm_projector.bin``), with no projector flag needed.
+
+The video span is always bracketed by ``<vid_start>``/``<vid_end>`` (the original's inference hard-codes it), the
+number of video tokens is the extractor's ``num_frames + patches`` and must match what the model was trained with
+(``config.video_token_len`` when the training run recorded it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from video_chatgpt.constants import DEFAULT_NUM_FRAMES, IGNORE_INDEX, PROJECTOR_FILE
+from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, inference_conversation, render_sample
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config, load_projector_file
+
+logger = logging.getLogger(__name__)
+BASE_FILE = "video_chatgpt_base.json"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on GPU (as the original's inference), fp32 on CPU."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def resolve_model_folders(model_name: str | Path, projection_path: str | Path | None) -> tuple[Path, Path | None]:
+    """(base folder, projector file) for a base folder + projector, or for one of our training output folders."""
+    folder = Path(model_name)
+    base_file = folder / BASE_FILE
+    if base_file.is_file():
+        info = json.loads(base_file.read_text())
+        base = Path(info["base_model"])
+        if not base.is_dir():
+            raise FileNotFoundError(f"{base_file} names the base model {base}, which is not a folder here")
+        projector = Path(projection_path) if projection_path else folder / info.get("projector", PROJECTOR_FILE)
+        return base, projector
+    return folder, Path(projection_path) if projection_path else None
+
+
+@dataclass
+class Engine:
+    model: VideoChatGPTForCausalLM
+    tokenizer: object
+    encoder: SegmentEncoder
+    video_ids: VideoTokenIds
+    device: torch.device
+    vision_tower: str | None
+    num_frames: int
+    conv_mode: str = INFERENCE_TEMPLATE
+    _extractor: object = None
+
+    @property
+    def extractor(self):
+        """The feature extractor (the same computation as the feature files), built on first use."""
+        if self._extractor is None:
+            from video_chatgpt.features.extract import VideoFeatureExtractor
+
+            if not self.vision_tower:
+                raise ValueError("no vision tower: the model config has no mm_vision_tower; pass --vision_tower")
+            self._extractor = VideoFeatureExtractor(
+                self.vision_tower, num_frames=self.num_frames, device=self.device,
+                dtype=torch.float16 if self.device.type == "cuda" else torch.float32,
+            )
+            expected = self.model.config.video_token_len
+            got = self._extractor.num_frames + self._extractor.num_patches
+            if expected and got != expected:
+                raise ValueError(
+                    f"the extractor gives {got} video tokens ({self._extractor.num_frames} frames + "
+                    f"{self._extractor.num_patches} patches) but the model was trained with {expected}; "
+                    f"pass the training run's --num_frames"
+                )
+        return self._extractor
+
+    def video_features(self, video_path: str | Path) -> np.ndarray:
+        """(N, C) float16 features of a video file, computed on the fly."""
+        return self.extractor.features_from_video(video_path)
+
+    def _features_tensor(self, features: np.ndarray) -> torch.Tensor:
+        width = self.model.config.mm_hidden_size
+        if features.ndim != 2 or features.shape[1] != width:
+            raise ValueError(f"video features have shape {features.shape}; expected (tokens, {width})")
+        return torch.from_numpy(np.asarray(features)).to(self.device).unsqueeze(0)  # (1, N, C)
+
+    def prompt_ids(self, question: str, num_video_tokens: int) -> list[int]:
+        conv = inference_conversation(question)
+        return render_sample(conv, self.encoder, self.video_ids, num_video_tokens, template=self.conv_mode).input_ids
+
+    def answer(
+        self,
+        question: str,
+        features: np.ndarray,
+        temperature: float = 0.2,
+        max_new_tokens: int = 1024,
+        seed: int | None = None,
+    ) -> str:
+        """Generate the answer to ``question`` about a video given its (N, C) features.
+
+        ``temperature`` 0 is greedy (deterministic); otherwise sampling, reproducible with ``seed``. Generation stops
+        at ``</s>``, which is removed as a token (not with the original's character-set ``rstrip``).
+        """
+        feats = self._features_tensor(features)
+        ids = torch.tensor([self.prompt_ids(question, feats.shape[1])], device=self.device)
+        kwargs = {"max_new_tokens": max_new_tokens, "eos_token_id": self.tokenizer.eos_token_id,
+                  "pad_token_id": self.tokenizer.pad_token_id}
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        generator_state = None
+        if seed is not None:
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(seed)
+        try:
+            new = self.model.generate_with_video(ids, feats, **kwargs)[0]
+        finally:
+            if generator_state is not None:
+                torch.random.set_rng_state(generator_state)
+        new = new.tolist()
+        if self.tokenizer.eos_token_id in new:
+            new = new[: new.index(self.tokenizer.eos_token_id)]
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    @torch.inference_mode()
+    def score_answers(self, question: str, features: np.ndarray, answers: list[str]) -> list[float]:
+        """Mean log-likelihood per token of each candidate answer (with its ``</s>``) given the video."""
+        feats = self._features_tensor(features)
+        scores = []
+        for answer in answers:
+            conv = [{"from": "human", "value": inference_conversation(question)[0]["value"]},
+                    {"from": "gpt", "value": answer}]
+            r = render_sample(conv, self.encoder, self.video_ids, feats.shape[1], template=self.conv_mode)
+            ids = torch.tensor([r.input_ids], device=self.device)
+            labels = torch.tensor([r.labels], device=self.device)
+            loss = self.model(input_ids=ids, labels=labels, video_spatio_temporal_features=feats).loss
+            scores.append(-float(loss))
+        return scores
+
+
+def load_engine(
+    model_name: str | Path,
+    projection_path: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    vision_tower: str | None = None,
+    num_frames: int | None = None,
+    conv_mode: str = INFERENCE_TEMPLATE,
+) -> Engine:
+    """Load base + projector (see the module docstring) in ``dtype`` on ``device``, ready to answer."""
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    base, projector = resolve_model_folders(model_name, projection_path)
+    tokenizer = load_hf_tokenizer(base)
+    video_ids, num_new = add_video_tokens(tokenizer, use_start_end=True)
+    config = load_config(
+        base,
+        use_cache=True,
+        mm_use_vid_start_end=True,
+        video_patch_token_id=video_ids.patch,
+        video_start_token_id=video_ids.start,
+        video_end_token_id=video_ids.end,
+    )
+    trained_config = Path(model_name) / "config.json"
+    if (Path(model_name) / BASE_FILE).is_file() and trained_config.is_file():
+        trained = json.loads(trained_config.read_text())
+        config.video_token_len = trained.get("video_token_len")
+    model = VideoChatGPTForCausalLM.from_pretrained(base, config=config, dtype=dtype)
+    model.add_video_token_rows(num_new, new_rows_from=video_ids.start if num_new >= 2 else None)
+    if projector is not None:
+        model.load_projector_state_dict(load_projector_file(projector), source=str(projector))
+    else:
+        logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
+    model.to(device).eval()
+    return Engine(model, tokenizer, SegmentEncoder(tokenizer), video_ids, device,
+                  vision_tower or config.mm_vision_tower, num_frames or DEFAULT_NUM_FRAMES, conv_mode)
+
+
+__all__ = ["Engine", "load_engine", "resolve_model_folders", "IGNORE_INDEX"]

@@ -45,3 +45,19 @@ def awkward_videos(tmp_path_factory) -> dict[str, Path]:
     from video_chatgpt.sample.videos import make_awkward_videos
 
     return make_awkward_videos(tmp_path_factory.mktemp("awkward"))
+
+
+@pytest.fixture(scope="session")
+def language_llava(tmp_path_factory, tiny_llava) -> Path:
+    """The tiny LLaVA-like base after a short text-only language pretraining (an LM whose output depends on its
+    input, as LLaVA's does: training a projector into a random LM barely moves its loss)."""
+    import shutil
+
+    from video_chatgpt.sample.models import pretrain_language
+    from video_chatgpt.sample.world import language_corpus
+
+    folder = tmp_path_factory.mktemp("language") / "LLaVA-7B-Lightening-v1-1-tiny"
+    shutil.copytree(tiny_llava, folder)
+    conversations, captions = language_corpus(n=400, seed=1)
+    pretrain_language(folder, conversations, captions, steps=80)
+    return folder

@@ -1,0 +1,147 @@
+"""Inference: chat on a trained tiny model (greedy, deterministic), the released projector format, end-of-answer
+trimming, and batch prediction with a missing video."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.data.test_inspect import make_training_data
+from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_BIAS_KEY, PROJECTOR_WEIGHT_KEY
+from video_chatgpt.features.store import save_features
+
+QUESTION = "What colour is the moving object in the video?"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, sample_world, language_llava):
+    from video_chatgpt.train.train import train
+
+    root = tmp_path_factory.mktemp("infer")
+    data = make_training_data(sample_world["instructions"], language_llava, root / "data")
+    out = root / "run"
+    train(["--model_name_or_path", str(language_llava), "--data_path", str(data["data_path"]),
+           "--video_folder", str(data["video_folder"]), "--output_dir", str(out), "--tune_mm_mlp_adapter", "True",
+           "--mm_use_vid_start_end", "--max_steps", "4", "--learning_rate", "1e-2", "--save_strategy", "no",
+           "--report_to", "none", "--skip_data_check", "True"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def video(sample_world):
+    return sorted(sample_world["videos_test"].glob("*.mp4"))[0]
+
+
+def chat(*argv) -> str:
+    from video_chatgpt.inference.chat import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(list(argv)) == 0
+    return buf.getvalue()
+
+
+def test_chat_is_deterministic_and_matches_precomputed_features(trained, video, tiny_clip, tmp_path):
+    common = ["--model-name", str(trained), "--vision_tower", str(tiny_clip), "--question", QUESTION,
+              "--temperature", "0", "--max_new_tokens", "12"]
+    first = chat(*common, "--video_path", str(video))
+    assert first == chat(*common, "--video_path", str(video))
+    from video_chatgpt.features.encoder import VideoFeatureExtractor
+
+    features = VideoFeatureExtractor(tiny_clip, num_frames=100).features_from_video(video)
+    save_features(tmp_path / f"{video.stem}.pkl", features)
+    assert chat(*common, "--features_path", str(tmp_path / f"{video.stem}.pkl")) == first
+
+
+def test_chat_reads_questions_from_stdin(trained, video, tiny_clip, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\nDescribe the video.\n"))
+    out = chat("--model-name", str(trained), "--vision_tower", str(tiny_clip), "--video_path", str(video),
+               "--temperature", "0", "--max_new_tokens", "6")
+    assert len(out.splitlines()) == 2
+
+
+def test_sampling_with_a_seed_repeats(trained, video, tiny_clip):
+    common = ["--model-name", str(trained), "--vision_tower", str(tiny_clip), "--video_path", str(video),
+              "--question", QUESTION, "--temperature", "0.9", "--max_new_tokens", "10", "--seed", "3"]
+    assert chat(*common) == chat(*common)
+
+
+def test_released_projector_format_loads(language_llava, tmp_path):
+    """A file laid out like the released video_chatgpt-7B.bin: three fp32 tensors, embed_tokens of 32006 rows."""
+    from video_chatgpt.inference.engine import load_engine
+
+    cfg = json.loads((language_llava / "config.json").read_text())
+    h, c = cfg["hidden_size"], cfg["mm_hidden_size"]
+    torch.manual_seed(0)
+    released = {PROJECTOR_WEIGHT_KEY: torch.randn(h, c), PROJECTOR_BIAS_KEY: torch.randn(h),
+                EMBED_TOKENS_KEY: torch.randn(32006, h)}
+    torch.save(released, tmp_path / "video_chatgpt-7B.bin")
+    engine = load_engine(language_llava, tmp_path / "video_chatgpt-7B.bin", device="cpu")
+    model = engine.model
+    assert torch.equal(model.model.mm_projector.weight, released[PROJECTOR_WEIGHT_KEY])
+    assert torch.equal(model.get_input_embeddings().weight, released[EMBED_TOKENS_KEY])
+    assert (engine.video_ids.patch, engine.video_ids.start, engine.video_ids.end) == (32003, 32004, 32005)
+    bad = dict(released, **{EMBED_TOKENS_KEY: torch.randn(32010, h)})
+    torch.save(bad, tmp_path / "bad.bin")
+    with pytest.raises(ValueError, match=r"embed_tokens.weight has shape \(32010, 64\), model embedding has \(32006, 64\)"):
+        load_engine(language_llava, tmp_path / "bad.bin", device="cpu")
+
+
+def test_answer_is_cut_at_eos_without_eating_letters(language_llava, monkeypatch):
+    """The original's rstrip("</s>") turned "...dogs" into "...dog"; ours stops at the EOS token."""
+    from video_chatgpt.inference.engine import load_engine
+
+    engine = load_engine(language_llava, None, device="cpu")
+    ids = engine.encoder.encode("Two dogs") + [engine.tokenizer.eos_token_id] + engine.encoder.encode("junk")
+    monkeypatch.setattr(engine.model, "generate_with_video", lambda *a, **k: torch.tensor([ids]))
+    features = torch.zeros(356, engine.model.config.mm_hidden_size, dtype=torch.float16).numpy()
+    assert engine.answer("How many?", features, temperature=0) == "Two dogs"
+
+
+def test_batch_prediction_missing_video_resume_and_keys(trained, sample_world, tiny_clip, tmp_path):
+    from video_chatgpt.inference.predict import main
+
+    videos = tmp_path / "videos"
+    shutil.copytree(sample_world["videos_test"], videos)
+    names = sorted(p.stem for p in videos.glob("*.mp4"))[:2]
+    gt = [{"video_name": names[0], "Q": QUESTION, "A": "red"}, {"video_name": "v_not_there", "Q": QUESTION, "A": "x"},
+          {"video_name": names[1], "Q": QUESTION, "A": "blue"}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    argv = ["--task", "general", "--gt_file", str(tmp_path / "gt.json"), "--video_dir", str(videos),
+            "--output_dir", str(tmp_path / "out"), "--output_name", "correctness", "--model-name", str(trained),
+            "--vision_tower", str(tiny_clip), "--temperature", "0", "--max_new_tokens", "6"]
+    assert main(argv) == 1  # a sample had no video
+    preds = json.loads((tmp_path / "out" / "correctness.json").read_text())
+    assert [p["video_name"] for p in preds] == [names[0], names[1]]  # never another sample's video
+    assert all(set(p) >= {"video_name", "Q", "A", "pred"} for p in preds)
+    errors = json.loads((tmp_path / "out" / "correctness.errors.json").read_text())
+    assert errors[0]["video_name"] == "v_not_there" and errors[0]["tried"][0].endswith("v_not_there.mp4")
+    # Resume: the two predictions are kept, only the missing one is tried again (and now found).
+    shutil.copy(videos / f"{names[0]}.mp4", videos / "v_not_there.mp4")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    assert "2 already predicted" in out.getvalue()
+    preds2 = json.loads((tmp_path / "out" / "correctness.json").read_text())
+    assert [p["video_name"] for p in preds2] == [names[0], "v_not_there", names[1]]
+    assert preds2[0]["pred"] == preds[0]["pred"]
+    assert not (tmp_path / "out" / "correctness.errors.json").exists()
+
+
+def test_activitynet_qa_records_have_the_evaluators_keys(trained, sample_world, tiny_clip, tmp_path):
+    from video_chatgpt.inference.predict import main
+
+    name = sorted(p.stem for p in sample_world["videos_test"].glob("*.mp4"))[0]
+    (tmp_path / "q.json").write_text(json.dumps([{"video_name": name, "question": QUESTION, "question_id": "q7"}]))
+    (tmp_path / "a.json").write_text(json.dumps([{"answer": "red", "question_id": "q7"}]))
+    assert main(["--task", "activitynet_qa", "--gt_file_question", str(tmp_path / "q.json"), "--gt_file_answers",
+                 str(tmp_path / "a.json"), "--video_dir", str(sample_world["videos_test"]), "--output_dir",
+                 str(tmp_path), "--output_name", "anqa", "--model-name", str(trained), "--vision_tower",
+                 str(tiny_clip), "--temperature", "0", "--max_new_tokens", "4"]) == 0
+    (record,) = json.loads((tmp_path / "anqa.json").read_text())
+    assert record["video_name"] == name and record["Q"] == QUESTION and record["A"] == "red" and "pred" in record

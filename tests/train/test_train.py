@@ -72,7 +72,9 @@ def test_document_command_single_process(data, tiny_llava, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "trainable: 2,240 of" in run.stdout  # projector (32x64 + 64) + 2 token rows of 64
     assert "--tf32 True needs a CUDA GPU" in run.stderr  # a warning, not a crash
-    check_outputs(out)
+    art = check_outputs(out)
+    # Gradient checkpointing on a frozen backbone still trains the projector (at the document's 2e-5).
+    assert not torch.equal(art[PROJECTOR_WEIGHT_KEY], base_state(tiny_llava)["model.mm_projector.weight"].float())
     steps = 3 * len(data["records"]) // 4
     assert (out / f"checkpoint-{steps}" / "trainable.safetensors").is_file()  # the final checkpoint
     # --logging_steps 100 > 24 steps: no loss was logged, so there is a report but no curve to plot.
@@ -171,6 +173,16 @@ def test_full_finetune_without_tuning_flag(data, tiny_llava, tmp_path):
     info = json.loads((out / "run_info.json").read_text())
     assert sum(p["count"] for p in info["trainable_parameters"]) > 4_000_000  # everything trains
     assert (out / "model.safetensors").is_file() and (out / "mm_projector.bin").is_file()
+
+
+def test_report_to_tensorboard(data, tiny_llava, tmp_path):
+    from video_chatgpt.train.train import train
+
+    out = tmp_path / "tb"
+    train([*paths(data, tiny_llava, out), "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end",
+           "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "tensorboard",
+           "--logging_dir", str(out / "tb"), "--skip_data_check", "True"])
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
 
 
 def test_pretrain_mm_mlp_adapter_starts_from_the_file(trained, data, language_llava, tmp_path):

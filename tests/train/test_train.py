@@ -120,6 +120,17 @@ def test_throughput_is_logged(trained):
     assert all(e["tokens_per_second"] > 0 and e["samples_per_second"] > 0 for e in logs)
 
 
+def test_a_half_written_checkpoint_is_skipped(tmp_path):
+    from video_chatgpt.train.train import last_complete_checkpoint
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(tmp_path / "none") is None
+
+
 def test_resume_after_kill(data, tiny_llava, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out),
@@ -181,8 +192,8 @@ def test_report_to_tensorboard(data, tiny_llava, tmp_path):
     out = tmp_path / "tb"
     train([*paths(data, tiny_llava, out), "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end",
            "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "tensorboard",
-           "--logging_dir", str(out / "tb"), "--skip_data_check", "True"])
-    assert list((out / "tb").rglob("events.out.tfevents.*"))
+           "--skip_data_check", "True"])
+    assert list(out.rglob("events.out.tfevents.*"))
 
 
 def test_pretrain_mm_mlp_adapter_starts_from_the_file(trained, data, language_llava, tmp_path):

@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
 
 from video_chatgpt.data.dataset import (
     VideoDataCollator,
@@ -104,6 +103,27 @@ def model_dtype(model_args: ModelArguments, training_args: TrainingArguments) ->
     if frozen and training_args.fp16:
         return torch.float16
     return torch.float32
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` whose save finished (``trainer_state.json`` is written last), else None.
+
+    A run killed while writing a checkpoint leaves the folder half-written; resuming from it would fail, so it is
+    skipped with a warning and the one before it is used.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    candidates = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for ckpt in candidates:
+        if (ckpt / "trainer_state.json").is_file():
+            return str(ckpt)
+        logger.warning("%s is incomplete (no trainer_state.json: the run stopped while saving it); skipping it", ckpt)
+    return None
 
 
 def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tokens: int, feature_shape):
@@ -248,9 +268,10 @@ def train(argv: list[str] | None = None) -> Path:
         base_model_path=model_args.model_name_or_path,
     )
     resume = training_args.resume_from_checkpoint
-    if resume is None and os.path.isdir(training_args.output_dir) and get_last_checkpoint(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)
-        logger.info("resuming from %s", resume)
+    if resume is None:
+        resume = last_complete_checkpoint(training_args.output_dir)
+        if resume is not None:
+            logger.info("resuming from %s", resume)
     if _is_main(training_args):
         os.makedirs(training_args.output_dir, exist_ok=True)
         write_run_info(training_args, argv, named, data_report, {"feature_shape": list(feature_shape)})

@@ -278,41 +278,60 @@ def make_sample_models(out: str | Path, safetensors: bool = False) -> dict[str, 
     return {"vision_tower": clip, "llava": llava}
 
 
+# Video tokens of the sample's features: 100 frames + the tiny tower's 16 x 16 patches (as ViT-L/14 at 224 px).
+SAMPLE_VIDEO_TOKENS = 356
+
+
 def pretrain_language(
     folder: str | Path,
     conversations: list[list[dict]],
     captions: list[str],
-    steps: int = 600,
+    steps: int = 300,
     lr: float = 3e-3,
     batch_size: int = 16,
     seed: int = 0,
+    num_video_tokens: int = SAMPLE_VIDEO_TOKENS,
 ) -> list[float]:
-    """Teach the tiny base model the sample's language, text only, in place (as LLaVA is a trained LM, not noise).
+    """Teach the tiny base model the sample's language and to read a video span, in place, without any video.
 
-    Each conversation's ``<video>`` is replaced by a short caption of its video (``captions[i]``, e.g.
-    "a red square moving left"), so the model learns the answers' wording *and* to read the facts from the text
-    where the video will later be. It never sees a video: turning the video features into something it can read
-    there is what the video projector learns in training. Trains the whole tiny LLaMA with AdamW in fp32 (loss on
-    the answers only) and writes the weights back into the folder's own shards. Returns the loss of every step.
+    LLaVA is a trained LM that reads projected visual tokens from a span of its input; a random LM cannot be
+    steered by a projector at all, and one taught only text (the caption written out where the video will be)
+    learns to copy from that exact place and wording, not from a span of hundreds of tokens. So here every
+    conversation's ``<video>`` becomes a span shaped like the real one: ``num_video_tokens`` embeddings between two
+    bracket vectors (the mean embedding row, where training initialises ``<vid_start>``/``<vid_end>``). A random
+    fraction (20-100%) of the span holds the word embeddings of the video's caption (``captions[i]``, e.g. "a red
+    square moving left"; words drawn at random, scaled and noised), the rest noise around a random common offset
+    (as a projector maps uninformative video tokens to one place). The model thus learns the answers' wording and to
+    find the facts anywhere in the span; it never sees a video or a video feature: turning the features into
+    something it reads there is what the video projector learns in training. Training and inference templates
+    are drawn at random per conversation (the chat uses the other system prompt).
+
+    Trains the whole tiny LLaMA (not the projector) with AdamW in fp32 (loss on the answers only) and writes the
+    weights back into the folder's own shards. Returns the loss of every step.
     """
-    from video_chatgpt.constants import IGNORE_INDEX, VIDEO_PLACEHOLDER
-    from video_chatgpt.data.conversation import render_sample
+    from video_chatgpt.constants import IGNORE_INDEX
+    from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, TRAIN_TEMPLATE, render_sample
     from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_hf_tokenizer
     from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config
 
     folder = Path(folder)
     encoder = SegmentEncoder(load_hf_tokenizer(folder))
-    no_video = VideoTokenIds(patch=encoder.pad_id, start=None, end=None)  # unused: the texts hold no <video>
+    # Placeholder ids for the span (LLaVA's image tokens, in the base vocabulary); their embeddings are replaced.
+    span_ids = VideoTokenIds(patch=32000, start=32001, end=32002)
+    templates = (TRAIN_TEMPLATE, INFERENCE_TEMPLATE)
+    gen = torch.Generator().manual_seed(seed)
     samples = []
     for conv, caption in zip(conversations, captions, strict=True):
-        text_only = [{**t, "value": t["value"].replace(VIDEO_PLACEHOLDER, caption)} for t in conv]
-        r = render_sample(text_only, encoder, no_video, num_video_tokens=1)
-        samples.append((r.input_ids, r.labels))
+        template = templates[int(torch.randint(len(templates), (), generator=gen))]
+        r = render_sample(conv, encoder, span_ids, num_video_tokens, template=template)
+        if r.num_video_spans != 1:
+            raise ValueError(f"a pretraining conversation must hold one <video>, got {r.num_video_spans}: {conv}")
+        samples.append((torch.tensor(r.input_ids), torch.tensor(r.labels), torch.tensor(encoder.encode(caption))))
     model = VideoChatGPTForCausalLM.from_pretrained(folder, config=load_config(folder), dtype=torch.float32)
     stored_dtype = {k: v.dtype for k, v in _read_folder_state(folder).items()}
     body = [p for n, p in model.named_parameters() if "mm_projector" not in n]
     optim = torch.optim.AdamW(body, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
+    embed = model.get_input_embeddings()
     losses = []
     model.train()
     for step in range(steps):
@@ -322,11 +341,17 @@ def pretrain_language(
         labels = torch.full((batch_size, longest), IGNORE_INDEX)
         mask = torch.zeros((batch_size, longest), dtype=torch.long)
         for b, i in enumerate(pick):
-            n = len(samples[i][0])
-            ids[b, :n], labels[b, :n], mask[b, :n] = torch.tensor(samples[i][0]), torch.tensor(samples[i][1]), 1
+            k = len(samples[i][0])
+            ids[b, :k], labels[b, :k], mask[b, :k] = samples[i][0], samples[i][1], 1
+        spans = [_caption_span(embed, samples[i][2], num_video_tokens, gen) for i in pick]  # (N, H) each
+        embeds = embed(ids)
+        embeds = embeds.masked_scatter((ids == span_ids.patch).unsqueeze(-1), torch.stack(spans))
+        bracket = embed.weight.detach().mean(dim=0)  # where <vid_start>/<vid_end> start in training
+        is_bracket = ((ids == span_ids.start) | (ids == span_ids.end)).unsqueeze(-1)
+        embeds = torch.where(is_bracket, bracket, embeds)
         for group in optim.param_groups:  # cosine decay to 10%
             group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss  # logits at answer tokens only
+        loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss  # logits at answer tokens only
         loss.backward()
         optim.step()
         optim.zero_grad(set_to_none=True)
@@ -334,6 +359,24 @@ def pretrain_language(
     new_state = {k: v.detach().to(stored_dtype[k]) for k, v in model.state_dict().items() if k in stored_dtype}
     _write_folder_state(folder, new_state)
     return losses
+
+
+def _caption_span(embed: torch.nn.Embedding, caption_ids: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, H) stand-in for a projected video: the caption's word embeddings at a random 20-100% of the positions
+    (at least one), noise around a random common offset elsewhere; scales relative to the caption's embeddings."""
+    words = embed(caption_ids)  # (W, H), with gradient: the words are the model's own
+    scale = words.detach().pow(2).mean().sqrt()
+    hidden = words.shape[1]
+
+    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(shape, generator=gen)
+
+    offset = torch.randn(hidden, generator=gen) * uniform(0.0, 1.0) * scale
+    noise = offset + torch.randn(n, hidden, generator=gen) * uniform(0.0, 1.5) * scale
+    informative = torch.rand(n, generator=gen) < uniform(0.2, 1.0)
+    informative[torch.randint(n, (1,), generator=gen)] = True
+    picked = words[torch.randint(len(caption_ids), (n,), generator=gen)] * uniform(0.5, 1.5, n, 1)
+    return torch.where(informative.unsqueeze(1), picked + 0.3 * noise, noise)
 
 
 def _shard_map(folder: Path) -> dict[str, list[str] | None]:

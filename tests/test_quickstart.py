@@ -1,0 +1,71 @@
+"""The quickstart: the sample base's language pretraining (fast) and the whole pipeline learning from video (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_language_corpus_captions_match_the_answers():
+    from video_chatgpt.constants import VIDEO_PLACEHOLDER
+    from video_chatgpt.sample.videos import COLOURS
+    from video_chatgpt.sample.world import language_corpus
+
+    conversations, captions = language_corpus(n=40, seed=3)
+    assert len(conversations) == len(captions) == 40
+    for conv, caption in zip(conversations, captions):
+        human, gpt = conv[0]["value"], conv[1]["value"]
+        assert human.count(VIDEO_PLACEHOLDER) == 1
+        colour = caption.split()[1]
+        assert colour in COLOURS and colour in gpt  # every answer names the colour its caption holds
+    assert {c.split()[1] for c in captions} == set(COLOURS)
+
+
+def test_pretrain_language_trains_the_lm_not_the_projector(tiny_llava, tmp_path):
+    from video_chatgpt.sample.models import _read_folder_state, pretrain_language
+    from video_chatgpt.sample.world import language_corpus
+
+    folder = tmp_path / "base"
+    shutil.copytree(tiny_llava, folder)
+    before = _read_folder_state(folder)
+    files = sorted(p.name for p in folder.iterdir())
+    conversations, captions = language_corpus(n=64, seed=5)
+    losses = pretrain_language(folder, conversations, captions, steps=12, batch_size=4, lr=1e-2, num_video_tokens=40)
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0  # the answers' wording is learned fast
+    after = _read_folder_state(folder)
+    assert sorted(p.name for p in folder.iterdir()) == files  # written back into the same shards
+    assert set(after) == set(before)
+    assert all(after[k].dtype == before[k].dtype and after[k].shape == before[k].shape for k in before)
+    for key in ("model.mm_projector.weight", "model.mm_projector.bias"):
+        assert torch.equal(after[key], before[key])  # the projector is what video training teaches
+    for key in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.0.self_attn.q_proj.weight"):
+        assert not torch.equal(after[key], before[key])
+
+
+@pytest.mark.slow
+def test_quickstart_learns_the_colour_from_the_video(tmp_path):
+    """``make quickstart`` end to end (a few minutes on 2 CPU cores): the trained projector makes the frozen LM
+    answer the colour of held-out videos, far above chance and the untrained model."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    work = tmp_path / "quickstart"
+    result = subprocess.run(
+        [sys.executable, "-m", "video_chatgpt.quickstart", "--workdir", str(work), "--seed", "3"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((work / "quickstart_result.json").read_text())
+    assert summary["num_test"] == 24 and summary["chance"] == 0.25
+    assert summary["trained"] >= 0.75, summary
+    assert summary["trained"] >= summary["untrained"] + 0.25, summary
+    assert (work / "Video-ChatGPT_7B-1.1_Checkpoints" / "mm_projector.bin").is_file()
+    assert "held-out colour accuracy over 24 videos" in result.stdout

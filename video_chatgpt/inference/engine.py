@@ -168,20 +168,17 @@ def load_engine(
     base, projector = resolve_model_folders(model_name, projection_path)
     tokenizer = load_hf_tokenizer(base)
     video_ids, num_new = add_video_tokens(tokenizer, use_start_end=True)
-    config = load_config(
-        base,
-        use_cache=True,
-        mm_use_vid_start_end=True,
-        video_patch_token_id=video_ids.patch,
-        video_start_token_id=video_ids.start,
-        video_end_token_id=video_ids.end,
-    )
+    config = load_config(base, use_cache=True, mm_use_vid_start_end=True)
     trained_config = Path(model_name) / "config.json"
     if (Path(model_name) / BASE_FILE).is_file() and trained_config.is_file():
         trained = json.loads(trained_config.read_text())
         config.video_token_len = trained.get("video_token_len")
     model = VideoChatGPTForCausalLM.from_pretrained(base, config=config, dtype=dtype)
     model.add_video_token_rows(num_new, new_rows_from=video_ids.start if num_new >= 2 else None)
+    # Set after the resize: transformers checks token ids against the vocabulary size.
+    model.config.video_patch_token_id = video_ids.patch
+    model.config.video_start_token_id = video_ids.start
+    model.config.video_end_token_id = video_ids.end
     if projector is not None:
         model.load_projector_state_dict(load_projector_file(projector), source=str(projector))
     else:

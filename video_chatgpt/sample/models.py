@@ -334,7 +334,9 @@ def pretrain_language(
     embed = model.get_input_embeddings()
     losses = []
     model.train()
-    for step in range(steps):
+    from tqdm import tqdm
+
+    for step in tqdm(range(steps), desc="language pretraining", unit="step", mininterval=2.0):
         pick = torch.randint(len(samples), (batch_size,), generator=gen).tolist()
         longest = max(len(samples[i][0]) for i in pick)
         ids = torch.full((batch_size, longest), encoder.pad_id)

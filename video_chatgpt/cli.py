@@ -21,7 +21,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("video_chatgpt.train.report:main", "write training_report.md and loss.png for a run folder"),
     "chat": ("video_chatgpt.inference.chat:main", "ask a trained model about a video"),
     "predict": ("video_chatgpt.inference.predict:main", "batch prediction over a benchmark question file"),
-    "demo": ("video_chatgpt.inference.demo:main", "gradio demo (video upload + chat), on localhost"),
     "sample": ("video_chatgpt.sample.cli:main", "sample models | sample world: the tiny offline sample"),
     "quickstart": ("video_chatgpt.quickstart:main", "the whole pipeline on the bundled sample"),
 }

@@ -31,3 +31,6 @@ PROJECTOR_FILE = "mm_projector.bin"
 PROJECTOR_WEIGHT_KEY = "model.mm_projector.weight"
 PROJECTOR_BIAS_KEY = "model.mm_projector.bias"
 EMBED_TOKENS_KEY = "model.embed_tokens.weight"
+
+# Written into a training output folder: names the base model folder the trained projector belongs to.
+BASE_POINTER_FILE = "video_chatgpt_base.json"

@@ -20,6 +20,7 @@ import importlib
 import json
 import sys
 
+from video_chatgpt.cli import parse_args_or_status, parse_bool
 from video_chatgpt.data.check import DEFAULT_FEATURE_DTYPE, DEFAULT_MAX_LISTED, check_training_data
 
 # The original's default for --model_max_length (train.py); the check only uses it with a tokenizer.
@@ -40,7 +41,7 @@ def build_check_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mm_use_vid_start_end",
-        type=_flag,
+        type=parse_bool,
         nargs="?",
         const=True,
         default=True,
@@ -53,21 +54,11 @@ def build_check_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flag(text: str) -> bool:
-    """``True``/``False`` as the training flags spell them (``--mm_use_vid_start_end False``)."""
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "y"):
-        return True
-    if value in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-
 
 def check_main(argv: list[str]) -> int:
-    try:
-        args = build_check_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or bad flags (2): return the status instead of exiting
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse_args_or_status(build_check_parser(), argv)
+    if isinstance(args, int):  # --help (0) or bad flags (2)
+        return args
     try:
         report = check_training_data(
             args.data_path,

@@ -28,13 +28,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from video_chatgpt.cli import parse_args_or_status, parse_bool
 from video_chatgpt.constants import IGNORE_INDEX, VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
-from video_chatgpt.data.dataset import (
-    first_feature_shape,
-    load_records,
-    load_training_tokenizer,
-    training_dataset,
-)
+from video_chatgpt.data.dataset import first_feature_shape, load_records, load_training_tokenizer, training_dataset
 from video_chatgpt.data.tokenizer import VideoTokenIds
 from video_chatgpt.features.store import FeatureFileError, load_features
 
@@ -287,14 +283,6 @@ def format_inspection(insp: Inspection, data_path: str | Path, colour: bool, sho
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def _bool_flag(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="video-chatgpt data inspect",
@@ -306,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="record to show (0-based position in the JSON list)")
     p.add_argument("--model_max_length", type=int, default=DEFAULT_MODEL_MAX_LENGTH, help="as in training")
     # --mm_use_vid_start_end or --mm_use_vid_start_end True, as the training parser accepts it
-    p.add_argument("--mm_use_vid_start_end", type=_bool_flag, nargs="?", const=True, default=False,
+    p.add_argument("--mm_use_vid_start_end", type=parse_bool, nargs="?", const=True, default=False,
                    help="bracket the video tokens with <vid_start> ... <vid_end>, as in training")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text view")
     p.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto",
@@ -324,10 +312,9 @@ def use_colour(mode: str, stream=None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or bad flags (2): return the status instead of exiting
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse_args_or_status(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or bad flags (2)
+        return args
     try:
         insp = inspect_record(
             args.data_path,

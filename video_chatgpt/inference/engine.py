@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_chatgpt.constants import DEFAULT_NUM_FRAMES, IGNORE_INDEX, PROJECTOR_FILE
+from video_chatgpt.constants import BASE_POINTER_FILE, DEFAULT_NUM_FRAMES, PROJECTOR_FILE
 from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, inference_conversation, render_sample
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
 from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config, load_projector_file
 
 logger = logging.getLogger(__name__)
-BASE_FILE = "video_chatgpt_base.json"
 
 
 def default_device() -> torch.device:
@@ -43,7 +42,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 def resolve_model_folders(model_name: str | Path, projection_path: str | Path | None) -> tuple[Path, Path | None]:
     """(base folder, projector file) for a base folder + projector, or for one of our training output folders."""
     folder = Path(model_name)
-    base_file = folder / BASE_FILE
+    base_file = folder / BASE_POINTER_FILE
     if base_file.is_file():
         info = json.loads(base_file.read_text())
         base = Path(info["base_model"])
@@ -170,7 +169,7 @@ def load_engine(
     video_ids, num_new = add_video_tokens(tokenizer, use_start_end=True)
     config = load_config(base, use_cache=True, mm_use_vid_start_end=True)
     trained_config = Path(model_name) / "config.json"
-    if (Path(model_name) / BASE_FILE).is_file() and trained_config.is_file():
+    if (Path(model_name) / BASE_POINTER_FILE).is_file() and trained_config.is_file():
         trained = json.loads(trained_config.read_text())
         config.video_token_len = trained.get("video_token_len")
     model = VideoChatGPTForCausalLM.from_pretrained(base, config=config, dtype=dtype)
@@ -188,4 +187,4 @@ def load_engine(
                   vision_tower or config.mm_vision_tower, num_frames or DEFAULT_NUM_FRAMES, conv_mode)
 
 
-__all__ = ["Engine", "load_engine", "resolve_model_folders", "IGNORE_INDEX"]
+__all__ = ["Engine", "load_engine", "resolve_model_folders"]

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from video_chatgpt.cli import parse_args_or_status
+
 STATE_FILE = "trainer_state.json"
 RUN_INFO_FILE = "run_info.json"  # written by train.py
 REPORT_FILE = "training_report.md"
@@ -521,10 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or bad flags (2): return the status instead of exiting
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse_args_or_status(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or bad flags (2)
+        return args
     try:
         paths = write_report(args.output_dir)
     except (FileNotFoundError, OSError) as exc:

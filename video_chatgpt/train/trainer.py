@@ -22,11 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from video_chatgpt.constants import PROJECTOR_FILE, PROJECTOR_WEIGHT_KEY
+from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE, PROJECTOR_WEIGHT_KEY
 from video_chatgpt.model.video_chatgpt import projector_state_from_state_dict
 
 TRAINABLE_FILE = "trainable.safetensors"
-BASE_FILE = "video_chatgpt_base.json"
 
 
 class VideoChatGPTTrainer(Trainer):
@@ -98,7 +97,7 @@ class VideoChatGPTTrainer(Trainer):
             shutil.copyfile(Path(self.base_model_path, "tokenizer.model"), Path(output_dir, "tokenizer.model"))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if self.base_model_path is not None:
-            Path(output_dir, BASE_FILE).write_text(
+            Path(output_dir, BASE_POINTER_FILE).write_text(
                 json.dumps({"base_model": str(Path(self.base_model_path).resolve()), "projector": PROJECTOR_FILE})
             )
 

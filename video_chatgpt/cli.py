@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from video_chatgpt.errors import run_main
+
 # name -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "apply-delta": ("video_chatgpt.weights.apply_delta:main", "base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)"),
@@ -62,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"video-chatgpt: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    prog = f"video-chatgpt {name}"
+    # The import is inside the error path too: a broken install should read as one line, not a traceback.
+    return run_main(lambda args: getattr(importlib.import_module(module_name), func_name)(args), rest, prog)
 
 
 if __name__ == "__main__":

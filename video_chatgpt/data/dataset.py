@@ -3,21 +3,70 @@
 A record ``{"id", "video": "<video_id>.pkl", "conversations": [...]}`` becomes
 ``{"input_ids": (L,), "labels": (L,), "video_spatio_temporal_features": (N, C) float16}`` through ``render_sample``
 (the one renderer; ``data inspect`` and the data check use it too) and ``load_features`` (the one safe loader).
+
+Every record's ``video`` must name a file inside ``--video_folder`` (``feature_path``: no absolute path, no ``..``
+climbing out), and every feature file must hold finite numbers: a single NaN would make every trained tensor NaN,
+so ``__getitem__`` refuses it, naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from video_chatgpt.constants import IGNORE_INDEX
 from video_chatgpt.data.conversation import TRAIN_TEMPLATE, RenderedSample, render_sample
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import load_features
+
+
+def feature_path(video_folder: str | Path, video: str) -> Path:
+    """``video_folder / video`` for a record's ``video`` entry, refusing one that would read outside the folder.
+
+    A training JSON from elsewhere may name ``/etc/...`` or ``../../x.pkl``; the original joined them blindly.
+    Symbolic links inside the folder are allowed (feature folders are often links to a shared disk).
+    """
+    if not isinstance(video, str) or not video:
+        raise UserError(f"record video {video!r}: expected a feature file name such as 'v_abc.pkl'")
+    if PurePosixPath(video).is_absolute() or PureWindowsPath(video).is_absolute() or PureWindowsPath(video).drive:
+        raise UserError(
+            f"record video {video!r} is an absolute path; the training JSON must name files relative to "
+            f"--video_folder {video_folder} (convert it again with convert_instruction_json_to_training_format.py)"
+        )
+    if ".." in PurePosixPath(video.replace("\\", "/")).parts:
+        raise UserError(
+            f"record video {video!r} climbs out of --video_folder {video_folder} ('..'); name a file inside it"
+        )
+    return Path(video_folder) / os.path.normpath(video)
+
+
+def check_record_paths(records: list[dict], video_folder: str | Path, data_path: str | Path = "training JSON") -> None:
+    """Refuse the first record whose ``video`` is absolute or climbs out of ``video_folder`` (before any file is read)."""
+    for i, record in enumerate(records):
+        if isinstance(record, dict) and record.get("video") is not None:
+            try:
+                feature_path(video_folder, record["video"])
+            except UserError as exc:
+                raise UserError(f"{data_path}: record {i} (id {record.get('id')!r}): {exc}") from None
+
+
+def check_finite(features: np.ndarray, path: Path) -> np.ndarray:
+    """``features`` unchanged if every value is finite; else a ``UserError`` naming the file and the first bad row."""
+    finite = np.isfinite(features)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        raise UserError(
+            f"{path}: {len(bad)} non-finite value(s) (first at row {int(bad[0][0])}, column {int(bad[0][1])}: "
+            f"{features[tuple(bad[0])]}); extract this video's features again or drop its record"
+        )
+    return features
 
 
 def load_records(data_path: str | Path) -> list[dict]:
@@ -57,6 +106,7 @@ class SupervisedVideoDataset(Dataset):
         self.feature_shape = tuple(feature_shape)
         self.max_length = max_length
         self.template = template
+        check_record_paths(records, video_folder)
         self._rendered = None if lazy else [self.render(i) for i in range(len(records))]
 
     def __len__(self) -> int:
@@ -79,7 +129,7 @@ class SupervisedVideoDataset(Dataset):
 
     def feature_file(self, i: int) -> Path | None:
         video = self.records[i].get("video")
-        return None if video is None else self.video_folder / video
+        return None if video is None else feature_path(self.video_folder, video)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rendered = self._rendered[i] if self._rendered is not None else self.render(i)
@@ -91,7 +141,7 @@ class SupervisedVideoDataset(Dataset):
         if path is not None:
             if rendered.num_video_spans != 1:
                 raise ValueError(f"record {i}: has a video file but {rendered.num_video_spans} <video> placeholders")
-            features = load_features(path, expected_shape=self.feature_shape)
+            features = check_finite(load_features(path, expected_shape=self.feature_shape), path)
             item["video_spatio_temporal_features"] = torch.from_numpy(features.astype("float16", copy=False))
         elif rendered.num_video_spans:
             raise ValueError(f"record {i}: has a <video> placeholder but no 'video' file")
@@ -148,7 +198,7 @@ def first_feature_shape(records: list[dict], video_folder: str | Path) -> tuple[
     first = next((r for r in records if isinstance(r, dict) and r.get("video")), None)
     if first is None:
         raise ValueError("no record has a 'video' feature file")
-    return tuple(load_features(Path(video_folder) / first["video"]).shape)
+    return tuple(load_features(feature_path(video_folder, first["video"])).shape)
 
 
 def training_dataset(

@@ -9,17 +9,21 @@ the document's recipe sets the rest on the command line. Differences, each for a
 * ``--tf32 True`` on a machine without CUDA is a warning, not a crash; with no CUDA at all, training runs on the CPU
   (``use_cpu``); ``--bf16`` runs as CPU bf16 autocast where the CPU has native bf16, else in fp32 (with a warning).
 * ``--gradient_checkpointing`` uses the non-reentrant implementation (works with a frozen backbone).
+* ``--is_multimodal``, ``--video_token_len``, ``--frame_aspect_ratio``, ``--force_fsdp`` are accepted and do nothing
+  (``IGNORED_FLAGS`` says why); training logs one line for each one given, and puts it in the report.
 * DDP neither searches for unused parameters nor broadcasts buffers each step (all trainables are used).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 import transformers
+from transformers.hf_argparser import string_to_bool
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +60,11 @@ class DataArguments:
     lazy_preprocess: bool = field(
         default=False, metadata={"help": "render samples when they are read (True) or all at start (False)"}
     )
-    is_multimodal: bool = field(default=False, metadata={"help": "kept for compatibility; always multimodal"})
+    is_multimodal: bool = field(default=False, metadata={"help": "accepted and ignored: always multimodal"})
     sep_video_conv_front: bool = field(default=False, metadata={"help": "not supported (rejected if True)"})
-    video_token_len: int = field(default=0, metadata={"help": "kept for compatibility; read from the features"})
+    video_token_len: int = field(default=0, metadata={"help": "accepted and ignored: read from the features"})
     video_folder: str | None = field(default=None, metadata={"help": "folder of <video_id>.pkl / .npy features"})
-    frame_aspect_ratio: str = field(default="square", metadata={"help": "kept for compatibility; unused"})
+    frame_aspect_ratio: str = field(default="square", metadata={"help": "accepted and ignored: features are precomputed"})
     skip_data_check: bool = field(
         default=False, metadata={"help": "do not run the data check before training (not recommended)"}
     )
@@ -72,7 +76,7 @@ class TrainingArguments(transformers.TrainingArguments):
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
     freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "keep the projector frozen"})
-    force_fsdp: bool = field(default=False, metadata={"help": "kept for compatibility; unused"})
+    force_fsdp: bool = field(default=False, metadata={"help": "accepted and ignored: --fsdp alone selects FSDP"})
     model_max_length: int = field(
         default=512, metadata={"help": "maximum sequence length; longer samples are truncated on the right"}
     )
@@ -112,6 +116,41 @@ class TrainingArguments(transformers.TrainingArguments):
                 logger.warning("--bf16/--fp16 on a CPU without native bf16 support: training in fp32 instead")
                 self.bf16 = self.fp16 = False
         super().__post_init__()
+
+
+# Flags of the original's commands that are accepted (so its commands run unchanged) and do nothing here, and why.
+IGNORED_FLAGS = {
+    "is_multimodal": "training is always multimodal (every record with a 'video' gets its features)",
+    "video_token_len": "the number of video tokens is read from the feature files (and checked against them)",
+    "frame_aspect_ratio": "features are precomputed; frames are resized when they are extracted, not in training",
+    "force_fsdp": "FSDP is chosen with --fsdp alone (the original patched FSDP's __init__ under this flag)",
+}
+
+
+def _given_flags(argv: list[str]) -> set[str]:
+    return {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def ignored_flag_notes(argv: list[str]) -> list[str]:
+    """One sentence per accepted-but-ignored flag present on the command line."""
+    given = _given_flags(argv)
+    return [f"--{flag} has no effect: {why}" for flag, why in IGNORED_FLAGS.items() if flag in given]
+
+
+def precision_fallback_note(argv: list[str], training_args: "TrainingArguments") -> str | None:
+    """The sentence for the report when ``--bf16``/``--fp16`` was asked for but the run computes in fp32 (CPU)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag in ("bf16", "fp16"):
+        parser.add_argument(f"--{flag}", type=string_to_bool, nargs="?", const=True,
+                            default=False)
+    asked, _ = parser.parse_known_args(argv)
+    wanted = [flag for flag in ("bf16", "fp16") if getattr(asked, flag)]
+    if not wanted or training_args.bf16 or training_args.fp16:
+        return None
+    return (
+        f"--{wanted[0]} True: no CUDA GPU and no native bf16 on this CPU, so training ran in fp32 (emulated bf16 "
+        f"autocast is about 20x slower here); the saved files are the same fp32 format"
+    )
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -24,9 +24,17 @@ Features:
 * the loss is computed only at supervised positions (no (B, L, V) logits);
 * ``output_dir/mm_projector.bin`` (the original's keys, fp32) + config + tokenizer; ``checkpoint-N`` resume,
   automatically when ``output_dir`` holds checkpoints, or with ``--resume_from_checkpoint``;
-* a training report (``training_report.md``, ``loss.png``) at the end.
+* a training report (``training_report.md``, ``loss.png``) at the end;
+* hardening: records whose ``video`` is absolute or climbs out of ``--video_folder`` are refused before anything is
+  read; a feature file with NaN/inf stops the run naming the file, and a non-finite loss or gradient norm stops it
+  before the optimizer step (nothing is saved as final); a checkpoint whose ``trainer_state.json`` or trainables are
+  truncated is never resumed from (the one before it is); final files are written to a temporary and renamed, and
+  a killed run's temporaries are removed at the next start; flags the original accepted but that do nothing here
+  (``--is_multimodal``, ``--video_token_len``, ``--frame_aspect_ratio``, ``--force_fsdp``) log one line each, and
+  these notes (and a bf16 -> fp32 fallback on CPU) go into ``run_info.json`` and the report.
 
-Raises ``ValueError`` for bad flags or a base folder that is not usable, ``SystemExit(1)`` when the data check fails.
+Errors a user can fix are ``UserError`` (one line and exit status 1 from the command line, traceback with
+``--debug``); ``SystemExit(1)`` when the data check fails.
 """
 
 from __future__ import annotations
@@ -43,16 +51,26 @@ import torch
 
 from video_chatgpt.data.dataset import (
     VideoDataCollator,
+    check_record_paths,
     first_feature_shape,
     load_records,
     load_training_tokenizer,
     training_dataset,
 )
 from video_chatgpt.data.tokenizer import VideoTokenIds
+from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config, load_projector_file
 from video_chatgpt.train.report import RUN_INFO_FILE
-from video_chatgpt.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_arguments
-from video_chatgpt.train.trainer import VideoChatGPTTrainer
+from video_chatgpt.train.arguments import (
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    ignored_flag_notes,
+    parse_arguments,
+    precision_fallback_note,
+)
+from video_chatgpt.train.atomic import remove_leftover_temporaries, write_text_atomically
+from video_chatgpt.train.trainer import TRAINABLE_FILE, VideoChatGPTTrainer
 
 logger = logging.getLogger("video_chatgpt.train")
 
@@ -105,11 +123,40 @@ def model_dtype(model_args: ModelArguments, training_args: TrainingArguments) ->
     return torch.float32
 
 
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """Why ``checkpoint-N`` cannot be resumed from, or None when its save finished and its files are whole.
+
+    The Trainer writes ``trainer_state.json`` last, so a kill while saving leaves it missing, empty or cut short; a
+    kill (or a full disk) while the weights were written leaves ``trainable.safetensors`` / ``model*.safetensors``
+    shorter than their header says.
+    """
+    from video_chatgpt.weights.checkpoint import WeightsError, find_checkpoint, read_safetensors_header, read_tensor_infos
+
+    ckpt = Path(ckpt)
+    state_file = ckpt / "trainer_state.json"
+    if not state_file.is_file():
+        return "no trainer_state.json: the run stopped while saving it"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"trainer_state.json is empty or cut short ({exc})"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return "trainer_state.json has no global_step"
+    try:
+        if (ckpt / TRAINABLE_FILE).exists():
+            read_safetensors_header(ckpt / TRAINABLE_FILE)
+        else:
+            read_tensor_infos(find_checkpoint(ckpt, role="checkpoint"))
+    except (WeightsError, OSError) as exc:
+        return f"its weights cannot be read ({exc})"
+    return None
+
+
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` whose save finished (``trainer_state.json`` is written last), else None.
+    """The newest ``checkpoint-N`` that ``checkpoint_problem`` finds whole, else None.
 
     A run killed while writing a checkpoint leaves the folder half-written; resuming from it would fail, so it is
-    skipped with a warning and the one before it is used.
+    skipped with a warning naming what is wrong, and the one before it is used.
     """
     folder = Path(output_dir)
     if not folder.is_dir():
@@ -120,9 +167,10 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
         reverse=True,
     )
     for ckpt in candidates:
-        if (ckpt / "trainer_state.json").is_file():
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
             return str(ckpt)
-        logger.warning("%s is incomplete (no trainer_state.json: the run stopped while saving it); skipping it", ckpt)
+        logger.warning("%s cannot be resumed from (%s); skipping it", ckpt, problem)
     return None
 
 
@@ -137,7 +185,10 @@ def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tok
     if config.mm_hidden_size is None:
         config.mm_hidden_size = feature_shape[1]
     if config.mm_hidden_size != feature_shape[1]:
-        raise ValueError(f"feature width {feature_shape[1]} != config mm_hidden_size {config.mm_hidden_size}")
+        raise UserError(
+            f"{model_args.model_name_or_path}: config mm_hidden_size is {config.mm_hidden_size}, but the feature "
+            f"files are {feature_shape[1]} wide; extract the features with the base's vision tower"
+        )
     model = VideoChatGPTForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         config=config,
@@ -222,17 +273,53 @@ def write_run_info(training_args, argv, named, data_report, extra: dict) -> None
         **extra,
     }
     path = Path(training_args.output_dir, RUN_INFO_FILE)
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    old = _read_run_info(path)
     if old.get("runs"):
         info["runs"] = old["runs"]
-    path.write_text(json.dumps(info, indent=2))
+    write_text_atomically(path, json.dumps(info, indent=2))
+
+
+def _read_run_info(path: Path) -> dict:
+    """The run info so far ({} when there is none, or when a pre-atomic run left it cut short: it is rewritten)."""
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        logger.warning("%s is not valid JSON (a run stopped while writing it); starting it again", path)
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def append_run(training_args, record: dict) -> None:
     path = Path(training_args.output_dir, RUN_INFO_FILE)
-    info = json.loads(path.read_text()) if path.is_file() else {}
+    info = _read_run_info(path)
     info.setdefault("runs", []).append(record)
-    path.write_text(json.dumps(info, indent=2))
+    write_text_atomically(path, json.dumps(info, indent=2))
+
+
+def replica_checksums(model, training_args: TrainingArguments) -> list[str] | None:
+    """One sha256 of the trainable tensors per process (all equal when the replicas stayed in sync), or None.
+
+    None with one process, and where parameters are partitioned across processes (ZeRO-3, FSDP), so that each
+    process holds only a shard. Every process must call this (it gathers).
+    """
+    import hashlib
+
+    import torch.distributed as dist
+
+    if training_args.world_size <= 1 or not dist.is_available() or not dist.is_initialized():
+        return None
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if training_args.fsdp or any(hasattr(p, "ds_id") for _, p in params):
+        return None
+    digest = hashlib.sha256()
+    for name, p in params:
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    gathered: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, digest.hexdigest())
+    return gathered
 
 
 def train(argv: list[str] | None = None) -> Path:
@@ -242,9 +329,16 @@ def train(argv: list[str] | None = None) -> Path:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if _is_main(training_args) else logging.WARNING)
     if model_args.version not in ("v1", "vicuna_v1_1"):
         logger.warning("--version %s: training always uses the vicuna_v1_1 template (as the original)", model_args.version)
+    notes = ignored_flag_notes(argv) + [n for n in [precision_fallback_note(argv, training_args)] if n]
+    if _is_main(training_args):
+        for note in notes:
+            logger.warning("%s", note)
+        remove_leftover_temporaries(training_args.output_dir)
 
-    data_report = check_inputs(model_args, data_args, training_args)
+    # Record paths first: the data check and everything after it read the files the records name.
     records = load_records(data_args.data_path)
+    check_record_paths(records, data_args.video_folder, data_args.data_path)
+    data_report = check_inputs(model_args, data_args, training_args)
     feature_shape = feature_shape_of(data_args, records, data_report)
 
     tokenizer, video_ids, num_new = load_training_tokenizer(
@@ -268,18 +362,24 @@ def train(argv: list[str] | None = None) -> Path:
         base_model_path=model_args.model_name_or_path,
     )
     resume = training_args.resume_from_checkpoint
+    if resume is not None and checkpoint_problem(resume) is not None:
+        raise UserError(f"--resume_from_checkpoint {resume}: {checkpoint_problem(resume)}; resume from another one")
     if resume is None:
         resume = last_complete_checkpoint(training_args.output_dir)
         if resume is not None:
             logger.info("resuming from %s", resume)
     if _is_main(training_args):
         os.makedirs(training_args.output_dir, exist_ok=True)
-        write_run_info(training_args, argv, named, data_report, {"feature_shape": list(feature_shape)})
+        write_run_info(training_args, argv, named, data_report, {"feature_shape": list(feature_shape), "notes": notes})
     start = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - start
+    checksums = replica_checksums(trainer.accelerator.unwrap_model(trainer.model), training_args)
+    if checksums is not None and len(set(checksums)) > 1:
+        logger.warning("the processes ended with different trainable weights (sha256 %s); only rank 0's are saved",
+                       checksums)
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
     if _is_main(training_args):
@@ -293,6 +393,7 @@ def train(argv: list[str] | None = None) -> Path:
                 "metrics": result.metrics,
                 "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
                 "peak_rss_gb": _peak_rss_gb(),
+                "replica_checksums": checksums,
             },
         )
         _write_report(training_args.output_dir)
@@ -318,4 +419,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, prog="train.py"))

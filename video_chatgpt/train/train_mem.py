@@ -14,7 +14,8 @@ if __package__ in (None, ""):
     # Run as a file (`python video_chatgpt/train/train_mem.py`): make the repository's package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from video_chatgpt.errors import run_main  # noqa: E402
 from video_chatgpt.train.train import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, prog="train_mem.py"))

@@ -8,11 +8,20 @@ What a save writes (only the main process writes; ``--save_total_limit`` rotates
   tokens, so inference needs no guessing; ``video_chatgpt_base.json`` names the base model folder;
 * with a frozen backbone: ``trainable.safetensors`` (only the trainable tensors, a few MB) instead of a full model,
   which is what ``checkpoint-N`` resumes from; with full fine-tuning the full model as ``save_pretrained`` writes it.
+
+Saved frozen rows are the base's own: a frozen backbone is loaded in bf16 with ``--bf16``, so the model holds
+bf16-rounded copies of the 32,003 frozen embedding rows; ``mm_projector.bin`` takes those rows from the base
+checkpoint instead (bit for bit, as fp32 of the stored fp16 values), and only the trained rows from the model.
+
+Each of these files is written to ``.<name>.tmp`` and renamed (``train/atomic.py``): a kill while saving leaves
+the previous file. A step whose loss or gradient norm is not finite stops the run with a ``UserError`` before the
+optimizer step, so a NaN never reaches the weights or a saved file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -22,8 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE, PROJECTOR_WEIGHT_KEY
+from video_chatgpt.constants import BASE_POINTER_FILE, EMBED_TOKENS_KEY, PROJECTOR_FILE, PROJECTOR_WEIGHT_KEY
+from video_chatgpt.errors import UserError
 from video_chatgpt.model.video_chatgpt import projector_state_from_state_dict
+from video_chatgpt.train.atomic import write_atomically, write_text_atomically
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -47,7 +58,26 @@ class VideoChatGPTTrainer(Trainer):
         # Count real (non-padding) tokens and samples for tokens/s and samples/s, on this process.
         self._tokens_since_log += int(inputs["attention_mask"].sum())
         self._samples_since_log += int(inputs["input_ids"].shape[0])
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)  # detached, after backward
+        if not bool(torch.isfinite(loss).all()):
+            raise UserError(self._not_finite_message("loss", loss.item()))
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Called after backward and before the optimizer step: a non-finite norm would poison every weight it touches.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        # With fp16 loss scaling an inf norm is expected now and then: the scaler skips that step and lowers the scale.
+        scaled = getattr(self.accelerator, "scaler", None) is not None
+        if grad_norm is not None and not scaled and not math.isfinite(float(grad_norm)):
+            raise UserError(self._not_finite_message("gradient norm", float(grad_norm)))
+        return grad_norm
+
+    def _not_finite_message(self, what: str, value: float) -> str:
+        return (
+            f"training stopped at step {self.state.global_step + 1}: the {what} is {value} (not finite), so nothing "
+            f"was saved as final in {self.args.output_dir}; a feature file with NaN/inf values in "
+            f"--video_folder (run `video-chatgpt data check`) or too high a --learning_rate are the usual causes"
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._samples_since_log:
@@ -80,26 +110,59 @@ class VideoChatGPTTrainer(Trainer):
         if self._frozen_backbone():
             params = dict(model.named_parameters())
             trainable = {n: params[n].detach().float().cpu().contiguous() for n in self._trainable_names()}
-            save_file(trainable, os.path.join(output_dir, TRAINABLE_FILE), metadata={"format": "pt"})
-            model.config.save_pretrained(output_dir)
+            write_atomically(
+                Path(output_dir, TRAINABLE_FILE), lambda tmp: save_file(trainable, str(tmp), metadata={"format": "pt"})
+            )
+            write_atomically(Path(output_dir, "config.json"), model.config.to_json_file)
         else:
             super()._save(output_dir, state_dict=state_dict)
+        rows = getattr(model.model, "video_token_embed_ids", None)
+        trained_rows = [] if rows is None else rows.tolist()
         if state_dict is not None and PROJECTOR_WEIGHT_KEY in state_dict:  # DeepSpeed / FSDP gathered weights
-            rows = getattr(model.model, "video_token_embed_ids", None)
-            artefact = projector_state_from_state_dict(state_dict, None if rows is None else rows.tolist())
+            artefact = projector_state_from_state_dict(state_dict, trained_rows or None)
         else:
             artefact = model.projector_state_dict()
-        torch.save(artefact, os.path.join(output_dir, PROJECTOR_FILE))
+        if not model.get_input_embeddings().weight.requires_grad:
+            artefact[EMBED_TOKENS_KEY] = self._with_base_rows(artefact[EMBED_TOKENS_KEY], trained_rows)
+        write_atomically(Path(output_dir, PROJECTOR_FILE), lambda tmp: torch.save(artefact, tmp))
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         if self.base_model_path is not None and Path(self.base_model_path, "tokenizer.model").is_file():
             # The SentencePiece file gives the original's token ids (see data/tokenizer.py); keep it with the run.
-            shutil.copyfile(Path(self.base_model_path, "tokenizer.model"), Path(output_dir, "tokenizer.model"))
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        if self.base_model_path is not None:
-            Path(output_dir, BASE_POINTER_FILE).write_text(
-                json.dumps({"base_model": str(Path(self.base_model_path).resolve()), "projector": PROJECTOR_FILE})
+            write_atomically(
+                Path(output_dir, "tokenizer.model"),
+                lambda tmp: shutil.copyfile(Path(self.base_model_path, "tokenizer.model"), tmp),
             )
+        write_atomically(Path(output_dir, "training_args.bin"), lambda tmp: torch.save(self.args, tmp))
+        if self.base_model_path is not None:
+            write_text_atomically(
+                Path(output_dir, BASE_POINTER_FILE),
+                json.dumps({"base_model": str(Path(self.base_model_path).resolve()), "projector": PROJECTOR_FILE}),
+            )
+
+    def _with_base_rows(self, embed: torch.Tensor, trained_rows: list[int]) -> torch.Tensor:
+        """(V, H) fp32 embedding whose frozen rows are the base checkpoint's stored values, not the model's copies.
+
+        A frozen backbone loaded in bf16 holds rounded rows; the base folder keeps the exact ones (fp16 in LLaVA).
+        Rows the base does not have (the new video tokens) and the trained rows stay as the model has them.
+        """
+        if self.base_model_path is None:
+            return embed
+        from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint
+
+        with TensorReader(find_checkpoint(self.base_model_path)) as reader:
+            base = reader.get(EMBED_TOKENS_KEY)  # (V_base, H) in the stored dtype
+        if base.shape[0] > embed.shape[0] or base.shape[1] != embed.shape[1]:
+            raise UserError(
+                f"{self.base_model_path}: {EMBED_TOKENS_KEY} is {tuple(base.shape)}, but the trained model's "
+                f"embedding is {tuple(embed.shape)}; was the base folder replaced during the run?"
+            )
+        exact = embed.clone()
+        exact[: base.shape[0]] = base.float()
+        if trained_rows:
+            ids = torch.tensor(trained_rows, dtype=torch.long)
+            exact[ids] = embed[ids]
+        return exact
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         path = Path(resume_from_checkpoint, TRAINABLE_FILE)
@@ -109,7 +172,7 @@ class VideoChatGPTTrainer(Trainer):
         state = load_file(str(path))
         expected = set(self._trainable_names())
         if set(state) != expected:
-            raise ValueError(
+            raise UserError(
                 f"{path}: holds {sorted(state)}, but the trainable parameters now are {sorted(expected)}; "
                 f"resume with the same tuning flags"
             )
@@ -117,5 +180,5 @@ class VideoChatGPTTrainer(Trainer):
         with torch.no_grad():
             for name, tensor in state.items():
                 if tuple(tensor.shape) != tuple(params[name].shape):
-                    raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, model has {tuple(params[name].shape)}")
+                    raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, model has {tuple(params[name].shape)}")
                 params[name].copy_(tensor.to(params[name].dtype))

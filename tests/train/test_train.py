@@ -123,10 +123,13 @@ def test_throughput_is_logged(trained):
 def test_a_half_written_checkpoint_is_skipped(tmp_path):
     from video_chatgpt.train.train import last_complete_checkpoint
 
+    from safetensors.torch import save_file
+
     for step, complete in ((2, True), (4, True), (6, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
+        save_file({"model.mm_projector.bias": torch.zeros(4)}, str(tmp_path / f"checkpoint-{step}" / "trainable.safetensors"))
         if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert last_complete_checkpoint(tmp_path / "none") is None
 
@@ -173,6 +176,22 @@ def test_torchrun_two_processes(data, tiny_llava, tmp_path):
     assert len(info["runs"]) == 1  # only the main process wrote
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and (out / "checkpoint-4" / "trainable.safetensors").is_file()
+    # Both ranks ended with the same trainable weights (each hashed its own copy; rank 0 saved) ...
+    checksums = info["runs"][-1]["replica_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1], checksums
+    # ... and 2 processes x 2 samples equal 1 process x 4 samples (same global batch, same data order).
+    single = tmp_path / "single"
+    one = subprocess.run([sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, single),
+                          "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "--max_steps", "4",
+                          "--save_strategy", "no", "--per_device_train_batch_size", "4", "--logging_steps", "1",
+                          "--report_to", "none"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    ddp = torch.load(out / "mm_projector.bin", weights_only=True)
+    ref = torch.load(single / "mm_projector.bin", weights_only=True)
+    base = base_state(tiny_llava)["model.mm_projector.weight"].float()
+    assert not torch.equal(ref[PROJECTOR_WEIGHT_KEY], base)  # the comparison is between trained projectors
+    for key in ref:
+        assert torch.allclose(ddp[key], ref[key], rtol=1e-4, atol=1e-6), (key, (ddp[key] - ref[key]).abs().max())
 
 
 def test_full_finetune_without_tuning_flag(data, tiny_llava, tmp_path):

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import torch
+import transformers
 
 from video_chatgpt.data.dataset import (
     VideoDataCollator,
@@ -261,7 +262,6 @@ def trainable_summary(model) -> tuple[str, list[tuple[str, int]]]:
 
 def write_run_info(training_args, argv, named, data_report, extra: dict) -> None:
     """``output_dir/run_info.json``: the exact command, versions, trainables and data summary (for the report)."""
-    import transformers
 
     info = {
         "command": shlex.join(sys.argv if sys.argv[1:] == argv else ["video-chatgpt", "train", *argv]),
@@ -344,6 +344,8 @@ def train(argv: list[str] | None = None) -> Path:
     tokenizer, video_ids, num_new = load_training_tokenizer(
         model_args.model_name_or_path, training_args.model_max_length, model_args.mm_use_vid_start_end
     )
+    # Seed before building: the new <vid_patch> row gets a random init, the same on every process and every rerun.
+    transformers.set_seed(training_args.seed)
     model = build_model(model_args, training_args, video_ids, num_new, feature_shape)
     summary, named = trainable_summary(model)
     if _is_main(training_args):

@@ -145,3 +145,45 @@ def test_activitynet_qa_records_have_the_evaluators_keys(trained, sample_world, 
                  str(tiny_clip), "--temperature", "0", "--max_new_tokens", "4"]) == 0
     (record,) = json.loads((tmp_path / "anqa.json").read_text())
     assert record["video_name"] == name and record["Q"] == QUESTION and record["A"] == "red" and "pred" in record
+
+
+def test_chat_loads_a_projector_saved_the_way_the_original_trainer_saves_it(language_llava, tmp_path):
+    """The original's ``_save``: the fp32 model's state dict filtered to keys holding ``mm_projector``,
+    ``embed_tokens`` or ``embed_in``, ``torch.save``d as ``mm_projector.bin`` (spec 4.8)."""
+    from video_chatgpt.inference.engine import load_engine
+    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config
+
+    torch.manual_seed(1)
+    original = VideoChatGPTForCausalLM(load_config(language_llava)).float()
+    original.resize_token_embeddings(32006, mean_resizing=False)  # their tokenizer: + <vid_patch>/<vid_start>/<vid_end>
+    saved = {k: v.detach().clone() for k, v in original.state_dict().items()
+             if any(w in k for w in ("mm_projector", "embed_tokens", "embed_in"))}
+    assert set(saved) == {PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY, EMBED_TOKENS_KEY}
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    (tmp_path / "mm_projector").mkdir()
+    torch.save(saved, tmp_path / "mm_projector" / "checkpoint-3000.bin")  # where their intermediate saves go
+    engine = load_engine(language_llava, tmp_path / "mm_projector" / "checkpoint-3000.bin", device="cpu")
+    for key, param in ((PROJECTOR_WEIGHT_KEY, engine.model.model.mm_projector.weight),
+                       (PROJECTOR_BIAS_KEY, engine.model.model.mm_projector.bias),
+                       (EMBED_TOKENS_KEY, engine.model.get_input_embeddings().weight)):
+        assert torch.equal(param.float(), saved[key]), key
+
+
+def test_base_folder_and_projector_carry_the_keys_the_originals_loader_expects(trained, language_llava):
+    """The original builds a LLaMA causal LM + ``model.mm_projector`` from the base folder, then
+    ``load_state_dict(strict=False)`` of mm_projector.bin: no key of ours may be missing or unexpected there."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from video_chatgpt.weights.checkpoint import find_checkpoint, read_tensor_infos
+
+    cfg = json.loads((language_llava / "config.json").read_text())
+    llama = LlamaConfig(**{k: v for k, v in cfg.items() if k in LlamaConfig().to_dict() and k != "architectures"})
+    with torch.device("meta"):
+        expected = set(LlamaForCausalLM(llama).state_dict()) | {PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY}
+    base_keys = set(read_tensor_infos(find_checkpoint(language_llava)))
+    assert base_keys - expected == set() and expected - base_keys == set()
+    art = torch.load(trained / "mm_projector.bin", weights_only=True)
+    assert set(art) == {PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY, EMBED_TOKENS_KEY} and set(art) <= expected
+    assert all(t.dtype == torch.float32 for t in art.values())
+    assert tuple(art[EMBED_TOKENS_KEY].shape) == (32006, cfg["hidden_size"])  # their resize_token_embeddings(32006)
+    assert tuple(art[PROJECTOR_WEIGHT_KEY].shape) == (cfg["hidden_size"], cfg["mm_hidden_size"])

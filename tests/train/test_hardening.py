@@ -232,3 +232,26 @@ def test_ignored_flags_and_the_cpu_fallback_are_logged_and_noted(data, tiny_llav
     # Without those flags there is nothing to note.
     train([*paths(data, tiny_llava, tmp_path / "plain"), *TINY, "--max_steps", "1", "--save_strategy", "no"])
     assert json.loads((tmp_path / "plain" / "run_info.json").read_text())["notes"] == []
+
+
+def test_feature_manifest_is_checked_against_the_model_before_step_1(data, tiny_llava, tmp_path, caplog):
+    from video_chatgpt.features.store import MANIFEST_NAME
+    from video_chatgpt.train.train import train
+
+    folder = tmp_path / "features"
+    shutil.copytree(data["video_folder"], folder)
+    tower = json.loads((tiny_llava / "config.json").read_text())["mm_vision_tower"]
+    manifest = {"vision_tower": "someone/other-clip", "num_frames": 100, "spatial_pool": "mean",
+                "feature_shape": [356, data["width"]]}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    argv = [*paths(data, tiny_llava, tmp_path / "run"), *TINY, "--max_steps", "1", "--save_strategy", "no"]
+    argv[argv.index("--video_folder") + 1] = str(folder)
+    with caplog.at_level(logging.WARNING, logger="video_chatgpt.train"):
+        train(argv)
+    assert any("made with vision tower someone/other-clip" in r.getMessage() and str(tower) in r.getMessage()
+               for r in caplog.records)
+    (folder / MANIFEST_NAME).write_text(json.dumps({**manifest, "feature_shape": [356, data["width"] * 2]}))
+    argv[argv.index("--output_dir") + 1] = str(tmp_path / "wide")
+    with pytest.raises(UserError, match=rf"features are {data['width'] * 2} wide but the model's projector reads"):
+        train(argv)
+    assert not (tmp_path / "wide" / "trainer_state.json").exists()

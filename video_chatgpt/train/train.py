@@ -107,6 +107,23 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_
     return report
 
 
+def check_feature_manifest(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+    """Before step 1: refuse a feature folder whose manifest's width (or token count) differs from the model's; warn
+    when its tower differs from the config's ``mm_vision_tower``. A folder without a manifest passes (shapes are
+    checked per file)."""
+    from video_chatgpt.features.store import check_features_match
+
+    config = load_config(model_args.model_name_or_path)
+    for warning in check_features_match(
+        data_args.video_folder,
+        tower_name=config.mm_vision_tower,
+        width=config.mm_hidden_size,
+        num_tokens=config.video_token_len or None,  # a LLaVA base has none: the features decide
+    ):
+        if _is_main(training_args):
+            logger.warning("%s", warning)
+
+
 def feature_shape_of(data_args: DataArguments, records: list[dict], report) -> tuple[int, int]:
     """(N video tokens, width) from the data report, else from the first record's feature file."""
     if report is not None and report.feature_shape:
@@ -340,6 +357,7 @@ def train(argv: list[str] | None = None) -> Path:
     check_record_paths(records, data_args.video_folder, data_args.data_path)
     data_report = check_inputs(model_args, data_args, training_args)
     feature_shape = feature_shape_of(data_args, records, data_report)
+    check_feature_manifest(model_args, data_args, training_args)
 
     tokenizer, video_ids, num_new = load_training_tokenizer(
         model_args.model_name_or_path, training_args.model_max_length, model_args.mm_use_vid_start_end

@@ -18,8 +18,8 @@ from tests.features.reference import (
     reference_features,
     write_h264,
 )
-from video_chatgpt.features.extract import REPORT_NAME, DistEnv, main, plan_videos
-from video_chatgpt.features.store import FeatureFileError, index_feature_folder, load_features
+from video_chatgpt.features.extract import LOCK_NAME, REPORT_NAME, DistEnv, main, plan_videos
+from video_chatgpt.features.store import MANIFEST_NAME, FeatureFileError, index_feature_folder, load_features
 from video_chatgpt.sample.videos import VideoTruth, render_frames
 
 NUM_FRAMES = 8  # the job's logic does not depend on 100; test_encoder covers 100 frames
@@ -86,7 +86,8 @@ def test_failures_are_named_with_reasons_and_the_run_goes_on(first_run, video_di
         p.name.split(".")[0] for p in sorted(video_dir.iterdir()) if p.name.startswith("v_trn")
     }
     assert set(index_feature_folder(out)) == good
-    assert sorted(os.listdir(out)) == sorted([f"{v}.pkl" for v in good] + [REPORT_NAME])  # stale .tmp removed
+    # The stale .tmp is removed; besides the features: the report, the manifest and the (hidden) lock file.
+    assert sorted(os.listdir(out)) == sorted([f"{v}.pkl" for v in good] + [REPORT_NAME, MANIFEST_NAME, LOCK_NAME])
 
 
 def test_features_equal_the_reference(first_run, video_dir, tiny_clip):

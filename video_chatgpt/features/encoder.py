@@ -1,4 +1,4 @@
-"""CLIP encoding: the vision tower, the pixel normalisation, and ``VideoFeatureExtractor`` (the public API).
+"""Frame encoding: the vision tower, the pixel normalisation, and ``VideoFeatureExtractor`` (the public API).
 
 The original, per frame: nearest resize to 224 x 224 (see ``decode.py``), ``CLIPImageProcessor`` on a PIL image
 (its bicubic resize to 224 and 224 center crop are no-ops on a 224 x 224 image; then ``x / 255`` and
@@ -16,10 +16,12 @@ Here the same numbers come out faster:
   ``hidden_states[-2]``: one layer less to run and no 25 stored hidden states;
 * ``torch.inference_mode`` and float16 on GPU (bfloat16 or float32 on request).
 
-Shapes come from the tower's config: ``num_patches = (image_size // patch_size) ** 2``, ``width = hidden_size``.
+Other towers (``towers.py``): SigLIP (no CLS token, its own processor), and the tower inside a LLaVA-1.5/NeXT
+folder (its select layer and strategy). Shapes come from the tower's config: ``grid = image_size // patch_size``,
+``grid ** 2`` spatial tokens (``ceil(grid / k) ** 2`` with ``spatial_pool=k``), ``width = hidden_size``.
 
     >>> extractor = VideoFeatureExtractor("openai/clip-vit-large-patch14", num_frames=100, device="cuda")
-    >>> extractor.features_from_video("v_abc.mp4").shape      # (num_frames + num_patches, width) float16
+    >>> extractor.features_from_video("v_abc.mp4").shape      # (num_frames + spatial tokens, width) float16
     (356, 1024)
 """
 
@@ -33,13 +35,9 @@ import torch
 
 from video_chatgpt.constants import DEFAULT_NUM_FRAMES
 from video_chatgpt.features.decode import decode_sampled, resize_nearest
-from video_chatgpt.features.pooling import num_patches as _num_patches
-from video_chatgpt.features.pooling import pool_video_features
+from video_chatgpt.features.pooling import pool_video_features, pooled_grid_tokens
 from video_chatgpt.features.sampling import frame_indices
-
-# Which hidden state is the feature: -2 = output of the second-to-last layer (LLaVA's mm_vision_select_layer).
-SELECT_LAYER = -2
-
+from video_chatgpt.features.towers import TowerSpec, load_tower_model, load_tower_processor, resolve_tower
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """float16 on CUDA (as the original), float32 on CPU (where float16 matmuls are slow)."""
@@ -59,40 +57,14 @@ def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> t
     return aliases[name]
 
 
-def _hub_hint(name: str) -> str:
-    return (
-        f"vision tower {name!r} is neither a local folder nor in the Hugging Face cache (looked up offline). "
-        f"Download it once with `hf download {name}` (or `huggingface-cli download {name}`), or pass a folder."
-    )
-
-
 def load_image_processor(vision_tower: str | Path):
-    """The tower's CLIP image processor: the PIL one the original used (transformers 5 name, else the 4.x class)."""
-    try:
-        from transformers import CLIPImageProcessorPil as processor_class
-    except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL/numpy one
-        from transformers import CLIPImageProcessor as processor_class
-    try:
-        return processor_class.from_pretrained(str(vision_tower), local_files_only=True)
-    except OSError as exc:
-        raise FileNotFoundError(_hub_hint(str(vision_tower))) from exc
+    """The tower's image processor (``towers.load_tower_processor``): CLIP's or SigLIP's PIL processor."""
+    return load_tower_processor(resolve_tower(vision_tower))
 
 
 def load_vision_tower(vision_tower: str | Path, device: str | torch.device, dtype: torch.dtype):
-    """``CLIPVisionModel`` from a folder or a cached hub id, truncated after the selected layer, in eval mode."""
-    from transformers import CLIPVisionModel
-
-    try:
-        model = CLIPVisionModel.from_pretrained(str(vision_tower), dtype=dtype, local_files_only=True)
-    except OSError as exc:
-        raise FileNotFoundError(_hub_hint(str(vision_tower))) from exc
-    encoder = getattr(model, "vision_model", model).encoder  # transformers 4.x nests it in .vision_model
-    layers = encoder.layers
-    # hidden_states has num_layers + 1 entries (embeddings, then each layer's output): entry SELECT_LAYER is the
-    # output of layer number len(layers) + 1 + SELECT_LAYER; the layers after it do not change it.
-    keep = len(layers) + 1 + SELECT_LAYER
-    encoder.layers = layers[:keep]
-    return model.to(device).eval().requires_grad_(False)
+    """The tower (CLIP / SigLIP / a LLaVA folder's) truncated after its select layer, in eval mode."""
+    return load_tower_model(resolve_tower(vision_tower), device, dtype)
 
 
 def _size_field(size: object, key: str) -> int | None:
@@ -134,21 +106,34 @@ def normalisation_table(processor) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-class ClipFrameEncoder:
-    """uint8 frames already resized to the tower's size -> per-frame patch features ``(B, P, C)`` float16."""
+class FrameEncoder:
+    """uint8 frames already resized to the tower's size -> per-frame features ``(B, P, C)`` float16.
 
-    def __init__(self, vision_tower: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    ``P = spec.tokens_per_frame``: the patch grid, plus the CLS token only when the strategy keeps it.
+    ``vision_tower`` is a name (resolved with ``towers.resolve_tower``) or a ``TowerSpec``.
+    """
+
+    def __init__(
+        self,
+        vision_tower: str | Path | TowerSpec,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        select_layer: int | None = None,
+    ):
+        self.spec = vision_tower if isinstance(vision_tower, TowerSpec) else resolve_tower(vision_tower, select_layer)
         self.device = torch.device(device)
         self.dtype = parse_dtype(dtype, self.device)
-        self.processor = load_image_processor(vision_tower)
-        self.model = load_vision_tower(vision_tower, self.device, self.dtype)
-        config = self.model.config
-        self.image_size = int(config.image_size)
-        self.num_patches = _num_patches(config)
-        self.width = int(config.hidden_size)
+        self.processor = load_tower_processor(self.spec)
+        self.model = load_tower_model(self.spec, self.device, self.dtype)
+        self.image_size = self.spec.image_size
+        self.num_patches = self.spec.tokens_per_frame
+        self.width = self.spec.width
         self.uses_table = processor_is_identity_at(self.processor, self.image_size)
         # (3, 256): pixel value v of channel c -> table[c, v]
         self._table = torch.from_numpy(normalisation_table(self.processor)).to(self.device)
+        # Tokens the tower outputs per frame, and how many of them to drop at the front (a CLS token not kept).
+        self._tokens_out = self.spec.grid**2 + int(self.spec.has_cls)
+        self._drop = int(self.spec.has_cls and not self.spec.keeps_cls)
 
     def pixel_values(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised (B, 3, S, S) in the model's dtype, on the model's device."""
@@ -167,42 +152,66 @@ class ClipFrameEncoder:
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, S, S, 3) -> (B, P, C) float16 patch features of the selected layer, CLS dropped."""
-        hidden = self.model(pixel_values=self.pixel_values(frames)).last_hidden_state  # (B, 1 + P, C)
-        if hidden.shape[1] != 1 + self.num_patches:
+        """uint8 (B, S, S, 3) -> (B, P, C) float16 features of the selected layer (CLS dropped unless kept)."""
+        # The model is truncated after the selected layer (and, for SigLIP, has no post-layernorm or head left), so
+        # its last_hidden_state is hidden_states[select_layer]: (B, tokens_out, C).
+        hidden = self.model(pixel_values=self.pixel_values(frames)).last_hidden_state
+        if hidden.shape[1] != self._tokens_out:
             raise RuntimeError(
-                f"the tower returned {hidden.shape[1]} tokens per frame, expected 1 CLS + {self.num_patches} patches"
+                f"the tower returned {hidden.shape[1]} tokens per frame, expected {self._tokens_out} "
+                f"({int(self.spec.has_cls)} CLS + {self.spec.grid}x{self.spec.grid} patches)"
             )
         # float16 per-frame features, as the original's fp16 tower produced and stored them before pooling.
-        return hidden[:, 1:].to(torch.float16)
+        return hidden[:, self._drop :].to(torch.float16)
+
+
+# The name of the first version, which encoded CLIP only.
+ClipFrameEncoder = FrameEncoder
 
 
 class VideoFeatureExtractor:
-    """Video -> ``(num_frames + num_patches, width)`` float16 spatio-temporal tokens, as the offline features.
+    """Video -> ``(num_frames + spatial tokens, width)`` float16 spatio-temporal tokens, as the offline features.
 
-    ``vision_tower``: a local ``CLIPVisionModel`` folder or a hub id in the HF cache (resolved offline).
-    ``dtype``: the tower's dtype; default float16 on CUDA, float32 on CPU. ``batch_size``: frames per forward.
+    ``vision_tower``: a CLIP or SigLIP tower folder, a LLaVA-1.5/NeXT folder (its tower), or a hub id in the HF
+    cache (resolved offline). ``dtype``: the tower's dtype; default float16 on CUDA, float32 on CPU.
+    ``batch_size``: frames per forward. ``spatial_pool``: k x k average of the spatial tokens' patch grid (1: none).
+    ``select_layer``: which hidden state (default -2, or the LLaVA folder's ``vision_feature_layer``).
     """
 
     def __init__(
         self,
-        vision_tower: str | Path,
+        vision_tower: str | Path | TowerSpec,
         num_frames: int = DEFAULT_NUM_FRAMES,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         batch_size: int = 32,
         decoder_threads: int = 0,
+        spatial_pool: int = 1,
+        select_layer: int | None = None,
     ):
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        self.encoder = ClipFrameEncoder(vision_tower, device=device, dtype=dtype)
+        if spatial_pool < 1:
+            raise ValueError(f"spatial_pool must be >= 1, got {spatial_pool}")
+        self.encoder = FrameEncoder(vision_tower, device=device, dtype=dtype, select_layer=select_layer)
         self.num_frames = num_frames
         self.batch_size = batch_size
         self.decoder_threads = decoder_threads
+        self.spatial_pool = spatial_pool
+
+    @property
+    def spec(self) -> TowerSpec:
+        return self.encoder.spec
 
     @property
     def num_patches(self) -> int:
+        """Tokens per encoded frame (the patch grid, plus a kept CLS token), before any spatial pooling."""
         return self.encoder.num_patches
+
+    @property
+    def num_spatial_tokens(self) -> int:
+        """Spatial rows of a feature array: the (pooled) patch grid, plus a kept CLS token."""
+        return spatial_tokens(self.spec, self.spatial_pool)
 
     @property
     def width(self) -> int:
@@ -214,12 +223,19 @@ class VideoFeatureExtractor:
 
     @property
     def num_tokens(self) -> int:
-        """Rows of a feature array: ``num_frames + num_patches``."""
-        return self.num_frames + self.num_patches
+        """Rows of a feature array: ``num_frames + num_spatial_tokens``."""
+        return self.num_frames + self.num_spatial_tokens
 
     @property
     def device(self) -> torch.device:
         return self.encoder.device
+
+    def pool(self, per_frame: torch.Tensor) -> np.ndarray:
+        """(T, P, C) per-frame features -> (num_tokens, C) float16 ndarray (``pooling.pool_video_features``)."""
+        tokens = pool_video_features(
+            per_frame, self.num_frames, spatial_pool=self.spatial_pool, leading=int(self.spec.keeps_cls)
+        )
+        return tokens.cpu().numpy()
 
     def encode_frames(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 (T, S, S, 3) at the tower's size -> (T, P, C) float16 on the device (``batch_size`` per forward)."""
@@ -240,10 +256,19 @@ class VideoFeatureExtractor:
             frames = frames[frame_indices(len(frames), self.num_frames)]
         elif not 1 <= len(frames) <= self.num_frames:
             raise ValueError(f"{len(frames)} sampled frames given; expected 1 to num_frames={self.num_frames}")
-        per_frame = self.encode_frames(resize_nearest(frames, self.image_size))
-        return pool_video_features(per_frame, self.num_frames).cpu().numpy()
+        return self.pool(self.encode_frames(resize_nearest(frames, self.image_size)))
 
     def features_from_video(self, path: str | Path) -> np.ndarray:
-        """A video file -> (num_frames + num_patches, width) float16; raises ``VideoDecodeError`` if unreadable."""
+        """A video file -> (num_tokens, width) float16; raises ``VideoDecodeError`` if unreadable."""
         video = decode_sampled(path, self.num_frames, self.image_size, threads=self.decoder_threads)
-        return pool_video_features(self.encode_frames(video.frames), self.num_frames).cpu().numpy()
+        return self.pool(self.encode_frames(video.frames))
+
+
+def spatial_tokens(spec: TowerSpec, spatial_pool: int = 1) -> int:
+    """Spatial rows of a feature array for a tower: the (pooled) patch grid, plus a kept CLS token."""
+    return pooled_grid_tokens(spec.grid, spatial_pool) + int(spec.keeps_cls)
+
+
+def video_tokens(spec: TowerSpec, num_frames: int, spatial_pool: int = 1) -> int:
+    """Rows of a feature array: ``num_frames`` temporal + the spatial tokens, e.g. 100 + 256 = 356 for CLIP-L/14."""
+    return num_frames + spatial_tokens(spec, spatial_pool)

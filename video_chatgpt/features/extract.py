@@ -1,4 +1,4 @@
-"""The feature extraction job: a folder of videos -> one ``<video_id>.pkl`` (or ``.npy``) of CLIP video tokens each.
+"""The feature extraction job: a folder of videos -> one ``<video_id>.pkl`` (or ``.npy``) of video tokens each.
 
 Run (the flags of the original ``scripts/save_spatio_temporal_clip_features.py``, plus a few)::
 
@@ -10,12 +10,27 @@ Run (the flags of the original ``scripts/save_spatio_temporal_clip_features.py``
     # CPU only, tiny test tower
     python scripts/save_spatio_temporal_clip_features.py --video_dir_path v --clip_feat_path f \\
         --vision_tower tiny_clip/ --device cpu
+    # another tower: CLIP-L/14-336 (24 x 24 patches) pooled 2 x 2 -> 100 + 144 tokens; SigLIP; a LLaVA folder's tower
+    ... --vision_tower openai/clip-vit-large-patch14-336 --spatial_pool 2
+    ... --vision_tower google/siglip-so400m-patch14-384
+    ... --vision_tower llava-hf/llava-1.5-7b-hf          # its CLIP-336 tower, vision_feature_layer, select strategy
 
 What a run does:
 
+0. Locks the output folder (``fcntl.flock`` on ``<clip_feat_path>/.extract.lock``, taken by rank 0 and released
+   by the OS even when the process is killed): a second extraction into the same folder stops with one line. Then
+   the folder's manifest, ``features_manifest.json`` (``store.MANIFEST_NAME``): the tower (name, sha256 of its
+   config and weight files, hashed once per run), select layer and strategy, num_frames, spatial_pool, dtype,
+   format, feature shape and project version. A folder whose manifest records other settings stops the run with
+   one line naming each differing setting (use another folder, or ``--overwrite`` to extract every video again).
+   A folder with feature files but no manifest (the original's, or one made before manifests): files whose header
+   has this run's shape are kept as done and a manifest is written (it says how many files it adopted, checked
+   by shape only); files of another shape stop the run (``--overwrite`` replaces them).
 1. Lists the video folder (sorted; hidden files are skipped) and gives rank ``r`` of ``W`` the videos
    ``videos[r::W]`` (``RANK`` / ``WORLD_SIZE`` from torchrun). Two files with one video id (``v_x.mp4``, ``v_x.mkv``)
-   keep the first; the others fail with that reason. Videos whose feature file exists are skipped (resume).
+   keep the first; the others fail with that reason. Videos whose feature file exists *and is valid* (its header
+   read safely: the expected shape, float16, not truncated) are skipped (resume); a damaged one is extracted again
+   and noted in the report.
 2. ``--num_workers`` processes decode the videos in parallel (``decode.decode_sampled``: straight through, only the
    sampled frames kept, already resized) while the main process encodes; decoding dominates on real videos.
 3. The main process concatenates frames of consecutive videos into encoder batches of exactly ``--infer_batch``
@@ -24,7 +39,9 @@ What a run does:
    within one video.) Per-frame features are float16, as the original's fp16 tower gave them.
 4. When all of a video's frames are encoded it is pooled (``pooling.pool_video_features``) and written with
    ``store.save_features``: a temporary file in the same folder, then a rename, so a killed run never leaves a
-   truncated feature file. Temporary files of a killed run are removed by the next run of the same rank split.
+   truncated feature file. Temporary files of a killed run are removed by the next run of the same rank split
+   (and those of the manifest and the reports by rank 0). A video whose features are not finite (NaN or inf: an
+   overflowing float16 tower) is not written; it fails with that reason.
 5. A video that cannot be decoded (corrupt, empty, not a video, no frames) is skipped with its reason; the run goes
    on. At the end the failures are printed and written, with notes (a container whose frame count was wrong:
    the frames that really decode were sampled) and timings, to ``<clip_feat_path>/extraction_report.json`` (a
@@ -52,14 +69,36 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import numpy as np
+
+import video_chatgpt
 from video_chatgpt.constants import DEFAULT_NUM_FRAMES, DEFAULT_VISION_TOWER
+from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.features.decode import DECODE_ERRORS, decode_sampled
-from video_chatgpt.features.encoder import ClipFrameEncoder, VideoFeatureExtractor  # noqa: F401  (also exported here)
+from video_chatgpt.features.encoder import FrameEncoder, VideoFeatureExtractor, parse_dtype, video_tokens
 from video_chatgpt.features.pooling import pool_video_features
-from video_chatgpt.features.store import atomic_write_bytes, save_features, video_id_of
+from video_chatgpt.features.store import (
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    FeatureFileError,
+    atomic_write_bytes,
+    index_feature_folder,
+    manifest_differences,
+    read_feature_header,
+    read_manifest,
+    save_features,
+    video_id_of,
+    write_manifest,
+)
+from video_chatgpt.features.towers import TowerSpec, resolve_tower
+
+__all__ = ["ExtractArgs", "VideoFeatureExtractor", "main", "run"]  # VideoFeatureExtractor: the engine imports it here
 
 REPORT_NAME = "extraction_report.json"
+LOCK_NAME = ".extract.lock"
 FEATURE_FORMATS = ("pkl", "npy")
+# The dtype of every feature file (the original's).
+FEATURE_DTYPE = np.float16
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,8 +112,11 @@ class ExtractArgs:
     video_dir_path: Path  # folder of videos (mp4, mkv, webm, ...); every non-hidden file in it is a video
     clip_feat_path: Path  # output folder (created); one feature file per video, plus the report
     infer_batch: int = 32  # frames per encoder forward (can span several videos)
-    vision_tower: str = DEFAULT_VISION_TOWER  # local CLIPVisionModel folder, or hub id in the HF cache (offline)
+    vision_tower: str = DEFAULT_VISION_TOWER  # CLIP / SigLIP tower or LLaVA folder, or hub id in the HF cache
     num_frames: int = DEFAULT_NUM_FRAMES  # frames sampled per video = temporal tokens
+    spatial_pool: int = 1  # k x k average of the spatial tokens' patch grid (1 = none, the original)
+    select_layer: int | None = None  # hidden state to take; None = -2 (the original) or the LLaVA folder's
+    overwrite: bool = False  # extract every video again, whatever the folder holds
     feature_format: str = "pkl"  # pkl (pickled bare ndarray, as the original / official files) or npy
     device: str = "auto"  # auto = cuda:LOCAL_RANK if CUDA is available, else cpu
     dtype: str = "auto"  # auto = float16 on CUDA, float32 on CPU; or float16 / bfloat16 / float32
@@ -92,6 +134,8 @@ class ExtractArgs:
             raise ValueError(f"--feature_format must be one of {FEATURE_FORMATS}, got {self.feature_format!r}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError(f"--num_workers must be >= 0, got {self.num_workers}")
+        if self.spatial_pool < 1:
+            raise ValueError(f"--spatial_pool must be >= 1, got {self.spatial_pool}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video_dir_path", required=True, help="folder of videos")
     p.add_argument("--clip_feat_path", required=True, help="output folder of feature files (created)")
     p.add_argument("--infer_batch", type=int, default=32, help="frames per encoder forward (default 32)")
-    p.add_argument("--vision_tower", default=DEFAULT_VISION_TOWER, help="CLIP vision tower folder or cached hub id")
+    p.add_argument("--vision_tower", "--clip_model", dest="vision_tower", default=DEFAULT_VISION_TOWER,
+                   help="CLIP or SigLIP tower folder, LLaVA-1.5/NeXT folder (its tower), or cached hub id")
     p.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames sampled per video")
+    p.add_argument("--spatial_pool", type=int, default=1, help="k x k average of the patch grid (default 1: none)")
+    p.add_argument("--select_layer", type=int, default=None,
+                   help="hidden state to take (default -2, or the LLaVA folder's vision_feature_layer)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="extract every video again, even into a folder made with other settings")
     p.add_argument("--feature_format", choices=FEATURE_FORMATS, default="pkl", help="pkl (default) or npy")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float16, bfloat16, float32")
@@ -113,13 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None) -> ExtractArgs:
+def parse_args(argv: list[str] | None) -> ExtractArgs | int:
+    """The settings, or the exit status of a usage error / ``--help`` (argparse's: 2 / 0), without exiting."""
+    from video_chatgpt.cli import parse_args_or_status
+
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parse_args_or_status(parser, argv)
+    if isinstance(ns, int):
+        return ns
     try:
         return ExtractArgs(**vars(ns))
     except ValueError as exc:
-        parser.error(str(exc))  # exits with status 2
+        return parse_args_or_status_error(parser, str(exc))
+
+
+def parse_args_or_status_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Print a usage error as argparse does (usage line, ``prog: error: message``); returns its status, 2."""
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 @dataclass(frozen=True)
@@ -174,33 +236,65 @@ class Plan:
     """This rank's share of the folder."""
 
     todo: list[Path]  # videos to extract, in order
-    skipped: list[str]  # names of videos whose feature file already exists
+    skipped: list[str]  # names of videos whose feature file already exists (and is valid, when checked)
     failed: list[dict]  # {"video", "reason"} known before decoding (duplicate ids)
     stale_tmp: list[Path]  # temporary files of a killed run, for this rank's videos
+    damaged: list[dict] = field(default_factory=list)  # {"video", "note"}: an existing file that is not valid
 
 
 def list_videos(folder: Path) -> list[Path]:
     """Every regular, non-hidden file in ``folder``, sorted by name (so all ranks see the same list)."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"--video_dir_path {folder} is not a folder")
+        raise UserError(f"--video_dir_path {folder}: is not a folder; pass the folder that holds the videos")
     with os.scandir(folder) as entries:
         names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
     return [folder / name for name in names]
 
 
-def plan_videos(videos: list[Path], out_names: set[str], fmt: str, out_dir: Path, env: DistEnv) -> Plan:
-    """Split ``videos`` across ranks and drop what is done; ``out_names`` = the file names now in the output folder."""
+def existing_file_problem(path: Path, expected_shape: tuple[int, int]) -> str | None:
+    """Why an existing feature file does not count as done (unreadable, truncated, other shape or dtype), or None.
+
+    Only the header is read (``store.read_feature_header``), so a resume over many files stays cheap.
+    """
+    try:
+        shape, dtype = read_feature_header(path)
+    except (FeatureFileError, OSError) as exc:
+        return str(exc)
+    if shape != tuple(expected_shape) or dtype != FEATURE_DTYPE:
+        return f"{path}: holds {dtype} {shape}, expected float16 {tuple(expected_shape)}"
+    return None
+
+
+def plan_videos(
+    videos: list[Path],
+    out_names: set[str],
+    fmt: str,
+    out_dir: Path,
+    env: DistEnv,
+    expected_shape: tuple[int, int] | None = None,
+    overwrite: bool = False,
+) -> Plan:
+    """Split ``videos`` across ranks and drop what is done; ``out_names`` = the file names now in the output folder.
+
+    With ``expected_shape`` an existing feature file counts as done only if its header is valid and of that shape;
+    with ``overwrite`` nothing counts as done.
+    """
     first_of: dict[str, str] = {}  # video id -> first file name with that id (over all ranks' videos)
     for path in videos:
         first_of.setdefault(video_id_of(path.name), path.name)
-    todo, skipped, failed = [], [], []
+    todo, skipped, failed, damaged = [], [], [], []
     for path in videos[env.rank :: env.world_size]:
         vid = video_id_of(path.name)
         if first_of[vid] != path.name:
             reason = f"duplicate video id {vid!r} (also {first_of[vid]}); not extracted"
             failed.append({"video": path.name, "reason": reason})
-        elif f"{vid}.{fmt}" in out_names:
-            skipped.append(path.name)
+        elif f"{vid}.{fmt}" in out_names and not overwrite:
+            problem = None if expected_shape is None else existing_file_problem(out_dir / f"{vid}.{fmt}", expected_shape)
+            if problem is None:
+                skipped.append(path.name)
+            else:
+                damaged.append({"video": path.name, "note": f"existing feature file not valid, extracted again: {problem}"})
+                todo.append(path)
         else:
             todo.append(path)
     mine = {video_id_of(p.name) for p in todo}
@@ -210,7 +304,105 @@ def plan_videos(videos: list[Path], out_names: set[str], fmt: str, out_dir: Path
         for name in out_names
         if name.startswith(".") and name.endswith(".tmp") and name[1:].split(".")[0] in mine and f".{fmt}." in name
     ]
-    return Plan(todo, skipped, failed, stale)
+    return Plan(todo, skipped, failed, stale, damaged)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The output folder: lock and manifest
+
+
+def lock_folder(folder: Path):
+    """Take the folder's extraction lock (``fcntl.flock``; the OS drops it when the process ends, even killed).
+
+    Returns the open lock file (keep it open for the whole run); raises ``UserError`` if another process holds it.
+    """
+    import fcntl
+
+    path = folder / LOCK_NAME
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise UserError(
+            f"{folder}: another extraction is writing into this folder ({holder} holds {path}); wait for it to "
+            f"finish, or use another --clip_feat_path"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def build_manifest(spec: TowerSpec, args: ExtractArgs, feature_shape: list[int], tower_sha256: str) -> dict:
+    """What made this folder's files (``store.MANIFEST_SETTINGS`` are the keys a rerun must match)."""
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "project_version": video_chatgpt.__version__,
+        "vision_tower": str(args.vision_tower),
+        "tower_kind": spec.kind,
+        "tower_source": spec.source,
+        "tower_sha256": tower_sha256,
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+        "has_cls": spec.has_cls,
+        "select_layer": spec.select_layer,
+        "select_strategy": spec.select_strategy,
+        "num_frames": args.num_frames,
+        "spatial_pool": args.spatial_pool,
+        "dtype": str(parse_dtype(args.dtype, resolve_device(args.device, DistEnv()))).removeprefix("torch."),
+        "feature_format": args.feature_format,
+        "feature_dtype": np.dtype(FEATURE_DTYPE).name,
+        "feature_shape": list(feature_shape),
+    }
+
+
+def prepare_folder(args: ExtractArgs, spec: TowerSpec, feature_shape: list[int]) -> dict:
+    """Rank 0, under the lock: check the folder against this run's settings, write the manifest, clean temporaries.
+
+    Raises ``UserError`` for a manifest with other settings, or for a manifest-less folder holding feature files of
+    another shape (unless ``--overwrite``). Returns the manifest now in the folder.
+    """
+    out = args.clip_feat_path
+    new = build_manifest(spec, args, feature_shape, spec.sha256())
+    old = read_manifest(out)
+    # Temporaries of the manifest and of the reports from a killed run (store.atomic_write_bytes names them
+    # ".<final name>.<random>.tmp"); the features' own are removed per rank (plan_videos).
+    for name in os.listdir(out):
+        if name.startswith((f".{MANIFEST_NAME}.", ".extraction_report")) and name.endswith(".tmp"):
+            (out / name).unlink(missing_ok=True)
+    if old is not None and not args.overwrite:
+        differences = manifest_differences(old, new)
+        if differences:
+            raise UserError(
+                f"{out / MANIFEST_NAME}: this folder was extracted with other settings ({'; '.join(differences)}); "
+                f"use another --clip_feat_path, or --overwrite to extract every video again with these"
+            )
+        return old
+    if old is None and not args.overwrite:
+        existing = [n for n in index_feature_folder(out).values() if n.endswith(f".{args.feature_format}")]
+        other = []
+        for name in existing:
+            try:
+                shape, _ = read_feature_header(out / name)
+            except FeatureFileError:
+                continue  # damaged: extracted again by its rank
+            if list(shape) != list(feature_shape):
+                other.append((name, shape))
+        if other:
+            name, shape = other[0]
+            raise UserError(
+                f"{out}: {len(other)} feature file(s) here (e.g. {name}: {shape}) are not of this run's shape "
+                f"{tuple(feature_shape)}: they were made with other settings and the folder has no {MANIFEST_NAME}; "
+                f"use another --clip_feat_path, or --overwrite to extract every video again"
+            )
+        if existing:
+            new["adopted_files"] = len(existing)  # found without a manifest: checked by shape only
+    write_manifest(out, new)
+    return new
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,7 +494,7 @@ class Report:
 class _Job:
     """The encode side of a run: batches frames of consecutive videos, pools and writes finished ones."""
 
-    def __init__(self, encoder: ClipFrameEncoder, args: ExtractArgs, report: Report, progress):
+    def __init__(self, encoder: FrameEncoder, args: ExtractArgs, report: Report, progress):
         self.encoder, self.args, self.report, self.progress = encoder, args, report, progress
         self.pending: deque[_Pending] = deque()
         self.queued = 0  # frames in self.pending not yet encoded
@@ -354,9 +546,19 @@ class _Job:
 
     def _finish(self, pend: _Pending) -> None:
         start = time.perf_counter()
-        tokens = pool_video_features(pend.features, self.args.num_frames).cpu().numpy()  # (num_frames + P, C) fp16
+        # (num_frames + spatial tokens, C) float16; a kept CLS token sits before the grid and is not pooled.
+        tokens = pool_video_features(
+            pend.features, self.args.num_frames, spatial_pool=self.args.spatial_pool,
+            leading=int(self.encoder.spec.keeps_cls),
+        ).cpu().numpy()  # fmt: skip
         if list(tokens.shape) != self.report.feature_shape:
             raise RuntimeError(f"{pend.item.path.name}: pooled shape {tokens.shape} != {self.report.feature_shape}")
+        if not np.isfinite(tokens).all():
+            bad = int(tokens.size - np.isfinite(tokens).sum())
+            reason = f"{bad} of {tokens.size} feature values are NaN or inf (try --dtype float32); not written"
+            self.report.failed.append({"video": pend.item.path.name, "reason": reason})
+            self._advance()
+            return
         vid = video_id_of(pend.item.path.name)
         save_features(self.args.clip_feat_path / f"{vid}.{self.args.feature_format}", tokens)
         self.report.extracted.append(pend.item.path.name)
@@ -369,30 +571,64 @@ class _Job:
             self.progress.set_postfix(failed=len(self.report.failed), refresh=False)
 
 
-def run(args: ExtractArgs, env: DistEnv = DistEnv()) -> Report:
-    """Extract this rank's share of ``args.video_dir_path``; returns (and writes) the report."""
+def feature_shape_of(spec: TowerSpec, args: ExtractArgs) -> list[int]:
+    """``[num_frames + spatial tokens, width]`` of this run's files, from the tower's config."""
+    return [video_tokens(spec, args.num_frames, args.spatial_pool), spec.width]
+
+
+def make_output_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--clip_feat_path {folder}: is a file; pass a folder (it is created if missing)")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def run(args: ExtractArgs, env: DistEnv = DistEnv(), folder_ready: bool = False) -> Report:
+    """Extract this rank's share of ``args.video_dir_path``; returns (and writes) the report.
+
+    Alone (``world_size`` 1) it locks the output folder and checks / writes its manifest itself; with several
+    ranks ``main`` has rank 0 do that before any rank starts (``folder_ready=True``).
+    """
     started = time.perf_counter()
     device = resolve_device(args.device, env)
     videos = list_videos(args.video_dir_path)
-    args.clip_feat_path.mkdir(parents=True, exist_ok=True)
+    spec = resolve_tower(args.vision_tower, args.select_layer)
+    shape = feature_shape_of(spec, args)
+    make_output_folder(args.clip_feat_path)
+    lock = None
+    if not folder_ready:
+        lock = lock_folder(args.clip_feat_path)
+    try:
+        if not folder_ready:
+            prepare_folder(args, spec, shape)
+        return _run_locked(args, env, spec, shape, device, videos, started)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_locked(args, env, spec, shape, device, videos, started) -> Report:
     out_names = set(os.listdir(args.clip_feat_path))
-    plan = plan_videos(videos, out_names, args.feature_format, args.clip_feat_path, env)
+    plan = plan_videos(
+        videos, out_names, args.feature_format, args.clip_feat_path, env, expected_shape=tuple(shape),
+        overwrite=args.overwrite,
+    )  # fmt: skip
     for tmp in plan.stale_tmp:
         tmp.unlink(missing_ok=True)
 
-    encoder = ClipFrameEncoder(args.vision_tower, device=device, dtype=args.dtype)
+    encoder = FrameEncoder(spec, device=device, dtype=args.dtype)
     report = Report(
         video_dir=str(args.video_dir_path),
         clip_feat_path=str(args.clip_feat_path),
         vision_tower=str(args.vision_tower),
         num_frames=args.num_frames,
-        feature_shape=[args.num_frames + encoder.num_patches, encoder.width],
+        feature_shape=shape,
         feature_format=args.feature_format,
         rank=env.rank,
         world_size=env.world_size,
         videos=len(plan.todo) + len(plan.skipped) + len(plan.failed),
         skipped_existing=len(plan.skipped),
         failed=list(plan.failed),
+        notes=list(plan.damaged),
     )
     workers, threads, encoder_threads = worker_counts(args, device, env)
     torch_threads = torch.get_num_threads()
@@ -473,22 +709,53 @@ def print_outcome(failed: list[dict], notes: list[dict], summary: str, path: Pat
     print(f"{summary}; report: {path}", file=sys.stderr)
 
 
+def _prepare_on_rank0(args: ExtractArgs, env: DistEnv):
+    """Rank 0 of a launch: lock and prepare the folder. Returns ``(lock file or None, error or None)``."""
+    try:
+        spec = resolve_tower(args.vision_tower, args.select_layer)
+        make_output_folder(args.clip_feat_path)
+        lock = lock_folder(args.clip_feat_path)
+    except (UserError, OSError) as exc:
+        return None, exc
+    try:
+        prepare_folder(args, spec, feature_shape_of(spec, args))
+    except (UserError, OSError) as exc:
+        lock.close()
+        return None, exc
+    return lock, None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``video-chatgpt extract-features`` and the script; exit status 1 if any video failed."""
+    """Entry point of ``video-chatgpt extract-features`` and the script; exit status 1 if any video failed.
+
+    Bad input (no video folder, a tower that is not CLIP / SigLIP / LLaVA, a folder made with other settings or
+    being written by another extraction) raises ``UserError``: ``errors.run_main`` prints it as one line, exit 1.
+    """
     args = parse_args(argv)
+    if isinstance(args, int):
+        return args
     env = DistEnv.from_environ(os.environ)
     distributed = env.world_size > 1 and "MASTER_ADDR" in os.environ
     if distributed:
         import torch.distributed as dist
 
-        # Only for the end of the run (gloo works with or without GPUs); ranks may finish hours apart.
+        # Only for the start and the end of the run (gloo works with or without GPUs); ranks may finish hours apart.
         dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timedelta(days=7))
+    lock = None
     try:
-        try:
-            report = run(args, env)
-        except FileNotFoundError as exc:  # no video folder, or the tower is neither a folder nor in the HF cache
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        if env.world_size > 1:
+            # Rank 0 locks the folder and checks its manifest before any rank writes into it.
+            error = None
+            if env.rank == 0:
+                lock, error = _prepare_on_rank0(args, env)
+            if distributed:
+                flag = torch.tensor([int(error is not None)])
+                dist.broadcast(flag, src=0)
+                if flag.item() and env.rank != 0:
+                    return 1  # rank 0 says why
+            if error is not None:
+                raise error
+        report = run(args, env, folder_ready=env.world_size > 1)
         failed, notes, summary = report.failed, report.notes, report.summary()
         path = report_path(args.clip_feat_path, env)
         any_failed = bool(failed)
@@ -504,8 +771,15 @@ def main(argv: list[str] | None = None) -> int:
                 summary = f"all ranks: extracted {len(merged['extracted'])}, failed {len(failed)}; rank 0: {summary}"
             dist.barrier()
     finally:
+        if lock is not None:
+            lock.close()  # after the last barrier: the lock covers every rank's writes
         if distributed:
             dist.destroy_process_group()
     if env.rank == 0 or (failed and not distributed):
         print_outcome(failed, notes, summary, path)
     return 1 if any_failed else 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The documented script's entry: ``main`` under the one error path (one line + exit 1; ``--debug``)."""
+    return run_main(main, argv, prog="save_spatio_temporal_clip_features.py")

@@ -9,17 +9,35 @@ float16, e.g. ``(100 + 256, 1024)`` for ViT-L/14 with 100 frames:
 The official files are pickles from a download, and ``pickle.load`` runs whatever code a pickle names. So pickles
 are read with an unpickler that resolves only the few numpy globals a plain ndarray needs, and the result must be a
 numeric ndarray; anything else raises ``FeatureFileError`` naming the file.
+
+A pickle of a few dozen bytes can ask for gigabytes (a bytes length, a frame length, a memo index, an array shape):
+before the unpickler runs, ``scan_pickle`` walks the opcodes and checks every length and memo index against the
+file's size, and the array constructors the unpickler may call check the shape and dtype they are given against the
+bytes the file really holds. So nothing larger than the file is ever allocated.
+
+Pickles are written with the module path numpy 1.x knows (``numpy.core.multiarray._reconstruct``; numpy 2 still
+resolves it without a warning), byte for byte what numpy 1.x and the original wrote, so the original's
+``pickle.load`` under numpy 1.24 reads our files.
+
+A feature folder made by the extraction job also holds ``features_manifest.json``: which tower and settings made
+it (``write_manifest`` / ``read_manifest``); ``check_features_match`` is what data checks and training call.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import math
 import os
 import pickle
+import pickletools
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from video_chatgpt.errors import UserError
 
 FEATURE_SUFFIXES = (".pkl", ".npy")
 
@@ -38,18 +56,233 @@ class FeatureFileError(ValueError):
     """A feature file that cannot be used: unreadable, unsafe, or of the wrong shape or dtype."""
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Safe, bounded reading of pickles
+
+# Opcodes a pickled ndarray never needs: extension registry, persistent ids, out-of-band buffers, class-building
+# opcodes (find_class would refuse their classes anyway; refusing the opcode says so earlier and plainly).
+_REFUSED_OPCODES = {"EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER", "INST", "OBJ",
+                    "NEWOBJ", "NEWOBJ_EX"}  # fmt: skip
+_MEMO_OPCODES = {"GET", "BINGET", "LONG_BINGET", "PUT", "BINPUT", "LONG_BINPUT"}
+# pickletools' argument kinds whose value is a length-prefixed payload: prefix bytes and signedness.
+_COUNTED_PREFIX = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+_OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+# A counted payload at least this long is an array's raw data: the header reader seeks over it.
+_DATA_SEGMENT_MIN = 4096
+
+
+def scan_pickle(f, size: int) -> list[tuple[int, int]]:
+    """Walk a pickle's opcodes from ``f`` (a seekable binary file of ``size`` bytes) without building anything.
+
+    Checks every length-prefixed payload and frame against the bytes left in the file, every memo index against the
+    number of opcodes (a sequential memo can hold no more), and refuses opcodes a bare ndarray never uses. Payloads
+    are skipped with a seek, so the scan costs the header only. Returns ``(offset, length)`` of the payloads of at
+    least ``_DATA_SEGMENT_MIN`` bytes (an array's data). Raises ``pickle.UnpicklingError`` saying what is wrong.
+    """
+    segments: list[tuple[int, int]] = []
+    count = 0
+    while True:
+        code = f.read(1)
+        if not code:
+            raise pickle.UnpicklingError(f"truncated: the file ends after {f.tell()} bytes without a STOP opcode")
+        op = _OPCODES.get(code)
+        if op is None:
+            raise pickle.UnpicklingError(f"unknown opcode {code!r} at byte {f.tell() - 1}")
+        if op.name in _REFUSED_OPCODES:
+            raise pickle.UnpicklingError(f"opcode {op.name} is not allowed in a feature file")
+        count += 1
+        arg = op.arg
+        if arg is not None and arg.n in _COUNTED_PREFIX:
+            width, signed = _COUNTED_PREFIX[arg.n]
+            prefix = f.read(width)
+            if len(prefix) != width:
+                raise pickle.UnpicklingError(f"truncated: {op.name} at byte {f.tell() - len(prefix) - 1}")
+            length = int.from_bytes(prefix, "little", signed=signed)
+            left = size - f.tell()
+            if not 0 <= length <= left:
+                raise pickle.UnpicklingError(
+                    f"{op.name} asks for {length} bytes but only {left} are left in the file (truncated or forged)"
+                )
+            if length >= _DATA_SEGMENT_MIN:
+                segments.append((f.tell(), length))
+            f.seek(length, os.SEEK_CUR)
+            continue
+        value = arg.reader(f) if arg is not None else None
+        if op.name == "FRAME" and value > size - f.tell():
+            raise pickle.UnpicklingError(
+                f"a frame of {value} bytes but only {size - f.tell()} are left in the file (truncated or forged)"
+            )
+        if op.name in _MEMO_OPCODES and int(value) > count:
+            raise pickle.UnpicklingError(f"{op.name} index {value} is beyond the {count} opcodes read so far")
+        if op.name == "GLOBAL":
+            module, name = value.split(" ", 1)
+            if (module, name) not in _ALLOWED_GLOBALS:
+                raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a feature file")
+        if op.name == "STOP":
+            return segments
+
+
+def _checked_dtype(spec, *args):
+    """``numpy.dtype(spec, ...)`` for plain numeric and bool dtypes only (no object, structured or void dtypes)."""
+    dtype = np.dtype(spec, *args)
+    if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"dtype {dtype} is not allowed in a feature file (expected float16)")
+    return dtype
+
+
 class _NdarrayUnpickler(pickle.Unpickler):
-    """Unpickler that can build a numpy ndarray and nothing else (no code can run)."""
+    """Unpickler that can build a numpy ndarray and nothing else (no code can run), of at most ``max_bytes``.
+
+    ``max_bytes`` bounds the data of any array the pickle asks the numpy constructors for (default: unbounded; the
+    callers pass the file size, since an array's data has to be in the file). Call ``scan_pickle`` first: it bounds
+    what the unpickler itself allocates (payload and frame lengths, memo indices).
+    """
+
+    def __init__(self, file, *, max_bytes: int | None = None):
+        super().__init__(file)
+        self.max_bytes = max_bytes
+
+    def _check_size(self, shape, itemsize: int) -> None:
+        dims = tuple(int(d) for d in (shape if isinstance(shape, tuple) else (shape,)))
+        if any(d < 0 for d in dims):
+            raise pickle.UnpicklingError(f"negative array shape {dims}")
+        need = math.prod(dims) * itemsize
+        if self.max_bytes is not None and need > self.max_bytes:
+            raise pickle.UnpicklingError(
+                f"the pickle asks for an array of shape {dims} ({need} bytes) but the file holds {self.max_bytes}"
+            )
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a feature file")
-        return super().find_class(module, name)
+        target = super().find_class(module, name)
+        if name == "_reconstruct":
+
+            def reconstruct(subtype, shape, dtype):
+                # numpy's pickles call _reconstruct(ndarray, (0,), b"b"): an empty array, filled by BUILD.
+                if subtype is not np.ndarray:
+                    raise pickle.UnpicklingError("only a plain numpy.ndarray is allowed in a feature file")
+                self._check_size(shape, _checked_dtype(dtype).itemsize)
+                return target(subtype, shape, dtype)
+
+            return reconstruct
+        if name == "_frombuffer":
+
+            def frombuffer(buf, dtype, shape, order):
+                self._check_size(shape, _checked_dtype(dtype).itemsize)
+                return target(buf, dtype, shape, order)
+
+            return frombuffer
+        if name == "dtype":
+            return _checked_dtype
+        return target
 
 
-def _load_pickle(path: Path) -> object:
+def _load_pickle(path: Path, max_bytes: int | None = None) -> object:
     with open(path, "rb") as f:
-        return _NdarrayUnpickler(f).load()
+        size = os.fstat(f.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            raise FeatureFileError(
+                f"{path}: {size} bytes, more than the {max_bytes} a feature file of the expected shape can take"
+            )
+        scan_pickle(f, size)
+        f.seek(0)
+        return _NdarrayUnpickler(f, max_bytes=size).load()
+
+
+class _HeaderReader:
+    """The file for the unpickler, with the array's data segments (from ``scan_pickle``) seeked over, not read."""
+
+    def __init__(self, f, segments: list[tuple[int, int]]):
+        self._f = f
+        self._segments = dict(segments)  # payload offset -> length
+
+    def read(self, n: int = -1) -> bytes:
+        if self._segments.get(self._f.tell()) == n:
+            self._f.seek(n, os.SEEK_CUR)
+            return bytes(n)  # zeros: only the shape and dtype of the result are looked at
+        return self._f.read(n)
+
+    def readinto(self, buf) -> int:
+        n = len(memoryview(buf))
+        if self._segments.get(self._f.tell()) == n:
+            self._f.seek(n, os.SEEK_CUR)
+            return n  # the buffer keeps what it was allocated with
+        return self._f.readinto(buf)
+
+    def readline(self) -> bytes:
+        return self._f.readline()
+
+
+def read_feature_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` of a feature file without reading its data; same rules as ``load_features``.
+
+    ``.pkl``: the bounded opcode scan, then the restricted unpickler with the data seeked over; ``.npy``: the
+    ``numpy.lib.format`` header. Either way the file must be long enough to hold the data (a truncated file fails).
+    Raises ``FileNotFoundError`` or ``FeatureFileError`` naming the file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if path.suffix == ".npy":
+                shape, dtype = _npy_header(f, size)
+            else:
+                segments = scan_pickle(f, size)
+                f.seek(0)
+                array = _NdarrayUnpickler(_HeaderReader(f, segments), max_bytes=size).load()
+                if not isinstance(array, np.ndarray):
+                    raise FeatureFileError(f"{path}: holds a {type(array).__name__}, expected a bare numpy ndarray")
+                shape, dtype = array.shape, array.dtype
+    except (FileNotFoundError, FeatureFileError):
+        raise
+    except _READ_ERRORS as exc:
+        raise FeatureFileError(f"{path}: cannot be read as a feature array ({type(exc).__name__}: {exc})") from exc
+    _check_array_kind(path, tuple(int(d) for d in shape), np.dtype(dtype))
+    return tuple(int(d) for d in shape), np.dtype(dtype)
+
+
+def _npy_header(f, size: int) -> tuple[tuple[int, ...], np.dtype]:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    # Versions 2.0 and 3.0 share one layout (a 4-byte header length); 3.0 only allows utf-8 field names.
+    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = reader(f)
+    if dtype.hasobject:
+        raise ValueError("object arrays need pickle, which feature files may not use")
+    need = f.tell() + math.prod(shape) * dtype.itemsize
+    if size < need:
+        raise ValueError(f"truncated: {size} bytes, the header needs {need}")
+    return tuple(shape), dtype
+
+
+def _check_array_kind(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if dtype.kind not in "fiu":
+        raise FeatureFileError(f"{path}: dtype {dtype} is not numeric (expected float16)")
+    if len(shape) != 2:
+        raise FeatureFileError(f"{path}: has shape {shape}, expected 2 dimensions (tokens, width)")
+
+
+# Errors a malformed or hostile file can raise while it is parsed.
+_READ_ERRORS = (pickle.UnpicklingError, ValueError, EOFError, OSError, AttributeError, TypeError, IndexError,
+                KeyError, OverflowError)  # fmt: skip
+# The largest feature file read when no expected shape bounds it: 256 MiB (a 100 + 729 token x 1152 float16 SigLIP
+# feature is 1.9 MB; 100 x more leaves room for long videos and wide towers).
+MAX_FEATURE_FILE_BYTES = 256 * 2**20
+# Bytes of a feature pickle or .npy besides the data (headers: ~200 bytes), for the bound from an expected shape.
+_HEADER_SLACK = 4096
+
+
+def max_file_bytes(expected_shape: tuple[int, int] | None) -> int:
+    """The largest file a feature array of ``expected_shape`` can be (any numeric dtype up to 8 bytes)."""
+    if expected_shape is None:
+        return MAX_FEATURE_FILE_BYTES
+    return math.prod(expected_shape) * np.dtype(np.float64).itemsize + _HEADER_SLACK
 
 
 def load_features(
@@ -65,19 +298,21 @@ def load_features(
     path = Path(path)
     try:
         if path.suffix == ".npy":
+            bound = max_file_bytes(expected_shape)
+            if os.stat(path).st_size > bound:
+                raise FeatureFileError(f"{path}: more than the {bound} bytes a feature file of the expected shape takes")
             array = np.load(path, allow_pickle=False)
         else:
-            array = _load_pickle(path)
-    except FileNotFoundError:
+            array = _load_pickle(path, max_file_bytes(expected_shape))
+    except (FileNotFoundError, FeatureFileError):
         raise
-    except (pickle.UnpicklingError, ValueError, EOFError, OSError, AttributeError, TypeError, IndexError) as exc:
+    except MemoryError as exc:
+        raise FeatureFileError(f"{path}: out of memory while reading it (is it really a feature file?)") from exc
+    except _READ_ERRORS as exc:
         raise FeatureFileError(f"{path}: cannot be read as a feature array ({type(exc).__name__}: {exc})") from exc
     if not isinstance(array, np.ndarray):
         raise FeatureFileError(f"{path}: holds a {type(array).__name__}, expected a bare numpy ndarray")
-    if array.dtype.kind not in "fiu":
-        raise FeatureFileError(f"{path}: dtype {array.dtype} is not numeric (expected float16)")
-    if array.ndim != 2:
-        raise FeatureFileError(f"{path}: has shape {array.shape}, expected 2 dimensions (tokens, width)")
+    _check_array_kind(path, tuple(array.shape), array.dtype)
     if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
         raise FeatureFileError(f"{path}: has shape {tuple(array.shape)}, expected {tuple(expected_shape)}")
     if expected_width is not None and array.shape[1] != expected_width:
@@ -120,12 +355,37 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def serialize_features(array: np.ndarray, fmt: str) -> bytes:
     """Bytes of a feature file: ``pkl`` = ``pickle.dumps(ndarray)`` as the original wrote, ``npy`` = ``np.save``."""
     if fmt == "pkl":
-        return pickle.dumps(np.ascontiguousarray(array), protocol=4)
+        return _numpy1_pickle(np.ascontiguousarray(array))
     if fmt == "npy":
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
         return buf.getvalue()
     raise ValueError(f"unknown feature format {fmt!r}; expected 'pkl' or 'npy'")
+
+
+# The first global of a protocol-4 ndarray pickle (SHORT_BINUNICODE: opcode, 1-byte length, the module name), as
+# numpy 2 writes it and as numpy 1 (and the original's files) have it.
+_NUMPY2_MODULE = b"\x8c\x16numpy._core.multiarray"
+_NUMPY1_MODULE = b"\x8c\x15numpy.core.multiarray"
+# PROTO 4 (2 bytes), then FRAME (1 byte) with its 8-byte length; the first frame starts at byte 11.
+_FRAME_LENGTH_AT = slice(3, 11)
+_FIRST_FRAME_AT = 11
+
+
+def _numpy1_pickle(array: np.ndarray) -> bytes:
+    """``pickle.dumps(array, protocol=4)`` as numpy 1.x writes it: the module path numpy 1 can import.
+
+    numpy 2 names ``numpy._core.multiarray._reconstruct``, which numpy 1 cannot import; the name is the first thing
+    in the first frame, so it is swapped for ``numpy.core.multiarray`` and the frame length shortened by the one byte.
+    """
+    data = pickle.dumps(array, protocol=4)
+    if data[_FIRST_FRAME_AT:].startswith(_NUMPY1_MODULE):  # numpy 1.x wrote it so already
+        return data
+    if data[2:3] != pickle.FRAME or not data[_FIRST_FRAME_AT:].startswith(_NUMPY2_MODULE):
+        raise RuntimeError(f"unexpected ndarray pickle layout from numpy {np.__version__}: {data[:40]!r}")
+    frame = int.from_bytes(data[_FRAME_LENGTH_AT], "little") - (len(_NUMPY2_MODULE) - len(_NUMPY1_MODULE))
+    rest = data[_FIRST_FRAME_AT + len(_NUMPY2_MODULE) :]
+    return data[:3] + frame.to_bytes(8, "little") + _NUMPY1_MODULE + rest
 
 
 def save_features(path: str | Path, array: np.ndarray) -> Path:
@@ -156,3 +416,103 @@ def index_feature_folder(folder: str | Path) -> dict[str, str]:
             if vid not in found or name.endswith(".pkl"):
                 found[vid] = name
     return found
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The feature folder's manifest: which tower and settings made its files
+
+MANIFEST_NAME = "features_manifest.json"
+MANIFEST_VERSION = 1
+# The manifest keys that decide the numbers in the files: a rerun with any of them different would mix two kinds
+# of features in one folder. (``vision_tower`` is only the name it was given; ``tower_sha256`` is what it is.)
+MANIFEST_SETTINGS = ("tower_sha256", "select_layer", "select_strategy", "num_frames", "spatial_pool", "dtype",
+                     "feature_format", "feature_shape")  # fmt: skip
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    """The folder's ``features_manifest.json`` as a dict, or ``None`` when it has none (e.g. the original's folders).
+
+    Raises ``UserError`` naming the file when it exists but is not a manifest (broken JSON, not an object).
+    """
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: is not valid JSON ({exc}); delete it and rerun the extraction with --overwrite")
+    if not isinstance(manifest, dict) or "feature_shape" not in manifest:
+        raise UserError(f"{path}: is not a features manifest; delete it and rerun the extraction with --overwrite")
+    return manifest
+
+
+def write_manifest(folder: str | Path, manifest: dict) -> Path:
+    """Write ``manifest`` as the folder's ``features_manifest.json`` (atomically, keys sorted: reruns compare it)."""
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    return atomic_write_bytes(Path(folder) / MANIFEST_NAME, text.encode())
+
+
+def manifest_differences(old: dict, new: dict) -> list[str]:
+    """``"key: old -> new"`` for each setting of ``MANIFEST_SETTINGS`` that differs (a key one lacks is not compared)."""
+    return [
+        f"{key}: {old[key]} -> {new[key]}"
+        for key in MANIFEST_SETTINGS
+        if key in old and key in new and old[key] != new[key]
+    ]
+
+
+def _tower_key(name: str) -> str:
+    """A tower's name without where it lives: ``/models/clip-vit-large-patch14/`` ~ ``openai/clip-vit-large-patch14``."""
+    return Path(str(name).rstrip("/")).name.lower()
+
+
+def check_features_match(
+    folder: str | Path, *, tower_name: str | None, width: int, num_tokens: int | None
+) -> list[str]:
+    """Check a feature folder's manifest against the model that will read it; returns warnings (may be empty).
+
+    Raises ``UserError`` when the manifest's feature width differs from ``width`` (the projector's input width,
+    ``mm_hidden_size``) or its token count from ``num_tokens`` (``None``: not checked): training on them would fail
+    or be wrong. Warns when the manifest's tower name differs from ``tower_name`` (the model config's
+    ``mm_vision_tower``; compared by its last path part, so a local copy of the same tower matches). A folder
+    without a manifest (the original's, the official downloads) returns no warning: its files are checked by shape
+    where they are read.
+    """
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return []
+    path = Path(folder) / MANIFEST_NAME
+    tokens, got_width = (int(d) for d in manifest["feature_shape"])
+    made_with = f"made with {manifest.get('vision_tower')}, num_frames={manifest.get('num_frames')}, " \
+                f"spatial_pool={manifest.get('spatial_pool')}"  # fmt: skip
+    if got_width != width:
+        raise UserError(
+            f"{path}: the features are {got_width} wide but the model's projector reads {width} ({made_with}); "
+            f"extract them with the model's vision tower, or train a model for this tower"
+        )
+    if num_tokens is not None and tokens != num_tokens:
+        raise UserError(
+            f"{path}: the features have {tokens} tokens per video but the model expects {num_tokens} ({made_with}); "
+            f"extract them with the model's --num_frames / --spatial_pool, or change the model's settings"
+        )
+    warnings = []
+    folder_tower = manifest.get("vision_tower")
+    if tower_name is not None and folder_tower is not None and _tower_key(folder_tower) != _tower_key(tower_name):
+        warnings.append(
+            f"{path}: the features were made with vision tower {folder_tower} but the model config names "
+            f"{tower_name} (same width and token count, so training can run; check that this is intended)"
+        )
+    return warnings
+
+
+def hash_files(paths: list[Path], chunk: int = 8 * 2**20) -> str:
+    """sha256 over each file's name, size and content, in the given order (a tower's config and weight files)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,199 @@
+"""The feature store: numpy-1-loadable pickles, bounded safe reading of forged files, headers, the manifest API."""
+
+import os
+import pickle
+import resource
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from video_chatgpt.errors import UserError
+from video_chatgpt.features.store import (
+    MANIFEST_NAME,
+    FeatureFileError,
+    check_features_match,
+    load_features,
+    read_feature_header,
+    read_manifest,
+    save_features,
+    serialize_features,
+    write_manifest,
+)
+
+SHAPE = (356, 32)
+
+
+def _array(shape=SHAPE, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float16)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), SHAPE, (356, 1024)])  # small frame, one frame, data outside the frame
+def test_pickles_name_numpy_core_and_load_with_both_unpicklers(shape):
+    array = _array(shape)
+    data = serialize_features(array, "pkl")
+    assert b"numpy.core.multiarray" in data and b"numpy._core" not in data
+    # The C unpickler and the strict pure-Python one (it checks frame lengths) read the same values.
+    for loads in (pickle.loads, pickle._loads):
+        loaded = loads(data)
+        assert type(loaded) is np.ndarray and loaded.dtype == np.float16
+        np.testing.assert_array_equal(loaded, array)
+
+
+def test_written_pickle_is_what_pickle_writes_apart_from_the_module_name(tmp_path):
+    array = _array()
+    ours = save_features(tmp_path / "v.pkl", array).read_bytes()
+    plain = pickle.dumps(array, protocol=4)
+    # numpy 2 writes the 22-character "numpy._core.multiarray"; ours is one byte shorter, the frame length too.
+    assert len(plain) - len(ours) == 1
+    assert ours.replace(b"\x15numpy.core.multiarray", b"\x16numpy._core.multiarray")[11:] == plain[11:]
+    np.testing.assert_array_equal(load_features(tmp_path / "v.pkl", expected_shape=SHAPE), array)
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Forged pickles of a few dozen bytes asking for gigabytes, each a different route to the allocation.
+_RECONSTRUCT = b"\x8c\x15numpy.core.multiarray\x94\x8c\x0c_reconstruct\x94\x93\x94\x8c\x05numpy\x94\x8c\x07ndarray\x94\x93\x94"
+FORGED = {
+    # _reconstruct(ndarray, (2**33,), b"b"): numpy would allocate 8 GiB for the empty array
+    "array shape": b"\x80\x04" + _RECONSTRUCT + b"\x8a\x05\x00\x00\x00\x00\x02\x85\x94C\x01b\x94\x87\x94R\x94.",
+    # BINBYTES8 claiming 16 GiB of data: the C unpickler allocates the bytes object before reading
+    "bytes length": b"\x80\x04\x8e" + struct.pack("<Q", 2**34) + b"xx.",
+    # a FRAME of 16 GiB: read into one buffer
+    "frame length": b"\x80\x04\x95" + struct.pack("<Q", 2**34) + b"N.",
+    # LONG_BINPUT at index 2**31: the memo table is grown to hold it
+    "memo index": b"\x80\x04Nr" + struct.pack("<I", 2**31) + b".",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FORGED))
+def test_a_tiny_forged_pickle_fails_fast_without_allocating(tmp_path, kind):
+    path = tmp_path / "v_forged.pkl"
+    path.write_bytes(FORGED[kind])
+    assert path.stat().st_size < 100
+    before, start = _maxrss_mb(), time.perf_counter()
+    for bound in (None, SHAPE):  # with and without an expected shape
+        with pytest.raises(FeatureFileError, match="v_forged.pkl"):
+            load_features(path, expected_shape=bound)
+        with pytest.raises(FeatureFileError, match="v_forged.pkl"):
+            read_feature_header(path)
+    assert time.perf_counter() - start < 1.0
+    assert _maxrss_mb() - before < 64, f"peak RSS grew by {_maxrss_mb() - before:.0f} MB"
+
+
+def test_the_forged_pickles_really_ask_for_gigabytes_from_a_plain_unpickler(tmp_path):
+    # The control for the test above: a plain pickle.loads of the "array shape" file does allocate 8 GiB (address
+    # space; run in a child limited to 2 GiB of it, so the allocation fails there instead of succeeding lazily).
+    code = (
+        "import pickle, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**31, 2**31)); "
+        "data = sys.stdin.buffer.read()\n"
+        "try:\n    pickle.loads(data)\nexcept MemoryError:\n    print('MemoryError')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=FORGED["array shape"], capture_output=True, timeout=60)
+    assert out.stdout.decode().strip() == "MemoryError", out.stderr.decode()[-2000:]
+
+
+def test_a_file_larger_than_the_expected_shape_allows_is_refused_before_reading(tmp_path):
+    path = save_features(tmp_path / "v_big.pkl", _array((2000, 32)))
+    with pytest.raises(FeatureFileError, match="expected shape"):
+        load_features(path, expected_shape=(10, 32))
+    assert load_features(path).shape == (2000, 32)
+
+
+@pytest.mark.parametrize("fmt", ["pkl", "npy"])
+def test_header_reads_shape_and_dtype_and_catches_truncation(tmp_path, fmt):
+    path = save_features(tmp_path / f"v.{fmt}", _array())
+    assert read_feature_header(path) == (SHAPE, np.dtype(np.float16))
+    data = path.read_bytes()
+    for cut in (len(data) - 1, len(data) // 2, 20):
+        path.write_bytes(data[:cut])
+        with pytest.raises(FeatureFileError, match=f"v.{fmt}"):
+            read_feature_header(path)
+        with pytest.raises(FeatureFileError):
+            load_features(path)
+
+
+def test_header_refuses_what_load_refuses(tmp_path):
+    path = tmp_path / "v.pkl"
+    for obj, words in [({"a": 1}, "bare numpy ndarray"), (np.zeros((2, 2, 2), np.float16), "2 dimensions"),
+                       (np.array([["a"]]), "not allowed")]:  # fmt: skip
+        path.write_bytes(pickle.dumps(obj))
+        with pytest.raises(FeatureFileError, match=words):
+            read_feature_header(path)
+        with pytest.raises(FeatureFileError, match=words):
+            load_features(path)
+
+
+def _manifest(**over) -> dict:
+    base = {"vision_tower": "openai/clip-vit-large-patch14", "num_frames": 100, "spatial_pool": 1,
+            "feature_shape": [356, 1024]}  # fmt: skip
+    return {**base, **over}
+
+
+def test_manifest_api_for_data_check_and_training(tmp_path):
+    assert read_manifest(tmp_path) is None  # the original's folders: no manifest, no warning, no error
+    assert check_features_match(tmp_path, tower_name="anything", width=1, num_tokens=2) == []
+    write_manifest(tmp_path, _manifest())
+    assert read_manifest(tmp_path)["feature_shape"] == [356, 1024]
+    assert check_features_match(tmp_path, tower_name="openai/clip-vit-large-patch14", width=1024, num_tokens=356) == []
+    # A local copy of the same tower matches by its last path part; another tower warns.
+    assert check_features_match(tmp_path, tower_name="/models/clip-vit-large-patch14/", width=1024, num_tokens=None) == []
+    (warning,) = check_features_match(tmp_path, tower_name="google/siglip-so400m-patch14-384", width=1024, num_tokens=356)
+    assert "openai/clip-vit-large-patch14" in warning and "siglip" in warning
+    with pytest.raises(UserError, match="1024 wide but the model's projector reads 1152"):
+        check_features_match(tmp_path, tower_name=None, width=1152, num_tokens=356)
+    with pytest.raises(UserError, match="356 tokens per video but the model expects 244"):
+        check_features_match(tmp_path, tower_name=None, width=1024, num_tokens=244)
+
+
+def test_a_broken_manifest_is_a_named_error(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(UserError, match=MANIFEST_NAME):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a features manifest"):
+        read_manifest(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The original's environment: numpy 1.24.3 (its pin) must read our pickles with a plain pickle.load.
+
+NUMPY1_VENV = Path.home() / ".cache" / "video_chatgpt_test" / f"np1243-py{sys.version_info.major}{sys.version_info.minor}"
+
+
+def _numpy1_python() -> Path:
+    """A scratch venv with numpy==1.24.3, made once and reused (its wheels stop at Python 3.11, the project's)."""
+    python = NUMPY1_VENV / "bin" / "python"
+    done = NUMPY1_VENV / ".numpy-1.24.3-installed"
+    if not done.exists():
+        subprocess.run([sys._base_executable, "-m", "venv", "--clear", str(NUMPY1_VENV)], check=True, timeout=300)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy==1.24.3"], check=True, timeout=600)
+        done.write_text("ok\n")
+    return python
+
+
+@pytest.mark.slow
+def test_numpy_1_24_3_loads_our_pickles_with_plain_pickle_load(tmp_path):
+    python = _numpy1_python()
+    array = _array((356, 64))
+    path = save_features(tmp_path / "v.pkl", array)
+    expected = tmp_path / "expected.bin"
+    expected.write_bytes(array.tobytes())
+    code = (
+        "import pickle, sys, numpy as np\n"
+        "assert np.__version__ == '1.24.3', np.__version__\n"
+        "a = pickle.load(open(sys.argv[1], 'rb'))\n"
+        "assert type(a) is np.ndarray and a.dtype == np.float16 and a.shape == (356, 64), (type(a), a.dtype, a.shape)\n"
+        "assert a.tobytes() == open(sys.argv[2], 'rb').read(), 'values differ'\n"
+        "sys.stdout.write(pickle.dumps(a, protocol=4).hex())\n"
+    )
+    out = subprocess.run([str(python), "-c", code, str(path), str(expected)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # And what numpy 1.24.3 itself writes for the same array is byte for byte our file.
+    assert bytes.fromhex(out.stdout) == path.read_bytes()

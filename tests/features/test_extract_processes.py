@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from tests.features.reference import assert_fp16_close
-from video_chatgpt.features.extract import REPORT_NAME, main
-from video_chatgpt.features.store import index_feature_folder, load_features
+from video_chatgpt.features.extract import LOCK_NAME, REPORT_NAME, main
+from video_chatgpt.features.store import MANIFEST_NAME, index_feature_folder, load_features
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "save_spatio_temporal_clip_features.py"
@@ -56,15 +56,17 @@ def test_killed_run_leaves_no_truncated_file_and_a_rerun_completes(sample_world,
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the main process and its decode workers, at once, no cleanup
         proc.wait()
-    done = [n for n in os.listdir(out) if not n.startswith(".")]
+    done = [n for n in os.listdir(out) if n.endswith(".pkl")]
     total = len(list(videos.iterdir()))
-    assert 1 <= len(done) < total and REPORT_NAME not in done  # killed mid-run
+    assert 1 <= len(done) < total and not (out / REPORT_NAME).exists()  # killed mid-run
+    assert (out / MANIFEST_NAME).exists()  # written before the first feature file
     for name in done:  # every feature file under its final name is whole
         assert load_features(out / name, expected_shape=(NUM_FRAMES + 256, 32)).dtype == np.float16
     assert main(_flags(videos, out, tiny_clip, "--num_workers", "0")) == 0
     report = json.loads((out / REPORT_NAME).read_text())
     assert report["skipped_existing"] == len(done) and len(report["extracted"]) == total - len(done)
-    assert len(index_feature_folder(out)) == total and not [n for n in os.listdir(out) if n.startswith(".")]
+    assert len(index_feature_folder(out)) == total
+    assert [n for n in os.listdir(out) if n.startswith(".")] == [LOCK_NAME]  # no temporary left
 
 
 def test_kill_during_a_write_never_leaves_a_partial_file(tmp_path):

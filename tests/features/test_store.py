@@ -59,7 +59,10 @@ def _maxrss_mb() -> float:
 
 
 # Forged pickles of a few dozen bytes asking for gigabytes, each a different route to the allocation.
-_RECONSTRUCT = b"\x8c\x15numpy.core.multiarray\x94\x8c\x0c_reconstruct\x94\x93\x94\x8c\x05numpy\x94\x8c\x07ndarray\x94\x93\x94"
+_RECONSTRUCT = (
+    b"\x8c\x15numpy.core.multiarray\x94\x8c\x0c_reconstruct\x94\x93\x94"  # numpy.core.multiarray._reconstruct
+    b"\x8c\x05numpy\x94\x8c\x07ndarray\x94\x93\x94"  # STACK_GLOBAL numpy.ndarray
+)
 FORGED = {
     # _reconstruct(ndarray, (2**33,), b"b"): numpy would allocate 8 GiB for the empty array
     "array shape": b"\x80\x04" + _RECONSTRUCT + b"\x8a\x05\x00\x00\x00\x00\x02\x85\x94C\x01b\x94\x87\x94R\x94.",
@@ -143,8 +146,10 @@ def test_manifest_api_for_data_check_and_training(tmp_path):
     assert read_manifest(tmp_path)["feature_shape"] == [356, 1024]
     assert check_features_match(tmp_path, tower_name="openai/clip-vit-large-patch14", width=1024, num_tokens=356) == []
     # A local copy of the same tower matches by its last path part; another tower warns.
-    assert check_features_match(tmp_path, tower_name="/models/clip-vit-large-patch14/", width=1024, num_tokens=None) == []
-    (warning,) = check_features_match(tmp_path, tower_name="google/siglip-so400m-patch14-384", width=1024, num_tokens=356)
+    local_copy = "/models/clip-vit-large-patch14/"
+    assert check_features_match(tmp_path, tower_name=local_copy, width=1024, num_tokens=None) == []
+    siglip = "google/siglip-so400m-patch14-384"
+    (warning,) = check_features_match(tmp_path, tower_name=siglip, width=1024, num_tokens=356)
     assert "openai/clip-vit-large-patch14" in warning and "siglip" in warning
     with pytest.raises(UserError, match="1024 wide but the model's projector reads 1152"):
         check_features_match(tmp_path, tower_name=None, width=1152, num_tokens=356)
@@ -164,7 +169,8 @@ def test_a_broken_manifest_is_a_named_error(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 # The original's environment: numpy 1.24.3 (its pin) must read our pickles with a plain pickle.load.
 
-NUMPY1_VENV = Path.home() / ".cache" / "video_chatgpt_test" / f"np1243-py{sys.version_info.major}{sys.version_info.minor}"
+PY = f"py{sys.version_info.major}{sys.version_info.minor}"
+NUMPY1_VENV = Path.home() / ".cache" / "video_chatgpt_test" / f"np1243-{PY}"
 
 
 def _numpy1_python() -> Path:
@@ -193,7 +199,8 @@ def test_numpy_1_24_3_loads_our_pickles_with_plain_pickle_load(tmp_path):
         "assert a.tobytes() == open(sys.argv[2], 'rb').read(), 'values differ'\n"
         "sys.stdout.write(pickle.dumps(a, protocol=4).hex())\n"
     )
-    out = subprocess.run([str(python), "-c", code, str(path), str(expected)], capture_output=True, text=True, timeout=120)
+    command = [str(python), "-c", code, str(path), str(expected)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     # And what numpy 1.24.3 itself writes for the same array is byte for byte our file.
     assert bytes.fromhex(out.stdout) == path.read_bytes()

@@ -289,11 +289,13 @@ def plan_videos(
             reason = f"duplicate video id {vid!r} (also {first_of[vid]}); not extracted"
             failed.append({"video": path.name, "reason": reason})
         elif f"{vid}.{fmt}" in out_names and not overwrite:
-            problem = None if expected_shape is None else existing_file_problem(out_dir / f"{vid}.{fmt}", expected_shape)
+            existing = out_dir / f"{vid}.{fmt}"
+            problem = None if expected_shape is None else existing_file_problem(existing, expected_shape)
             if problem is None:
                 skipped.append(path.name)
             else:
-                damaged.append({"video": path.name, "note": f"existing feature file not valid, extracted again: {problem}"})
+                note = f"existing feature file not valid, extracted again: {problem}"
+                damaged.append({"video": path.name, "note": note})
                 todo.append(path)
         else:
             todo.append(path)

@@ -300,7 +300,7 @@ def load_features(
         if path.suffix == ".npy":
             bound = max_file_bytes(expected_shape)
             if os.stat(path).st_size > bound:
-                raise FeatureFileError(f"{path}: more than the {bound} bytes a feature file of the expected shape takes")
+                raise FeatureFileError(f"{path}: more than the {bound} bytes a file of the expected shape takes")
             array = np.load(path, allow_pickle=False)
         else:
             array = _load_pickle(path, max_file_bytes(expected_shape))
@@ -455,7 +455,7 @@ def write_manifest(folder: str | Path, manifest: dict) -> Path:
 
 
 def manifest_differences(old: dict, new: dict) -> list[str]:
-    """``"key: old -> new"`` for each setting of ``MANIFEST_SETTINGS`` that differs (a key one lacks is not compared)."""
+    """``"key: old -> new"`` for each setting of ``MANIFEST_SETTINGS`` that differs (a key one lacks: not compared)."""
     return [
         f"{key}: {old[key]} -> {new[key]}"
         for key in MANIFEST_SETTINGS
@@ -464,7 +464,7 @@ def manifest_differences(old: dict, new: dict) -> list[str]:
 
 
 def _tower_key(name: str) -> str:
-    """A tower's name without where it lives: ``/models/clip-vit-large-patch14/`` ~ ``openai/clip-vit-large-patch14``."""
+    """A tower's name without where it is: ``/models/clip-vit-large-patch14/`` ~ ``openai/clip-vit-large-patch14``."""
     return Path(str(name).rstrip("/")).name.lower()
 
 

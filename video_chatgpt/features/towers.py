@@ -163,14 +163,17 @@ def _read_config(folder: Path, name: str) -> dict:
         raise UserError(f"{path}: is not valid JSON ({exc}); download the tower again") from exc
 
 
-def _vision_config(kind: str, config: dict):
+def _vision_config(kind: str, config: dict, path: Path):
     from transformers import CLIPVisionConfig, SiglipVisionConfig
 
     config_class = CLIPVisionConfig if kind == "clip" else SiglipVisionConfig
     if config.get("model_type") in ("clip", "siglip"):  # a whole CLIP / SigLIP checkpoint: its vision half
         config = config.get("vision_config") or {}
     fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
-    return config_class(**fields)
+    try:
+        return config_class(**fields)
+    except (ValueError, TypeError) as exc:  # transformers validates the fields (e.g. heads dividing the width)
+        raise UserError(f"{path}: not a valid {config_class.__name__} ({exc}); download the tower again") from exc
 
 
 def _kind_of(model_type: str | None) -> str | None:
@@ -189,7 +192,8 @@ def resolve_tower(name: str | Path, select_layer: int | None = None) -> TowerSpe
     kind = _kind_of(model_type)
     if kind is not None:
         return TowerSpec(
-            name=str(name), folder=folder, kind=kind, source="tower", vision_config=_vision_config(kind, config),
+            name=str(name), folder=folder, kind=kind, source="tower",
+            vision_config=_vision_config(kind, config, folder / "config.json"),
             select_layer=DEFAULT_SELECT_LAYER if select_layer is None else select_layer, select_strategy="default",
         )  # fmt: skip
     if model_type in _LLAVA_TYPES and isinstance(config.get("vision_config"), dict):
@@ -210,7 +214,8 @@ def resolve_tower(name: str | Path, select_layer: int | None = None) -> TowerSpe
         if strategy not in SELECT_STRATEGIES:
             raise UserError(f"{folder / 'config.json'}: unknown vision_feature_select_strategy {strategy!r}")
         return TowerSpec(
-            name=str(name), folder=folder, kind=kind, source="llava", vision_config=_vision_config(kind, vision),
+            name=str(name), folder=folder, kind=kind, source="llava",
+            vision_config=_vision_config(kind, vision, folder / "config.json"),
             select_layer=layer if select_layer is None else select_layer, select_strategy=strategy,
         )  # fmt: skip
     if "mm_vision_tower" in config:

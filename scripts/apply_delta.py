@@ -19,7 +19,16 @@ except ImportError:
     # Not installed: use the package next to this script.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from video_chatgpt.weights.apply_delta import build_parser, run_cli, apply_delta  # noqa: E402
+from video_chatgpt.errors import run_main  # noqa: E402
+from video_chatgpt.weights.apply_delta import apply_delta, build_parser, run_cli  # noqa: E402
+
+PROG = "scripts/apply_delta.py"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(argv, build_parser(prog=PROG), apply_delta)
+
 
 if __name__ == "__main__":
-    sys.exit(run_cli(None, build_parser(prog="scripts/apply_delta.py"), apply_delta, "apply_delta.py"))
+    # The same one-line errors and exit statuses as `video-chatgpt apply-delta` (traceback with --debug).
+    sys.exit(run_main(main, None, PROG))

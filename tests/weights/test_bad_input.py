@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.conftest import REPO
+from tests.weights.conftest import load_folder
+from video_chatgpt.cli import main as cli_main
 from video_chatgpt.weights import delta as delta_module
-from video_chatgpt.weights.apply_delta import apply_delta, main
+from video_chatgpt.weights.apply_delta import apply_delta
 from video_chatgpt.weights.checkpoint import WeightsError
+from video_chatgpt.weights.delta import plan_delta
+from video_chatgpt.weights.make_delta import make_delta
+
 
 LFS_POINTER = (
     "version https://git-lfs.github.com/spec/v1\n"
@@ -186,10 +196,107 @@ def test_failure_while_writing_leaves_nothing(folders, delta_bin, tmp_path, monk
 def test_cli_reports_the_error(folders, tmp_path, capsys):
     file = tmp_path / "video_chatgpt-7B.bin"
     file.write_bytes(b"\0" * 16)
-    code = main(["--base-model-path", str(file), "--target-model-path", str(tmp_path / "t"), "--delta-path",
-                 str(folders["target_bin"])])
+    code = cli_main(["apply-delta", "--base-model-path", str(file), "--target-model-path", str(tmp_path / "t"),
+                     "--delta-path", str(folders["target_bin"])])
     assert code == 1
-    assert "apply-delta: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "video-chatgpt apply-delta: error:" in err and "Traceback" not in err
     assert_nothing_written(tmp_path / "t")
-    with pytest.raises(SystemExit):
-        main(["--base-model-path", "a", "--target-model-path", "b", "--delta-path", "c", "--max-shard-size", "lots"])
+    code = cli_main(["apply-delta", "--base-model-path", "a", "--target-model-path", "b", "--delta-path", "c",
+                     "--max-shard-size", "lots"])
+    assert code == 2 and "--max-shard-size" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ wrong but silent
+def test_base_that_already_has_a_projector_is_refused(folders, delta_bin, tmp_path):
+    """A LLaVA folder passed as the base used to get the delta's projector added to its own, exit 0."""
+    message = fails(folders["target_bin"], delta_bin, tmp_path / "target", "already a LLaVA model",
+                    "model.mm_projector.", "LLaMA-7B", str(folders["target_bin"]))
+    assert "has no model.mm_projector" not in message  # the old, wrong warning
+    with pytest.raises(WeightsError, match="already a LLaVA model"):
+        make_delta(folders["target_safetensors"], folders["target_bin"], tmp_path / "delta")
+    assert_nothing_written(tmp_path / "delta")
+
+
+def test_no_projector_warning_only_when_the_delta_has_none(folders, delta_bin):
+    from video_chatgpt.weights.checkpoint import find_checkpoint, read_tensor_infos
+
+    base = read_tensor_infos(find_checkpoint(folders["base_bin"]))
+    delta = read_tensor_infos(find_checkpoint(delta_bin))
+    assert not any("no model.mm_projector" in w for w in plan_delta(delta, base).warnings)
+    without = {k: v for k, v in delta.items() if not k.startswith("model.mm_projector.")}
+    assert any("no model.mm_projector" in w for w in plan_delta(without, base).warnings)
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "trailing ./"])
+def test_make_delta_with_base_equal_to_target_is_refused(folders, tmp_path, how):
+    target = folders["target_bin"]
+    base = {"same path": target, "symlink": tmp_path / "link", "trailing ./": Path(f"{target}/./")}[how]
+    if how == "symlink":
+        base.symlink_to(target, target_is_directory=True)
+    with pytest.raises(WeightsError, match="are the same folder") as exc:
+        make_delta(base, target, tmp_path / "delta")
+    assert "all zeros" in str(exc.value)
+    assert_nothing_written(tmp_path / "delta")
+    with pytest.raises(WeightsError, match="are the same folder"):
+        apply_delta(base, tmp_path / "t", target)
+    assert_nothing_written(tmp_path / "t")
+
+
+def _strace_kill_at_rename(nth: int, argv: list[str]) -> subprocess.CompletedProcess:
+    """Run ``argv`` under strace, SIGKILLed at its ``nth`` rename (before the rename happens).
+
+    Without ``-P``: strace matches ``-P`` against a rename's first path only, and the second rename's first path
+    is a random temporary name. With bytecode writing off, apply-delta's only renames are its own two.
+    """
+    if shutil.which("strace") is None:
+        pytest.fail("strace is needed for this test: apt-get install -y strace")
+    renames = "rename,renameat,renameat2"
+    cmd = ["strace", "-f", "-o", "/dev/null", "-e", f"trace={renames}",
+           "-e", f"inject={renames}:signal=KILL:when={nth}", *argv]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+
+
+def test_overwrite_killed_between_its_renames_is_recovered_by_rerunning(folders, delta_bin, tmp_path):
+    """``--overwrite`` moves the old target aside, then the new one in; a SIGKILL between the two renames left no
+    target and two hidden folders. The rerun puts the old target back (so --overwrite decides again) and cleans up."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    argv = [sys.executable, "-m", "video_chatgpt.cli", "apply-delta", "--base-model-path", str(folders["base_bin"]),
+            "--target-model-path", str(target), "--delta-path", str(delta_bin), "--overwrite", "--quiet"]
+    killed = _strace_kill_at_rename(2, argv)
+    assert killed.returncode != 0, killed.stderr
+    # Killed exactly between the renames: the old target moved aside, the complete new one not yet in place.
+    assert not target.exists()
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".target."))
+    assert [n.split("-")[0] for n in leftovers] == [".target.old", ".target.partial"], leftovers
+
+    # A rerun without --overwrite restores the old target and refuses, as the first run would have.
+    with pytest.raises(WeightsError, match="pass --overwrite"):
+        apply_delta(folders["base_bin"], target, delta_bin)
+    assert (target / "keep.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".target.")]
+
+    # Killed again, then rerun as the user first asked: the result equals an uninterrupted run.
+    assert _strace_kill_at_rename(2, argv).returncode != 0
+    apply_delta(folders["base_bin"], target, delta_bin, overwrite=True)
+    apply_delta(folders["base_bin"], tmp_path / "clean", delta_bin)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not (target / "keep.txt").exists()
+    got, want = load_folder(target), load_folder(tmp_path / "clean")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_half_written_folder_of_a_killed_run_is_removed(folders, delta_bin, tmp_path):
+    """A SIGKILL while the shards are written (first rename never reached) leaves a .partial folder: the rerun
+    deletes it and writes the target."""
+    target = tmp_path / "target"
+    partial = tmp_path / ".target.partial-abc123"
+    partial.mkdir()
+    (partial / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    lines = []
+    apply_delta(folders["base_bin"], target, delta_bin, log=lines.append)
+    assert not partial.exists() and (target / "model.safetensors.index.json").is_file()
+    assert any("removed" in line and str(partial) in line for line in lines)

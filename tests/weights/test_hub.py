@@ -11,7 +11,8 @@ import torch
 from huggingface_hub import constants
 
 from tests.weights.conftest import load_folder
-from video_chatgpt.weights.apply_delta import apply_delta, main
+from video_chatgpt.cli import main as cli_main
+from video_chatgpt.weights.apply_delta import apply_delta
 from video_chatgpt.weights.checkpoint import WeightsError
 from video_chatgpt.weights.hub import looks_like_hub_id, resolve_model_folder
 
@@ -71,8 +72,8 @@ def test_hub_id_not_cached_says_what_to_download_and_where(folders, cache, tmp_p
         assert needle in message, needle
     assert not target.exists()
     # The same through the command line: exit status 1, the message on stderr.
-    assert main(["--base-model-path", str(folders["base_bin"]), "--target-model-path", str(target),
-                 "--delta-path", REPO_ID]) == 1
+    assert cli_main(["apply-delta", "--base-model-path", str(folders["base_bin"]), "--target-model-path",
+                     str(target), "--delta-path", REPO_ID]) == 1
     assert f"hf download {REPO_ID}" in capsys.readouterr().err
 
 

@@ -16,7 +16,8 @@ The target gets sharded safetensors (``model-0000i-of-0000n.safetensors`` + ``mo
 the delta's ``config.json`` (its ``model_type`` and ``mm_*`` keys kept), ``generation_config.json`` and tokenizer
 files. It is written into a hidden ``.<target>.partial-*`` folder next to the target and renamed when complete.
 
-Raises / exits 1 with a message naming file and tensor for: a base that is a file (e.g. ``video_chatgpt-7B.bin``),
+Raises / exits 1 with a one-line message naming file and tensor for: a base that already has a projector (a LLaVA
+folder instead of LLaMA), base and delta the same folder, a base that is a file (e.g. ``video_chatgpt-7B.bin``),
 missing shards, Git LFS pointer files, shapes that differ other than the vocabulary rows, non-float dtypes, delta
 tensors the base lacks (other than the projector), a hub id that is neither cached nor downloadable.
 """
@@ -27,7 +28,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from video_chatgpt.weights.checkpoint import WeightsError
+from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.errors import run_main
 from video_chatgpt.weights.delta import DeltaResult, Log, combine_folders
 from video_chatgpt.weights.hub import resolve_model_folder
 from video_chatgpt.weights.writer import DEFAULT_MAX_SHARD_SIZE, parse_size
@@ -83,32 +85,36 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_cli(argv: list[str] | None, parser: argparse.ArgumentParser, func, command: str) -> int:
-    """Shared shell of apply-delta / make-delta: parse, run, print warnings and errors. Returns the exit status."""
-    args = parser.parse_args(argv)
+def run_cli(argv: list[str] | None, parser: argparse.ArgumentParser, func) -> int:
+    """Shared shell of apply-delta / make-delta: parse, run, print progress and warnings. Returns the exit status.
+
+    Errors (``WeightsError`` is a ``UserError``) go up to ``video_chatgpt.errors.run_main``, which prints one line.
+    """
+    args = parse_args_or_status(parser, argv)
+    if isinstance(args, int):  # --help (0) or bad flags (2)
+        return args
     try:
         parse_size(args.max_shard_size)
-    except ValueError as exc:
-        parser.error(str(exc))
+    except ValueError as exc:  # a usage error: argparse's format and status 2
+        parser.print_usage(sys.stderr)
+        _stderr(f"{parser.prog}: error: --max-shard-size: {exc}")
+        return 2
     log = (lambda m: _stderr(m) if m.startswith("warning") else None) if args.quiet else _stderr
-    try:
-        func(
-            args.base_model_path,
-            args.target_model_path,
-            args.delta_path,
-            max_shard_size=args.max_shard_size,
-            overwrite=args.overwrite,
-            log=log,
-        )
-    except WeightsError as exc:
-        _stderr(f"{command}: error: {exc}")
-        return 1
+    func(
+        args.base_model_path,
+        args.target_model_path,
+        args.delta_path,
+        max_shard_size=args.max_shard_size,
+        overwrite=args.overwrite,
+        log=log,
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, build_parser(), apply_delta, "apply-delta")
+    """``video-chatgpt apply-delta`` (raises ``UserError``; the console command and the script wrap it in ``run_main``)."""
+    return run_cli(argv, build_parser(), apply_delta)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "apply-delta"))

@@ -40,6 +40,7 @@ from typing import Iterator
 
 import torch
 
+from video_chatgpt.errors import UserError
 from video_chatgpt.weights.torchzip import TorchZipShard, UnsupportedTorchZip
 
 # The first line of every Git LFS pointer file.
@@ -72,8 +73,10 @@ TORCH_TO_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
-class WeightsError(ValueError):
-    """A model folder or weight file that cannot be used. The message names the file, and the tensor if any."""
+class WeightsError(UserError, ValueError):
+    """A model folder or weight file that cannot be used. The message names the file, and the tensor if any.
+
+    A ``UserError``, so every command prints it as one line (``video_chatgpt.errors.run_main``)."""
 
 
 @dataclass(frozen=True)

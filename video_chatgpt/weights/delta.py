@@ -28,6 +28,8 @@ output is written into a hidden temporary folder next to the target and renamed 
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import os
 import shutil
@@ -142,6 +144,15 @@ def plan_delta(
     problems: list[str] = []
     warnings: list[str] = []
     dropped: list[str] = []
+    base_projector = [name for name in base if name.startswith(PROJECTOR_PREFIX)]
+    if base_projector:
+        # A LLaVA (or Video-ChatGPT) folder passed as the base: its projector would be added to the delta's (apply)
+        # or subtracted from the target's (make) and every other tensor would be off by a whole model.
+        problems.append(
+            f"{base_role} {base[base_projector[0]].file}: holds {len(base_projector)} {PROJECTOR_PREFIX}* tensor(s), "
+            f"so it is already a LLaVA model (the result of apply-delta), not the original LLaMA-7B; pass the "
+            f"LLaMA-7B folder in Hugging Face format as the {base_role}"
+        )
     for name, s in source.items():
         if not s.dtype.is_floating_point:
             problems.append(
@@ -202,7 +213,7 @@ def plan_delta(
             f"{len(base_only)} {base_role} tensor(s) not in the {source_role} are dropped, as the original does: "
             f"{', '.join(base_only[:3])}{' ...' if len(base_only) > 3 else ''}"
         )
-    if not any(s.kind == COPY for s in steps):
+    if not any(name.startswith(PROJECTOR_PREFIX) for name in source):
         warnings.append(f"the {source_role} has no {PROJECTOR_PREFIX}* tensors: the output will not be a LLaVA model")
     return DeltaPlan(tuple(steps), tuple(warnings))
 
@@ -283,29 +294,97 @@ def _same_or_inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents or a in b.parents
 
 
+def same_folder(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` are one folder: the same path after resolving links, or the same inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_output_path(output: Path, inputs: list[Path], role: str, overwrite: bool) -> None:
     for inp in inputs:
         if _same_or_inside(output, inp):
             raise WeightsError(f"{role} {output} overlaps the input folder {inp} (same, inside or around it)")
     if output.exists():
         if not output.is_dir():
-            raise WeightsError(f"{role} {output} exists and is a file")
+            raise WeightsError(f"{role} {output} exists and is a file; name a folder (it is created)")
         if any(output.iterdir()) and not overwrite:
             raise WeightsError(f"{role} {output} exists and is not empty; remove it or pass --overwrite")
+
+
+def _partial_prefix(output: Path) -> str:
+    return f".{output.name}.partial-"
+
+
+def _old_prefix(output: Path) -> str:
+    return f".{output.name}.old-"
+
+
+@contextmanager
+def output_lock(output: Path, log: Log) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the folder that will hold ``output`` while it is written.
+
+    It makes ``recover_killed_run`` safe: no other apply-delta/make-delta is writing next to ``output`` when
+    leftovers are removed. Locking the parent folder itself leaves no lock file behind; two runs into one parent
+    folder take turns (the second waits, and says so). The lock dies with its process, a SIGKILL included.
+    """
+    parent = Path(os.path.abspath(output)).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another apply-delta/make-delta writing into {parent} to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def recover_killed_run(output: Path) -> list[str]:
+    """Undo what a run killed inside ``staged_output`` left next to ``output``; returns one line per action.
+
+    Call with ``output_lock`` held. A kill between the two renames of an ``--overwrite`` leaves the previous
+    ``output`` in ``.<name>.old-*/<name>`` and no ``output``: it is moved back, so the rerun starts from the state
+    before the killed run (and ``--overwrite`` decides again). Half-written ``.<name>.partial-*`` folders and emptied
+    ``.old-*`` folders are deleted.
+    """
+    output = Path(os.path.abspath(output))
+    parent = output.parent
+    if not parent.is_dir():
+        return []
+    actions = []
+    for old in sorted(parent.glob(f"{glob.escape(_old_prefix(output))}*")):
+        kept = old / output.name
+        if kept.exists() and not output.exists():
+            os.replace(kept, output)
+            actions.append(f"restored {output} from {old} (left by a killed --overwrite run)")
+        shutil.rmtree(old)
+        actions.append(f"removed {old} (left by a killed run)")
+    for partial in sorted(parent.glob(f"{glob.escape(_partial_prefix(output))}*")):
+        shutil.rmtree(partial)
+        actions.append(f"removed {partial} (half-written by a killed run)")
+    return actions
 
 
 @contextmanager
 def staged_output(output: Path) -> Iterator[Path]:
     """Yield a hidden temporary folder next to ``output``; on success it replaces ``output`` (old content removed),
-    on any failure (Ctrl-C included) it is deleted, so nothing half-written is ever at ``output``."""
+    on any failure (Ctrl-C included) it is deleted, so nothing half-written is ever at ``output``.
+
+    A SIGKILL cannot be caught: what it leaves is undone by ``recover_killed_run`` on the next run."""
     output = Path(os.path.abspath(output))
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(output), dir=output.parent))
     done = False
     try:
         yield tmp
         if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+            old = Path(tempfile.mkdtemp(prefix=_old_prefix(output), dir=output.parent))
             os.replace(output, old / output.name)
             os.replace(tmp, output)
             shutil.rmtree(old, ignore_errors=True)
@@ -344,6 +423,12 @@ def combine_folders(
     # 1. Check everything from the headers.
     source_ckpt = find_checkpoint(source_dir, f"{source_flag} ({source_role})")
     base_ckpt = find_checkpoint(base_dir, f"{base_flag} ({base_role})")
+    if same_folder(source_dir, base_dir):
+        raise WeightsError(
+            f"{base_flag} and {source_flag} are the same folder ({base_dir.resolve()}): the {output_role} would be "
+            f"{'all zeros' if subtract else 'the ' + base_role + ' counted twice'}; pass the original LLaMA-7B as "
+            f"{base_flag}"
+        )
     side = read_side_files(source_dir, f"{source_flag} ({source_role})")
     check_output_path(output_dir, [source_dir, base_dir], output_flag, overwrite)
     log(f"{source_role}: {source_dir} ({source_ckpt.describe()})")
@@ -355,34 +440,41 @@ def combine_folders(
         log(f"warning: {w}")
     layout = plan_shards([OutputTensor(s.name, s.shape, OUTPUT_DTYPE) for s in plan.steps], max_bytes)
     total = sum(t.nbytes for shard in layout for t in shard)
-    free = shutil.disk_usage(output_dir.parent if output_dir.parent.exists() else Path.cwd()).free
-    if free < total + sum(map(len, side.values())):
-        raise WeightsError(
-            f"{output_flag} {output_dir}: needs {total / 1e9:.2f} GB, only {free / 1e9:.2f} GB free there"
-        )
     config_bytes, config_changed = fp16_config(side["config.json"])
     warnings = list(plan.warnings)
     if config_changed:
         warnings.append("config.json: torch_dtype set to float16 (the output is fp16)")
         log(f"warning: {warnings[-1]}")
 
-    # 2. Stream: one source tensor, its base tensor, one result at a time.
-    with staged_output(output_dir) as tmp:
-        with (
-            closing(iter_tensors(source_ckpt, [s.name for s in plan.steps], source_infos)) as source_tensors,
-            TensorReader(base_ckpt, base_infos) as base_reader,
-            ShardedSafetensorsWriter(tmp, layout) as writer,
-        ):
-            current_file = None
-            for step, (name, tensor) in zip(plan.steps, source_tensors):
-                if source_infos[name].file != current_file:
-                    current_file = source_infos[name].file
-                    log(f"reading {current_file.name}")
-                base_tensor = None if step.kind == COPY else base_reader.get(name)
-                writer.write(name, combine(step.kind, tensor, base_tensor, subtract))
-                del tensor, base_tensor
-        for name, data in side.items():
-            (tmp / name).write_bytes(config_bytes if name == "config.json" else data)
+    with output_lock(output_dir, log):
+        # What a killed run left (a half-written folder; the previous output between the renames of --overwrite)
+        # is undone first, then the output is checked again: a restored folder needs --overwrite as before.
+        for action in recover_killed_run(output_dir):
+            log(action)
+        check_output_path(output_dir, [source_dir, base_dir], output_flag, overwrite)
+        free = shutil.disk_usage(output_dir.parent).free
+        if free < total + sum(map(len, side.values())):
+            raise WeightsError(
+                f"{output_flag} {output_dir}: needs {total / 1e9:.2f} GB, only {free / 1e9:.2f} GB free there"
+            )
+
+        # 2. Stream: one source tensor, its base tensor, one result at a time.
+        with staged_output(output_dir) as tmp:
+            with (
+                closing(iter_tensors(source_ckpt, [s.name for s in plan.steps], source_infos)) as source_tensors,
+                TensorReader(base_ckpt, base_infos) as base_reader,
+                ShardedSafetensorsWriter(tmp, layout) as writer,
+            ):
+                current_file = None
+                for step, (name, tensor) in zip(plan.steps, source_tensors):
+                    if source_infos[name].file != current_file:
+                        current_file = source_infos[name].file
+                        log(f"reading {current_file.name}")
+                    base_tensor = None if step.kind == COPY else base_reader.get(name)
+                    writer.write(name, combine(step.kind, tensor, base_tensor, subtract))
+                    del tensor, base_tensor
+            for name, data in side.items():
+                (tmp / name).write_bytes(config_bytes if name == "config.json" else data)
     result = DeltaResult(
         output=output_dir,
         shards=tuple(writer.names),

@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from video_chatgpt.errors import run_main
 from video_chatgpt.weights.apply_delta import run_cli
 from video_chatgpt.weights.delta import DeltaResult, Log, combine_folders
 from video_chatgpt.weights.hub import resolve_model_folder
@@ -68,8 +69,9 @@ def build_parser(prog: str = "video-chatgpt make-delta") -> argparse.ArgumentPar
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(argv, build_parser(), make_delta, "make-delta")
+    """``video-chatgpt make-delta`` (raises ``UserError``; the console command wraps it in ``run_main``)."""
+    return run_cli(argv, build_parser(), make_delta)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "make-delta"))

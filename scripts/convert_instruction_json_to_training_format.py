@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 try:
-    from video_chatgpt.data.convert import main
+    from video_chatgpt.data.convert import PROG, main
 except ImportError:  # not installed: use the checkout this script lives in
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from video_chatgpt.data.convert import main
+    from video_chatgpt.data.convert import PROG, main
+from video_chatgpt.errors import run_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The same one-line errors and exit statuses as `video-chatgpt convert` (traceback with --debug).
+    sys.exit(run_main(main, None, PROG))

@@ -12,6 +12,7 @@ import pytest
 from video_chatgpt import cli
 from video_chatgpt.data import convert
 from video_chatgpt.data.convert import ConversionError, convert_records, main
+from video_chatgpt.errors import run_main
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "convert_instruction_json_to_training_format.py"
@@ -48,7 +49,8 @@ def write_json(path: Path, data) -> Path:
 
 
 def run(*args) -> int:
-    return main([str(a) for a in args])
+    """The command as the console command and the script run it: under the one error path."""
+    return run_main(main, [str(a) for a in args], "convert")
 
 
 def test_records_follow_the_parity_rule_and_keep_order():
@@ -225,7 +227,8 @@ def test_failed_rename_leaves_old_output_and_no_temporary_file(tmp_path, monkeyp
 
     monkeypatch.setattr(os, "replace", failing_replace)
     assert run("--input_json_file", src, "--output_json_file", out) == 1
-    assert "No space left on device" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and f"nothing was written to {out}" in err
     assert out.read_bytes() == b"OLD" and os.listdir(out.parent) == ["train.json"]
 
 
@@ -286,3 +289,22 @@ def test_video_chatgpt_convert_runs_the_same_code(tmp_path, sample_world):
     assert cli.main(["convert", "--input_json_file", str(sample_world["instructions"]), "--output_json_file", str(out)]) == 0
     items = json.loads(Path(sample_world["instructions"]).read_text())
     assert out.read_text() == original_output(items)
+
+
+@pytest.mark.parametrize("how", ["same path", "other spelling", "symlink", "hard link"])
+def test_output_that_is_the_input_is_refused_and_the_input_survives(tmp_path, capsys, how):
+    """The atomic rename used to replace the VideoInstruct JSON by the training JSON (the input was lost)."""
+    src = write_json(tmp_path / "in.json", ITEMS)
+    before = src.read_bytes()
+    out = {"same path": src, "other spelling": tmp_path / "sub" / ".." / "in.json", "symlink": tmp_path / "link.json",
+           "hard link": tmp_path / "hard.json"}[how]
+    (tmp_path / "sub").mkdir()
+    if how == "symlink":
+        out.symlink_to(src)
+    elif how == "hard link":
+        os.link(src, out)
+    assert run("--input_json_file", src, "--output_json_file", out) == 1
+    err = capsys.readouterr().err
+    assert "is the input file itself" in err and "nothing was written" in err and "Traceback" not in err
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"in.json", "sub", out.name})

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
+from video_chatgpt.errors import UserError, error_message, run_main
 from video_chatgpt.features.store import index_feature_folder
 
 REQUIRED_KEYS = ("video_id", "q", "a")
@@ -45,7 +46,7 @@ REQUIRED_KEYS = ("video_id", "q", "a")
 SHOWN_DROPPED_IDS = 5
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """Input the converter cannot use. ``source`` (a file), ``index`` (an item) and ``key`` locate it when known."""
 
     def __init__(self, reason: str, index: int | None = None, key: str | None = None, source: str | None = None):
@@ -179,6 +180,16 @@ def atomic_write_json(path: str | Path, records: list[dict]) -> Path:
     return path
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when ``a`` and ``b`` name one file: the same path after resolving links, or the same inode."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
 def read_items(path: str | Path) -> object:
     """Parse the input JSON; any failure becomes ``ConversionError`` naming the file and what is wrong."""
     path = Path(path)
@@ -203,6 +214,12 @@ def convert_file(
     skip_invalid: bool = False,
 ) -> ConversionStats:
     """Read, convert and atomically write. Raises ``ConversionError`` (message starts with the file) on bad input."""
+    if same_file(input_json_file, output_json_file):
+        # The atomic rename would put the training JSON where the VideoInstruct JSON was: the input would be gone.
+        raise ConversionError(
+            f"--output_json_file {output_json_file} is the input file itself; name another file",
+            source=str(input_json_file),
+        )
     feature_index = None
     if clip_feature_path:
         folder = Path(clip_feature_path)
@@ -244,9 +261,12 @@ def summary_lines(stats: ConversionStats, clip_feature_path: str | Path | None =
     return lines
 
 
+PROG = "convert_instruction_json_to_training_format.py"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="convert_instruction_json_to_training_format.py",
+        prog=PROG,
         description="Convert the VideoInstruct JSON to the Video-ChatGPT training JSON.",
     )
     parser.add_argument("--input_json_file", required=True, help="VideoInstruct JSON: a list of {video_id, q, a}")
@@ -265,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: returns 0 on success, 1 on bad input (nothing written), 2 on bad flags."""
+    """Command line: returns 0 on success, 2 on bad flags; raises ``UserError`` on bad input (nothing written),
+    which ``run_main`` (the console command, the script) prints as one line with exit status 1."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits on --help (0) and on bad flags (2); return that status instead
@@ -273,11 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = convert_file(args.input_json_file, args.output_json_file, args.clip_feature_path, args.skip_invalid)
     except ConversionError as exc:
-        print(f"error: {exc}; nothing was written", file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. a read-only output folder; the temporary file is already gone
-        print(f"error: {exc}; nothing was written to {args.output_json_file}", file=sys.stderr)
-        return 1
+        raise UserError(f"{exc}; nothing was written") from exc
+    except OSError as exc:  # e.g. a read-only output folder or a full disk; the temporary file is already gone
+        raise UserError(f"{error_message(exc)}; nothing was written to {args.output_json_file}") from exc
     for line in summary_lines(stats, args.clip_feature_path):
         print(line)
     return 0
@@ -301,4 +320,4 @@ def _json_type(value: object) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, PROG))

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.data.test_inspect import make_training_data
+from video_chatgpt.errors import UserError
 from video_chatgpt.train.report import NOT_RECORDED, main, moving_average, read_run, write_report
 
 
@@ -111,12 +112,14 @@ def test_run_read_from_its_checkpoints(runs):
 def test_missing_and_broken_pieces_never_crash(tmp_path, capsys):
     from video_chatgpt.cli import main as cli_main
 
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert cli_main(["report", str(empty)]) == 0
-    assert capsys.readouterr().out.split() == [str(empty / "training_report.md")]  # no loss, so no plot
-    text = (empty / "training_report.md").read_text()
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "run_info.json").write_text(json.dumps({"command": ["train.py"]}))
+    assert cli_main(["report", str(started)]) == 0
+    assert capsys.readouterr().out.split() == [str(started / "training_report.md")]  # no loss, so no plot
+    text = (started / "training_report.md").read_text()
     assert "Trainer state: not recorded" in text and "Loss: not recorded" in text
+    assert "Notes: not recorded." in text
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -124,7 +127,43 @@ def test_missing_and_broken_pieces_never_crash(tmp_path, capsys):
     (broken / "run_info.json").write_text(json.dumps({"runs": "??", "trainable_parameters": [1, {"name": "x"}]}))
     write_report(broken)
     assert "Warning: `trainer_state.json` could not be read" in (broken / "training_report.md").read_text()
-    assert main([str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("what", ["empty folder", "unrelated files", "missing", "a file"])
+def test_a_folder_with_no_run_is_refused_and_nothing_is_written(tmp_path, capsys, what):
+    """An empty folder (a typo'd --output_dir) used to get a report full of "not recorded" and exit 0."""
+    from video_chatgpt.cli import main as cli_main
+
+    folder = tmp_path / "run"
+    if what in ("empty folder", "unrelated files"):
+        folder.mkdir()
+    if what == "unrelated files":
+        (folder / "notes.txt").write_text("x")
+        (folder / "checkpoints-old").mkdir()
+    if what == "a file":
+        folder.write_text("x")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert cli_main(["report", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("video-chatgpt report: error: ") and str(folder) in err and "Traceback" not in err
+    assert {"empty folder": "holds no training run", "unrelated files": "holds no training run",
+            "missing": "no such folder", "a file": "is a file"}[what] in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    with pytest.raises(UserError):
+        write_report(folder)
+
+
+def test_notes_of_the_run_are_listed(tmp_path):
+    notes = ["--bf16 True: this machine has no CUDA GPU, so training ran in fp32", "--is_multimodal has no effect"]
+    (tmp_path / "run_info.json").write_text(json.dumps({"notes": notes}))
+    write_report(tmp_path)
+    text = (tmp_path / "training_report.md").read_text()
+    section = text.split("## Notes\n\n", 1)[1].split("\n\n## ", 1)[0]
+    assert section.splitlines() == [f"- {n}" for n in notes]
+    (tmp_path / "run_info.json").write_text(json.dumps({"notes": []}))
+    write_report(tmp_path)
+    assert "## Notes\n\nNone:" in (tmp_path / "training_report.md").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))  # written through temporary files, none left
 
 
 def test_long_run_is_smoothed_and_data_summary_is_shown(tmp_path):

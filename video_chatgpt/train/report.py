@@ -13,7 +13,10 @@ It reads only files in the run folder:
   name, the data check's summary, and one entry per (possibly resumed) run segment with its wall time and peak
   memory.
 
-Whatever is missing is reported as "not recorded"; a broken or missing file never raises. ``loss.png`` has two
+Whatever is missing is reported as "not recorded"; a broken or missing file never raises, but a folder with no
+trace of a run (none of those files, no ``checkpoint-N``) is refused with one line and nothing is written (a typo in
+the path should not produce an empty report). The notes ``train.py`` records (flags without effect, the bf16 ->
+fp32 fallback on a CPU) are listed under "Notes". Both files are written atomically. ``loss.png`` has two
 panels sharing the step axis: the loss (each logged value, plus a centred moving average when there are many) with
 the resume points marked, and the learning rate.
 """
@@ -32,6 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.errors import UserError, run_main
+from video_chatgpt.train.atomic import write_atomically, write_text_atomically
 
 STATE_FILE = "trainer_state.json"
 RUN_INFO_FILE = "run_info.json"  # written by train.py
@@ -236,9 +241,8 @@ def plot_curves(run: Run, path: str | Path) -> Path | None:
     if len(steps) < 12:  # few steps: integer ticks at the logged steps
         ax_lr.set_xticks(steps)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    # Whole or not at all: a kill while saving leaves the previous loss.png, not half of a new one.
+    return write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 # ------------------------------------------------------------------------------------------------- formatting
@@ -465,6 +469,14 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
         lines += _table(["#", "resumed from", "reached step", "wall time", "train loss", "peak GPU GB", "peak RSS GB"],
                         rows)
 
+    # ---- notes (train.py: flags accepted but without effect, the bf16 -> fp32 fallback on CPU, ...)
+    lines += ["", "## Notes", ""]
+    notes = info.get("notes")
+    if not isinstance(notes, list):
+        lines.append(f"Notes: {NOT_RECORDED}." if "notes" not in info else f"Notes: not readable ({_fmt(notes)}).")
+    else:
+        lines += [f"- {n}" for n in notes] if notes else ["None: every flag had its effect, in the dtype asked for."]
+
     # ---- parameters
     lines += ["", "## Trainable parameters", ""]
     if not params:
@@ -497,20 +509,32 @@ def write_report(output_dir: str | Path) -> list[Path]:
     """Write ``training_report.md`` (and ``loss.png`` when a loss was logged) in ``output_dir``; returns the paths.
 
     Works for a finished run, a resumed run and an unfinished one (read from its newest checkpoint). Missing
-    pieces are reported as "not recorded". Raises ``FileNotFoundError`` only when ``output_dir`` is not a folder.
+    pieces are reported as "not recorded". Raises ``UserError`` (nothing written) when ``output_dir`` is not a
+    folder or holds no trace of a run (no trainer state, no checkpoint, no run_info.json). Both files are written
+    atomically (``video_chatgpt.train.atomic``).
     """
     out = Path(output_dir)
+    if not out.exists():
+        raise UserError(f"{out}: no such folder; pass the run's --output_dir")
     if not out.is_dir():
-        raise FileNotFoundError(f"{out}: not a run folder")
+        raise UserError(f"{out}: is a file, not a run folder; pass the run's --output_dir")
     run = read_run(out)
+    if run.state_path is None and run.run_info is None and not run.problems and not _checkpoints(out):
+        raise UserError(
+            f"{out}: holds no training run (no {STATE_FILE}, no checkpoint-N/ folder, no {RUN_INFO_FILE}); pass the "
+            f"--output_dir of a run that has started"
+        )
     plot, plot_error = None, None
     try:
         plot = plot_curves(run, out / PLOT_FILE)
     except (ImportError, OSError, ValueError, RuntimeError) as exc:  # the report must not fail a finished run
         plot_error = f"{type(exc).__name__}: {exc}"
-    report = out / REPORT_FILE
-    report.write_text(format_report(run, plot, plot_error), encoding="utf-8")
+    report = write_text_atomically(out / REPORT_FILE, format_report(run, plot, plot_error))
     return [report] + ([plot] if plot is not None else [])
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return [d for d in out.iterdir() if _CHECKPOINT.match(d.name) and d.is_dir()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -526,15 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args_or_status(build_parser(), argv)
     if isinstance(args, int):  # --help (0) or bad flags (2)
         return args
-    try:
-        paths = write_report(args.output_dir)
-    except (FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in paths:
+    for path in write_report(args.output_dir):  # UserError / OSError: one line, exit 1 (run_main)
         print(path)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "report"))

@@ -5,18 +5,21 @@ import json
 import os
 import pickle
 import sys
+import time
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from video_chatgpt.data import check as check_mod
+from tests.features.test_store import FORGED
+from video_chatgpt import cli
 from video_chatgpt.data.check import DataReport, check_training_data, read_feature_header
 from video_chatgpt.data.cli import main as data_main
 from video_chatgpt.data.conversation import render_sample
 from video_chatgpt.data.convert import convert_records
 from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import FeatureFileError, load_features, save_features
 
 ROWS, WIDTH = 12, 16  # small features; the check takes the shape from the files
@@ -212,14 +215,15 @@ def test_header_check_agrees_with_a_full_load(tmp_path, name):
     assert got == expected
 
 
-def test_header_check_does_not_read_the_data(tmp_path):
-    path = save_features(tmp_path / "big.pkl", features(0, shape=(356, 1024)))
-    with open(path, "rb") as f:
-        reader = check_mod._SkipDataReader(f, path.stat().st_size)
-        from video_chatgpt.features.store import _NdarrayUnpickler
-
-        array = _NdarrayUnpickler(reader).load()
-    assert array.shape == (356, 1024) and reader.skipped == 356 * 1024 * 2
+@pytest.mark.parametrize("kind", sorted(FORGED))
+def test_a_tiny_forged_pickle_is_an_unreadable_file_not_gigabytes(tmp_path, kind):
+    """data check's header mode reached 18.8 GB on a few dozen bytes: now every length is bounded by the file."""
+    data, folder, _ = make_data(tmp_path, num_videos=3, per_video=1)
+    (folder / "v_001.pkl").write_bytes(FORGED[kind])
+    start = time.perf_counter()
+    report = check_training_data(data, folder, deep=True, num_workers=1)
+    assert time.perf_counter() - start < 5
+    assert [p.file for p in report.problems["unreadable_feature"]] == ["v_001.pkl"] and report.fatal
 
 
 def test_bad_records_are_reported(tmp_path):
@@ -310,6 +314,10 @@ def test_token_lengths_are_the_trainers_and_truncation_is_counted(tmp_path, tiny
 def test_a_limit_that_cuts_the_video_span_is_fatal(tmp_path, tiny_llava, capsys):
     data, folder, _ = make_data(tmp_path, num_videos=2, per_video=2)
     args = ["check", "--data_path", str(data), "--video_folder", str(folder), "--model_name_or_path", str(tiny_llava)]
+    # The model's config gives the expected width (its mm_hidden_size): these small features are another width.
+    assert data_main(args + ["--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["fatal_kinds"] == ["wrong_shape"]
+    args += ["--expected_width", str(WIDTH)]
     assert data_main(args + ["--model_max_length", "2048", "--json"]) == 0
     ok = json.loads(capsys.readouterr().out)
     assert ok["fatal"] is False and ok["token_lengths"]["max"] < 2048 and ok["feature_shape"] == [ROWS, WIDTH]
@@ -331,14 +339,13 @@ def test_check_command_flags_and_dispatch(tmp_path, monkeypatch, capsys):
     assert data_main(base + ["--deep", "--expected_width", str(WIDTH), "--num_workers", "1"]) == 0
     assert "video_chatgpt.data.inspect" not in sys.modules  # imported only for `data inspect`
     assert data_main(base + ["--expected_width", "1024"]) == 1
-    assert data_main(base + ["--model_name_or_path", str(tmp_path / "no_model")]) == 2
+    assert cli.main(["data"] + base + ["--model_name_or_path", str(tmp_path / "no_model")]) == 1
+    assert "no_model: no such folder" in capsys.readouterr().err
     assert data_main(["check"]) == 2 and data_main(["frobnicate"]) == 2 and data_main([]) == 2
     fake = types.ModuleType("video_chatgpt.data.inspect")
     fake.main = lambda argv: 7 if argv == ["--x", "1"] else 0
     monkeypatch.setitem(sys.modules, "video_chatgpt.data.inspect", fake)
     assert data_main(["inspect", "--x", "1"]) == 7
-    from video_chatgpt import cli
-
     assert cli.main(["data"] + base) == 0
     capsys.readouterr()
 
@@ -353,3 +360,92 @@ def test_report_serialises(tmp_path):
     assert out["problems"]["missing_feature"][0] == {
         "kind": "missing_feature", "message": "v_001.pkl is not in the video folder", "index": 1, "file": "v_001.pkl",
     }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- hardening
+@pytest.mark.parametrize(
+    "video, reason",
+    [
+        ("v_abc.pkl", None),
+        ("sub/v_abc.pkl", None),
+        ("./v_abc.pkl", None),
+        ("/etc/passwd", "absolute path"),
+        ("C:\\features\\v.pkl", "absolute path"),
+        ("../other/v.pkl", "climbs out"),
+        ("sub/../../v.pkl", "climbs out"),
+        ("..\\v.pkl", "climbs out"),
+        ("", "not a feature file name"),
+    ],
+)
+def test_unsafe_video_reason(video, reason):
+    from video_chatgpt.data.paths import feature_path, unsafe_video_reason
+
+    got = unsafe_video_reason(video)
+    assert (got is None) if reason is None else (reason in got)
+    if reason is None:
+        assert feature_path("feats", video) == Path("feats") / os.path.normpath(video)
+    else:
+        with pytest.raises(UserError, match="--video_folder feats"):
+            feature_path("feats", video)
+
+
+def test_records_naming_files_outside_the_folder_are_fatal_and_never_opened(tmp_path):
+    data, folder, records = make_data(tmp_path, num_videos=2, per_video=1)
+    outside = tmp_path / "secret.pkl"
+    save_features(outside, features(9))  # exists: the check must not find it through the record
+    records += [dict(records[0], video=str(outside)), dict(records[0], video="../secret.pkl")]
+    data.write_text(json.dumps(records))
+    report = check_training_data(data, folder, deep=True)
+    assert [p.index for p in report.problems["unsafe_path"]] == [2, 3]
+    assert "absolute path" in report.problems["unsafe_path"][0].message
+    assert "climbs out" in report.problems["unsafe_path"][1].message
+    assert report.fatal and set(report.counts) == {"unsafe_path"}  # not looked up: no missing/unreadable finding
+    assert report.num_videos == 2
+
+
+def test_one_nan_in_one_of_64_files_fails_the_command_by_default(tmp_path, capsys):
+    """It used to say OK: only a sample of 16 files was read for values."""
+    data, folder, _ = make_data(tmp_path, num_videos=64, per_video=1)
+    bad = features(37)
+    bad[5, 3] = np.nan
+    save_features(folder / "v_037.pkl", bad)  # not among the 16 spread-out files of the sample
+    base = ["check", "--data_path", str(data), "--video_folder", str(folder), "--num_workers", "1"]
+    assert data_main(base) == 1
+    out = capsys.readouterr().out
+    assert "values (NaN/inf) read in all 64 files" in out and "v_037.pkl: 1 of 192 values are NaN or inf" in out
+    assert data_main(base + ["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "read in 16 of 64 files only (a sample" in out and "Result: OK" in out
+
+
+def _manifest(folder: Path, tower: str, shape: tuple[int, int]) -> None:
+    from video_chatgpt.features.store import write_manifest
+
+    write_manifest(folder, {"vision_tower": tower, "feature_shape": list(shape), "num_frames": 4, "spatial_pool": 1})
+
+
+def test_feature_manifest_is_checked_against_the_model(tmp_path, tiny_llava, capsys):
+    data, folder, _ = make_data(tmp_path, num_videos=2, per_video=1)
+    config = json.loads((tiny_llava / "config.json").read_text())
+    tower, width = config["mm_vision_tower"], config["mm_hidden_size"]
+
+    _manifest(folder, tower, (ROWS, WIDTH))  # another width than the model's projector reads
+    report = check_training_data(data, folder, expected_width=width, vision_tower=tower)
+    assert "feature_manifest" in report.fatal_kinds
+    assert f"{WIDTH} wide but the model's projector reads {width}" in report.problems["feature_manifest"][0].message
+
+    _manifest(folder, "google/siglip-so400m-patch14-384", (ROWS, WIDTH))  # same width, another tower: a warning
+    report = check_training_data(data, folder, expected_width=WIDTH, vision_tower=tower, num_video_tokens=ROWS)
+    assert not report.fatal and [p.kind for p in report.problems["manifest_tower"]] == ["manifest_tower"]
+
+    _manifest(folder, tower, (ROWS + 1, WIDTH))  # token count differs from what the model expects
+    report = check_training_data(data, folder, expected_width=WIDTH, num_video_tokens=ROWS)
+    assert "tokens per video but the model expects" in report.problems["feature_manifest"][0].message
+
+    # The command takes the tower and the width from --model_name_or_path's config.json.
+    _manifest(folder, tower, (ROWS, WIDTH))
+    assert data_main(["check", "--data_path", str(data), "--video_folder", str(folder), "--model_name_or_path",
+                      str(tiny_llava)]) == 1
+    assert f"reads {width}" in capsys.readouterr().out
+    (folder / "features_manifest.json").unlink()  # a folder without a manifest (the original's) keeps working
+    assert not check_training_data(data, folder, expected_width=WIDTH, vision_tower=tower).fatal

@@ -235,6 +235,24 @@ def _added_tokens(folder: Path) -> dict[str, int]:
     return found
 
 
+def require_tokenizer(folder: str | Path, flag: str) -> None:
+    """Raise ``WeightsError`` (one line) unless ``folder`` holds a tokenizer transformers can load: a real
+    ``tokenizer.model`` (not a Git LFS pointer) or a ``tokenizer.json``. Without this, transformers reports a
+    missing tokenizer as a multi-line hint about the hub and tiktoken, and an LFS pointer inside a traceback."""
+    folder = Path(folder)
+    sp_path, json_path = folder / "tokenizer.model", folder / "tokenizer.json"
+    if not folder.is_dir():
+        raise WeightsError(f"{flag} {folder}: no such folder; pass the model folder")
+    for path in (sp_path, json_path):
+        if path.is_file() and is_lfs_pointer(path):
+            raise WeightsError(lfs_pointer_message(path))
+    if not sp_path.is_file() and not json_path.is_file():
+        raise WeightsError(
+            f"{flag} {folder}: no tokenizer (tokenizer.model or tokenizer.json); copy the base model's tokenizer "
+            f"files into it or pass the base model folder"
+        )
+
+
 def check_tokenizer(folder: Path, config: dict | None, report: WeightsReport) -> None:
     """A tokenizer that loads, with the three image tokens at ids below vocab_size."""
     sp_path, json_path = folder / "tokenizer.model", folder / "tokenizer.json"

@@ -184,9 +184,17 @@ def render_sample(
     """Render one conversation to ``(input_ids, labels)`` with BOS first, as the trainer sees it.
 
     A final assistant turn whose value is None renders the generation prompt (ending in ``ASSISTANT:``).
+    ``template``: ``vicuna_v1_1`` / ``video-chatgpt_v1`` (the document's base), ``chat`` (the tokenizer's own chat
+    template, ``render_chat_sample``) or ``plain`` (stage-1 alignment, ``render_plain_sample``).
     ``max_length`` truncates on the right, as the original's tokenizer call did; a truncation that would cut the
     video span raises ``ValueError`` (the model could not place the features).
     """
+    if template == CHAT_TEMPLATE:
+        return render_chat_sample(conversations, encoder.hf, video_ids, num_video_tokens, max_length)
+    if template == PLAIN_TEMPLATE:
+        return render_plain_sample(conversations, encoder, video_ids, num_video_tokens, max_length)
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown conversation template {template!r}; expected one of {', '.join(TEMPLATE_NAMES)}")
     turns = _normalise_turns(conversations)
     tpl = TEMPLATES[template]
     span = video_span_ids(video_ids, num_video_tokens)
@@ -211,3 +219,171 @@ def inference_conversation(question: str, video: bool = True) -> list[dict]:
     """The inference conversation: the video after the question (``q + "\\n<video>"``), then an open answer."""
     value = f"{question}\n{VIDEO_PLACEHOLDER}" if video else question
     return [{"from": "human", "value": value}, {"from": "gpt", "value": None}]
+
+
+# ------------------------------------------------------------------------------------ other bases (issue 13)
+CHAT_TEMPLATE = "chat"  # the tokenizer's own chat template (apply_chat_template): Llama-3, Mistral, Qwen2.5, ...
+PLAIN_TEMPLATE = "plain"  # stage 1 (alignment), as LLaVA's: the video span, then the caption and EOS
+TEMPLATE_NAMES = (*TEMPLATES, CHAT_TEMPLATE, PLAIN_TEMPLATE)
+
+# Private-use characters that mark where message k's content goes when the template is rendered once with
+# placeholders (templates never contain them; ``| trim`` and friends leave them alone).
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+
+
+def inference_template(train_template: str) -> str:
+    """The template inference uses for a model trained with ``train_template`` (the original: vicuna_v1_1 ->
+    video-chatgpt_v1's system prompt; a chat or plain model keeps its own)."""
+    return INFERENCE_TEMPLATE if train_template in TEMPLATES else train_template
+
+
+def _span_text(video_ids: VideoTokenIds) -> str:
+    from video_chatgpt.constants import VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
+
+    return f"{VIDEO_START_TOKEN}{VIDEO_PATCH_TOKEN}{VIDEO_END_TOKEN}" if video_ids.use_start_end else VIDEO_PATCH_TOKEN
+
+
+def render_chat_sample(
+    conversations: list[dict],
+    tokenizer,
+    video_ids: VideoTokenIds,
+    num_video_tokens: int,
+    max_length: int | None = None,
+) -> RenderedSample:
+    """Render with the tokenizer's own chat template; loss on the assistant turns (content + end-of-turn token).
+
+    How: the template is rendered once with a marker in place of each message's content (contents are stripped
+    first, as the templates trim them), so the exact character range of every content is known; the real text is
+    then tokenized *once*, as the template's text (``add_special_tokens=False``: the template writes BOS itself),
+    with offsets. So the ids are exactly the tokenizer's for the full template text; no chunk boundary can change
+    whitespace tokens. A token is supervised when it overlaps an assistant content or the end-of-turn token right
+    after it (``<|im_end|>``, ``<|eot_id|>``, ``</s>``). ``<video>`` in a user turn becomes the video token text
+    (one added token each) and its ``<vid_patch>`` id is repeated ``num_video_tokens`` times. Special-token text typed
+    inside a message (``<|im_start|>``, ``[INST]``, ``<vid_patch>``) stays text: that content is re-encoded with
+    ``split_special_tokens``. A template that alters contents otherwise (the rendered text differs from
+    ``apply_chat_template`` of the real messages) is refused.
+    """
+    if not getattr(tokenizer, "is_fast", False) or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the 'chat' template needs a fast tokenizer with a chat_template (tokenizer_config.json)")
+    turns = _normalise_turns(conversations)
+    generation = bool(turns) and turns[-1][1] is None
+    if generation:
+        turns = turns[:-1]
+    span_text = _span_text(video_ids)
+    contents, roles = [], []
+    num_spans = 0
+    for who, value in turns:
+        text = str(value).strip()
+        if who == "human":
+            num_spans += text.count(VIDEO_PLACEHOLDER)
+        contents.append(text)
+        roles.append("user" if who == "human" else "assistant")
+    marked = [{"role": r, "content": f"{_MARK_OPEN}{k}{_MARK_CLOSE}"} for k, r in enumerate(roles)]
+    skeleton = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=generation)
+    # Assemble the real text and the character regions: ("text"|"video", start, end, message index).
+    text, regions, pos = "", [], 0
+    for k, content in enumerate(contents):
+        mark = f"{_MARK_OPEN}{k}{_MARK_CLOSE}"
+        at = skeleton.find(mark, pos)
+        if at < 0:
+            raise ValueError(f"the chat template dropped or repeated message {k}'s content; use another template")
+        text += skeleton[pos:at]
+        parts = content.split(VIDEO_PLACEHOLDER) if roles[k] == "user" else [content]
+        for j, part in enumerate(parts):
+            if j:
+                regions.append(("video", len(text), len(text) + len(span_text), k))
+                text += span_text
+            regions.append(("text", len(text), len(text) + len(part), k))
+            text += part
+        pos = at + len(mark)
+    text += skeleton[pos:]
+    real = [{"role": r, "content": c.replace(VIDEO_PLACEHOLDER, span_text)} for r, c in zip(roles, contents)]
+    if tokenizer.apply_chat_template(real, tokenize=False, add_generation_prompt=generation) != text:
+        raise ValueError("the chat template changes message contents (not only around them); it cannot be rendered "
+                         "by segments")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    # Typed special-token text inside a content region: re-encode that region as plain text.
+    for kind, start, end, _ in reversed(regions):
+        inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+        if kind != "text" or not inside or not any(ids[i] in special for i in inside):
+            continue
+        first, last = inside[0], inside[-1]
+        lo, hi = min(offsets[first][0], start), max(offsets[last][1], end)  # whole tokens (a leading "▁" too)
+        plain = tokenizer(text[lo:hi], add_special_tokens=False, split_special_tokens=True,
+                          return_offsets_mapping=True)
+        ids[first : last + 1] = plain["input_ids"]
+        offsets[first : last + 1] = [(a + lo, b + lo) for a, b in plain["offset_mapping"]]
+    # Supervised character ranges: each assistant content plus the end-of-turn token right after it.
+    supervised = []
+    for kind, start, end, k in regions:
+        if roles[k] != "assistant":
+            continue
+        stop = end
+        after = next((i for i, (a, b) in enumerate(offsets) if a >= end and b > a), None)
+        if after is not None and ids[after] in special and not text[end : offsets[after][0]].strip():
+            stop = offsets[after][1]
+        supervised.append((start, stop))
+    labels = [
+        x if any(a < stop and b > start for start, stop in supervised) else IGNORE_INDEX
+        for x, (a, b) in zip(ids, offsets)
+    ]
+    # The video text must have become exactly the span ids; then the patch id is repeated.
+    span = video_span_ids(video_ids, 1)
+    out_ids, out_labels = [], []
+    for x, y in zip(ids, labels):
+        if x == video_ids.patch:
+            out_ids += [x] * num_video_tokens
+            out_labels += [IGNORE_INDEX] * num_video_tokens
+        else:
+            out_ids.append(x)
+            out_labels.append(y)
+    found = sum(1 for x in ids if x == video_ids.patch)
+    if found != num_spans or any(
+        ids[i : i + len(span)] != span for i in range(len(ids)) if ids[i] == span[0] and video_ids.use_start_end
+    ):
+        raise ValueError(f"{num_spans} <video> placeholders but {found} video spans after tokenization")
+    return _truncated(out_ids, out_labels, num_spans, video_ids, max_length)
+
+
+def render_plain_sample(
+    conversations: list[dict],
+    encoder: SegmentEncoder,
+    video_ids: VideoTokenIds,
+    num_video_tokens: int,
+    max_length: int | None = None,
+) -> RenderedSample:
+    """Stage 1 (alignment): ``[BOS] <video span> caption EOS``, loss on the caption and EOS (LLaVA's "plain").
+
+    The caption is the first assistant answer; the question is not shown (as LLaVA's pretraining). A None answer
+    renders the generation prompt (the span alone).
+    """
+    turns = _normalise_turns(conversations)
+    if len(turns) < 2:
+        raise ValueError("the plain template needs a human turn with <video> and an answer (the caption)")
+    num_spans = str(turns[0][1]).count(VIDEO_PLACEHOLDER)
+    if num_spans != 1:
+        raise ValueError(f"the plain template needs one <video> in the first turn, got {num_spans}")
+    bos = [] if encoder.bos_id is None else [encoder.bos_id]
+    span = video_span_ids(video_ids, num_video_tokens)
+    ids, labels = bos + span, [IGNORE_INDEX] * (len(bos) + len(span))
+    if turns[1][1] is not None:
+        caption = encoder.encode(str(turns[1][1]).strip()) + [encoder.eos_id]
+        ids, labels = ids + caption, labels + caption
+    return _truncated(ids, labels, num_spans, video_ids, max_length)
+
+
+def _truncated(ids, labels, num_spans, video_ids: VideoTokenIds, max_length) -> RenderedSample:
+    full = len(ids)
+    truncated = max_length is not None and full > max_length
+    if truncated:
+        last_patch = max((i for i, x in enumerate(ids) if x == video_ids.patch), default=-1)
+        span_end = last_patch + (2 if video_ids.use_start_end else 1) if num_spans else 0
+        if span_end > max_length:
+            raise ValueError(
+                f"model_max_length {max_length} cuts the video span: the sample has {full} tokens and its video "
+                f"span ends at token {span_end}; raise --model_max_length"
+            )
+        ids, labels = ids[:max_length], labels[:max_length]
+    return RenderedSample(ids, labels, num_video_spans=num_spans, truncated=truncated, full_length=full)

@@ -41,7 +41,8 @@ class VideoTokenIds:
 def load_hf_tokenizer(folder: str | Path, model_max_length: int | None = None):
     """Load the folder's tokenizer (slow SentencePiece layout or ``tokenizer.json``), padding on the right.
 
-    A tokenizer saved without a pad token gets ``pad = unk`` (what LLaVA v1 did; id 0 in LLaMA), with a warning.
+    A tokenizer saved without a pad token gets ``pad = unk`` (what LLaVA v1 did; id 0 in LLaMA), or ``pad = eos``
+    when it has no unk token either (Llama-3), with a warning.
     """
     from transformers import AutoTokenizer
 
@@ -50,10 +51,12 @@ def load_hf_tokenizer(folder: str | Path, model_max_length: int | None = None):
         kwargs["model_max_length"] = model_max_length
     tok = AutoTokenizer.from_pretrained(str(folder), **kwargs)
     if tok.pad_token is None:
-        if tok.unk_token is None:
-            raise ValueError(f"{folder}: the tokenizer has neither a pad token nor an unk token to pad with")
-        logger.warning("%s: tokenizer has no pad token; using the unk token %r as pad", folder, tok.unk_token)
-        tok.pad_token = tok.unk_token
+        # Padding positions are masked (attention from true lengths, labels IGNORE_INDEX): any id serves.
+        fallback = tok.unk_token if tok.unk_token is not None else tok.eos_token
+        if fallback is None:
+            raise ValueError(f"{folder}: the tokenizer has no pad, unk or eos token to pad with")
+        logger.warning("%s: tokenizer has no pad token; using %r as pad", folder, fallback)
+        tok.pad_token = fallback
     return tok
 
 
@@ -97,7 +100,7 @@ class SegmentEncoder:
             import sentencepiece
 
             self._sp = sentencepiece.SentencePieceProcessor(model_file=str(sentencepiece_file))
-        else:
+        elif not getattr(hf_tokenizer, "chat_template", None):  # chat models render with their own template
             logger.warning(
                 "no tokenizer.model next to the tokenizer: encoding text with the fast tokenizer; token ids around "
                 "whitespace can differ from the original's slow SentencePiece tokenizer"

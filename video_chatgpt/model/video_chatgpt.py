@@ -13,12 +13,30 @@
   ``model.video_token_embeds`` (k, H) that overrides the frozen embedding rows of ``model.video_token_embed_ids``;
   ``projector_state_dict`` folds them back into a full ``model.embed_tokens.weight`` for the saved artefact.
 * Loss: logits only at supervised positions (labels != -100), so the (B, L, V) logits tensor is never built.
+
+Other bases (``load_video_model``; issue 13). ``base_kind(folder)`` tells three kinds of folder apart:
+
+* ``"llava_v1"``: the document's base (June-2023 LLaVA / Video-ChatGPT config with ``mm_*`` keys):
+  ``VideoChatGPTForCausalLM`` below, a ``LlamaForCausalLM`` subclass, so checkpoints, ``trainable.safetensors`` names
+  and ``mm_projector.bin`` stay exactly the original's;
+* ``"llava_hf"``: a LLaVA-1.5/NeXT folder in the transformers layout (nested ``text_config``/``vision_config``):
+  its language model and its image projector (``multi_modal_projector.linear_1 -> GELU -> linear_2``, which maps
+  the tower's width to the LM's hidden size as ours does) initialise a ``VideoLanguageModel``;
+* ``"causal_lm"``: any ``AutoModelForCausalLM`` folder (Llama-3.x, Mistral, Qwen2.5, ...): a ``VideoLanguageModel``
+  with a randomly initialised projector (train it with ``--stage pretrain`` first).
+
+``VideoLanguageModel`` composes: ``.language_model`` is the causal LM untouched (its own class and weights; LoRA /
+peft goes there), ``.model`` holds the video parts (``mm_projector`` and the trainable token rows), so the projector's
+state-dict keys are ``model.mm_projector.*`` for every base, as LLaVA writes them. ``--mm_projector_type``:
+``linear`` (the original: ``model.mm_projector.{weight,bias}``) or ``mlp2x_gelu`` (LLaVA-1.5: Linear-GELU-Linear,
+``model.mm_projector.0.*`` and ``model.mm_projector.2.*``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,7 +71,21 @@ MM_CONFIG_KEYS = (
     "video_patch_token_id",
     "video_start_token_id",
     "video_end_token_id",
+    "mm_projector_type",
+    "conv_template",
 )
+
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+PROJECTOR_PREFIX = "model.mm_projector."
+
+
+def build_projector(projector_type: str, in_width: int, out_width: int) -> nn.Module:
+    """``linear``: Linear(C -> H) (the original). ``mlp2x_gelu``: Linear(C -> H), GELU, Linear(H -> H) (LLaVA-1.5)."""
+    if projector_type == "linear":
+        return nn.Linear(in_width, out_width)
+    if projector_type == "mlp2x_gelu":
+        return nn.Sequential(nn.Linear(in_width, out_width), nn.GELU(), nn.Linear(out_width, out_width))
+    raise ValueError(f"--mm_projector_type {projector_type!r}: expected one of {', '.join(PROJECTOR_TYPES)}")
 
 
 class VideoChatGPTConfig(LlamaConfig):
@@ -73,8 +105,12 @@ class VideoChatGPTConfig(LlamaConfig):
         video_patch_token_id: int | None = None,
         video_start_token_id: int | None = None,
         video_end_token_id: int | None = None,
+        mm_projector_type: str = "linear",
+        conv_template: str | None = None,
         **kwargs,
     ):
+        self.mm_projector_type = mm_projector_type
+        self.conv_template = conv_template
         self.mm_vision_tower = mm_vision_tower
         self.mm_hidden_size = mm_hidden_size
         self.use_mm_proj = use_mm_proj
@@ -100,8 +136,8 @@ def load_config(folder: str | Path, **overrides) -> VideoChatGPTConfig:
     raw = json.loads(path.read_text())
     if "text_config" in raw:
         raise ValueError(
-            f"{path}: a nested (text_config/vision_config) LLaVA-1.5+ config; Video-ChatGPT needs a June-2023 "
-            f"LLaVA-7B-Lightening-v1-1-style folder (a LLaMA config with mm_* keys)"
+            f"{path}: a nested (text_config/vision_config) LLaVA-1.5+ config; load it with load_video_model "
+            f"(load_config reads June-2023 LLaVA-7B-Lightening-v1-1-style folders: a LLaMA config with mm_* keys)"
         )
     for key in ("model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype"):
         raw.pop(key, None)
@@ -110,7 +146,7 @@ def load_config(folder: str | Path, **overrides) -> VideoChatGPTConfig:
 
 
 class VideoChatGPTModel(LlamaModel):
-    """``LlamaModel`` with the video projector ``mm_projector`` (Linear ``mm_hidden_size -> hidden_size``)."""
+    """``LlamaModel`` with the video projector ``mm_projector`` (``mm_hidden_size -> hidden_size``)."""
 
     config_class = VideoChatGPTConfig
 
@@ -118,20 +154,13 @@ class VideoChatGPTModel(LlamaModel):
         super().__init__(config)
         if not config.mm_hidden_size:
             raise ValueError("config.mm_hidden_size (the width of the video features) is not set")
-        self.mm_projector = nn.Linear(config.mm_hidden_size, config.hidden_size)
+        self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
 
 
-class VideoChatGPTForCausalLM(LlamaForCausalLM):
-    config_class = VideoChatGPTConfig
-    _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\..*"]  # LLaVA deltas may carry a CLIP copy
-
-    def __init__(self, config: VideoChatGPTConfig):
-        # Build the body once (LlamaForCausalLM.__init__ would build a LlamaModel first, then we would replace it).
-        LlamaPreTrainedModel.__init__(self, config)
-        self.model = VideoChatGPTModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+class VideoMixin:
+    """The video parts shared by both model classes. Needs ``self.config``, ``self.model`` (holds ``mm_projector``
+    and the trainable rows), ``get_input_embeddings``/``get_output_embeddings``/``resize_token_embeddings``,
+    ``_decoder()`` (the LM body: embeddings in, hidden states out) and ``_generate(inputs_embeds=...)``."""
 
     # ----------------------------------------------------------------------------------------------------- tokens
     def add_video_token_rows(self, num_new_tokens: int, new_rows_from: int | None = None) -> None:
@@ -145,6 +174,16 @@ class VideoChatGPTForCausalLM(LlamaForCausalLM):
             return
         old = self.get_input_embeddings().weight.shape[0]
         self.resize_token_embeddings(old + num_new_tokens, mean_resizing=False)
+        self._set_mean_rows(new_rows_from)
+
+    def fit_vocabulary(self, vocabulary_size: int, new_rows_from: int | None = None) -> None:
+        """Make the embeddings hold ``vocabulary_size`` (``len(tokenizer)``) rows, for bases whose embedding may be
+        larger than the tokenizer (Qwen2 pads its table): resized only when too small; ``new_rows_from`` as above."""
+        if self.get_input_embeddings().weight.shape[0] < vocabulary_size:
+            self.resize_token_embeddings(vocabulary_size, mean_resizing=False)
+        self._set_mean_rows(new_rows_from)
+
+    def _set_mean_rows(self, new_rows_from: int | None) -> None:
         if new_rows_from is not None:
             with torch.no_grad():
                 for w in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
@@ -204,7 +243,7 @@ class VideoChatGPTForCausalLM(LlamaForCausalLM):
             if (after.squeeze(1) != cfg.video_end_token_id).any():
                 raise ValueError(f"the {n} <vid_patch> tokens are not contiguous between <vid_start> and <vid_end>")
         projector = self.model.mm_projector
-        feats = projector(video_features.to(projector.weight.dtype))  # (B, N, H)
+        feats = projector(video_features.to(next(projector.parameters()).dtype))  # (B, N, H)
         # Row-major masked_scatter puts sample b's N features on its N patch positions, in order.
         return embeds.masked_scatter(is_patch.unsqueeze(-1), feats.to(embeds.dtype))
 
@@ -231,7 +270,7 @@ class VideoChatGPTForCausalLM(LlamaForCausalLM):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if inputs_embeds is None:
             inputs_embeds = self.embed_with_video(input_ids, video_spatio_temporal_features)
-        outputs = self.model(
+        outputs = self._decoder()(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -241,12 +280,12 @@ class VideoChatGPTForCausalLM(LlamaForCausalLM):
         )
         hidden = outputs.last_hidden_state  # (B, L, H)
         if labels is None:
-            logits = self.lm_head(slice_logits_to_keep(hidden, logits_to_keep))
+            logits = self.get_output_embeddings()(slice_logits_to_keep(hidden, logits_to_keep))
             return CausalLMOutputWithPast(logits=logits, cache=outputs.cache)
         target = labels[:, 1:]  # position t predicts token t+1
         supervised = target != IGNORE_INDEX  # (B, L-1)
         picked = hidden[:, :-1][supervised]  # (M, H): only M supervised positions get logits
-        logits = self.lm_head(picked).float()  # (M, V)
+        logits = self.get_output_embeddings()(picked).float()  # (M, V)
         loss = F.cross_entropy(logits, target[supervised], reduction="sum")
         denom = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
         if torch.is_tensor(denom):
@@ -261,7 +300,7 @@ class VideoChatGPTForCausalLM(LlamaForCausalLM):
         """Generate from a prompt with a video span; returns only the new token ids (B, T_new)."""
         embeds = self.embed_with_video(input_ids, video_features)
         attention_mask = torch.ones_like(input_ids)
-        return self.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        return self._generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
     # -------------------------------------------------------------------------------------------------- artefact
     def full_input_embedding(self) -> torch.Tensor:
@@ -274,26 +313,30 @@ class VideoChatGPTForCausalLM(LlamaForCausalLM):
         return weight
 
     def projector_state_dict(self) -> dict[str, torch.Tensor]:
-        """The saved artefact ``mm_projector.bin``: the original's three keys, fp32, on CPU."""
-        proj = self.model.mm_projector
-        return {
-            PROJECTOR_WEIGHT_KEY: proj.weight.detach().float().cpu().clone(),
-            PROJECTOR_BIAS_KEY: proj.bias.detach().float().cpu().clone(),
-            EMBED_TOKENS_KEY: self.full_input_embedding().cpu(),
+        """The saved artefact ``mm_projector.bin``, fp32 on CPU: ``model.mm_projector.*`` (for ``linear`` the
+        original's ``weight``/``bias``) and the full ``model.embed_tokens.weight`` with the trained rows folded in."""
+        state = {
+            PROJECTOR_PREFIX + k: v.detach().float().cpu().clone() for k, v in self.model.mm_projector.state_dict().items()
         }
+        state[EMBED_TOKENS_KEY] = self.full_input_embedding().cpu()
+        return state
 
     def load_projector_state_dict(self, state: dict[str, torch.Tensor], source: str = "projector file") -> None:
         """Load an ``mm_projector.bin`` (ours or the released ``video_chatgpt-7B.bin``), checking every shape."""
         proj = self.model.mm_projector
-        missing = [k for k in (PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY) if k not in state]
+        own = {PROJECTOR_PREFIX + k: v for k, v in proj.state_dict().items()}
+        missing = [k for k in own if k not in state]
         if missing:
-            raise KeyError(f"{source}: missing {missing}; keys present: {sorted(state)[:8]}")
-        for key, param in ((PROJECTOR_WEIGHT_KEY, proj.weight), (PROJECTOR_BIAS_KEY, proj.bias)):
+            kind = getattr(self.config, "mm_projector_type", "linear")
+            raise KeyError(
+                f"{source}: missing {missing} for a {kind!r} projector; keys present: {sorted(state)[:8]} "
+                f"(a projector of another --mm_projector_type?)"
+            )
+        for key, param in own.items():
             if tuple(state[key].shape) != tuple(param.shape):
                 raise ValueError(f"{source}: {key} has shape {tuple(state[key].shape)}, model has {tuple(param.shape)}")
         with torch.no_grad():
-            proj.weight.copy_(state[PROJECTOR_WEIGHT_KEY].to(proj.weight.dtype))
-            proj.bias.copy_(state[PROJECTOR_BIAS_KEY].to(proj.bias.dtype))
+            proj.load_state_dict({k[len(PROJECTOR_PREFIX):]: state[k].to(v.dtype) for k, v in own.items()})
             if EMBED_TOKENS_KEY in state:
                 emb = self.get_input_embeddings().weight
                 src = state[EMBED_TOKENS_KEY]
@@ -307,9 +350,214 @@ class VideoChatGPTForCausalLM(LlamaForCausalLM):
                 if trainable is not None:
                     ids, rows = trainable
                     rows.copy_(src[ids.cpu()].to(rows.dtype))
-        unexpected = sorted(set(state) - {PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY, EMBED_TOKENS_KEY})
+        unexpected = sorted(set(state) - set(own) - {EMBED_TOKENS_KEY})
         if unexpected:
             logger.warning("%s: ignored unexpected keys %s", source, unexpected[:8])
+
+
+class VideoChatGPTForCausalLM(VideoMixin, LlamaForCausalLM):
+    """The document's base: LLaMA with the video projector (``VideoMixin``), checkpoints exactly the original's."""
+
+    config_class = VideoChatGPTConfig
+    _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\..*"]  # LLaVA deltas may carry a CLIP copy
+
+    def __init__(self, config: VideoChatGPTConfig):
+        # Build the body once (LlamaForCausalLM.__init__ would build a LlamaModel first, then we would replace it).
+        LlamaPreTrainedModel.__init__(self, config)
+        self.model = VideoChatGPTModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _decoder(self) -> nn.Module:
+        return self.model
+
+    def _generate(self, **kwargs):
+        return self.generate(**kwargs)
+
+
+class VideoAdapter(nn.Module):
+    """The video parts of a ``VideoLanguageModel``: ``mm_projector`` (and, once ``train_token_rows`` ran, the
+    trainable rows ``video_token_embeds`` (k, H) with their ids ``video_token_embed_ids``)."""
+
+    def __init__(self, projector: nn.Module):
+        super().__init__()
+        self.mm_projector = projector
+
+
+class VideoLanguageModel(VideoMixin, nn.Module):
+    """Any causal LM (``AutoModelForCausalLM``: Llama-3.x, Mistral, Qwen2.5, a LLaVA-1.5 folder's Vicuna) reading
+    projected video tokens. Composition: ``language_model`` is the LM itself, ``model`` the ``VideoAdapter``.
+
+    ``config`` is the language model's own config with the multimodal fields of ``MM_CONFIG_KEYS`` set on it (so a
+    saved ``config.json`` is the LM's plus those keys). LoRA / peft: wrap ``language_model`` (its linear layers are
+    ``language_model.named_modules()`` of type ``nn.Linear``; ``lm_head`` is its output layer).
+    """
+
+    main_input_name = "input_ids"
+    _keys_to_ignore_on_save = None
+
+    def __init__(self, language_model: nn.Module, projector_type: str, mm_hidden_size: int, **mm_fields):
+        super().__init__()
+        self.language_model = language_model
+        self.config = language_model.config
+        hidden = self.config.hidden_size
+        for key, value in {"mm_hidden_size": mm_hidden_size, "mm_projector_type": projector_type, **mm_fields}.items():
+            setattr(self.config, key, value)
+        for key in MM_CONFIG_KEYS:
+            if not hasattr(self.config, key):
+                setattr(self.config, key, None)
+        self.model = VideoAdapter(build_projector(projector_type, mm_hidden_size, hidden))
+        self.model.to(next(language_model.parameters()).device)
+
+    # What the mixin and the Trainer need, delegated to the language model.
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def resize_token_embeddings(self, new_num_tokens: int, **kwargs):
+        return self.language_model.resize_token_embeddings(new_num_tokens, **kwargs)
+
+    def _decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    def _generate(self, **kwargs):
+        return self.language_model.generate(**kwargs)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.device
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return bool(getattr(self.language_model, "is_activation_checkpointing", False))
+
+    def activation_checkpointing_enable(self, **kwargs) -> None:
+        self.language_model.activation_checkpointing_enable(**kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.language_model.activation_checkpointing_disable()
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+def base_kind(folder: str | Path) -> str:
+    """``"llava_v1"`` (the document's June-2023 LLaVA / Video-ChatGPT layout: ``mm_*`` keys or its model types),
+    ``"llava_hf"`` (LLaVA-1.5/NeXT in the transformers layout: nested ``text_config``) or ``"causal_lm"``."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; expected a model folder (LLaVA, LLaVA-1.5 or a causal LM)")
+    raw = json.loads(path.read_text())
+    if "text_config" in raw:
+        return "llava_hf"
+    if raw.get("model_type") in ("llava", "VideoChatGPT", "video_chatgpt") or any(k in raw for k in MM_CONFIG_KEYS[:4]):
+        if raw.get("video_chatgpt_base_kind") not in (None, "llava_v1"):  # a run folder of another base
+            return raw["video_chatgpt_base_kind"]
+        return "llava_v1"
+    return "causal_lm"
+
+
+@dataclass
+class LlavaHfParts:
+    """What a LLaVA-1.5/NeXT folder gives the video model: the LM, the projector weights and the tower settings."""
+
+    language_model: nn.Module
+    projector_state: dict[str, torch.Tensor]  # mlp2x_gelu layout: "0.weight", "0.bias", "2.weight", "2.bias"
+    mm_hidden_size: int
+    vision_feature_layer: int | list[int]
+
+
+def load_llava_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) -> LlavaHfParts:
+    """Split a ``LlavaForConditionalGeneration``/``LlavaNextForConditionalGeneration`` folder into a plain causal LM
+    (``AutoModelForCausalLM`` of its ``text_config``, sharing the loaded tensors) and its GELU projector."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(str(folder))
+    act = getattr(config, "projector_hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"{folder}: projector_hidden_act is {act!r}; only LLaVA's 'gelu' projector is supported")
+    full = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
+    projector = full.model.multi_modal_projector
+    if getattr(projector, "linear_1", None) is None or getattr(projector, "linear_2", None) is None:
+        raise ValueError(f"{folder}: its multi_modal_projector has no linear_1/linear_2 (not LLaVA-1.5/NeXT's)")
+    state = {
+        "0.weight": projector.linear_1.weight.detach(), "0.bias": projector.linear_1.bias.detach(),
+        "2.weight": projector.linear_2.weight.detach(), "2.bias": projector.linear_2.bias.detach(),
+    }
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
+    lm_state = {f"model.{k}": v for k, v in full.model.language_model.state_dict().items()}
+    lm_state["lm_head.weight"] = full.lm_head.weight
+    missing, unexpected = lm.load_state_dict(lm_state, strict=False, assign=True)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ValueError(f"{folder}: its language model does not fit {type(lm).__name__}: missing {missing[:4]}, "
+                         f"unexpected {unexpected[:4]}")
+    if getattr(config.text_config, "tie_word_embeddings", False):
+        lm.tie_weights()
+    lm.generation_config.eos_token_id = getattr(config.text_config, "eos_token_id", None)
+    return LlavaHfParts(lm, state, projector.linear_1.in_features, config.vision_feature_layer)
+
+
+def load_video_model(
+    folder: str | Path,
+    dtype: torch.dtype = torch.float32,
+    projector_type: str | None = None,
+    mm_hidden_size: int | None = None,
+    attn_implementation: str | None = None,
+    **config_fields,
+) -> tuple[nn.Module, str]:
+    """The video model for any base folder, and its kind (``base_kind``).
+
+    * ``llava_v1``: ``VideoChatGPTForCausalLM`` (the document's path, as before; ``projector_type`` defaults to the
+      original's ``linear``, whose weights LLaVA's image projector gives);
+    * ``llava_hf``: a ``VideoLanguageModel`` over the folder's LM, projector ``mlp2x_gelu`` from LLaVA's;
+    * ``causal_lm``: a ``VideoLanguageModel`` over ``AutoModelForCausalLM.from_pretrained(folder)``, projector
+      (``projector_type``, default ``linear``) randomly initialised; ``mm_hidden_size`` (the features' width) needed.
+
+    ``config_fields`` (e.g. ``video_token_len``, ``mm_use_vid_start_end``, ``use_cache``) go onto the config.
+    """
+    kind = base_kind(folder)
+    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    if kind == "llava_v1":
+        fields = dict(config_fields)
+        if projector_type is not None:
+            fields["mm_projector_type"] = projector_type
+        config = load_config(folder, **fields)
+        if config.mm_hidden_size is None:
+            config.mm_hidden_size = mm_hidden_size
+        if mm_hidden_size is not None and config.mm_hidden_size != mm_hidden_size:
+            raise ValueError(f"feature width {mm_hidden_size} != config mm_hidden_size {config.mm_hidden_size}")
+        model = VideoChatGPTForCausalLM.from_pretrained(str(folder), config=config, dtype=dtype, **attn)
+        return model, kind
+    if kind == "llava_hf":
+        parts = load_llava_hf_parts(folder, dtype)
+        if projector_type not in (None, "mlp2x_gelu"):
+            raise ValueError(f"{folder}: a LLaVA-1.5/NeXT projector is mlp2x_gelu, not --mm_projector_type {projector_type}")
+        if mm_hidden_size is not None and mm_hidden_size != parts.mm_hidden_size:
+            raise ValueError(f"feature width {mm_hidden_size} != {folder}'s projector input width {parts.mm_hidden_size}")
+        config_fields.setdefault("mm_vision_tower", str(Path(folder).resolve()))
+        model = VideoLanguageModel(parts.language_model, "mlp2x_gelu", parts.mm_hidden_size,
+                                   video_chatgpt_base_kind=kind, **config_fields)
+        with torch.no_grad():
+            model.model.mm_projector.load_state_dict(parts.projector_state)
+        return model, kind
+    from transformers import AutoModelForCausalLM
+
+    if mm_hidden_size is None:
+        raise ValueError(f"{folder}: a plain causal LM has no projector yet; the feature width (mm_hidden_size) is needed")
+    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **attn)
+    for key in ("use_cache",):
+        if key in config_fields:
+            setattr(lm.config, key, config_fields.pop(key))
+    model = VideoLanguageModel(lm, projector_type or "linear", mm_hidden_size, video_chatgpt_base_kind=kind,
+                               **config_fields)
+    model.model.to(dtype)
+    return model, kind
 
 
 def projector_state_from_state_dict(state: dict[str, torch.Tensor], trainable_row_ids: list[int] | None) -> dict:

@@ -412,3 +412,193 @@ def _write_folder_state(folder: Path, state: dict[str, torch.Tensor]) -> None:
             save_file(chunk, str(folder / shard), metadata={"format": "pt"})
         else:
             torch.save(chunk, folder / shard)
+
+
+# ------------------------------------------------------------------------------------------- other bases (issue 13)
+# Tiny chat-model families, each in its family's style: tokenizer specials, chat template, architecture class.
+# The chat templates are simplified copies of the real ones (same role markers and whitespace around them).
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ChatFamily:
+    """How one family's tokenizer and model look: specials (bos/eos/pad/unk), pre-tokenizer, template, config."""
+
+    name: str
+    config_class: str  # transformers config class name
+    specials: tuple[str, ...]
+    bos: str | None
+    eos: str
+    pad: str | None
+    unk: str | None
+    byte_level: bool  # ByteLevel BPE (Llama-3, Qwen2) or SentencePiece-like Metaspace BPE (Mistral)
+    chat_template: str
+    tie_word_embeddings: bool = False
+    pad_vocab_to: int = 1  # Qwen2 pads its embedding table beyond the tokenizer
+
+
+CHAT_FAMILIES: dict[str, ChatFamily] = {
+    "llama3": ChatFamily(
+        "llama3", "LlamaConfig",
+        ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, unk=None, byte_level=True,
+        chat_template=LLAMA3_CHAT_TEMPLATE,
+    ),
+    "mistral": ChatFamily(
+        "mistral", "MistralConfig", ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
+        bos="<s>", eos="</s>", pad=None, unk="<unk>", byte_level=False, chat_template=MISTRAL_CHAT_TEMPLATE,
+    ),
+    "qwen2": ChatFamily(
+        "qwen2", "Qwen2Config", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, byte_level=True,
+        chat_template=QWEN2_CHAT_TEMPLATE, tie_word_embeddings=True, pad_vocab_to=64,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TinyChatSpec:
+    """Sizes of a tiny chat LM (hidden 32, 2 layers) and its BPE vocabulary."""
+
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 600
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text the tiny BPE tokenizers are trained on: the sample world's language plus unicode and role words."""
+    from video_chatgpt.sample.world import language_corpus
+
+    conversations, captions = language_corpus(n=200, seed=0)
+    lines = [str(t["value"]).replace("<video>", "") for conv in conversations for t in conv] + list(captions)
+    lines += ["Café naïve déjà vu, 日本語のテキスト, Ünïcödé ✓ — “quotes”.", "user assistant system USER: ASSISTANT:",
+              "The object is red. The object is green. The object is blue. The object is yellow.", "\n\n  \t"]
+    return lines
+
+
+def train_chat_tokenizer(family: ChatFamily, spec: TinyChatSpec = TinyChatSpec()):
+    """A tiny BPE tokenizer in ``family``'s style, trained offline with ``tokenizers``; returns a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if family.byte_level:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok = Tokenizer(models.BPE(unk_token=family.unk, byte_fallback=False))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        alphabet = sorted(set("".join(tokenizer_corpus())) | {chr(c) for c in range(33, 127)} | {"▁"})
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=list(family.specials),
+                                  initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=family.bos, eos_token=family.eos, pad_token=family.pad,
+        unk_token=family.unk, chat_template=family.chat_template, padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def make_tiny_chat_lm(path: str | Path, family: str, spec: TinyChatSpec = TinyChatSpec()) -> Path:
+    """Create a tiny chat model folder of ``family`` (``llama3``, ``mistral``, ``qwen2``) with ``save_pretrained``:
+    random weights, a BPE tokenizer trained here (``tokenizer.json``) and the family's chat template."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    fam = CHAT_FAMILIES[family]
+    path = Path(path)
+    tokenizer = train_chat_tokenizer(fam, spec)
+    vocab = -(-len(tokenizer) // fam.pad_vocab_to) * fam.pad_vocab_to
+    config = getattr(transformers, fam.config_class)(
+        vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=fam.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@dataclass(frozen=True)
+class TinySiglipSpec:
+    """A tiny SigLIP vision tower: no CLS token, patch 16 (SigLIP-so400m/14-384 and base/16 geometry, tiny width)."""
+
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    image_size: int = 64
+    patch_size: int = 16
+    seed: int = 0
+
+
+def make_tiny_siglip(path: str | Path, spec: TinySiglipSpec = TinySiglipSpec()) -> Path:
+    """Create a tiny ``SiglipVisionModel`` folder (config, weights, SigLIP's preprocessor config: mean/std 0.5)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    path = Path(path)
+    torch.manual_seed(spec.seed)
+    config = SiglipVisionConfig(hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                                num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+                                image_size=spec.image_size, patch_size=spec.patch_size)
+    SiglipVisionModel(config).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor", "resample": 3,
+        "rescale_factor": 1 / 255, "size": {"height": spec.image_size, "width": spec.image_size},
+    }, indent=2))
+    return path
+
+
+def make_tiny_llava_hf(path: str | Path, spec: TinyChatSpec = TinyChatSpec(), clip: TinyClipSpec | None = None) -> Path:
+    """Create a tiny ``LlavaForConditionalGeneration`` folder (transformers layout, ``save_pretrained``): a Llama
+    text model with the Vicuna/LLaMA SentencePiece tokenizer layout, a tiny CLIP tower inside, LLaVA-1.5's GELU
+    projector (``multi_modal_projector.linear_1/linear_2``), ``vision_feature_layer -2``, strategy ``default``."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    path = Path(path)
+    clip = clip or TinyClipSpec(image_size=56, patch_size=14)
+    vision = CLIPVisionConfig(hidden_size=clip.hidden_size, intermediate_size=clip.intermediate_size,
+                              num_hidden_layers=clip.num_hidden_layers, num_attention_heads=clip.num_attention_heads,
+                              image_size=clip.image_size, patch_size=clip.patch_size, projection_dim=clip.hidden_size)
+    # Vocabulary: LLaMA's 32000 + <image> (32000) + <pad> (32001), as llava-hf/llava-1.5-7b-hf.
+    text = LlamaConfig(vocab_size=32002, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                       num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+                       num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=2048,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=32001, tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    torch.manual_seed(spec.seed)
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    write_llava_tokenizer(path)
+    (path / "added_tokens.json").write_text(json.dumps({"<image>": 32000, "<pad>": 32001}, indent=2))
+    special = json.loads((path / "special_tokens_map.json").read_text())
+    (path / "special_tokens_map.json").write_text(json.dumps({**special, "pad_token": "<pad>"}, indent=2))
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {**CLIP_PREPROCESSOR_CONFIG, "crop_size": clip.image_size, "size": clip.image_size}, indent=2))
+    return path

@@ -119,6 +119,12 @@ class SegmentEncoder:
             return self._sp.encode(text)
         return self.hf.encode(text, add_special_tokens=False)
 
+    def sp_piece_id(self, piece: str) -> int:
+        """Id of a SentencePiece piece (e.g. ``"▁"``); needs ``tokenizer.model``."""
+        if self._sp is None:
+            raise ValueError("no SentencePiece model: piece ids need the folder's tokenizer.model")
+        return self._sp.piece_to_id(piece)
+
     @property
     def bos_id(self) -> int:
         return self.hf.bos_token_id

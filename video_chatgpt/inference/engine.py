@@ -9,7 +9,18 @@
 
 The video span is always bracketed by ``<vid_start>``/``<vid_end>`` (the original's inference hard-codes it), the
 number of video tokens is the extractor's ``num_frames + patches`` and must match what the model was trained with
-(``config.video_token_len`` when the training run recorded it).
+(``config.video_token_len`` when the training run recorded it): features with another row count are refused with
+both numbers.
+
+Other bases (issue 13): a training output folder whatever its base (a Llama-3 / Mistral / Qwen2.5 chat model, a
+LLaVA-1.5 folder), or a LLaVA-1.5/NeXT folder itself; prompts are rendered with the template the run trained with
+(``config.conv_template``: the tokenizer's chat template, ``plain`` after stage 1, else the document's
+``video-chatgpt_v1``), and the span is bracketed as in training (``mm_use_vid_start_end``).
+
+``prompt_ids="original"`` (issue 16) reproduces the original's *inference* ids exactly: it tokenized the prompt
+with the fast tokenizer, which keeps the ``"\n"`` (id 13) before ``<vid_start>`` and adds a lone ``"▁"`` after
+``<vid_end>``, so its prompts are 2 tokens longer than the ids it trained on. The default (``"ours"``) uses the
+training ids; ``original`` is for reproducing published numbers of the released ``video_chatgpt-7B.bin``.
 """
 
 from __future__ import annotations
@@ -23,9 +34,25 @@ import numpy as np
 import torch
 
 from video_chatgpt.constants import BASE_POINTER_FILE, DEFAULT_NUM_FRAMES, PROJECTOR_FILE
-from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, inference_conversation, render_sample
+from video_chatgpt.data.conversation import (
+    INFERENCE_TEMPLATE,
+    TEMPLATES,
+    TRAIN_TEMPLATE,
+    inference_conversation,
+    inference_template,
+    render_sample,
+)
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
-from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config, load_projector_file
+from video_chatgpt.errors import UserError
+from video_chatgpt.model.video_chatgpt import (
+    VideoChatGPTForCausalLM,
+    base_kind,
+    load_config,
+    load_projector_file,
+    load_video_model,
+)
+
+PROMPT_IDS = ("ours", "original")
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +90,7 @@ class Engine:
     vision_tower: str | None
     num_frames: int
     conv_mode: str = INFERENCE_TEMPLATE
+    prompt_ids_style: str = "ours"  # or "original": the original inference's 2 extra tokens (see the module doc)
     _extractor: object = None
 
     @property
@@ -78,7 +106,7 @@ class Engine:
                 dtype=torch.float16 if self.device.type == "cuda" else torch.float32,
             )
             expected = self.model.config.video_token_len
-            got = self._extractor.num_frames + self._extractor.num_patches
+            got = self._extractor.num_tokens
             if expected and got != expected:
                 raise ValueError(
                     f"the extractor gives {got} video tokens ({self._extractor.num_frames} frames + "
@@ -94,12 +122,21 @@ class Engine:
     def _features_tensor(self, features: np.ndarray) -> torch.Tensor:
         width = self.model.config.mm_hidden_size
         if features.ndim != 2 or features.shape[1] != width:
-            raise ValueError(f"video features have shape {features.shape}; expected (tokens, {width})")
+            raise UserError(f"video features have shape {features.shape}; expected (tokens, {width})")
+        expected = self.model.config.video_token_len
+        if expected and features.shape[0] != expected:
+            raise UserError(
+                f"the video features have {features.shape[0]} rows (video tokens) but the model was trained with "
+                f"{expected}; extract them with the training run's tower, --num_frames and --spatial_pool"
+            )
         return torch.from_numpy(np.asarray(features)).to(self.device).unsqueeze(0)  # (1, N, C)
 
     def prompt_ids(self, question: str, num_video_tokens: int) -> list[int]:
         conv = inference_conversation(question)
-        return render_sample(conv, self.encoder, self.video_ids, num_video_tokens, template=self.conv_mode).input_ids
+        ids = render_sample(conv, self.encoder, self.video_ids, num_video_tokens, template=self.conv_mode).input_ids
+        if self.prompt_ids_style == "original":
+            ids = original_inference_ids(ids, self.encoder, self.video_ids)
+        return ids
 
     def answer(
         self,
@@ -152,6 +189,18 @@ class Engine:
         return scores
 
 
+def original_inference_ids(ids: list[int], encoder: SegmentEncoder, video_ids: VideoTokenIds) -> list[int]:
+    """The original inference's prompt ids from ours: ``"\n"`` before ``<vid_start>``, ``"▁"`` after ``<vid_end>``.
+
+    Only for the document's templates on a SentencePiece (LLaMA) tokenizer, with the start/end tokens."""
+    if not encoder.exact or not video_ids.use_start_end:
+        raise UserError("--prompt_ids original reproduces the original's LLaMA prompts: it needs the document's "
+                        "base (a SentencePiece tokenizer.model) and the <vid_start>/<vid_end> tokens")
+    newline, space = encoder.encode("\n")[-1], encoder.sp_piece_id("▁")  # 13 and 29871 in LLaMA's vocabulary
+    start, end = ids.index(video_ids.start), ids.index(video_ids.end)
+    return [*ids[:start], newline, *ids[start : end + 1], space, *ids[end + 1 :]]
+
+
 def load_engine(
     model_name: str | Path,
     projection_path: str | Path | None = None,
@@ -160,11 +209,27 @@ def load_engine(
     vision_tower: str | None = None,
     num_frames: int | None = None,
     conv_mode: str = INFERENCE_TEMPLATE,
+    prompt_ids: str = "ours",
 ) -> Engine:
-    """Load base + projector (see the module docstring) in ``dtype`` on ``device``, ready to answer."""
+    """Load base + projector (see the module docstring) in ``dtype`` on ``device``, ready to answer.
+
+    ``conv_mode`` applies to the document's base; a model trained with a chat or plain template uses that one.
+    ``prompt_ids``: ``ours`` (the training ids) or ``original`` (the original inference's, see the module doc).
+    """
+    if prompt_ids not in PROMPT_IDS:
+        raise UserError(f"--prompt_ids {prompt_ids!r}: expected one of {', '.join(PROMPT_IDS)}")
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     base, projector = resolve_model_folders(model_name, projection_path)
+    run_config_file = Path(model_name) / "config.json"
+    is_run = (Path(model_name) / BASE_POINTER_FILE).is_file() and run_config_file.is_file()
+    run_config = json.loads(run_config_file.read_text()) if is_run else {}
+    if base_kind(base) != "llava_v1":
+        engine = _load_other_base(base, projector, run_config, device, dtype, vision_tower, num_frames, conv_mode)
+        engine.prompt_ids_style = prompt_ids
+        if prompt_ids == "original":
+            original_inference_ids([], engine.encoder, VideoTokenIds(0, None, None))  # refuses: not the document's
+        return engine
     tokenizer = load_hf_tokenizer(base)
     video_ids, num_new = add_video_tokens(tokenizer, use_start_end=True)
     config = load_config(base, use_cache=True, mm_use_vid_start_end=True)
@@ -184,7 +249,49 @@ def load_engine(
         logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
     model.to(device).eval()
     return Engine(model, tokenizer, SegmentEncoder(tokenizer), video_ids, device,
-                  vision_tower or config.mm_vision_tower, num_frames or DEFAULT_NUM_FRAMES, conv_mode)
+                  vision_tower or config.mm_vision_tower, num_frames or DEFAULT_NUM_FRAMES, conv_mode, prompt_ids)
+
+
+def _load_other_base(base: Path, projector: Path | None, run_config: dict, device, dtype, vision_tower, num_frames,
+                     conv_mode: str) -> Engine:
+    """A run folder on any base, or a LLaVA-1.5/NeXT folder: the model as its training run built it."""
+    kind = base_kind(base)
+    tokenizer = load_hf_tokenizer(base)
+    use_start_end = bool(run_config.get("mm_use_vid_start_end", True))
+    video_ids, num_new = add_video_tokens(tokenizer, use_start_end=use_start_end)
+    trained_template = run_config.get("conv_template") or TRAIN_TEMPLATE
+    template = inference_template(trained_template)
+    if trained_template in TEMPLATES:
+        template = conv_mode
+    elif conv_mode != INFERENCE_TEMPLATE:
+        logger.warning("--conv_mode %s ignored: this model was trained with the %r template", conv_mode, template)
+    if kind == "causal_lm" and not run_config.get("mm_hidden_size"):
+        raise UserError(f"{base}: a causal LM without a video projector; pass a training output folder as "
+                        f"--model-name (its mm_projector.bin and config.json say how the projector looks)")
+    try:
+        model, _ = load_video_model(
+            base, dtype=dtype, projector_type=run_config.get("mm_projector_type"),
+            mm_hidden_size=run_config.get("mm_hidden_size"), use_cache=True, mm_use_vid_start_end=use_start_end,
+            video_token_len=run_config.get("video_token_len"), conv_template=trained_template,
+            **({"mm_vision_tower": run_config["mm_vision_tower"]} if run_config.get("mm_vision_tower") else {}),
+        )
+    except ValueError as exc:
+        raise UserError(f"{base}: {exc}") from exc
+    top = max(x for x in (video_ids.patch, video_ids.start, video_ids.end) if x is not None)
+    model.fit_vocabulary(top + 1, new_rows_from=video_ids.start if num_new >= 2 else None)
+    model.config.video_patch_token_id = video_ids.patch
+    model.config.video_start_token_id = video_ids.start
+    model.config.video_end_token_id = video_ids.end
+    if projector is not None:
+        try:
+            model.load_projector_state_dict(load_projector_file(projector), source=str(projector))
+        except (KeyError, ValueError) as exc:
+            raise UserError(str(exc).strip("'\"")) from exc
+    else:
+        logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
+    model.to(device).eval()
+    return Engine(model, tokenizer, SegmentEncoder(tokenizer), video_ids, device,
+                  vision_tower or model.config.mm_vision_tower, num_frames or DEFAULT_NUM_FRAMES, template)
 
 
 __all__ = ["Engine", "load_engine", "resolve_model_folders"]

@@ -482,6 +482,9 @@ class TinyChatSpec:
     num_key_value_heads: int = 2
     vocab_size: int = 600
     max_position_embeddings: int = 1024
+    # Larger than the usual 0.02: a random LM initialised that small has flat logits (loss ln V whatever its input),
+    # so a projector trained into it could not move the loss; at 0.3 the frozen LM's output depends on its input.
+    initializer_range: float = 0.3
     seed: int = 0
 
 
@@ -535,7 +538,7 @@ def make_tiny_chat_lm(path: str | Path, family: str, spec: TinyChatSpec = TinyCh
         vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=fam.tie_word_embeddings,
+        tie_word_embeddings=fam.tie_word_embeddings, initializer_range=spec.initializer_range,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(spec.seed)

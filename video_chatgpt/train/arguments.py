@@ -52,6 +52,24 @@ class ModelArguments:
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "sdpa | flash_attention_2 (needs flash-attn) | eager"}
     )
+    # Other bases (issue 13): any AutoModelForCausalLM + any CLIP/SigLIP tower, or a LLaVA-1.5/NeXT folder.
+    vision_tower: str | None = field(
+        default=None,
+        metadata={"help": "the tower the features were made with (recorded as mm_vision_tower for chat/predict); "
+                          "default: the base config's mm_vision_tower (a LLaVA-1.5 folder: the folder itself)"},
+    )
+    mm_projector_type: str | None = field(
+        default=None,
+        metadata={"help": "linear (the original) | mlp2x_gelu (LLaVA-1.5: Linear-GELU-Linear); default: the base's "
+                          "(linear for the document's LLaVA, mlp2x_gelu for a LLaVA-1.5 folder, linear otherwise)"},
+    )
+    stage: str | None = field(
+        default=None,
+        metadata={"help": "pretrain: the projector alone on video-caption pairs with the plain '<video>caption' "
+                          "template (LLaVA's stage 1); finetune: the instruction data with the base's template, "
+                          "starting from --pretrain_mm_mlp_adapter <stage-1 mm_projector.bin>; default: the "
+                          "document's single stage"},
+    )
 
 
 @dataclass
@@ -153,6 +171,19 @@ def precision_fallback_note(argv: list[str], training_args: "TrainingArguments")
     )
 
 
+def cpu_fsdp_note(training_args: "TrainingArguments") -> str | None:
+    """The sentence for the log and the report when ``--fsdp`` is given on the CPU, where it does not shard.
+
+    accelerate builds an FSDP run only for GPU-family devices; on the CPU (``use_cpu``) it silently wraps the model
+    in plain DistributedDataParallel (seen under ``torchrun --nproc_per_node=2`` here), so each process holds it all.
+    """
+    if not training_args.fsdp or not training_args.use_cpu:
+        return None
+    return ("--fsdp has no effect on the CPU: accelerate shards with FSDP only on GPUs and runs plain "
+            "DistributedDataParallel here (every process holds the whole model); use --deepspeed configs/zero3.json "
+            "to partition the parameters on the CPU")
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); otherwise bf16 autocast is emulated and slow."""
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
@@ -165,6 +196,12 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if data_args.sep_video_conv_front:
         raise ValueError("--sep_video_conv_front True is not supported (the original never used it)")
+    if model_args.stage not in (None, "pretrain", "finetune"):
+        raise ValueError(f"--stage {model_args.stage!r}: expected pretrain or finetune")
+    if model_args.mm_projector_type not in (None, "linear", "mlp2x_gelu"):
+        raise ValueError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
+    if model_args.stage == "pretrain":
+        model_args.tune_mm_mlp_adapter = True  # stage 1 trains the projector alone, whatever the other flags say
     if data_args.data_path is None or data_args.video_folder is None:
         raise ValueError("--data_path and --video_folder are required")
     return model_args, data_args, training_args

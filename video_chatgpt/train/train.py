@@ -58,14 +58,24 @@ from video_chatgpt.data.dataset import (
     load_training_tokenizer,
     training_dataset,
 )
-from video_chatgpt.data.tokenizer import VideoTokenIds
+from video_chatgpt.data.conversation import CHAT_TEMPLATE, PLAIN_TEMPLATE, TRAIN_TEMPLATE
+from video_chatgpt.data.dataset import SupervisedVideoDataset
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError, run_main
-from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config, load_projector_file
+from video_chatgpt.model.video_chatgpt import (
+    PROJECTOR_PREFIX,
+    VideoChatGPTForCausalLM,
+    base_kind,
+    load_config,
+    load_projector_file,
+    load_video_model,
+)
 from video_chatgpt.train.report import RUN_INFO_FILE
 from video_chatgpt.train.arguments import (
     DataArguments,
     ModelArguments,
     TrainingArguments,
+    cpu_fsdp_note,
     ignored_flag_notes,
     parse_arguments,
     precision_fallback_note,
@@ -84,8 +94,9 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_
     """Check the model folder and the data before loading anything big. Returns the data report."""
     from video_chatgpt.weights.check import check_weights
 
-    check_weights(model_args.model_name_or_path).raise_if_bad()
-    config = load_config(model_args.model_name_or_path)
+    if base_kind(model_args.model_name_or_path) == "llava_v1":  # check-weights knows the document's layout
+        check_weights(model_args.model_name_or_path).raise_if_bad()
+    settings = base_video_settings(model_args)
     if data_args.skip_data_check:
         return None
     from video_chatgpt.data.check import check_training_data
@@ -96,7 +107,7 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_
         data_args.video_folder,
         tokenizer_path=model_args.model_name_or_path if _is_main(training_args) else None,
         model_max_length=training_args.model_max_length,
-        expected_width=config.mm_hidden_size,
+        expected_width=settings["mm_hidden_size"],
         use_vid_start_end=model_args.mm_use_vid_start_end,
     )
     if _is_main(training_args):
@@ -113,12 +124,14 @@ def check_feature_manifest(model_args: ModelArguments, data_args: DataArguments,
     checked per file)."""
     from video_chatgpt.features.store import check_features_match
 
-    config = load_config(model_args.model_name_or_path)
+    settings = base_video_settings(model_args)
+    if settings["mm_hidden_size"] is None:  # a plain causal LM: the features decide the width
+        return
     for warning in check_features_match(
         data_args.video_folder,
-        tower_name=config.mm_vision_tower,
-        width=config.mm_hidden_size,
-        num_tokens=config.video_token_len or None,  # a LLaVA base has none: the features decide
+        tower_name=settings["mm_vision_tower"],
+        width=settings["mm_hidden_size"],
+        num_tokens=settings["video_token_len"] or None,  # a LLaVA base has none: the features decide
     ):
         if _is_main(training_args):
             logger.warning("%s", warning)
@@ -192,13 +205,65 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
-def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tokens: int, feature_shape):
+def _gathered_embeddings(model, training_args: TrainingArguments):
+    """Context: the full input/output embedding tables on every process (ZeRO-3), edits from rank 0 kept."""
+    import contextlib
+
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not (training_args.deepspeed and is_deepspeed_zero3_enabled()):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    tables = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    return deepspeed.zero.GatheredParameters(tables, modifier_rank=0)
+
+
+def base_video_settings(model_args: ModelArguments) -> dict:
+    """``kind``, ``mm_vision_tower``, ``mm_hidden_size`` (None: the features decide) and ``video_token_len`` of the
+    base folder, for any kind of base (``base_kind``), with ``--vision_tower`` taking precedence."""
+    folder = Path(model_args.model_name_or_path)
+    kind = base_kind(folder)
+    if kind == "llava_v1":
+        config = load_config(folder)
+        tower, width, tokens = config.mm_vision_tower, config.mm_hidden_size, config.video_token_len
+    elif kind == "llava_hf":
+        raw = json.loads((folder / "config.json").read_text())
+        tower, width, tokens = str(folder.resolve()), raw["vision_config"].get("hidden_size"), None
+    else:
+        raw = json.loads((folder / "config.json").read_text())
+        tower, width, tokens = raw.get("mm_vision_tower"), raw.get("mm_hidden_size"), raw.get("video_token_len")
+    return {"kind": kind, "mm_vision_tower": model_args.vision_tower or tower, "mm_hidden_size": width,
+            "video_token_len": tokens}
+
+
+def conversation_template(model_args: ModelArguments, tokenizer) -> str:
+    """The training template: ``plain`` for ``--stage pretrain``; the tokenizer's own chat template for a chat
+    model; else the document's ``vicuna_v1_1`` (its LLaVA, and a LLaVA-1.5 folder: Vicuna-1.5, LLaVA's v1 template)."""
+    kind = base_kind(model_args.model_name_or_path)
+    if model_args.stage == "pretrain":
+        return PLAIN_TEMPLATE
+    if kind == "causal_lm" and getattr(tokenizer, "chat_template", None):
+        return CHAT_TEMPLATE
+    if kind == "llava_hf":
+        raw = json.loads(Path(model_args.model_name_or_path, "config.json").read_text())
+        if raw["text_config"].get("model_type", "llama") != "llama" and getattr(tokenizer, "chat_template", None):
+            return CHAT_TEMPLATE  # LLaVA-NeXT on Mistral / Llama-3 / Qwen: its own template
+    return TRAIN_TEMPLATE
+
+
+def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tokens: int, feature_shape,
+                template: str = TRAIN_TEMPLATE):
     """Load the base, add the video token rows, set what is trainable. ``video_ids``: already in the tokenizer."""
+    kind = base_kind(model_args.model_name_or_path)
+    if kind != "llava_v1":
+        return build_other_base(model_args, training_args, video_ids, num_new_tokens, feature_shape, template, kind)
     config = load_config(
         model_args.model_name_or_path,
         use_cache=False,
         mm_use_vid_start_end=model_args.mm_use_vid_start_end,
         video_token_len=feature_shape[0],
+        **({"mm_projector_type": model_args.mm_projector_type} if model_args.mm_projector_type else {}),
     )
     if config.mm_hidden_size is None:
         config.mm_hidden_size = feature_shape[1]
@@ -215,7 +280,54 @@ def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tok
         attn_implementation=model_args.attn_implementation,
     )
     # <vid_start>/<vid_end> rows start at the mean of all earlier rows (input and output), as in the original.
-    model.add_video_token_rows(num_new_tokens, new_rows_from=video_ids.start if num_new_tokens >= 2 else None)
+    # Under ZeRO-3 each process holds a shard of the tables: gather them for these row edits (rank 0's are kept).
+    new_rows_from = video_ids.start if num_new_tokens >= 2 else None
+    weight = model.get_input_embeddings().weight
+    if hasattr(weight, "ds_shape") and num_new_tokens:
+        # ZeRO-3: resize_token_embeddings gathers by itself; the mean rows are then set on the gathered tables.
+        vocabulary_size = weight.ds_shape[0] + num_new_tokens
+        model.resize_token_embeddings(vocabulary_size, mean_resizing=False)
+        with _gathered_embeddings(model, training_args):
+            model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
+    else:
+        model.add_video_token_rows(num_new_tokens, new_rows_from=new_rows_from)
+    model.config.video_patch_token_id = video_ids.patch
+    model.config.video_start_token_id = video_ids.start
+    model.config.video_end_token_id = video_ids.end
+    if model_args.vision_tower:
+        model.config.mm_vision_tower = model_args.vision_tower
+    if template != TRAIN_TEMPLATE:
+        model.config.conv_template = template
+    return set_trainable(model, model_args, training_args, video_ids)
+
+
+def build_other_base(model_args, training_args, video_ids, num_new_tokens, feature_shape, template, kind):
+    """Any causal LM (random projector of ``--mm_projector_type``) or a LLaVA-1.5/NeXT folder (its projector)."""
+    if kind == "causal_lm" and model_args.stage == "finetune" and not model_args.pretrain_mm_mlp_adapter:
+        raise UserError(
+            f"{model_args.model_name_or_path}: --stage finetune on a causal LM needs the stage-1 projector: "
+            f"--pretrain_mm_mlp_adapter <stage-1 output_dir>/mm_projector.bin (run --stage pretrain first)"
+        )
+    fields = {"use_cache": False, "mm_use_vid_start_end": model_args.mm_use_vid_start_end,
+              "video_token_len": feature_shape[0], "conv_template": template}
+    if model_args.vision_tower:
+        fields["mm_vision_tower"] = model_args.vision_tower
+    try:
+        model, _ = load_video_model(
+            model_args.model_name_or_path, dtype=model_dtype(model_args, training_args),
+            projector_type=model_args.mm_projector_type, mm_hidden_size=feature_shape[1],
+            attn_implementation=model_args.attn_implementation, **fields,
+        )
+    except ValueError as exc:
+        raise UserError(f"{model_args.model_name_or_path}: {exc}") from exc
+    # <vid_start>/<vid_end> rows start at the mean of the earlier rows; the table grows only if it is too small.
+    model.fit_vocabulary(max(x for x in (video_ids.patch, video_ids.start, video_ids.end) if x is not None) + 1,
+                         new_rows_from=video_ids.start if num_new_tokens >= 2 else None)
+    return set_trainable(model, model_args, training_args, video_ids)
+
+
+def set_trainable(model, model_args, training_args, video_ids: VideoTokenIds):
+    """Token ids into the config, then what trains: all, the projector (+ start/end rows), or what is not frozen."""
     model.config.video_patch_token_id = video_ids.patch
     model.config.video_start_token_id = video_ids.start
     model.config.video_end_token_id = video_ids.end
@@ -224,12 +336,13 @@ def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tok
     row_ids = [video_ids.start, video_ids.end] if video_ids.use_start_end else []
 
     if model_args.freeze_backbone:
-        model.model.requires_grad_(False)
+        model._decoder().requires_grad_(False)
     if model_args.tune_mm_mlp_adapter:
         model.requires_grad_(False)
         model.model.mm_projector.requires_grad_(True)
         if row_ids:
-            model.train_token_rows(row_ids)
+            with _gathered_embeddings(model, training_args):
+                model.train_token_rows(row_ids)
     if training_args.freeze_mm_mlp_adapter:
         model.model.mm_projector.requires_grad_(False)
     if model_args.pretrain_mm_mlp_adapter:
@@ -244,16 +357,19 @@ def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tok
 def load_pretrained_adapter(model: VideoChatGPTForCausalLM, path: str, row_ids: list[int]) -> None:
     """Start from an ``mm_projector.bin``: the projector, and the start/end rows if present (full table or 2 rows)."""
     state = load_projector_file(path)
-    weight_key = next((k for k in state if k.endswith("mm_projector.weight")), None)
-    bias_key = next((k for k in state if k.endswith("mm_projector.bias")), None)
-    if weight_key is None or bias_key is None:
-        raise KeyError(f"{path}: no mm_projector.weight/bias; keys present: {sorted(state)[:8]}")
     proj = model.model.mm_projector
-    if tuple(state[weight_key].shape) != tuple(proj.weight.shape):
-        raise ValueError(f"{path}: projector weight {tuple(state[weight_key].shape)} != model {tuple(proj.weight.shape)}")
+    own = proj.state_dict()  # linear: weight, bias; mlp2x_gelu: 0.weight, 0.bias, 2.weight, 2.bias
+    # Any prefix ending in "mm_projector." (ours and LLaVA's "model.mm_projector.", DeepSpeed's "module.model...").
+    found = {k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k}
+    if set(found) != set(own):
+        raise KeyError(f"{path}: projector tensors {sorted(found)} do not match this model's "
+                       f"{getattr(model.config, 'mm_projector_type', 'linear')!r} projector {sorted(own)} "
+                       f"(see --mm_projector_type); keys present: {sorted(state)[:8]}")
+    for name, tensor in own.items():
+        if tuple(found[name].shape) != tuple(tensor.shape):
+            raise ValueError(f"{path}: projector {name} {tuple(found[name].shape)} != model {tuple(tensor.shape)}")
     with torch.no_grad():
-        proj.weight.copy_(state[weight_key].to(proj.weight.dtype))
-        proj.bias.copy_(state[bias_key].to(proj.bias.dtype))
+        proj.load_state_dict({k: v.to(own[k].dtype) for k, v in found.items()})
         embed = state.get("model.embed_tokens.weight")
         if embed is not None and row_ids:
             vocab = model.get_input_embeddings().weight.shape[0]
@@ -339,14 +455,31 @@ def replica_checksums(model, training_args: TrainingArguments) -> list[str] | No
     return gathered
 
 
+def init_deepspeed_comm(training_args: TrainingArguments) -> None:
+    """Set up ``deepspeed.comm`` on the process group that is already there, before the model is built.
+
+    ZeRO-3's ``deepspeed.zero.Init`` (run inside ``from_pretrained``) reads the world size from ``deepspeed.comm``.
+    accelerate sets that up itself only on GPUs; on the CPU (``use_cpu``) it is still unset at that point, so
+    zero.Init counted 1 process and rejected the batch sizes ("train_batch_size ... 4 != 2 * 1 * 1").
+    """
+    import torch.distributed as dist
+
+    if not training_args.deepspeed or not dist.is_available() or not dist.is_initialized():
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=dist.get_backend())
+
+
 def train(argv: list[str] | None = None) -> Path:
     """Run the recipe; returns the output folder. ``argv`` defaults to ``sys.argv[1:]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     model_args, data_args, training_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if _is_main(training_args) else logging.WARNING)
-    if model_args.version not in ("v1", "vicuna_v1_1"):
+    if model_args.version not in ("v1", "vicuna_v1_1") and base_kind(model_args.model_name_or_path) == "llava_v1":
         logger.warning("--version %s: training always uses the vicuna_v1_1 template (as the original)", model_args.version)
-    notes = ignored_flag_notes(argv) + [n for n in [precision_fallback_note(argv, training_args)] if n]
+    notes = ignored_flag_notes(argv) + [n for n in [precision_fallback_note(argv, training_args),
+                                                   cpu_fsdp_note(training_args)] if n]
     if _is_main(training_args):
         for note in notes:
             logger.warning("%s", note)
@@ -364,14 +497,16 @@ def train(argv: list[str] | None = None) -> Path:
     )
     # Seed before building: the new <vid_patch> row gets a random init, the same on every process and every rerun.
     transformers.set_seed(training_args.seed)
-    model = build_model(model_args, training_args, video_ids, num_new, feature_shape)
+    init_deepspeed_comm(training_args)
+    template = conversation_template(model_args, tokenizer)
+    model = build_model(model_args, training_args, video_ids, num_new, feature_shape, template)
     summary, named = trainable_summary(model)
     if _is_main(training_args):
         print(summary, flush=True)
 
-    dataset = training_dataset(
-        records, data_args.video_folder, tokenizer, video_ids, feature_shape,
-        max_length=training_args.model_max_length, lazy=data_args.lazy_preprocess,
+    dataset = SupervisedVideoDataset(  # training_dataset(...), with the base's template
+        records, data_args.video_folder, SegmentEncoder(tokenizer), video_ids, feature_shape=feature_shape,
+        max_length=training_args.model_max_length, lazy=data_args.lazy_preprocess, template=template,
     )
     trainer = VideoChatGPTTrainer(
         model=model,

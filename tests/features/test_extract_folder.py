@@ -76,11 +76,16 @@ def test_manifest_rerun_with_other_settings_and_overwrite(videos, tiny_clip, tmp
     save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
     rc, err = _cli(_args(videos, out, other))
     assert rc == 1 and "tower_sha256" in err
-    # --overwrite: every video again with the new settings, and the manifest says so.
+    # --overwrite: every video again with the new settings, and the manifest says so; a file whose video is not in
+    # the folder stays as it was, and the report says so.
+    shutil.copy(out / sorted(before)[0], out / "v_gone0001.pkl")
     assert main(_args(videos, out, tiny_clip, "--spatial_pool", "2", "--overwrite", num_frames=6)) == 0
     assert read_manifest(out)["feature_shape"] == [6 + 64, 32]
     for name in before:
         assert load_features(out / name).shape == (6 + 64, 32)
+    assert load_features(out / "v_gone0001.pkl").shape == (NUM_FRAMES + 256, 32)
+    notes = json.loads((out / REPORT_NAME).read_text())["notes"]
+    assert [n["video"] for n in notes] == ["v_gone0001.pkl"] and "keep their old settings" in notes[0]["note"]
 
 
 def test_damaged_existing_files_are_extracted_again(videos, tiny_clip, tmp_path):

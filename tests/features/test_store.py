@@ -90,6 +90,19 @@ def test_a_tiny_forged_pickle_fails_fast_without_allocating(tmp_path, kind):
     assert _maxrss_mb() - before < 64, f"peak RSS grew by {_maxrss_mb() - before:.0f} MB"
 
 
+def test_a_tiny_forged_npy_header_fails_fast_without_allocating(tmp_path):
+    import numpy.lib.format as fmt
+
+    path = tmp_path / "v_forged.npy"
+    with open(path, "wb") as f:  # a valid .npy header asking for 2**33 float16 values, and no data
+        fmt.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (2**33, 1)})
+    before, start = _maxrss_mb(), time.perf_counter()
+    for read in (load_features, read_feature_header):
+        with pytest.raises(FeatureFileError, match="truncated"):
+            read(path)
+    assert time.perf_counter() - start < 1.0 and _maxrss_mb() - before < 64
+
+
 def test_the_forged_pickles_really_ask_for_gigabytes_from_a_plain_unpickler(tmp_path):
     # The control for the test above: a plain pickle.loads of the "array shape" file does allocate 8 GiB (address
     # space; run in a child limited to 2 GiB of it, so the allocation fails there instead of succeeding lazily).

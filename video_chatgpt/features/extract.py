@@ -632,6 +632,13 @@ def _run_locked(args, env, spec, shape, device, videos, started) -> Report:
         failed=list(plan.failed),
         notes=list(plan.damaged),
     )
+    if args.overwrite and env.rank == 0:
+        # Files of videos that are not in --video_dir_path are not extracted again: say they keep the old settings.
+        ids = {video_id_of(v.name) for v in videos}
+        left = sorted(name for vid, name in index_feature_folder(args.clip_feat_path).items() if vid not in ids)
+        if left:
+            note = f"{len(left)} feature file(s) of videos not in --video_dir_path keep their old settings"
+            report.notes.append({"video": left[0], "note": note})
     workers, threads, encoder_threads = worker_counts(args, device, env)
     torch_threads = torch.get_num_threads()
     if device.type == "cpu":

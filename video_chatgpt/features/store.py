@@ -298,10 +298,15 @@ def load_features(
     path = Path(path)
     try:
         if path.suffix == ".npy":
-            bound = max_file_bytes(expected_shape)
-            if os.stat(path).st_size > bound:
-                raise FeatureFileError(f"{path}: more than the {bound} bytes a file of the expected shape takes")
-            array = np.load(path, allow_pickle=False)
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                bound = max_file_bytes(expected_shape)
+                if size > bound:
+                    raise FeatureFileError(f"{path}: more than the {bound} bytes a file of the expected shape takes")
+                # np.load allocates the header's shape before reading: check first that the file holds that much.
+                _npy_header(f, size)
+                f.seek(0)
+                array = np.load(f, allow_pickle=False)
         else:
             array = _load_pickle(path, max_file_bytes(expected_shape))
     except (FileNotFoundError, FeatureFileError):

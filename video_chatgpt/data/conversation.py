@@ -304,17 +304,28 @@ def render_chat_sample(
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    # Typed special-token text inside a content region: re-encode that region as plain text.
+    special_text = [t for t in tokenizer.added_tokens_encoder if t]
+    # Typed special-token text inside a content region: take that region's tokens from the text tokenized with
+    # ``split_special_tokens`` (same context, so the same whitespace tokens), or from the region alone.
+    as_text = None
     for kind, start, end, _ in reversed(regions):
-        inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
-        if kind != "text" or not inside or not any(ids[i] in special for i in inside):
+        if kind != "text" or not any(t in text[start:end] for t in special_text):
             continue
+        inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
         first, last = inside[0], inside[-1]
         lo, hi = min(offsets[first][0], start), max(offsets[last][1], end)  # whole tokens (a leading "▁" too)
-        plain = tokenizer(text[lo:hi], add_special_tokens=False, split_special_tokens=True,
-                          return_offsets_mapping=True)
-        ids[first : last + 1] = plain["input_ids"]
-        offsets[first : last + 1] = [(a + lo, b + lo) for a, b in plain["offset_mapping"]]
+        if as_text is None:
+            as_text = tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        picked = [i for i, (a, b) in enumerate(as_text["offset_mapping"]) if a >= lo and b <= hi and b > a]
+        if picked and as_text["offset_mapping"][picked[0]][0] == lo and as_text["offset_mapping"][picked[-1]][1] == hi:
+            new_ids = [as_text["input_ids"][i] for i in picked]
+            new_offsets = [as_text["offset_mapping"][i] for i in picked]
+        else:
+            alone = tokenizer(text[lo:hi], add_special_tokens=False, split_special_tokens=True,
+                              return_offsets_mapping=True)
+            new_ids, new_offsets = alone["input_ids"], [(a + lo, b + lo) for a, b in alone["offset_mapping"]]
+        ids[first : last + 1] = new_ids
+        offsets[first : last + 1] = new_offsets
     # Supervised character ranges: each assistant content plus the end-of-turn token right after it.
     supervised = []
     for kind, start, end, k in regions:

@@ -435,6 +435,12 @@ QWEN2_CHAT_TEMPLATE = (
 )
 
 
+# The pre-tokenizer split pattern of Llama-3 and Qwen2 (their tokenizer.json), shared by both byte-level families.
+BYTE_LEVEL_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
 @dataclass(frozen=True)
 class ChatFamily:
     """How one family's tokenizer and model look: specials (bos/eos/pad/unk), pre-tokenizer, template, config."""
@@ -501,12 +507,16 @@ def tokenizer_corpus() -> list[str]:
 
 def train_chat_tokenizer(family: ChatFamily, spec: TinyChatSpec = TinyChatSpec()):
     """A tiny BPE tokenizer in ``family``'s style, trained offline with ``tokenizers``; returns a fast HF tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     if family.byte_level:
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        # Llama-3's / Qwen2's split pattern (newline runs are one piece: "\n\n" before an answer stays one token).
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(BYTE_LEVEL_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
         tok.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
     else:

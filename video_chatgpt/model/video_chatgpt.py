@@ -396,6 +396,8 @@ class VideoLanguageModel(VideoMixin, nn.Module):
 
     main_input_name = "input_ids"
     _keys_to_ignore_on_save = None
+    # Name of the input embedding in the base folder's checkpoint (the trainer saves the frozen rows from there).
+    base_embedding_key = EMBED_TOKENS_KEY
 
     def __init__(self, language_model: nn.Module, projector_type: str, mm_hidden_size: int, **mm_fields):
         super().__init__()
@@ -497,10 +499,37 @@ def load_llava_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) 
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise ValueError(f"{folder}: its language model does not fit {type(lm).__name__}: missing {missing[:4]}, "
                          f"unexpected {unexpected[:4]}")
+    # Buffers that are not in a state dict (rotary inv_freq) were built on the meta device: take the loaded ones.
+    for name, buffer in full.model.language_model.named_buffers():
+        module_name, _, attr = name.rpartition(".")
+        setattr(lm.model.get_submodule(module_name), attr, buffer)
     if getattr(config.text_config, "tie_word_embeddings", False):
         lm.tie_weights()
+    left = [n for n, t in [*lm.named_parameters(), *lm.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise ValueError(f"{folder}: {left[:4]} of its language model were not loaded")
     lm.generation_config.eos_token_id = getattr(config.text_config, "eos_token_id", None)
     return LlavaHfParts(lm, state, projector.linear_1.in_features, config.vision_feature_layer)
+
+
+def _checkpoint_key(folder: str | Path, suffix: str) -> str:
+    """The one tensor name ending in ``suffix`` in a safetensors folder (LLaVA-1.5 folders: the LM's embedding is
+    ``model.language_model.embed_tokens.weight`` or, saved by older transformers, ``language_model.model...``)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    index = next(folder.glob("*.safetensors.index.json"), None)
+    if index is not None:
+        names = list(json.loads(index.read_text())["weight_map"])
+    else:
+        names = []
+        for shard in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(shard), framework="pt") as f:
+                names += list(f.keys())
+    found = [n for n in names if n.endswith(suffix) and "vision" not in n]
+    if len(found) != 1:
+        raise ValueError(f"{folder}: expected one tensor named *{suffix} in its checkpoint, found {found[:4]}")
+    return found[0]
 
 
 def load_video_model(
@@ -545,6 +574,7 @@ def load_video_model(
                                    video_chatgpt_base_kind=kind, **config_fields)
         with torch.no_grad():
             model.model.mm_projector.load_state_dict(parts.projector_state)
+        model.base_embedding_key = _checkpoint_key(folder, "embed_tokens.weight")
         return model, kind
     from transformers import AutoModelForCausalLM
 

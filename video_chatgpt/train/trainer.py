@@ -151,7 +151,9 @@ class VideoChatGPTTrainer(Trainer):
         from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint
 
         with TensorReader(find_checkpoint(self.base_model_path)) as reader:
-            base = reader.get(EMBED_TOKENS_KEY)  # (V_base, H) in the stored dtype
+            # (V_base, H) in the stored dtype; a LLaVA-1.5 folder names it differently (the model says how)
+            key = getattr(self.accelerator.unwrap_model(self.model), "base_embedding_key", EMBED_TOKENS_KEY)
+            base = reader.get(key)
         if base.shape[0] > embed.shape[0] or base.shape[1] != embed.shape[1]:
             raise UserError(
                 f"{self.base_model_path}: {EMBED_TOKENS_KEY} is {tuple(base.shape)}, but the trained model's "

@@ -1,0 +1,84 @@
+"""A LLaVA-1.5 folder in the transformers layout initialises the video model (its LM and GELU projector), trains and
+chats; ``--prompt_ids original`` adds exactly the original inference's two tokens."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.bases.world import NUM_TOKENS, colour_features
+from video_chatgpt.constants import PROJECTOR_FILE
+
+
+def test_llava_hf_folder_gives_its_language_model_and_projector(llava_hf):
+    from transformers import LlavaForConditionalGeneration
+
+    from video_chatgpt.model.video_chatgpt import base_kind, load_video_model
+
+    assert base_kind(llava_hf) == "llava_hf"
+    model, kind = load_video_model(llava_hf)
+    full = LlavaForConditionalGeneration.from_pretrained(llava_hf).eval()
+    proj = full.model.multi_modal_projector
+    assert model.config.mm_projector_type == "mlp2x_gelu" and model.config.mm_hidden_size == proj.linear_1.in_features
+    assert torch.equal(model.model.mm_projector[0].weight, proj.linear_1.weight)
+    assert torch.equal(model.model.mm_projector[2].bias, proj.linear_2.bias)
+    # The projector is LLaVA's function: Linear -> GELU -> Linear.
+    x = torch.randn(3, proj.linear_1.in_features)
+    assert torch.allclose(model.model.mm_projector(x), proj(x), atol=1e-6)
+    # The language model answers text exactly as the LLaVA model does.
+    ids = torch.tensor([[1, 450, 1203, 338, 2654, 29889]])
+    with torch.no_grad():
+        ours = model.eval()(input_ids=ids).logits
+        theirs = full(input_ids=ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_llava_hf_trains_and_chats(llava_hf, feature_world, tmp_path):
+    from video_chatgpt.inference.engine import load_engine
+    from video_chatgpt.train.train import train
+
+    out = train(["--model_name_or_path", str(llava_hf), "--video_folder", str(feature_world["features"]),
+                 "--data_path", str(feature_world["instructions"]), "--output_dir", str(tmp_path / "run"),
+                 "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "--per_device_train_batch_size", "4",
+                 "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "no",
+                 "--report_to", "none"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["mm_projector_type"] == "mlp2x_gelu" and config["mm_vision_tower"] == str(llava_hf.resolve())
+    assert "conv_template" not in config or config["conv_template"] in (None, "vicuna_v1_1")  # Vicuna-1.5: LLaVA's v1
+    saved = torch.load(out / PROJECTOR_FILE, weights_only=True)
+    assert "model.mm_projector.0.weight" in saved and "model.mm_projector.2.weight" in saved
+    engine = load_engine(out, device="cpu")
+    features = colour_features(1, np.random.default_rng(0))
+    answer = engine.answer("What colour is it?", features, temperature=0, max_new_tokens=6)
+    assert answer == engine.answer("What colour is it?", features, temperature=0, max_new_tokens=6)
+    assert engine.model.config.video_token_len == NUM_TOKENS
+
+
+def test_prompt_ids_original_adds_the_two_tokens(tiny_llava):
+    from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, inference_conversation, render_sample
+    from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
+    from video_chatgpt.inference.engine import original_inference_ids
+
+    tok = load_hf_tokenizer(tiny_llava)
+    video_ids, _ = add_video_tokens(tok, use_start_end=True)
+    enc = SegmentEncoder(tok)
+    ours = render_sample(inference_conversation("What is happening?"), enc, video_ids, 4,
+                         template=INFERENCE_TEMPLATE).input_ids
+    original = original_inference_ids(ours, enc, video_ids)
+    start, end = ours.index(video_ids.start), ours.index(video_ids.end)
+    assert len(original) == len(ours) + 2
+    assert original[start] == 13 and tok.convert_ids_to_tokens(original[start]) == "<0x0A>"  # "\n"
+    assert tok.convert_ids_to_tokens(original[end + 2]) == "▁"
+    assert original[:start] == ours[:start] and original[start + 1 : end + 2] == ours[start : end + 1]
+    assert original[end + 3 :] == ours[end + 1 :]
+
+
+def test_unknown_prompt_ids_style_is_refused():
+    from video_chatgpt.errors import UserError
+    from video_chatgpt.inference.engine import load_engine
+
+    with pytest.raises(UserError, match="prompt_ids"):
+        load_engine("unused", prompt_ids="bogus")

@@ -23,7 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("video_chatgpt.train.train:main", "train Video-ChatGPT (same flags as video_chatgpt/train/train_mem.py)"),
     "report": ("video_chatgpt.train.report:main", "write training_report.md and loss.png for a run folder"),
     "chat": ("video_chatgpt.inference.chat:main", "ask a trained model about a video"),
+    "demo": ("video_chatgpt.inference.demo:main", "web demo: chat about an uploaded video in the browser (gradio)"),
     "predict": ("video_chatgpt.inference.predict:main", "batch prediction over a benchmark question file"),
+    "evaluate": ("video_chatgpt.eval.evaluate:main", "score predictions with an LLM judge (VCGBench, zero-shot QA)"),
     "sample": ("video_chatgpt.sample.cli:main", "sample models | sample world: the tiny offline sample"),
     "quickstart": ("video_chatgpt.quickstart:main", "the whole pipeline on the bundled sample"),
 }

@@ -1,0 +1,55 @@
+"""``results.md``: the results of an evaluation folder as a table beside the original's published numbers (pure)."""
+
+from __future__ import annotations
+
+from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBENCH, QA
+
+
+def _num(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(ci, digits: int = 2) -> str:
+    return "-" if ci is None else f"{ci[0]:.{digits}f} - {ci[1]:.{digits}f}"
+
+
+def render_markdown(results: dict) -> str:
+    judge = results["judge"]
+    lines = [
+        "# Evaluation results",
+        "",
+        f"Judge `{judge['model']}`"
+        + (f" (the server reported {', '.join(f'`{m}`' for m in judge['reported_models'])})"
+           if judge.get("reported_models") else "")
+        + f" at `{judge['api_host']}`, temperature {judge['temperature']:g}, seed {judge['seed']}; "
+        f"prompt set sha256 `{results['prompts']['sha256'][:16]}...`.",
+        "",
+        "*ours* is the mean of the judge's scores as given; *int()* is the original evaluators' mean of `int(score)` "
+        "(4.8 counts as 4), the one the published numbers use. Failed records (no valid reply after the retries) are "
+        "counted, not averaged; they are listed in `results.json` and a rerun retries them. Published numbers were "
+        "judged by gpt-3.5-turbo in 2023: another judge gives other numbers.",
+        "",
+    ]
+    vcg = {name: s for name, s in results["criteria"].items() if CRITERIA[name].kind != QA}
+    if vcg:
+        lines += ["| criterion | ours | 95% CI | int() | published | judged | failed | total |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, s in vcg.items():
+            lines.append(f"| {CRITERIA[name].title} | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | "
+                         f"{_num(PUBLISHED_VCGBENCH.get(name))} | {s['judged']} | {s['failed']} | {s['total']} |")
+        lines.append("")
+    qa = {name: s for name, s in results["criteria"].items() if CRITERIA[name].kind == QA}
+    for name, s in qa.items():
+        dataset = s.get("dataset")
+        published = PUBLISHED_QA.get(dataset, (None, None))
+        lines += [f"Zero-shot QA{f' ({dataset})' if dataset else ''}:", "",
+                  "| | ours | 95% CI | int() | published | judged | failed | total |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| accuracy (%) | {_num(s['accuracy'], 1)} | {_ci(s['accuracy_ci95'], 1)} | - | "
+                  f"{_num(published[0], 1)} | {s['judged']} | {s['failed']} | {s['total']} |",
+                  f"| score | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | {_num(published[1], 1)} | "
+                  f"{s['judged']} | {s['failed']} | {s['total']} |", ""]
+    run = results["run"]
+    lines.append(f"{run['requests']} requests in {run['wall_time_s']:.1f} s "
+                 f"({run['reused']} records reused from the cache).")
+    return "\n".join(lines) + "\n"

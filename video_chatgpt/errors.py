@@ -32,6 +32,8 @@ def _os_error_message(exc: OSError) -> str:
         return f"expected a file but found a folder{where}"
     if isinstance(exc, NotADirectoryError):
         return f"expected a folder but found a file{where}"
+    if isinstance(exc, FileExistsError):  # e.g. mkdir of an output folder where a file of that name is
+        return f"a file is in the way where a folder was to be created{where} (remove it or write elsewhere)"
     if isinstance(exc, PermissionError):
         return f"permission denied{where} (check the owner and mode of the file or folder)"
     if exc.errno == errno.ENOSPC:

@@ -32,8 +32,11 @@ from video_chatgpt.cli import parse_args_or_status, parse_bool
 from video_chatgpt.constants import IGNORE_INDEX, VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
 from video_chatgpt.data.dataset import first_feature_shape, load_records, load_training_tokenizer, training_dataset
 from video_chatgpt.data.tokenizer import VideoTokenIds
+from video_chatgpt.errors import UserError, error_message, run_main, wants_debug
 from video_chatgpt.features.store import FeatureFileError, load_features
+from video_chatgpt.weights.check import require_tokenizer
 
+PROG = "video-chatgpt data inspect"
 # The original's --model_max_length in the document's training command (the Trainer's own default is 512).
 DEFAULT_MODEL_MAX_LENGTH = 2048
 
@@ -316,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):  # --help (0) or bad flags (2)
         return args
     try:
+        # One line for a folder without a tokenizer (or with an LFS pointer) instead of transformers' hints.
+        require_tokenizer(args.model_name_or_path, "--model_name_or_path")
         insp = inspect_record(
             args.data_path,
             args.video_folder,
@@ -325,10 +330,12 @@ def main(argv: list[str] | None = None) -> int:
             mm_use_vid_start_end=args.mm_use_vid_start_end,
         )
     except IndexError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, UserError) as exc:  # one line; `--debug` (errors.run_main) shows the traceback
+        if wants_debug(sys.argv):
+            raise
+        print(f"{PROG}: error: {error_message(exc) or exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(insp.to_json()))
@@ -338,4 +345,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, PROG))

@@ -12,11 +12,23 @@ Without ``--question`` it reads one question per line from standard input until 
 from __future__ import annotations
 
 import argparse
+import json
+import pickle
 import sys
+import zipfile
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.constants import BASE_POINTER_FILE
 from video_chatgpt.data.conversation import TEMPLATES
+from video_chatgpt.errors import UserError, run_main
+
+# What torch.load raises on a file that is not a checkpoint (garbage, truncated, HTML error page, text).
+_PROJECTOR_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
+                          AttributeError, ImportError, IndexError, KeyError, TypeError)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +52,115 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _need_file(path: str | Path, flag: str, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{flag} {path}: no such file; pass {what}")
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: is a folder, not a file; pass {what}")
+    return path
+
+
+def check_model_inputs(model_name: str, projection_path: str | None) -> tuple[Path, Path | None]:
+    """(base folder, projector file), checked before the model is loaded (minutes for 7B weights).
+
+    Raises ``UserError`` (one line naming the file) for a missing model folder, a file given as the model, an
+    unreadable ``video_chatgpt_base.json``, a base without tokenizer or weights (or with Git LFS pointers instead),
+    and a missing, LFS-pointer or unreadable projector file.
+    """
+    from video_chatgpt.inference.engine import resolve_model_folders
+    from video_chatgpt.model.video_chatgpt import load_projector_file
+    from video_chatgpt.weights.check import require_tokenizer
+    from video_chatgpt.weights.checkpoint import find_checkpoint, is_lfs_pointer, lfs_pointer_message
+
+    folder = Path(model_name)
+    if not folder.exists():
+        raise UserError(
+            f"--model-name {folder}: no such folder; pass the LLaVA-7B-Lightening-v1-1 folder or a training output "
+            f"folder"
+        )
+    if not folder.is_dir():
+        raise UserError(
+            f"--model-name {folder}: is a file, not a model folder (a projector such as video_chatgpt-7B.bin goes "
+            f"to --projection_path)"
+        )
+    try:
+        base, projector = resolve_model_folders(folder, projection_path)
+    except FileNotFoundError as exc:  # the pointer names a base that is not here
+        raise UserError(f"{exc}; fix base_model in that file or pass the base as --model-name") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{folder / BASE_POINTER_FILE}: not readable ({type(exc).__name__}: {exc})") from None
+    require_tokenizer(base, "--model-name")
+    find_checkpoint(base, "--model-name")  # weight shards present, complete, not LFS pointers
+    if projector is not None:
+        projector = _need_file(projector, "--projection_path", "the trained projector (mm_projector.bin)")
+        if is_lfs_pointer(projector):
+            raise UserError(lfs_pointer_message(projector))
+        try:
+            state = load_projector_file(projector)
+        except _PROJECTOR_LOAD_ERRORS as exc:  # torch's own text is a paragraph about weights_only: not shown
+            raise UserError(
+                f"--projection_path {projector}: cannot be read as a PyTorch projector file (torch.load raised "
+                f"{type(exc).__name__}; truncated or not a checkpoint); download or copy it again"
+            ) from None
+        if not isinstance(state, dict) or not state:
+            raise UserError(f"--projection_path {projector}: holds no tensors (expected model.mm_projector.*)")
+    return base, projector
+
+
+def expected_video_tokens(engine) -> tuple[int | None, str]:
+    """(rows a feature array must have, where that number comes from), or (None, why it cannot be known)."""
+    recorded = engine.model.config.video_token_len
+    if recorded:
+        return int(recorded), "the training run's video_token_len"
+    from video_chatgpt.features.encoder import video_tokens
+    from video_chatgpt.features.towers import resolve_tower
+
+    try:
+        spec = resolve_tower(engine.vision_tower)
+    except (UserError, OSError, ValueError):
+        return None, f"the vision tower {engine.vision_tower} is not available here"
+    return video_tokens(spec, engine.num_frames), f"{engine.num_frames} frames + the spatial tokens of {spec.name}"
+
+
+def check_features(features: np.ndarray, engine, path: Path) -> None:
+    """Refuse features the model cannot read as one video: the width its projector reads, the row count of its
+    video span (``video_token_len``)."""
+    width = engine.model.config.mm_hidden_size
+    if features.ndim != 2 or features.shape[1] != width:
+        raise UserError(
+            f"--features_path {path}: features of shape {tuple(features.shape)}, but the model's projector reads "
+            f"(tokens, {width}); extract them with the model's vision tower ({engine.vision_tower})"
+        )
+    expected, source = expected_video_tokens(engine)
+    if expected is None:
+        print(f"video-chatgpt chat: warning: the feature row count is not checked: {source}", file=sys.stderr)
+    elif features.shape[0] != expected:
+        raise UserError(
+            f"--features_path {path}: {features.shape[0]} feature rows, but the model takes {expected} video tokens "
+            f"({source}); extract the features with the model's vision tower and --num_frames"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from video_chatgpt.features.store import load_features
+    """``video-chatgpt chat`` (raises ``UserError``; the console command wraps it in ``run_main``)."""
+    args = parse_args_or_status(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or bad flags (2)
+        return args
+    from video_chatgpt.features.decode import VideoDecodeError
+    from video_chatgpt.features.store import FeatureFileError, load_features
     from video_chatgpt.inference.engine import load_engine
+
+    # Every input checked before the model is loaded.
+    check_model_inputs(args.model_name, args.projection_path)
+    if args.video_path:
+        source = _need_file(args.video_path, "--video_path", "a video file (.mp4, .mkv, ...)")
+    else:
+        source = _need_file(args.features_path, "--features_path", "a feature file (.pkl/.npy)")
+        try:
+            features = load_features(source)
+        except FeatureFileError as exc:
+            raise UserError(f"--features_path {exc}") from None
 
     engine = load_engine(
         args.model_name,
@@ -54,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         num_frames=args.num_frames,
         conv_mode=args.conv_mode,
     )
-    features = load_features(args.features_path) if args.features_path else engine.video_features(args.video_path)
+    if args.video_path:
+        try:
+            features = engine.video_features(source)
+        except VideoDecodeError as exc:
+            raise UserError(f"--video_path {source}: {exc}") from None
+    else:
+        check_features(features, engine, source)
 
     def ask(question: str) -> None:
         answer = engine.answer(question, features, temperature=args.temperature,
@@ -72,3 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if not line or not line.strip():
             return 0
         ask(line.strip())
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, None, "video-chatgpt chat"))

@@ -452,7 +452,11 @@ def combine_folders(
         for action in recover_killed_run(output_dir):
             log(action)
         check_output_path(output_dir, [source_dir, base_dir], output_flag, overwrite)
-        free = shutil.disk_usage(output_dir.parent).free
+        parent = Path(os.path.abspath(output_dir)).parent
+        if not os.access(parent, os.W_OK):
+            raise WeightsError(f"{output_flag} {output_dir}: cannot write into {parent} (read-only or not yours); "
+                               f"write elsewhere")
+        free = shutil.disk_usage(parent).free
         if free < total + sum(map(len, side.values())):
             raise WeightsError(
                 f"{output_flag} {output_dir}: needs {total / 1e9:.2f} GB, only {free / 1e9:.2f} GB free there"

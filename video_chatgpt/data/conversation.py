@@ -200,7 +200,8 @@ def render_sample(
     span = video_span_ids(video_ids, num_video_tokens)
     pieces, num_spans = _build_pieces(turns, tpl, span, encoder.eos_id)
     ids, labels = _encode_pieces(pieces, encoder)
-    ids, labels = [encoder.bos_id, *ids], [IGNORE_INDEX, *labels]
+    if encoder.bos_id is not None:  # a tokenizer without BOS (Qwen2) starts with the text
+        ids, labels = [encoder.bos_id, *ids], [IGNORE_INDEX, *labels]
     full = len(ids)
     truncated = max_length is not None and full > max_length
     if truncated:
@@ -229,6 +230,29 @@ TEMPLATE_NAMES = (*TEMPLATES, CHAT_TEMPLATE, PLAIN_TEMPLATE)
 # Private-use characters that mark where message k's content goes when the template is rendered once with
 # placeholders (templates never contain them; ``| trim`` and friends leave them alone).
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+
+
+def training_template(model_folder, tokenizer, stage: str | None = None) -> str:
+    """The template training uses for a base folder: ``plain`` for ``--stage pretrain``; the tokenizer's own chat
+    template for a chat model (and a LLaVA-NeXT folder on a non-LLaMA LM); else the document's ``vicuna_v1_1`` (its
+    LLaVA, and a LLaVA-1.5 folder: Vicuna-1.5, trained with LLaVA's v1 template). ``data inspect``/``check`` and
+    training call this one function, so they render alike."""
+    import json
+    from pathlib import Path
+
+    from video_chatgpt.model.video_chatgpt import base_kind
+
+    if stage == "pretrain":
+        return PLAIN_TEMPLATE
+    kind = base_kind(model_folder)
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if kind == "causal_lm" and has_chat:
+        return CHAT_TEMPLATE
+    if kind == "llava_hf" and has_chat:
+        raw = json.loads(Path(model_folder, "config.json").read_text())
+        if raw["text_config"].get("model_type", "llama") != "llama":
+            return CHAT_TEMPLATE
+    return TRAIN_TEMPLATE
 
 
 def inference_template(train_template: str) -> str:

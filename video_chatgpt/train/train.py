@@ -58,7 +58,7 @@ from video_chatgpt.data.dataset import (
     load_training_tokenizer,
     training_dataset,
 )
-from video_chatgpt.data.conversation import CHAT_TEMPLATE, PLAIN_TEMPLATE, TRAIN_TEMPLATE
+from video_chatgpt.data.conversation import TRAIN_TEMPLATE, training_template
 from video_chatgpt.data.dataset import SupervisedVideoDataset
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError, run_main
@@ -238,18 +238,8 @@ def base_video_settings(model_args: ModelArguments) -> dict:
 
 
 def conversation_template(model_args: ModelArguments, tokenizer) -> str:
-    """The training template: ``plain`` for ``--stage pretrain``; the tokenizer's own chat template for a chat
-    model; else the document's ``vicuna_v1_1`` (its LLaVA, and a LLaVA-1.5 folder: Vicuna-1.5, LLaVA's v1 template)."""
-    kind = base_kind(model_args.model_name_or_path)
-    if model_args.stage == "pretrain":
-        return PLAIN_TEMPLATE
-    if kind == "causal_lm" and getattr(tokenizer, "chat_template", None):
-        return CHAT_TEMPLATE
-    if kind == "llava_hf":
-        raw = json.loads(Path(model_args.model_name_or_path, "config.json").read_text())
-        if raw["text_config"].get("model_type", "llama") != "llama" and getattr(tokenizer, "chat_template", None):
-            return CHAT_TEMPLATE  # LLaVA-NeXT on Mistral / Llama-3 / Qwen: its own template
-    return TRAIN_TEMPLATE
+    """The training template (``data.conversation.training_template``: plain / the chat template / vicuna_v1_1)."""
+    return training_template(model_args.model_name_or_path, tokenizer, model_args.stage)
 
 
 def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tokens: int, feature_shape,

@@ -104,6 +104,7 @@ class Engine:
             self._extractor = VideoFeatureExtractor(
                 self.vision_tower, num_frames=self.num_frames, device=self.device,
                 dtype=torch.float16 if self.device.type == "cuda" else torch.float32,
+                spatial_pool=self.spatial_pool(),
             )
             expected = self.model.config.video_token_len
             got = self._extractor.num_tokens
@@ -114,6 +115,18 @@ class Engine:
                     f"pass the training run's --num_frames"
                 )
         return self._extractor
+
+    def spatial_pool(self) -> int:
+        """The ``--spatial_pool`` the training features used: the k (1-4) whose token count for this tower and
+        ``num_frames`` equals the model's ``video_token_len`` (1 when the model does not record it)."""
+        from video_chatgpt.features.encoder import video_tokens
+        from video_chatgpt.features.towers import resolve_tower
+
+        expected = self.model.config.video_token_len
+        if not expected:
+            return 1
+        spec = resolve_tower(self.vision_tower)
+        return next((k for k in (1, 2, 3, 4) if video_tokens(spec, self.num_frames, k) == expected), 1)
 
     def video_features(self, video_path: str | Path) -> np.ndarray:
         """(N, C) float16 features of a video file, computed on the fly."""

@@ -1,5 +1,6 @@
 """The job as separate processes: the documented script, a kill mid-run, a kill mid-write, a 2-rank torchrun."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,9 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.features.reference import assert_fp16_close
-from video_chatgpt.features.extract import LOCK_NAME, REPORT_NAME, main
+from video_chatgpt.errors import UserError
+from video_chatgpt.features.extract import LOCK_NAME, REPORT_NAME, lock_folder, main
 from video_chatgpt.features.store import MANIFEST_NAME, index_feature_folder, load_features
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +70,27 @@ def test_killed_run_leaves_no_truncated_file_and_a_rerun_completes(sample_world,
     assert report["skipped_existing"] == len(done) and len(report["extracted"]) == total - len(done)
     assert len(index_feature_folder(out)) == total
     assert [n for n in os.listdir(out) if n.startswith(".")] == [LOCK_NAME]  # no temporary left
+
+
+def test_the_lock_is_held_while_a_job_runs_and_dies_with_its_main_process(sample_world, tiny_clip, tmp_path):
+    videos = sample_world["videos_train"]
+    out = tmp_path / "feats"
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *_flags(videos, out, tiny_clip, "--num_workers", "2")],
+        cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert _wait_for(lambda: out.is_dir() and any(n.endswith(".pkl") for n in os.listdir(out)), proc)
+        with pytest.raises(UserError, match=f"pid {proc.pid}"):  # a second extraction is refused meanwhile
+            lock_folder(out).close()
+        proc.send_signal(signal.SIGKILL)  # the main process only: its decode workers notice later, on their own
+        proc.wait()
+        # The workers closed their copy of the lock file when they started, so the lock is free at once.
+        lock_folder(out).close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the workers, if they are still there
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_kill_during_a_write_never_leaves_a_partial_file(tmp_path):

@@ -56,6 +56,7 @@ per decode process; default cores / workers), ``--infer_batch`` (frames per enco
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -584,11 +585,11 @@ def make_output_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def run(args: ExtractArgs, env: DistEnv = DistEnv(), folder_ready: bool = False) -> Report:
+def run(args: ExtractArgs, env: DistEnv = DistEnv(), folder_ready: bool = False, lock_fd: int | None = None) -> Report:
     """Extract this rank's share of ``args.video_dir_path``; returns (and writes) the report.
 
     Alone (``world_size`` 1) it locks the output folder and checks / writes its manifest itself; with several
-    ranks ``main`` has rank 0 do that before any rank starts (``folder_ready=True``).
+    ranks ``main`` has rank 0 do that before any rank starts (``folder_ready=True``, ``lock_fd`` its lock file).
     """
     started = time.perf_counter()
     device = resolve_device(args.device, env)
@@ -602,13 +603,20 @@ def run(args: ExtractArgs, env: DistEnv = DistEnv(), folder_ready: bool = False)
     try:
         if not folder_ready:
             prepare_folder(args, spec, shape)
-        return _run_locked(args, env, spec, shape, device, videos, started)
+        held = lock.fileno() if lock is not None else lock_fd
+        return _run_locked(args, env, spec, shape, device, videos, started, held)
     finally:
         if lock is not None:
             lock.close()
 
 
-def _run_locked(args, env, spec, shape, device, videos, started) -> Report:
+def _close_fd(fd: int, worker_id: int) -> None:
+    """A decode worker's first act: close its copy of the lock file, so the lock dies with the main process (a forked
+    worker shares the open file, and flock holds while any copy is open)."""
+    os.close(fd)
+
+
+def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | None) -> Report:
     out_names = set(os.listdir(args.clip_feat_path))
     plan = plan_videos(
         videos, out_names, args.feature_format, args.clip_feat_path, env, expected_shape=tuple(shape),
@@ -648,6 +656,7 @@ def _run_locked(args, env, spec, shape, device, videos, started) -> Report:
         dataset,
         batch_size=None,  # one item = one video; frames are batched across videos by _Job
         num_workers=workers,
+        worker_init_fn=functools.partial(_close_fd, lock_fd) if lock_fd is not None and workers else None,
         prefetch_factor=4 if workers else None,  # up to 4 decoded videos waiting per worker
         in_order=False,  # a long video does not hold back the short ones decoded after it
     )
@@ -764,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1  # rank 0 says why
             if error is not None:
                 raise error
-        report = run(args, env, folder_ready=env.world_size > 1)
+        report = run(args, env, folder_ready=env.world_size > 1, lock_fd=lock.fileno() if lock is not None else None)
         failed, notes, summary = report.failed, report.notes, report.summary()
         path = report_path(args.clip_feat_path, env)
         any_failed = bool(failed)

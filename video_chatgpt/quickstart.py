@@ -1,6 +1,7 @@
 """The whole pipeline on the bundled sample world, offline, on a CPU: ``make quickstart``.
 
     python -m video_chatgpt.quickstart --workdir runs/quickstart      # or: video-chatgpt quickstart
+    python -m video_chatgpt.quickstart --base qwen2 --workdir runs/quickstart-qwen2   # another base, two stages
 
 Steps (each documented command runs as the user's document writes it, with sample paths):
 
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_train", type=int, default=64, help="training videos (4 questions each)")
     parser.add_argument("--num_test", type=int, default=24, help="held-out videos")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base", choices=("llava", "qwen2"), default="llava",
+                        help="llava: the document's recipe (default); qwen2: a tiny Qwen2-style chat model with its "
+                             "own chat template, trained in two stages (--stage pretrain, then --stage finetune)")
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -135,9 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     conversations, captions = language_corpus(seed=args.seed + 100)
     tower_config = json.loads((models["vision_tower"] / "config.json").read_text())
     span = num_video_tokens(tower_config, DEFAULT_NUM_FRAMES)  # the length of the video span the base learns to read
-    losses = pretrain_language(models["llava"], conversations, captions, seed=args.seed, num_video_tokens=span)
-    print(f"base language model: loss {losses[0]:.2f} -> {sum(losses[-20:]) / 20:.3f} over {len(losses)} steps "
-          f"(captions' words in {span}-token spans; no video seen)")
+    if args.base == "qwen2":  # another base: a random tiny chat LM (no language pretraining), its own template
+        from video_chatgpt.sample.models import make_tiny_chat_lm
+
+        chat_base = make_tiny_chat_lm(work / "models" / "Qwen2-tiny-chat", "qwen2")
+        print(f"tiny Qwen2-style chat model (random weights, BPE tokenizer and <|im_start|> template): {chat_base}")
+    else:
+        losses = pretrain_language(models["llava"], conversations, captions, seed=args.seed, num_video_tokens=span)
+        print(f"base language model: loss {losses[0]:.2f} -> {sum(losses[-20:]) / 20:.3f} over {len(losses)} steps "
+              f"(captions' words in {span}-token spans; no video seen)")
 
     step("convert the instruction JSON (the document's command)")
     train_json = work / "video_chatgpt_training.json"
@@ -151,13 +161,26 @@ def main(argv: list[str] | None = None) -> int:
 
     step("train (the document's single-GPU command; paths and learning rate for the tiny model)")
     out = work / "Video-ChatGPT_7B-1.1_Checkpoints"
-    run([py, "video_chatgpt/train/train_mem.py", *train_flags(models["llava"], train_json, features, out)])
+    if args.base == "qwen2":
+        # Stage 1: the projector alone, plain "<video> caption" template (the records' first answers as captions);
+        # stage 2: the instruction data with the chat template, from the stage-1 projector.
+        stage1, out = work / "Qwen2-stage1", work / "Qwen2-stage2"
+        other = ["--mm_projector_type", "mlp2x_gelu", "--vision_tower", str(models["vision_tower"])]
+        run([py, "video_chatgpt/train/train_mem.py", *train_flags(chat_base, train_json, features, stage1),
+             *other, "--stage", "pretrain"])
+        run([py, "video_chatgpt/train/train_mem.py", *train_flags(chat_base, train_json, features, out),
+             *other, "--stage", "finetune", "--pretrain_mm_mlp_adapter", str(stage1 / "mm_projector.bin")])
+    else:
+        run([py, "video_chatgpt/train/train_mem.py", *train_flags(models["llava"], train_json, features, out)])
 
     step("evaluate on held-out videos (colour question, 4 choices)")
     from video_chatgpt.inference.engine import load_engine
 
     test_qa = json.loads(Path(world["test_qa"]).read_text())
-    untrained_engine = load_engine(models["llava"], None, device="cpu", vision_tower=str(models["vision_tower"]))
+    # The first row: where training starts (the base's projector) or, for a two-stage base, after stage 1.
+    first_row = "untrained (base projector)" if args.base == "llava" else "stage 1 only (alignment) "
+    untrained_engine = load_engine(models["llava"] if args.base == "llava" else stage1, None, device="cpu",
+                                   vision_tower=str(models["vision_tower"]))
     trained_engine = load_engine(out, None, device="cpu", vision_tower=str(models["vision_tower"]))
     # One feature computation per video serves both models (same tower, same frames; checked against the run).
     features = {qa["video_name"]: trained_engine.video_features(Path(world["videos_test"]) / f"{qa['video_name']}.mp4")
@@ -168,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(test_qa)
     print(f"\nheld-out colour accuracy over {n} videos:")
     print(f"  chance                      {chance:6.1%}")
-    print(f"  untrained (base projector)  {untrained['accuracy']:6.1%}  ({untrained['correct']}/{n})")
+    print(f"  {first_row}  {untrained['accuracy']:6.1%}  ({untrained['correct']}/{n})")
     print(f"  trained (mm_projector.bin)  {trained['accuracy']:6.1%}  ({trained['correct']}/{n})")
     print("\nexamples (trained, greedy answer):")
     for video, truth, chosen, answer in trained["examples"]:
@@ -179,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nresult: {work / 'quickstart_result.json'}; training report: {out / 'training_report.md'}")
     print(f"chat with it: video-chatgpt chat --model-name {out} --video_path {world['videos_test']}/<video>.mp4 "
           f"--vision_tower {models['vision_tower']} --question \"What colour is the moving object in the video?\"")
+    print(f"web demo (then open http://127.0.0.1:7860): video-chatgpt demo --model-name {out} "
+          f"--vision_tower {models['vision_tower']} --examples {world['videos_test']}")
     return 0
 
 

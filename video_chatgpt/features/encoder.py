@@ -165,10 +165,6 @@ class FrameEncoder:
         return hidden[:, self._drop :].to(torch.float16)
 
 
-# The name of the first version, which encoded CLIP only.
-ClipFrameEncoder = FrameEncoder
-
-
 class VideoFeatureExtractor:
     """Video -> ``(num_frames + spatial tokens, width)`` float16 spatio-temporal tokens, as the offline features.
 

@@ -1,86 +1,140 @@
-"""``video-chatgpt predict``: batch prediction over the benchmark question files, in the evaluators' format.
+"""``video-chatgpt predict``: answer a benchmark's questions, writing the files ``video-chatgpt evaluate`` reads.
 
-    # correctness / detail / context (one gt file) and temporal: objects with video_name, Q, A -> adds "pred"
+    # VCGBench general (correctness / detail / context) and temporal: video_name, Q, A -> adds "pred"
     video-chatgpt predict --task general --gt_file generic_qa.json --video_dir videos/ \\
-        --output_dir preds --output_name correctness --model-name LLaVA-7B-Lightening-v1-1 \\
+        --output_dir preds --output_name generic --model-name LLaVA-7B-Lightening-v1-1 \\
         --projection_path video_chatgpt-7B.bin
-    # consistency: video_name, Q1, Q2, A -> adds "pred1", "pred2"
-    video-chatgpt predict --task consistency --gt_file consistency_qa.json ...
-    # ActivityNet-QA: questions (video_name, question, question_id) + answers (answer), matched by question_id
-    video-chatgpt predict --task activitynet_qa --gt_file_question test_q.json --gt_file_answers test_a.json ...
+    video-chatgpt predict --task temporal --gt_file temporal_qa.json ... --output_name temporal
+    # VCGBench consistency: video_name, Q1, Q2, A -> adds "pred1", "pred2"
+    video-chatgpt predict --task consistency --gt_file consistency_qa.json ... --output_name consistency
+    # zero-shot QA (ActivityNet-QA; MSVD-QA, MSRVTT-QA and TGIF-QA in the same format): questions (video_name,
+    # question, question_id) + answers (answer, question_id), matched by question_id, else by list position
+    video-chatgpt predict --task msvd_qa --gt_file_question test_q.json --gt_file_answers test_a.json \\
+        --video_dir videos/ --output_dir preds --output_name msvd_qa --model-name ./Video-ChatGPT_7B-1.1_Checkpoints
 
-Output: ``{output_dir}/{output_name}.json``, a list of the input objects plus their predictions. ActivityNet-QA
-records are written with the keys the judge reads (``video_name``, ``Q``, ``A``, ``pred``, plus ``question_id``):
-the original wrote ``id/question/answer`` and its evaluator then failed on them.
+Output ``{output_dir}/{output_name}.json``: the question records plus their predictions, in question-file order,
+written to a temporary file and renamed (never half a file). QA records carry the keys the judge reads
+(``video_name``, ``Q``, ``A``, ``pred``, plus ``question_id``); the original wrote ``id/question/answer``.
 
-* Resumable: a rerun keeps the predictions already in the output file and does only the rest; the file is
-  rewritten atomically every ``--save_every`` samples.
-* A missing video is never replaced by another: the video is looked for as ``{video_dir}/{video_name}{ext}`` for
-  ext in ``.mp4 .avi .mov .mkv .webm`` (or ``{features_dir}/{video_name}.pkl|.npy``); samples without one are listed
-  with the paths tried in ``{output_name}.errors.json``, the others are predicted, and the exit status is 1.
+Beside it:
+
+* ``{output_name}.predict.json``: what the predictions were made from: the question files (path and sha256), the
+  model, projector and generation settings. A rerun into the same output with another question file or other
+  settings is refused (``--overwrite`` starts again).
+* ``{output_name}.progress.jsonl``: one line per answered record, flushed as it is answered, keyed by the record's
+  identity (video and question, or ``question_id``), not its list position. A rerun (after a kill, or to fill in
+  samples whose video was missing) answers only the rest. Sample ``i`` of the question file is sampled with seed
+  ``--seed + i``, so a resumed run writes exactly what an uninterrupted one would.
+* ``{output_name}.errors.json``: samples without a readable video, with the paths tried and the reason. A missing
+  video is never replaced by another: the video is ``{video_dir}/{video_name}{ext}`` for ext in ``.mp4 .avi .mov .mkv
+  .webm`` (or ``{features_dir}/{video_name}.pkl|.npy``). The others are predicted and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
 from pathlib import Path
 
-import torch
-
+from video_chatgpt.cli import parse_args_or_status
 from video_chatgpt.data.conversation import TEMPLATES
-from video_chatgpt.features.store import FEATURE_SUFFIXES, atomic_write_bytes, load_features
+from video_chatgpt.errors import UserError
+from video_chatgpt.features.store import FEATURE_SUFFIXES, FeatureFileError, atomic_write_bytes, load_features
 
 logger = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+GENERAL_TASKS = ("general", "temporal")  # same record format, their own question files
+QA_TASKS = ("activitynet_qa", "msvd_qa", "msrvtt_qa", "tgif_qa")  # ActivityNet-QA's format for all four
+TASKS = (*GENERAL_TASKS, "consistency", *QA_TASKS)
+PROMPT_IDS = ("ours", "original")
 
 
 # ------------------------------------------------------------------------------------------------ records (pure)
-def load_samples(task: str, gt_file=None, gt_file_question=None, gt_file_answers=None) -> list[dict]:
-    """The question records of a task, each with a stable ``key`` for resuming and the questions to ask."""
-    if task in ("general", "consistency"):
+def read_question_file(path: str | Path, flag: str) -> tuple[list, str]:
+    """(the JSON list of a question file, its sha256); a one-line ``UserError`` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file; pass the benchmark's question file")
+    data = path.read_bytes()
+    try:
+        items = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{flag} {path}: not valid JSON ({exc}); download or copy the question file again") from None
+    if not isinstance(items, list):
+        raise UserError(f"{flag} {path}: expected a JSON list of question records, found {type(items).__name__}")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise UserError(f"{flag} {path}: item {i} is a {type(item).__name__}, expected an object")
+    return items, hashlib.sha256(data).hexdigest()
+
+
+def _require(item: dict, keys: tuple[str, ...], path, i: int) -> None:
+    missing = [k for k in keys if k not in item]
+    if missing:
+        raise UserError(f"{path}: item {i} lacks {', '.join(missing)} (has {', '.join(item) or 'nothing'}); is it "
+                        f"the question file of this --task?")
+
+
+def identity_keys(identities: list[tuple]) -> list[str]:
+    """One stable key per record: its identity (e.g. video and question), plus its occurrence number when the file
+    repeats it. Independent of list positions, so a resume never pairs an answer with another question."""
+    seen: dict[tuple, int] = {}
+    keys = []
+    for ident in identities:
+        n = seen.get(ident, 0)
+        seen[ident] = n + 1
+        keys.append(json.dumps([*ident, n], ensure_ascii=False))
+    return keys
+
+
+def load_samples(task: str, gt_file=None, gt_file_question=None, gt_file_answers=None) -> tuple[list[dict], list[dict]]:
+    """(samples, question files). Each sample is the record to write, plus ``key`` (identity) and ``index``."""
+    if task in GENERAL_TASKS or task == "consistency":
         if gt_file is None:
-            raise ValueError(f"--task {task} needs --gt_file")
-        items = _read_list(gt_file)
-        need = ("video_name", "Q", "A") if task == "general" else ("video_name", "Q1", "Q2", "A")
-        samples = []
+            raise UserError(f"--task {task} needs --gt_file (the benchmark's question file)")
+        items, sha = read_question_file(gt_file, "--gt_file")
+        need = ("video_name", "Q", "A") if task in GENERAL_TASKS else ("video_name", "Q1", "Q2", "A")
         for i, item in enumerate(items):
-            missing = [k for k in need if k not in item]
-            if missing:
-                raise ValueError(f"{gt_file}: item {i} lacks {missing}")
-            samples.append({**item, "key": i})
-        return samples
-    if task == "activitynet_qa":
+            _require(item, need, gt_file, i)
+        keys = identity_keys([tuple(str(item[k]) for k in need[:-1]) for item in items])
+        samples = [{"record": dict(item), "key": key, "index": i} for i, (item, key) in enumerate(zip(items, keys))]
+        return samples, [{"flag": "--gt_file", "path": str(Path(gt_file).resolve()), "sha256": sha}]
+    if task in QA_TASKS:
         if gt_file_question is None or gt_file_answers is None:
-            raise ValueError("--task activitynet_qa needs --gt_file_question and --gt_file_answers")
-        questions, answers = _read_list(gt_file_question), _read_list(gt_file_answers)
+            raise UserError(f"--task {task} needs --gt_file_question and --gt_file_answers")
+        questions, q_sha = read_question_file(gt_file_question, "--gt_file_question")
+        answers, a_sha = read_question_file(gt_file_answers, "--gt_file_answers")
         by_id = {a["question_id"]: a for a in answers if "question_id" in a}
-        samples = []
+        records, identities = [], []
         for i, q in enumerate(questions):
-            qid = q.get("question_id", i)
-            answer = by_id.get(qid)
-            if answer is None:  # answer files of the original pair by list position
+            _require(q, ("video_name", "question"), gt_file_question, i)
+            qid = q.get("question_id")
+            answer = by_id.get(qid) if qid is not None else None
+            if answer is None:  # the original's answer files pair by list position
                 if i >= len(answers):
-                    raise ValueError(f"{gt_file_answers}: no answer for question {i} (question_id {qid!r})")
+                    raise UserError(f"{gt_file_answers}: no answer for question {i} (question_id {qid!r}) of "
+                                    f"{gt_file_question}")
                 answer = answers[i]
-            samples.append({"video_name": q["video_name"], "Q": q["question"], "A": answer["answer"],
-                            "question_id": qid, "key": qid})
-        return samples
-    raise ValueError(f"unknown task {task!r}")
+            _require(answer, ("answer",), gt_file_answers, i)
+            record = {"video_name": q["video_name"], "Q": q["question"], "A": answer["answer"]}
+            if qid is not None:
+                record["question_id"] = qid
+            records.append(record)
+            identities.append(("qid", str(qid)) if qid is not None else (str(q["video_name"]), str(q["question"])))
+        keys = identity_keys(identities)
+        samples = [{"record": r, "key": k, "index": i} for i, (r, k) in enumerate(zip(records, keys))]
+        files = [{"flag": "--gt_file_question", "path": str(Path(gt_file_question).resolve()), "sha256": q_sha},
+                 {"flag": "--gt_file_answers", "path": str(Path(gt_file_answers).resolve()), "sha256": a_sha}]
+        return samples, files
+    raise UserError(f"unknown --task {task!r}; expected one of {', '.join(TASKS)}")
 
 
-def _read_list(path) -> list[dict]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list")
-    return data
-
-
-def questions_of(task: str, sample: dict) -> dict[str, str]:
+def questions_of(task: str, record: dict) -> dict[str, str]:
     """output key -> question: ``{"pred": Q}`` or, for consistency, ``{"pred1": Q1, "pred2": Q2}``."""
-    return {"pred1": sample["Q1"], "pred2": sample["Q2"]} if task == "consistency" else {"pred": sample["Q"]}
+    return {"pred1": record["Q1"], "pred2": record["Q2"]} if task == "consistency" else {"pred": record["Q"]}
 
 
 def find_source(video_name: str, video_dir: Path | None, features_dir: Path | None) -> tuple[Path | None, list[str]]:
@@ -101,14 +155,78 @@ def find_source(video_name: str, video_dir: Path | None, features_dir: Path | No
     return None, tried
 
 
+# ------------------------------------------------------------------------------------------ files of one output
+class PredictionFiles:
+    """The output, its sidecar (what it was made from), the per-record progress and the error list."""
+
+    def __init__(self, output_dir: Path, output_name: str) -> None:
+        self.output = output_dir / f"{output_name}.json"
+        self.sidecar = output_dir / f"{output_name}.predict.json"
+        self.progress = output_dir / f"{output_name}.progress.jsonl"
+        self.errors = output_dir / f"{output_name}.errors.json"
+
+    def start(self, made_from: dict, overwrite: bool) -> dict[str, dict]:
+        """Check that the existing output was made from the same inputs and settings; returns key -> answered line."""
+        existing = [p for p in (self.output, self.progress) if p.exists()]
+        if overwrite:
+            for path in (self.output, self.progress, self.errors, self.sidecar):
+                path.unlink(missing_ok=True)
+        elif self.sidecar.is_file():
+            try:
+                before = json.loads(self.sidecar.read_text(encoding="utf-8"))["made_from"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                raise UserError(f"{self.sidecar}: unreadable; delete it and {self.output}, or pass --overwrite") from None
+            self._refuse_other_inputs(before, made_from)
+        elif existing:
+            raise UserError(f"{existing[0]} exists but {self.sidecar} (what it was made from) does not; choose another "
+                            f"--output_name, or pass --overwrite to predict again")
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.sidecar, json.dumps({"made_from": made_from}, indent=1, ensure_ascii=False).encode())
+        return self.read_progress()
+
+    def _refuse_other_inputs(self, before: dict, now: dict) -> None:
+        old = {f["flag"]: f for f in before.get("question_files", [])}
+        for f in now["question_files"]:
+            prev = old.get(f["flag"])
+            if prev is None or prev["sha256"] != f["sha256"]:
+                was = f"{prev['path']} (sha256 {prev['sha256'][:12]})" if prev else "other question files"
+                raise UserError(f"{self.output} was made from another question file: {was}, not {f['path']} "
+                                f"(sha256 {f['sha256'][:12]}); choose another --output_name, or pass --overwrite")
+        if before.get("task") != now["task"]:
+            raise UserError(f"{self.output} was made with --task {before.get('task')}, not {now['task']}; choose "
+                            f"another --output_name, or pass --overwrite")
+        changed = [f"{k} {before['settings'].get(k)!r} -> {v!r}" for k, v in now["settings"].items()
+                   if before.get("settings", {}).get(k) != v]
+        if changed:
+            raise UserError(f"{self.output} was made with other settings ({', '.join(changed)}); a resumed run must "
+                            f"use the same ones: rerun with them, choose another --output_name, or pass --overwrite")
+
+    def read_progress(self) -> dict[str, dict]:
+        if not self.progress.is_file():
+            return {}
+        text = self.progress.read_text(encoding="utf-8")
+        complete = text[: text.rfind("\n") + 1]
+        if complete != text:  # a line cut by a kill: that sample is answered again
+            self.progress.write_text(complete, encoding="utf-8")
+        done = {}
+        for number, line in enumerate(complete.splitlines(), start=1):
+            try:
+                entry = json.loads(line)
+                done[entry["key"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{self.progress}: line {number} is not a prediction record; pass --overwrite to "
+                                f"predict again") from None
+        return done
+
+
 # ---------------------------------------------------------------------------------------------------- the job
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="video-chatgpt predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["general", "consistency", "activitynet_qa"], default="general")
-    p.add_argument("--gt_file")
-    p.add_argument("--gt_file_question")
-    p.add_argument("--gt_file_answers")
+    p.add_argument("--task", choices=TASKS, default="general")
+    p.add_argument("--gt_file", help="general / temporal / consistency: the question file")
+    p.add_argument("--gt_file_question", help="QA tasks: the questions (video_name, question, question_id)")
+    p.add_argument("--gt_file_answers", help="QA tasks: the answers (answer, question_id)")
     p.add_argument("--video_dir", type=Path)
     p.add_argument("--features_dir", type=Path, help="precomputed feature files instead of (or before) videos")
     p.add_argument("--output_dir", type=Path, required=True)
@@ -116,65 +234,113 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", "--model_name", dest="model_name", required=True)
     p.add_argument("--projection_path", default=None)
     p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES))
+    p.add_argument("--prompt_ids", choices=PROMPT_IDS, default="ours",
+                   help="'original' reproduces the original inference's prompt ids (2 extra tokens) exactly")
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max_new_tokens", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed of sample k is seed + k")
+    p.add_argument("--seed", type=int, default=0, help="sample i of the question file is sampled with seed + i")
     p.add_argument("--vision_tower", default=None)
     p.add_argument("--num_frames", type=int, default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--save_every", type=int, default=10)
+    p.add_argument("--overwrite", action="store_true", help="discard an existing output of this name and start again")
     return p
 
 
+def made_from(args, question_files: list[dict]) -> dict:
+    """What a prediction file depends on: compared on resume (the paths of the videos are not: they may move)."""
+    return {
+        "task": args.task,
+        "question_files": question_files,
+        "settings": {"model_name": str(Path(args.model_name).resolve()),
+                     "projection_path": str(Path(args.projection_path).resolve()) if args.projection_path else None,
+                     "conv_mode": args.conv_mode, "prompt_ids": args.prompt_ids, "temperature": args.temperature,
+                     "seed": args.seed, "max_new_tokens": args.max_new_tokens, "vision_tower": args.vision_tower,
+                     "num_frames": args.num_frames},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args_or_status(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     if args.video_dir is None and args.features_dir is None:
-        raise SystemExit("give --video_dir or --features_dir")
-    samples = load_samples(args.task, args.gt_file, args.gt_file_question, args.gt_file_answers)
-    out_path = args.output_dir / f"{args.output_name}.json"
-    err_path = args.output_dir / f"{args.output_name}.errors.json"
-    done = {r["key"]: r for r in (_read_list(out_path) if out_path.is_file() else [])}
+        raise UserError("give --video_dir (videos) or --features_dir (precomputed feature files)")
+    for flag, folder in (("--video_dir", args.video_dir), ("--features_dir", args.features_dir)):
+        if folder is not None and not folder.is_dir():
+            raise UserError(f"{flag} {folder}: no such folder")
+    samples, question_files = load_samples(args.task, args.gt_file, args.gt_file_question, args.gt_file_answers)
+    files = PredictionFiles(args.output_dir, args.output_name)
+    done = files.start(made_from(args, question_files), args.overwrite)
     todo = [s for s in samples if s["key"] not in done]
-    print(f"{len(samples)} samples: {len(done)} already predicted in {out_path}, {len(todo)} to do", flush=True)
+    print(f"{len(samples)} samples: {len(done)} already predicted in {files.output}, {len(todo)} to do", flush=True)
 
-    from video_chatgpt.inference.engine import load_engine
-
-    engine = load_engine(args.model_name, args.projection_path, device=args.device, vision_tower=args.vision_tower,
-                         num_frames=args.num_frames, conv_mode=args.conv_mode) if todo else None
     errors = []
-
-    def save() -> None:
-        ordered = [done[s["key"]] for s in samples if s["key"] in done]
-        atomic_write_bytes(out_path, json.dumps(ordered, indent=1, ensure_ascii=False).encode())
-
-    from tqdm import tqdm
-
-    for k, sample in enumerate(tqdm(todo, desc="predict", unit="sample", disable=not todo)):
-        source, tried = find_source(sample["video_name"], args.video_dir, args.features_dir)
-        if source is None:
-            errors.append({"key": sample["key"], "video_name": sample["video_name"], "reason": "video not found",
-                           "tried": tried})
-            continue
-        features = load_features(source) if source.suffix in FEATURE_SUFFIXES else engine.video_features(source)
-        record = {key: value for key, value in sample.items() if key != "key"}
-        for out_key, question in questions_of(args.task, sample).items():
-            record[out_key] = engine.answer(question, features, temperature=args.temperature,
-                                            max_new_tokens=args.max_new_tokens, seed=args.seed + k)
-        done[sample["key"]] = {**record, "key": sample["key"]}
-        if (k + 1) % args.save_every == 0:
-            save()
-    save()
+    if todo:
+        errors = predict(args, todo, files)
+        done = files.read_progress()
+    ordered = [done[s["key"]]["record"] for s in samples if s["key"] in done]
+    atomic_write_bytes(files.output, json.dumps(ordered, indent=1, ensure_ascii=False).encode())
+    missing_keys = {s["key"] for s in samples if s["key"] not in done}
+    errors = [e for e in errors if e["key"] in missing_keys]
     if errors:
-        atomic_write_bytes(err_path, json.dumps(errors, indent=1).encode())
-        print(f"{len(errors)} samples have no video (listed in {err_path}):", file=sys.stderr)
+        atomic_write_bytes(files.errors, json.dumps(errors, indent=1, ensure_ascii=False).encode())
+        print(f"{len(errors)} samples have no readable video (listed in {files.errors}):", file=sys.stderr)
         for e in errors[:10]:
-            print(f"  {e['video_name']}: tried {', '.join(e['tried'])}", file=sys.stderr)
+            print(f"  {e['video_name']}: {e['reason']}; tried {', '.join(e['tried'])}", file=sys.stderr)
+        print(f"wrote {len(ordered)} predictions to {files.output}; rerun the same command to add the missing ones",
+              file=sys.stderr)
         return 1
-    err_path.unlink(missing_ok=True)
-    print(f"wrote {len(done)} predictions to {out_path}")
+    files.errors.unlink(missing_ok=True)
+    print(f"wrote {len(ordered)} predictions to {files.output}")
     return 0
 
 
-if __name__ == "__main__":
+def predict(args, todo: list[dict], files: PredictionFiles) -> list[dict]:
+    """Answer ``todo``, appending each answered record to the progress file; returns the samples without a video."""
+    import torch
+    from tqdm import tqdm
+
+    from video_chatgpt.features.decode import VideoDecodeError
+    from video_chatgpt.inference.chat import check_model_inputs, expected_video_tokens
+    from video_chatgpt.inference.engine import load_engine
+
+    check_model_inputs(args.model_name, args.projection_path)  # one line for a missing/broken base or projector
     torch.set_grad_enabled(False)
-    sys.exit(main())
+    engine = load_engine(args.model_name, args.projection_path, device=args.device, vision_tower=args.vision_tower,
+                         num_frames=args.num_frames, conv_mode=args.conv_mode, prompt_ids=args.prompt_ids)
+    rows, rows_source = expected_video_tokens(engine)
+    width = engine.model.config.mm_hidden_size
+    errors = []
+    with open(files.progress, "a", encoding="utf-8") as progress:
+        for sample in tqdm(todo, desc="predict", unit="sample"):
+            record = sample["record"]
+            source, tried = find_source(str(record["video_name"]), args.video_dir, args.features_dir)
+            error = {"key": sample["key"], "video_name": record["video_name"], "tried": tried}
+            if source is None:
+                errors.append({**error, "reason": "video not found"})
+                continue
+            try:
+                if source.suffix in FEATURE_SUFFIXES:
+                    features = load_features(source, expected_width=width)
+                else:
+                    features = engine.video_features(source)
+            except (VideoDecodeError, FeatureFileError) as exc:
+                errors.append({**error, "reason": f"unreadable: {exc}"})
+                continue
+            if rows is not None and features.shape[0] != rows:
+                raise UserError(f"{source}: {features.shape[0]} feature rows, but the model takes {rows} video tokens "
+                                f"({rows_source}); extract the features with the model's vision tower and --num_frames")
+            answered = dict(record)
+            for out_key, question in questions_of(args.task, record).items():
+                answered[out_key] = engine.answer(question, features, temperature=args.temperature,
+                                                  max_new_tokens=args.max_new_tokens, seed=args.seed + sample["index"])
+            progress.write(json.dumps({"key": sample["key"], "index": sample["index"], "record": answered},
+                                      ensure_ascii=False) + "\n")
+            progress.flush()
+    return errors
+
+
+if __name__ == "__main__":
+    from video_chatgpt.errors import run_main
+
+    sys.exit(run_main(main, None, "video-chatgpt predict"))

@@ -27,11 +27,12 @@ What is reported, and whether training would fail on it (``fatal``) or only lear
 How feature files are checked. First every file the data names is checked from its *header*, without reading its
 data (``features.store.read_feature_header``: ``.npy`` header / restricted unpickler with the data seeked over,
 every length bounded by the file size, so a forged tiny pickle cannot allocate gigabytes). Then the values are
-read for NaN/inf: every file with ``deep=True`` (what ``data check`` does unless ``--quick``), else a spread-out
-sample of ``sample_size`` files. One NaN in one file is enough to make every projector weight NaN, so the command
-reads them all by default: 800 files of 356 x 1024 fp16 took 0.4 s here (2 threads, page cache warm), i.e. ~7 s
-for the 13K files of VideoInstruct-100K (9.5 GB) when cached and disk-bound otherwise (~20 s local SSD, minutes on a
-network file system). ``--quick`` reads 16 and says so in its output.
+read for NaN/inf: every file with ``deep=True`` (what ``data check`` does unless ``--quick``; one pass that loads
+each file, its header parsed on the way), else a spread-out sample of ``sample_size`` files. One NaN in one file is
+enough to make every projector weight NaN, so the command reads them all by default. Measured on 13,000 cached
+files of 356 x 1024 fp16 (VideoInstruct-100K's count; 9.5 GB), 2 threads: 10.4 CPU-s (36 s wall on this shared
+2-core machine at load 6.7) against 5.8 CPU-s (14 s wall) for ``--quick``; uncached it is bound by the disk (9.5 GB:
+~20 s on a local SSD, minutes on a network file system). ``--quick`` reads 16 and says so in its output.
 Token lengths use ``render_sample`` with the training template, i.e. the very ids the trainer builds; records are
 rendered in ``num_workers`` threads (SentencePiece releases the GIL while encoding).
 """
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pickle
 import time
@@ -112,10 +114,11 @@ class Problem:
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """Shape and dtype of a feature file, from its header or a full load."""
+    """Shape and dtype of a feature file, from its header or a full load (then also its NaN/inf count)."""
 
     shape: tuple[int, ...]
     dtype: str
+    non_finite: int | None = None  # None: the values were not read
 
 
 @dataclass
@@ -363,12 +366,11 @@ def read_feature_header(path: str | Path) -> FeatureInfo:
 
 
 def _load_values(path: Path) -> FeatureInfo:
-    """Full, safe load with ``load_features``; raises ``_NonFinite`` for NaN/inf values (a ``non_finite`` problem)."""
+    """Full, safe load with ``load_features`` (the same bounded opcode scan as the header check comes first, so a
+    forged length cannot allocate more than the file holds); counts the NaN/inf values."""
     array = load_features(path)
-    if not _all_finite(array):
-        bad = int(array.size - np.isfinite(array).sum())
-        raise _NonFinite(f"{bad} of {array.size} values are NaN or inf")
-    return FeatureInfo(tuple(array.shape), str(array.dtype))
+    bad = 0 if _all_finite(array) else int(array.size - np.isfinite(array).sum())
+    return FeatureInfo(tuple(array.shape), str(array.dtype), non_finite=bad)
 
 
 def _all_finite(array: np.ndarray) -> bool:
@@ -378,10 +380,6 @@ def _all_finite(array: np.ndarray) -> bool:
         exponent = np.uint16(0x7C00)
         return bool(((array.view(np.uint16) & exponent) != exponent).all())
     return array.dtype.kind != "f" or bool(np.isfinite(array).all())
-
-
-class _NonFinite(ValueError):
-    """A feature file that loads but holds NaN or inf (training on it gives a NaN loss)."""
 
 
 def _run_chunked(fn: Callable, items: Sequence, chunk: int, pool: ThreadPoolExecutor | None) -> list:
@@ -401,7 +399,7 @@ def _check_files(names: list[str], folder: Path, loader: Callable, pool) -> list
     def one(name: str):
         try:
             return name, loader(folder / name)
-        except (FileNotFoundError, FeatureFileError, _NonFinite) as exc:
+        except (FileNotFoundError, FeatureFileError) as exc:
             return name, exc
         except _PARSE_ERRORS as exc:  # load_features lets a few through (e.g. MemoryError on a huge length)
             return name, FeatureFileError(f"{folder / name}: cannot be read ({type(exc).__name__}: {exc})")
@@ -554,14 +552,15 @@ def _check_features(report, checks, folder, expected, deep, sample_size, pool, l
     report.problems.get("missing_feature", []).sort(key=lambda p: p.index)
     lap("index_folder")
 
+    # deep: one pass that loads every file (its header is parsed on the way); else headers, then a sample.
     infos: dict[str, FeatureInfo] = {}
-    for name, res in _check_files(present, folder, read_feature_header, pool):
+    for name, res in _check_files(present, folder, _load_values if deep else read_feature_header, pool):
         if isinstance(res, FeatureInfo):
             infos[name] = res
         else:
             report.add([Problem("unreadable_feature", str(res), file=name)])
     report.num_headers_checked = len(present)
-    lap("headers")
+    lap("loads" if deep else "headers")
 
     if infos:
         shape_counts = Counter(info.shape for info in infos.values())
@@ -578,14 +577,18 @@ def _check_features(report, checks, folder, expected, deep, sample_size, pool, l
             if info.dtype != want_dtype:
                 report.add([Problem("wrong_dtype", f"has dtype {info.dtype}, expected {want_dtype}", file=name)])
 
-    to_load = sorted(infos) if deep else _spread(sorted(infos), sample_size)
-    for name, res in _check_files(to_load, folder, _load_values, pool):
-        if isinstance(res, _NonFinite):
-            report.add([Problem("non_finite", str(res), file=name)])
-        elif not isinstance(res, FeatureInfo):  # the header passed but the data does not load
+    if deep:
+        loaded = list(infos.items())
+    else:
+        loaded = _check_files(_spread(sorted(infos), sample_size), folder, _load_values, pool)
+        lap("loads")
+    for name, res in loaded:
+        if not isinstance(res, FeatureInfo):  # the header passed but the data does not load
             report.add([Problem("unreadable_feature", str(res), file=name)])
-    report.num_files_loaded = len(to_load)
-    lap("loads")
+        elif res.non_finite:
+            total = math.prod(res.shape)
+            report.add([Problem("non_finite", f"{res.non_finite} of {total} values are NaN or inf", file=name)])
+    report.num_files_loaded = len(loaded)
 
 
 def _check_lengths(report, records, renderable, tokenizer_path, max_length, rows, use_vid_start_end, pool) -> None:

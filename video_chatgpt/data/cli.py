@@ -10,7 +10,7 @@ Run::
     video-chatgpt data inspect ...           # see video_chatgpt.data.inspect
 
 Every feature file's header is checked, and by default every file's values too (one NaN in one file makes every
-projector weight NaN; ~7 s for 13K cached files, see ``video_chatgpt.data.check``); ``--quick`` reads a sample and
+projector weight NaN; 10 CPU-s for 13K cached files, see ``video_chatgpt.data.check``); ``--quick`` reads a sample and
 says so. With ``--model_name_or_path`` the model's ``config.json`` gives the feature width (``mm_hidden_size``) and
 the vision tower (``mm_vision_tower``) that the feature folder's manifest is checked against.
 

@@ -106,6 +106,24 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     ddp_find_unused_parameters: bool | None = field(default=False)
     ddp_broadcast_buffers: bool | None = field(default=False)
+    # LoRA / QLoRA on the language model (issue 14), in LLaVA's flag names; see video_chatgpt/train/lora.py.
+    lora_enable: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM (and the projector)"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={"help": "comma-separated linear layer names of the LLM (e.g. q_proj,v_proj); default: all of "
+                          "its linear layers (never lm_head, the projector or the vision side)"},
+    )
+    lora_weight_path: str = field(default="", metadata={"help": "accepted as in LLaVA; unused"})
+    lora_bias: str = field(default="none", metadata={"help": "none (the only supported value)"})
+    mm_projector_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
+    )
+    bits: int = field(default=16, metadata={"help": "16 (no quantisation), 8 or 4 (QLoRA; bitsandbytes, CUDA only)"})
+    double_quant: bool = field(default=True, metadata={"help": "4-bit: quantise the quantisation constants too"})
+    quant_type: str = field(default="nf4", metadata={"help": "4-bit: nf4 or fp4"})
 
     def __post_init__(self):
         if self.evaluation_strategy is not None:

@@ -1,0 +1,244 @@
+"""LoRA / QLoRA on the language model of the video model, with peft (no LoRA layer is written here).
+
+    python video_chatgpt/train/train_mem.py --model_name_or_path LLaVA-7B-Lightening-v1-1 ... --bf16 True \\
+        --lora_enable True --lora_r 64 --lora_alpha 16 --lora_dropout 0.05 --mm_projector_lr 2e-5 \\
+        --gradient_checkpointing True                                  # LoRA on every linear layer of the LLM
+    ... --lora_enable True --bits 4 --double_quant True --quant_type nf4    # QLoRA (bitsandbytes, CUDA only)
+
+* Targets (``--lora_target_modules``, LLaVA's flag): by default every ``nn.Linear`` of the language model
+  (q/k/v/o and gate/up/down for LLaMA, Mistral, Qwen2), never ``lm_head``, the video projector or the vision side.
+  The adapter goes on the causal LM itself: ``VideoChatGPTForCausalLM`` (the document's base, a LLaMA causal LM)
+  or ``VideoLanguageModel.language_model`` (any other base), so module names are the causal LM's own and the
+  saved adapter loads onto the base with plain ``peft.PeftModel.from_pretrained`` too.
+* What trains: the LoRA A/B matrices, the projector and, with ``--mm_use_vid_start_end``, the two token rows
+  (``--freeze_mm_mlp_adapter`` keeps the projector frozen); the base weights stay bit-identical.
+  ``--mm_projector_lr`` gives the projector its own learning rate (``projector_parameter_groups``).
+* Saved beside ``mm_projector.bin``: ``adapter_model.safetensors`` + ``adapter_config.json`` (peft's format and
+  names). ``checkpoint-N`` also keeps ``trainable.safetensors`` (adapter + projector + rows) and the optimizer, from
+  which a run resumes.
+* ``--bits 4|8``: the base's decoder linears are quantised by bitsandbytes at load time; on a machine without
+  CUDA or without bitsandbytes the run stops with one line before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from video_chatgpt.errors import UserError
+
+ADAPTER_NAME = "default"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+# Modules LoRA never wraps: the output layer and the video projector (the vision tower is not in the model).
+EXCLUDED = ("lm_head", "mm_projector")
+BITS = (4, 8, 16)
+QUANT_TYPES = ("nf4", "fp4")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: tuple[str, ...] | None = None  # leaf names (q_proj, ...); None: every linear layer of the LLM
+    bits: int = 16
+    double_quant: bool = True
+    quant_type: str = "nf4"
+
+    @classmethod
+    def from_training_args(cls, args) -> "LoraSettings":
+        targets = None
+        if args.lora_target_modules:
+            targets = tuple(t.strip() for t in args.lora_target_modules.split(",") if t.strip()) or None
+        return cls(args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.bits, args.double_quant,
+                   args.quant_type)
+
+
+def check_flags(args) -> None:
+    """The LoRA / bits flags of ``TrainingArguments``, checked before anything is loaded (``ValueError``)."""
+    if args.bits not in BITS:
+        raise ValueError(f"--bits {args.bits}: expected 4, 8 or 16")
+    if args.bits != 16 and not args.lora_enable:
+        raise ValueError(f"--bits {args.bits} quantises the base, which then cannot train: add --lora_enable True")
+    if args.quant_type not in QUANT_TYPES:
+        raise ValueError(f"--quant_type {args.quant_type!r}: expected nf4 or fp4")
+    if args.lora_bias != "none":
+        raise ValueError(f"--lora_bias {args.lora_bias!r}: only 'none' is supported")
+    if args.lora_enable and (args.lora_r < 1 or not 0 <= args.lora_dropout < 1):
+        raise ValueError(f"--lora_r {args.lora_r} / --lora_dropout {args.lora_dropout}: need r >= 1, 0 <= dropout < 1")
+    if args.lora_enable and importlib.util.find_spec("peft") is None:
+        raise UserError("--lora_enable needs the PyPI package 'peft': pip install 'video-chatgpt[lora]'")
+
+
+def check_quantisation_available(bits: int) -> None:
+    """``--bits 4|8`` needs a CUDA GPU and bitsandbytes: say so in one line, before the base is loaded."""
+    if bits == 16:
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"--bits {bits} (QLoRA) quantises the base with bitsandbytes, which needs a CUDA GPU; none "
+                        f"is available here: train with --bits 16 (plain LoRA) or on a GPU machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"--bits {bits} needs the PyPI package 'bitsandbytes': pip install 'video-chatgpt[qlora]'")
+
+
+def quantisation_config(settings: LoraSettings, compute_dtype: torch.dtype):
+    """The ``BitsAndBytesConfig`` for ``from_pretrained(quantization_config=...)`` (None for 16 bits). The
+    projector and ``lm_head`` stay unquantised."""
+    if settings.bits == 16:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=settings.bits == 4, load_in_8bit=settings.bits == 8,
+        llm_int8_skip_modules=list(EXCLUDED), bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=settings.double_quant, bnb_4bit_quant_type=settings.quant_type,
+    )
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    """The causal LM that carries the adapter: ``VideoLanguageModel.language_model``, or the model itself."""
+    return getattr(model, "language_model", model)
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Leaf names of the LLM's linear layers that LoRA may wrap (``lm_head`` and the projector excluded)."""
+    from peft.tuners.lora import LoraLayer
+
+    lm = language_model(model)
+    names = []
+    for name, module in lm.named_modules():
+        if any(part in EXCLUDED for part in name.split(".")) or not name:
+            continue
+        is_linear = isinstance(module, nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+        if is_linear and not isinstance(module, LoraLayer) and ".lora_" not in name:
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf not in names:
+                names.append(leaf)
+    return names
+
+
+def target_pattern(leaves: list[str]) -> str:
+    """A full-name regex (peft ``fullmatch``) for those leaves anywhere in the LLM, never under an excluded module."""
+    excluded = "|".join(re.escape(e) for e in EXCLUDED)
+    return rf"^(?!(?:.*\.)?(?:{excluded})(?:\.|$))(?:.*\.)?(?:{'|'.join(re.escape(x) for x in leaves)})$"
+
+
+def add_lora(model: nn.Module, settings: LoraSettings):
+    """Wrap the LLM's linear layers with peft LoRA adapters (fp32, trainable); keep what already trained trainable.
+
+    Returns the ``LoraConfig``. The base weights are not changed (peft's B starts at zero).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    available = linear_names(model)
+    targets = list(settings.targets or available)
+    unknown = [t for t in targets if t not in available]
+    if unknown:
+        raise UserError(f"--lora_target_modules {','.join(unknown)}: not linear layers of this language model; "
+                        f"its linear layers are {','.join(available)}")
+    trainable_before = [p for p in model.parameters() if p.requires_grad]
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=target_pattern(targets), bias="none", task_type="CAUSAL_LM")
+    lm = language_model(model)
+    inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
+    for p in trainable_before:  # peft marks only the adapters trainable: the projector and rows train too
+        p.requires_grad_(True)
+    for name, p in lm.named_parameters():
+        if ".lora_" in name:
+            p.requires_grad_(True)
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+    config.base_model_name_or_path = getattr(lm.config, "_name_or_path", None) or None
+    return config
+
+
+def lora_parameter_names(model: nn.Module) -> list[str]:
+    return [n for n, _ in model.named_parameters() if ".lora_" in n]
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(".lora_" in n for n, _ in model.named_parameters())
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """peft's adapter tensors, named as ``PeftModel.save_pretrained`` names them (``base_model.model.<path>``)."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(language_model(model), adapter_name=ADAPTER_NAME)
+    return {f"base_model.model.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
+def save_adapter(model: nn.Module, folder: str | Path) -> None:
+    """``adapter_model.safetensors`` + ``adapter_config.json`` into ``folder`` (each written atomically)."""
+    from safetensors.torch import save_file
+
+    from video_chatgpt.train.atomic import write_atomically, write_text_atomically
+
+    lm = language_model(model)
+    config = lm.peft_config[ADAPTER_NAME]
+    state = adapter_state_dict(model)
+    write_atomically(Path(folder, ADAPTER_WEIGHTS_FILE),
+                     lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    write_text_atomically(Path(folder, ADAPTER_CONFIG_FILE), json.dumps(config.to_dict(), indent=2, default=str))
+
+
+def load_adapter(model: nn.Module, folder: str | Path) -> None:
+    """Add the adapter saved in ``folder`` (``save_adapter``'s or peft's files) to ``model``'s LLM, for inference."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights, cfg = folder / ADAPTER_WEIGHTS_FILE, folder / ADAPTER_CONFIG_FILE
+    if not weights.is_file() or not cfg.is_file():
+        raise UserError(f"{folder}: no {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE}; name a LoRA run folder")
+    config = LoraConfig.from_pretrained(str(folder))
+    config.inference_mode = True
+    lm = language_model(model)
+    inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
+    state = {k.removeprefix("base_model.model."): v for k, v in load_file(str(weights)).items()}
+    result = set_peft_model_state_dict(lm, state, adapter_name=ADAPTER_NAME)
+    missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k]
+    if missing:
+        raise UserError(f"{weights}: adapter tensors missing for {missing[:3]}; the adapter belongs to another base")
+    lm.to(next(lm.parameters()).device)
+
+
+def merge_adapter(model: nn.Module) -> None:
+    """Fold the adapter into the base weights (W + scale * B A) and remove the LoRA layers, in place."""
+    from peft.tuners.lora import LoraLayer
+
+    lm = language_model(model)
+    for name, module in list(lm.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(safe_merge=True)
+            parent_name, _, leaf = name.rpartition(".")
+            parent = lm.get_submodule(parent_name) if parent_name else lm
+            setattr(parent, leaf, module.get_base_layer())
+    if hasattr(lm, "peft_config"):
+        del lm.peft_config
+
+
+def projector_parameter_groups(model: nn.Module, lr: float, projector_lr: float | None, weight_decay: float):
+    """Optimizer groups: the projector (and token rows) at ``projector_lr``; everything else trainable at ``lr``.
+    Decay as the Trainer's default: none on biases and norms."""
+    if projector_lr is None:
+        return None
+    groups = {("proj", True): [], ("proj", False): [], ("rest", True): [], ("rest", False): []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        kind = "proj" if ("mm_projector" in name or "video_token_embeds" in name) else "rest"
+        decay = not (name.endswith(".bias") or "norm" in name)
+        groups[(kind, decay)].append(p)
+    return [
+        {"params": params, "lr": projector_lr if kind == "proj" else lr,
+         "weight_decay": weight_decay if decay else 0.0}
+        for (kind, decay), params in groups.items() if params
+    ]

@@ -12,6 +12,7 @@ is printed. Read-only and full file systems are real: a tmpfs mounted in a priva
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import shutil
@@ -434,3 +435,19 @@ def test_ctrl_c_is_one_line_and_exit_130(world, tmp_path):
             os.close(writer)
     assert proc.returncode == 130, err
     assert err.strip() == "video-chatgpt data: interrupted" and out == "", err
+
+
+def test_disk_full_while_applying_the_delta_leaves_no_partial_folder(world, tmp_path):
+    """The free-space check passes (the tmpfs holds the tensors' bytes), then the shard headers, the index and the
+    4 KB page of each file do not fit: ENOSPC in the middle of writing. One line, and the tmpfs is left empty."""
+    from video_chatgpt.weights.checkpoint import find_checkpoint, read_tensor_infos
+    from video_chatgpt.weights.delta import SIDE_FILES
+
+    infos = read_tensor_infos(find_checkpoint(world["delta"]))
+    tensor_bytes = sum(math.prod(i.shape) * 2 for i in infos.values())  # fp16 output
+    side = sum((world["delta"] / n).stat().st_size for n in SIDE_FILES if (world["delta"] / n).is_file())
+    disk = tmp_path / "disk"
+    status, err, left = _in_small_filesystem(disk, f"size={tensor_bytes + side + 4096}",
+                                             DELTA(world, world["base"], disk / "target") + ["--max-shard-size", "300KB"])
+    assert status == 1 and "no space left on the device" in err and "Traceback" not in err, err
+    assert left == []

@@ -209,12 +209,15 @@ CASES: dict[str, Case] = {
         lambda w, t: MAKE(w, w["base"], w["llava"], w["llava"]) + ["--overwrite"], 1, ("overlaps",),
         unchanged("llava")),
     # ---- check-weights
-    "check-weights: missing folder": Case(lambda w, t: s("check-weights", t / "nope"), 1, ("does not exist",), report=True),
+    "check-weights: missing folder": Case(lambda w, t: s("check-weights", t / "nope"), 1, ("does not exist",),
+                                          report=True),
     "check-weights: a file": Case(lambda w, t: s("check-weights", w["a_file"]), 1, ("is a file",), report=True),
     "check-weights: shard is an LFS pointer": Case(
-        lambda w, t: s("check-weights", w["llava_lfs_shard"], "--no-vision-tower"), 1, ("Git LFS pointer",), report=True),
+        lambda w, t: s("check-weights", w["llava_lfs_shard"], "--no-vision-tower"), 1, ("Git LFS pointer",),
+        report=True),
     "check-weights: no tokenizer": Case(
-        lambda w, t: s("check-weights", w["llava_no_tokenizer"], "--no-vision-tower"), 1, ("no tokenizer",), report=True),
+        lambda w, t: s("check-weights", w["llava_no_tokenizer"], "--no-vision-tower"), 1, ("no tokenizer",),
+        report=True),
     # ---- convert
     "convert: output is the input": Case(
         lambda w, t: s("convert", "--input_json_file", w["instructions"], "--output_json_file", w["instructions"]),
@@ -447,7 +450,7 @@ def test_disk_full_while_applying_the_delta_leaves_no_partial_folder(world, tmp_
     tensor_bytes = sum(math.prod(i.shape) * 2 for i in infos.values())  # fp16 output
     side = sum((world["delta"] / n).stat().st_size for n in SIDE_FILES if (world["delta"] / n).is_file())
     disk = tmp_path / "disk"
-    status, err, left = _in_small_filesystem(disk, f"size={tensor_bytes + side + 4096}",
-                                             DELTA(world, world["base"], disk / "target") + ["--max-shard-size", "300KB"])
+    argv = DELTA(world, world["base"], disk / "target") + ["--max-shard-size", "300KB"]
+    status, err, left = _in_small_filesystem(disk, f"size={tensor_bytes + side + 4096}", argv)
     assert status == 1 and "no space left on the device" in err and "Traceback" not in err, err
     assert left == []

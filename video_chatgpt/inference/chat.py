@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--video_path", help="video file; features are computed on the fly")
     src.add_argument("--features_path", help="a precomputed feature file (.pkl/.npy) instead of a video")
     p.add_argument("--question", default=None, help="one question; without it, questions are read from stdin")
-    p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES))
+    p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1",
+                   choices=sorted(TEMPLATES))
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max_new_tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=None)

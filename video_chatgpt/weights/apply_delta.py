@@ -112,7 +112,8 @@ def run_cli(argv: list[str] | None, parser: argparse.ArgumentParser, func) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``video-chatgpt apply-delta`` (raises ``UserError``; the console command and the script wrap it in ``run_main``)."""
+    """``video-chatgpt apply-delta`` (raises ``UserError``; the console command and the script wrap it in
+    ``run_main``)."""
     return run_cli(argv, build_parser(), apply_delta)
 
 

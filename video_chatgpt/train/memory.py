@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import logging
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -469,8 +470,25 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
 
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PlanArguments))
     parser.prog = "video-chatgpt plan-memory"
-    model_args, _data, targs, plan_args = parser.parse_args_into_dataclasses(args=argv)
+    # TrainingArguments warns about this machine (no CUDA: CPU training, bf16 -> fp32); the plan is for the device.
+    quiet = logging.getLogger("video_chatgpt.train.arguments")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model_args, _data, targs, plan_args, rest = parser.parse_args_into_dataclasses(
+                args=argv, return_remaining_strings=True)
+    except ValueError as exc:  # a TrainingArguments check (e.g. --warmup_ratio out of range)
+        raise UserError(str(exc)) from exc
+    finally:
+        quiet.setLevel(level)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")  # exit status 2, as argparse
     shape = ModelShape.from_folder(model_args.model_name_or_path)
+    raw = json.loads(Path(model_args.model_name_or_path, "config.json").read_text(encoding="utf-8"))
+    if raw.get("video_patch_token_id") is None:  # a base: training adds <vid_patch> (+ <vid_start>, <vid_end>)
+        shape = replace(shape, vocab=shape.vocab + 1 + (2 if model_args.mm_use_vid_start_end else 0))
     if model_args.mm_projector_type:
         shape = replace(shape, projector_type=model_args.mm_projector_type)
     video = _video_tokens(shape, model_args.model_name_or_path, plan_args.video_tokens, model_args.vision_tower)

@@ -454,3 +454,11 @@ def test_disk_full_while_applying_the_delta_leaves_no_partial_folder(world, tmp_
     status, err, left = _in_small_filesystem(disk, f"size={tensor_bytes + side + 4096}", argv)
     assert status == 1 and "no space left on the device" in err and "Traceback" not in err, err
     assert left == []
+
+
+def test_report_on_a_read_only_run_folder(world, tmp_path):
+    disk = tmp_path / "run"
+    prepare = f"echo '{json.dumps({'notes': []})}' > \"$dir/run_info.json\" && mount -o remount,ro \"$dir\""
+    status, err, left = _in_small_filesystem(disk, "size=1m", s("report", disk), prepare)
+    assert status == 1 and "read-only file system" in err and "Traceback" not in err, err
+    assert left == ["run_info.json"]

@@ -27,6 +27,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -118,6 +119,8 @@ def rule_judgement(user_prompt: str) -> str:
 
 class _JudgeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    delay = 0.0  # seconds before each reply (a remote judge's latency, for benchmarks); set per server
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
     def log_message(self, *args):  # one line per request is noise for a judge serving thousands
         pass
@@ -143,6 +146,8 @@ class _JudgeHandler(BaseHTTPRequestHandler):
             user = next(m["content"] for m in body["messages"] if m["role"] == "user")
         except (ValueError, KeyError, TypeError, StopIteration):
             return self._send(400, {"error": {"message": "expected a chat-completions body with a user message"}})
+        if self.delay:
+            time.sleep(self.delay)
         self._send(200, {
             "id": "chatcmpl-sample", "object": "chat.completion", "created": 0, "model": JUDGE_MODEL,
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -151,9 +156,11 @@ class _JudgeHandler(BaseHTTPRequestHandler):
         })
 
 
-def make_judge_server(host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """The rule-based judge as an HTTP server (not started: call ``serve_forever``); port 0 picks a free one."""
-    server = ThreadingHTTPServer((host, port), _JudgeHandler)
+def make_judge_server(host: str = "127.0.0.1", port: int = 0, delay: float = 0.0) -> ThreadingHTTPServer:
+    """The rule-based judge as an HTTP server (not started: call ``serve_forever``); port 0 picks a free one;
+    ``delay`` seconds before each reply."""
+    handler = type("JudgeHandler", (_JudgeHandler,), {"delay": delay})
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
 
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="benchmark: the sample world folder")
     p.add_argument("--host", default="127.0.0.1", help="judge-server: address to listen on")
     p.add_argument("--port", type=int, default=8765, help="judge-server: port (0: any free one)")
+    p.add_argument("--delay", type=float, default=0.0, help="judge-server: seconds before each reply (latency)")
     args = p.parse_args(argv)
     if args.what == "benchmark":
         if not args.out:
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for role, path in make_sample_benchmark(args.out).items():
             print(f"{role}: {path}")
         return 0
-    server = make_judge_server(args.host, args.port)
+    server = make_judge_server(args.host, args.port, args.delay)
     host, port = server.server_address[:2]
     print(f"sample rule-based judge (a test stand-in, not an LLM) on http://{host}:{port}/v1 as model "
           f"{JUDGE_MODEL!r}; Ctrl-C stops it", flush=True)

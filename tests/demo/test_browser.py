@@ -73,7 +73,13 @@ def messages(driver) -> list[tuple[str, str]]:
 
 
 def upload(driver, path):
-    driver.find_element("css selector", "#demo-video input[type='file']").send_keys(str(path))
+    """Upload as a user does: remove the shown video with the player's clear button (x) first, if there is one."""
+    shown = driver.find_elements("css selector", "#demo-video button[aria-label='Clear']")
+    if shown:
+        shown[0].click()
+    field = wait_for(driver, lambda d: d.find_elements("css selector", "#demo-video input[type='file']"),
+                     "the video upload field")
+    field[0].send_keys(str(path))
 
 
 def ask(driver, question: str):

@@ -272,8 +272,13 @@ class DemoBackend:
     def prompt_ids(self, turns: tuple[tuple[str, str], ...], question: str, num_video_tokens: int) -> list[int]:
         engine = self.engine
         records = conversation_records(turns, question)
-        return render_sample(records, engine.encoder, engine.video_ids, num_video_tokens,
-                             template=engine.conv_mode).input_ids
+        ids = render_sample(records, engine.encoder, engine.video_ids, num_video_tokens,
+                            template=engine.conv_mode).input_ids
+        if engine.prompt_ids_style == "original":  # as Engine.prompt_ids: the original inference's two extra tokens
+            from video_chatgpt.inference.engine import original_inference_ids
+
+            ids = original_inference_ids(ids, engine.encoder, engine.video_ids)
+        return ids
 
     def ask(self, question: str, state: Conversation, temperature: float, max_new_tokens: float
             ) -> Iterator[tuple[list, str, str, Conversation]]:
@@ -424,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_frames", type=int, default=None, help="frames sampled per video (default 100)")
     p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1",
                    choices=sorted(TEMPLATES))
+    p.add_argument("--prompt_ids", default="ours", choices=["ours", "original"],
+                   help="original: the original inference's prompt ids (2 tokens longer), as chat --prompt_ids")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -457,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = load_engine(args.model_name, args.projection_path, device=args.device,
                          dtype=getattr(torch, args.dtype) if args.dtype else None,
-                         vision_tower=args.vision_tower, num_frames=args.num_frames, conv_mode=args.conv_mode)
+                         vision_tower=args.vision_tower, num_frames=args.num_frames, conv_mode=args.conv_mode,
+                         prompt_ids=args.prompt_ids)
     tower = engine.extractor  # built now, so a bad tower stops the start, not the first upload
     backend = DemoBackend(engine, args.max_video_seconds, examples)
     title = (f"Model `{args.model_name}`, tower `{engine.vision_tower}` ({tower.num_tokens} video tokens per video), "

@@ -1,0 +1,72 @@
+"""The demo's handlers in-process (no server): the multi-turn prompt, the streamed answer, early stop, the length
+limit and the conversation state."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from tests.demo.conftest import MAX_NEW_TOKENS, QUESTION
+
+
+@pytest.fixture(scope="module")
+def backend(demo_model, tiny_clip):
+    from video_chatgpt.inference.demo import DemoBackend
+    from video_chatgpt.inference.engine import load_engine
+
+    return DemoBackend(load_engine(demo_model, None, device="cpu", vision_tower=str(tiny_clip)), max_video_seconds=10)
+
+
+@pytest.fixture(scope="module")
+def features(backend, demo_inputs) -> np.ndarray:
+    return backend.engine.video_features(demo_inputs["video"])
+
+
+def test_second_turn_is_rendered_after_the_first_as_the_original_demo(backend):
+    """Original (video_demo.py / chat.py): ``q1 + "\\n<video>"`` in turn 1, ``{system} USER: q1 <span> ASSISTANT: a1</s>
+    USER: q2 ASSISTANT:`` with ``</s>`` a special token: the turn-2 prompt is the turn-1 prompt, the answer, EOS, then
+    the next question with the template's roles; one video span, in turn 1."""
+    engine = backend.engine
+    q1, a1, q2 = QUESTION, "The object is red.", "Which way does it move?"
+    first = backend.prompt_ids((), q1, 7)
+    second = backend.prompt_ids(((q1, a1),), q2, 7)
+    assert first == engine.prompt_ids(q1, 7)  # turn 1 is exactly what `video-chatgpt chat` renders
+    assert second[: len(first)] == first
+    tail = engine.encoder.encode(a1) + [engine.tokenizer.eos_token_id] + engine.encoder.encode(f"USER: {q2} ASSISTANT:")
+    assert second[len(first):] == tail
+    assert second.count(engine.video_ids.patch) == 7 and second.count(engine.video_ids.start) == 1
+
+
+def test_streamed_answer_grows_and_ends_with_the_engines_answer(backend, features):
+    ids = backend.prompt_ids((), QUESTION, features.shape[0])
+    values = list(backend.stream_answer(ids, features, temperature=0, max_new_tokens=MAX_NEW_TOKENS))
+    expected = backend.engine.answer(QUESTION, features, temperature=0, max_new_tokens=MAX_NEW_TOKENS)
+    assert values[-1] == expected and expected
+    assert len(set(values)) >= 2  # token by token, not one block
+    assert all(expected.startswith(v) for v in values)
+
+
+def test_closing_the_stream_stops_generation(backend, features):
+    ids = backend.prompt_ids((), QUESTION, features.shape[0])
+    stream = backend.stream_answer(ids, features, temperature=1.0, max_new_tokens=1000)
+    next(stream)
+    stream.close()  # what gradio does when the page goes away or "Clear chat" cancels the request
+    assert not [t for t in threading.enumerate() if t.name == "demo-generate"]
+
+
+def test_ask_keeps_turns_and_refuses_a_conversation_longer_than_the_model(backend, features, monkeypatch):
+    from video_chatgpt.inference.demo import Conversation
+
+    state = Conversation(video="v.mp4", features=features, status="ok")
+    *_, (messages, box, status, state) = backend.ask(QUESTION, state, 0, MAX_NEW_TOKENS)
+    assert [m["role"] for m in messages] == ["user", "assistant"] and box == "" and status == "ok"
+    assert state.turns[0][0] == QUESTION and state.turns[0][1] == messages[1]["content"]
+    monkeypatch.setattr(backend.engine.model.config, "max_position_embeddings", features.shape[0])
+    (messages, box, status, after), = backend.ask("And then?", state, 0, MAX_NEW_TOKENS)
+    assert "the model reads at most" in status and "Clear chat" in status and after is state and box == "And then?"
+    chat, box, status, cleared = backend.clear_chat(state)
+    assert chat == [] and cleared.turns == () and cleared.features is features and status == "ok"
+    (messages, box, status, _), = backend.ask("What is <video> here?", cleared, 0, MAX_NEW_TOKENS)
+    assert "leave <video> out" in status

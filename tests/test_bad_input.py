@@ -256,6 +256,9 @@ CASES: dict[str, Case] = {
         lambda w, t: INSPECT(w, w["llava_no_tokenizer"]), 1, ("no tokenizer (tokenizer.model or tokenizer.json)",)),
     "data inspect: tokenizer is an LFS pointer": Case(
         lambda w, t: INSPECT(w, w["llava_lfs_tokenizer"]), 1, ("Git LFS pointer",)),
+    "data inspect: a record climbs out of the folder": Case(
+        lambda w, t: s("data", "inspect", "--data_path", w["unsafe_data"], "--video_folder", w["features"],
+                       "--model_name_or_path", w["llava"], "--index", "4"), 1, ("climbs out of --video_folder",)),
     "data inspect: training JSON missing": Case(
         lambda w, t: s("data", "inspect", "--data_path", t / "nope.json", "--video_folder", w["features"],
                        "--model_name_or_path", w["llava"]), 1, ("nope.json",)),
@@ -293,6 +296,17 @@ CASES: dict[str, Case] = {
     "chat: features of another width": Case(
         lambda w, t: CHAT(w, "--features_path", w["wide_16"]), 1, ("(356, 16)", "projector reads (tokens, 32)")),
     "chat: no video flag": Case(lambda w, t: s("chat", "--model-name", w["llava"]), 2, ("required",)),
+}
+
+# The controls: the same world with good inputs succeeds (so each row fails because of its one mistake).
+GOOD = {
+    "apply-delta": lambda w, t: DELTA(w, w["base"], t / "target"),
+    "convert": lambda w, t: s("convert", "--input_json_file", w["instructions"], "--output_json_file", t / "o.json"),
+    "data check": lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava"]),
+    "data inspect": lambda w, t: INSPECT(w, w["llava"], "--index", "1"),
+    "chat": lambda w, t: CHAT(w, "--features_path", w["features"] / "v_0.pkl"),
+    "chat --prompt_ids original": lambda w, t: CHAT(w, "--features_path", w["features"] / "v_0.pkl", "--prompt_ids",
+                                                    "original"),
 }
 
 # Run as real processes too (the exit status the shell sees, no traceback): one or two per command.
@@ -333,6 +347,12 @@ def test_bad_input(world, tmp_path, capsys, name):
     assert status == case.status, f"{name}: exit {status}\n{captured.out}\n{captured.err}"
     _check_message(captured.out, captured.err, case, name)
     case.survives(world, tmp_path, before)
+
+
+@pytest.mark.parametrize("name", list(GOOD))
+def test_good_input_succeeds(world, tmp_path, capsys, name):
+    assert cli_main(GOOD[name](world, tmp_path)) == 0, capsys.readouterr().err
+    assert "error" not in capsys.readouterr().err
 
 
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:

@@ -449,3 +449,25 @@ def test_feature_manifest_is_checked_against_the_model(tmp_path, tiny_llava, cap
     assert f"reads {width}" in capsys.readouterr().out
     (folder / "features_manifest.json").unlink()  # a folder without a manifest (the original's) keeps working
     assert not check_training_data(data, folder, expected_width=WIDTH, vision_tower=tower).fatal
+
+
+def test_token_lengths_use_the_template_training_uses_for_the_base(tmp_path):
+    """A chat base (Qwen2) is trained with its own chat template, so its lengths are those of that template, not
+    of the document's vicuna_v1_1; --stage pretrain uses the plain template."""
+    from video_chatgpt.data.conversation import TRAIN_TEMPLATE, training_template
+    from video_chatgpt.sample.models import make_tiny_chat_lm
+
+    model = make_tiny_chat_lm(tmp_path / "qwen2", "qwen2")
+    data, folder, records = make_data(tmp_path, num_videos=2, per_video=1)
+    tokenizer = load_hf_tokenizer(model)
+    video_ids, _ = add_video_tokens(tokenizer, use_start_end=True)
+    encoder = SegmentEncoder(tokenizer)
+    for stage in (None, "pretrain"):
+        template = training_template(model, tokenizer, stage)
+        assert template != TRAIN_TEMPLATE
+        want = [render_sample(r["conversations"], encoder, video_ids, ROWS, template).full_length for r in records]
+        report = check_training_data(data, folder, tokenizer_path=model, stage=stage, num_workers=1)
+        assert (report.token_lengths.min, report.token_lengths.max) == (min(want), max(want))
+        vicuna = [render_sample(r["conversations"], encoder, video_ids, ROWS, TRAIN_TEMPLATE).full_length
+                  for r in records]
+        assert want != vicuna  # the test tells the templates apart

@@ -437,6 +437,7 @@ def check_training_data(
     use_vid_start_end: bool = True,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
     vision_tower: str | None = None,
+    stage: str | None = None,
 ) -> DataReport:
     """Check a training JSON and its feature folder; see the module docstring for what is reported.
 
@@ -447,6 +448,8 @@ def check_training_data(
     (NaN/inf); otherwise only a spread-out sample of ``sample_size`` files (the ``data check`` command reads all
     unless ``--quick``). ``vision_tower``: the model config's ``mm_vision_tower``; with ``expected_width``, the
     feature folder's manifest (when it has one) is checked against them (``features.store.check_features_match``).
+    ``stage``: training's ``--stage``; token lengths use the template training uses for this base and stage
+    (``data.conversation.training_template``: plain, the tokenizer's chat template, or the document's).
     ``num_workers``: threads for the feature files and the rendering (default: the CPU count, at most 16).
     """
     workers = num_workers if num_workers is not None else min(16, os.cpu_count() or 1)
@@ -485,7 +488,8 @@ def check_training_data(
                 )
             else:
                 _check_lengths(
-                    report, records, renderable, tokenizer_path, model_max_length, rows, use_vid_start_end, pool
+                    report, records, renderable, tokenizer_path, model_max_length, rows, use_vid_start_end, pool,
+                    stage,
                 )
             lap("tokens")
     return report
@@ -591,8 +595,9 @@ def _check_features(report, checks, folder, expected, deep, sample_size, pool, l
     report.num_files_loaded = len(loaded)
 
 
-def _check_lengths(report, records, renderable, tokenizer_path, max_length, rows, use_vid_start_end, pool) -> None:
-    from video_chatgpt.data.conversation import TRAIN_TEMPLATE, render_sample
+def _check_lengths(report, records, renderable, tokenizer_path, max_length, rows, use_vid_start_end, pool,
+                   stage=None) -> None:
+    from video_chatgpt.data.conversation import render_sample, training_template
     from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
 
     from video_chatgpt.weights.check import require_tokenizer
@@ -601,14 +606,15 @@ def _check_lengths(report, records, renderable, tokenizer_path, max_length, rows
     tokenizer = load_hf_tokenizer(tokenizer_path, model_max_length=max_length)
     video_ids, _ = add_video_tokens(tokenizer, use_start_end=use_vid_start_end)
     encoder = SegmentEncoder(tokenizer)
+    template = training_template(tokenizer_path, tokenizer, stage)  # the one training renders with
 
     def one(i: int) -> tuple[int, int | None, Problem | None]:
         conv = records[i]["conversations"]
         try:  # exactly the trainer's call: the same ids, the same truncation, the same error on a cut span
-            sample = render_sample(conv, encoder, video_ids, rows, TRAIN_TEMPLATE, max_length=max_length)
+            sample = render_sample(conv, encoder, video_ids, rows, template, max_length=max_length)
         except ValueError as exc:
             try:  # without the limit: the record itself renders, so the limit cut its video span
-                full = render_sample(conv, encoder, video_ids, rows, TRAIN_TEMPLATE).full_length
+                full = render_sample(conv, encoder, video_ids, rows, template).full_length
             except ValueError as bad:  # a structure check_record let through
                 return i, None, Problem("malformed", str(bad), index=i)
             return i, full, Problem("video_span_cut", str(exc), index=i)

@@ -57,6 +57,8 @@ def build_check_parser() -> argparse.ArgumentParser:
     values = p.add_mutually_exclusive_group()
     values.add_argument("--quick", action="store_true", help="read the values of a sample of 16 files, not all")
     values.add_argument("--deep", action="store_true", help="read the values of every file (the default)")
+    p.add_argument("--stage", choices=("pretrain", "finetune"), default=None,
+                   help="as in training: the template of the token lengths (pretrain: plain)")
     p.add_argument("--num_workers", type=int, default=None, help="threads (default: CPU count, at most 16)")
     p.add_argument("--max_listed", type=int, default=DEFAULT_MAX_LISTED, help="findings listed per kind")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
@@ -104,6 +106,7 @@ def check_main(argv: list[str]) -> int:
             expected_dtype=None if args.expected_dtype == "any" else args.expected_dtype,
             use_vid_start_end=args.mm_use_vid_start_end,
             vision_tower=tower,
+            stage=args.stage,
         )
     except UserError:  # already one line naming the file
         raise

@@ -9,8 +9,8 @@ Run (the flags that training also has mean the same here)::
 
 What is shown comes from the training dataset itself: ids and labels from ``SupervisedVideoDataset.__getitem__``,
 truncation from ``SupervisedVideoDataset.render``, built by the same calls as ``train.py``
-(``load_training_tokenizer`` + ``training_dataset`` below). There is no second renderer, so what you see is what
-is trained. Supervised tokens (those with a loss: each answer and its ``</s>``) are green on a terminal; without a
+(``load_training_tokenizer``, ``training_template`` for the base and ``--stage``, ``SupervisedVideoDataset`` below).
+There is no second renderer, so what you see is what is trained. Supervised tokens (those with a loss: each answer and its ``</s>``) are green on a terminal; without a
 terminal they sit between ``{+`` and ``+}`` (git's word-diff markers) in the prompt and carry ``[+]`` in the token
 table. The video span is shown compactly, e.g. ``<vid_start><vid_patch>x356<vid_end>``.
 
@@ -30,8 +30,15 @@ from pathlib import Path
 
 from video_chatgpt.cli import parse_args_or_status, parse_bool
 from video_chatgpt.constants import IGNORE_INDEX, VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
-from video_chatgpt.data.dataset import first_feature_shape, load_records, load_training_tokenizer, training_dataset
-from video_chatgpt.data.tokenizer import VideoTokenIds
+from video_chatgpt.data.conversation import training_template
+from video_chatgpt.data.dataset import (
+    SupervisedVideoDataset,
+    first_feature_shape,
+    load_records,
+    load_training_tokenizer,
+)
+from video_chatgpt.data.paths import feature_path
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError, error_message, run_main, wants_debug
 from video_chatgpt.features.store import FeatureFileError, load_features
 from video_chatgpt.weights.check import require_tokenizer
@@ -109,11 +116,14 @@ def inspect_record(
     index: int,
     model_max_length: int | None = DEFAULT_MODEL_MAX_LENGTH,
     mm_use_vid_start_end: bool = False,
+    stage: str | None = None,
 ) -> Inspection:
     """Build the training dataset as ``train.py`` does and read record ``index`` from it.
 
-    The video token count comes from the record's own feature file. Raises ``IndexError`` for an index outside
-    the file and ``ValueError`` when the record cannot be rendered (e.g. a truncation that cuts the video span).
+    The video token count comes from the record's own feature file; the template is the one training uses for
+    this base and ``stage`` (``data.conversation.training_template``). Raises ``IndexError`` for an index outside
+    the file, ``UserError`` for a ``video`` outside ``video_folder`` and ``ValueError`` when the record cannot be
+    rendered (e.g. a truncation that cuts the video span).
     A missing or unreadable feature file is not raised: it is listed in ``problems`` (training would fail on it).
     """
     records = load_records(data_path)
@@ -127,7 +137,7 @@ def inspect_record(
     problems: list[str] = []
     feature_file = array = None
     if record.get("video"):
-        feature_file = Path(video_folder) / record["video"]
+        feature_file = feature_path(video_folder, record["video"])  # absolute / '..' names: UserError
         try:
             array = load_features(feature_file)
         except FileNotFoundError:
@@ -148,7 +158,11 @@ def inspect_record(
             f"when the data check is off: training fails on this record"
         )
 
-    dataset = training_dataset(records, video_folder, tokenizer, video_ids, shape, model_max_length)
+    template = training_template(model_name_or_path, tokenizer, stage)
+    dataset = SupervisedVideoDataset(  # as train.py builds it: training_dataset(...) with the base's template
+        records, video_folder, SegmentEncoder(tokenizer), video_ids, feature_shape=shape,
+        max_length=model_max_length, template=template,
+    )
     rendered = dataset.render(index)  # truncation facts; raises ValueError when the span would be cut
     if array is not None or not record.get("video"):
         item = dataset[index]  # the very tensors the collator receives
@@ -299,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     # --mm_use_vid_start_end or --mm_use_vid_start_end True, as the training parser accepts it
     p.add_argument("--mm_use_vid_start_end", type=parse_bool, nargs="?", const=True, default=False,
                    help="bracket the video tokens with <vid_start> ... <vid_end>, as in training")
+    p.add_argument("--stage", choices=("pretrain", "finetune"), default=None,
+                   help="as in training: pretrain renders with the plain template (default: the document's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text view")
     p.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto",
                    help="highlight supervised tokens with ANSI colours (auto: when stdout is a terminal)")
@@ -328,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             args.index,
             model_max_length=args.model_max_length,
             mm_use_vid_start_end=args.mm_use_vid_start_end,
+            stage=args.stage,
         )
     except IndexError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_frames", type=int, default=None, help="frames sampled per video (default 100)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--prompt_ids", choices=("ours", "original"), default="ours",
+                   help="ours: the ids the model was trained on; original: the original inference's (2 tokens "
+                        "longer), to reproduce published answers")
     return p
 
 
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         vision_tower=args.vision_tower,
         num_frames=args.num_frames,
         conv_mode=args.conv_mode,
+        prompt_ids=args.prompt_ids,
     )
     if args.video_path:
         try:

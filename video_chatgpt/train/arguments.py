@@ -222,4 +222,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
         model_args.tune_mm_mlp_adapter = True  # stage 1 trains the projector alone, whatever the other flags say
     if data_args.data_path is None or data_args.video_folder is None:
         raise ValueError("--data_path and --video_folder are required")
+    from video_chatgpt.train.lora import check_flags
+
+    check_flags(training_args)  # --lora_* / --bits (issue 14)
     return model_args, data_args, training_args

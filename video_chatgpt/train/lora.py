@@ -62,17 +62,17 @@ class LoraSettings:
 
 
 def check_flags(args) -> None:
-    """The LoRA / bits flags of ``TrainingArguments``, checked before anything is loaded (``ValueError``)."""
+    """The LoRA / bits flags of ``TrainingArguments``, checked before anything is loaded (``UserError``)."""
     if args.bits not in BITS:
-        raise ValueError(f"--bits {args.bits}: expected 4, 8 or 16")
+        raise UserError(f"--bits {args.bits}: expected 4, 8 or 16")
     if args.bits != 16 and not args.lora_enable:
-        raise ValueError(f"--bits {args.bits} quantises the base, which then cannot train: add --lora_enable True")
+        raise UserError(f"--bits {args.bits} quantises the base, which then cannot train: add --lora_enable True")
     if args.quant_type not in QUANT_TYPES:
-        raise ValueError(f"--quant_type {args.quant_type!r}: expected nf4 or fp4")
+        raise UserError(f"--quant_type {args.quant_type!r}: expected nf4 or fp4")
     if args.lora_bias != "none":
-        raise ValueError(f"--lora_bias {args.lora_bias!r}: only 'none' is supported")
+        raise UserError(f"--lora_bias {args.lora_bias!r}: only 'none' is supported")
     if args.lora_enable and (args.lora_r < 1 or not 0 <= args.lora_dropout < 1):
-        raise ValueError(f"--lora_r {args.lora_r} / --lora_dropout {args.lora_dropout}: need r >= 1, 0 <= dropout < 1")
+        raise UserError(f"--lora_r {args.lora_r} / --lora_dropout {args.lora_dropout}: need r >= 1, 0 <= dropout < 1")
     if args.lora_enable and importlib.util.find_spec("peft") is None:
         raise UserError("--lora_enable needs the PyPI package 'peft': pip install 'video-chatgpt[lora]'")
 
@@ -171,7 +171,9 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """peft's adapter tensors, named as ``PeftModel.save_pretrained`` names them (``base_model.model.<path>``)."""
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(language_model(model), adapter_name=ADAPTER_NAME)
+    # save_embedding_layers=False: peft would add the whole (resized) embedding and lm_head; the trained token
+    # rows are in mm_projector.bin, the frozen ones in the base.
+    state = get_peft_model_state_dict(language_model(model), adapter_name=ADAPTER_NAME, save_embedding_layers=False)
     return {f"base_model.model.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
@@ -225,18 +227,17 @@ def merge_adapter(model: nn.Module) -> None:
         del lm.peft_config
 
 
-def projector_parameter_groups(model: nn.Module, lr: float, projector_lr: float | None, weight_decay: float):
-    """Optimizer groups: the projector (and token rows) at ``projector_lr``; everything else trainable at ``lr``.
-    Decay as the Trainer's default: none on biases and norms."""
-    if projector_lr is None:
-        return None
-    groups = {("proj", True): [], ("proj", False): [], ("rest", True): [], ("rest", False): []}
+def projector_parameter_groups(model: nn.Module, lr: float, projector_lr: float, weight_decay: float,
+                               decay_names: set[str]) -> list[dict]:
+    """Optimizer groups (``--mm_projector_lr``, LLaVA's): the projector and the token rows at ``projector_lr``,
+    every other trainable (the LoRA adapters) at ``lr``; weight decay only on ``decay_names`` (the Trainer's)."""
+    groups: dict[tuple[str, bool], list] = {("proj", True): [], ("proj", False): [], ("rest", True): [],
+                                            ("rest", False): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         kind = "proj" if ("mm_projector" in name or "video_token_embeds" in name) else "rest"
-        decay = not (name.endswith(".bias") or "norm" in name)
-        groups[(kind, decay)].append(p)
+        groups[(kind, name in decay_names)].append(p)
     return [
         {"params": params, "lr": projector_lr if kind == "proj" else lr,
          "weight_decay": weight_decay if decay else 0.0}

@@ -146,7 +146,7 @@ def feature_shape_of(data_args: DataArguments, records: list[dict], report) -> t
 
 def model_dtype(model_args: ModelArguments, training_args: TrainingArguments) -> torch.dtype:
     """Frozen backbone: load straight in bf16/fp16 (what makes one 24 GB GPU enough). Full fine-tune: fp32."""
-    frozen = model_args.tune_mm_mlp_adapter or model_args.freeze_backbone
+    frozen = model_args.tune_mm_mlp_adapter or model_args.freeze_backbone or training_args.lora_enable
     if frozen and training_args.bf16:
         return torch.bfloat16
     if frozen and training_args.fp16:
@@ -262,12 +262,17 @@ def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tok
             f"{model_args.model_name_or_path}: config mm_hidden_size is {config.mm_hidden_size}, but the feature "
             f"files are {feature_shape[1]} wide; extract the features with the base's vision tower"
         )
+    from video_chatgpt.train.lora import LoraSettings, quantisation_config
+
+    quantisation = quantisation_config(LoraSettings.from_training_args(training_args),
+                                       model_dtype(model_args, training_args))  # --bits 4|8 (QLoRA), else None
     model = VideoChatGPTForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         config=config,
         dtype=model_dtype(model_args, training_args),
         cache_dir=training_args.cache_dir,
         attn_implementation=model_args.attn_implementation,
+        **({"quantization_config": quantisation} if quantisation is not None else {}),
     )
     # <vid_start>/<vid_end> rows start at the mean of all earlier rows (input and output), as in the original.
     # Under ZeRO-3 each process holds a shard of the tables: gather them for these row edits (rank 0's are kept).
@@ -333,6 +338,16 @@ def set_trainable(model, model_args, training_args, video_ids: VideoTokenIds):
         if row_ids:
             with _gathered_embeddings(model, training_args):
                 model.train_token_rows(row_ids)
+    if training_args.lora_enable:  # LoRA (train/lora.py): frozen backbone, projector + rows + adapters train
+        from video_chatgpt.train.lora import LoraSettings, add_lora
+
+        if not model_args.tune_mm_mlp_adapter:
+            model.requires_grad_(False)
+            model.model.mm_projector.requires_grad_(True)
+            if row_ids:
+                with _gathered_embeddings(model, training_args):
+                    model.train_token_rows(row_ids)
+        add_lora(model, LoraSettings.from_training_args(training_args))
     if training_args.freeze_mm_mlp_adapter:
         model.model.mm_projector.requires_grad_(False)
     if model_args.pretrain_mm_mlp_adapter:
@@ -485,6 +500,9 @@ def train(argv: list[str] | None = None) -> Path:
     tokenizer, video_ids, num_new = load_training_tokenizer(
         model_args.model_name_or_path, training_args.model_max_length, model_args.mm_use_vid_start_end
     )
+    from video_chatgpt.train.lora import check_quantisation_available
+
+    check_quantisation_available(training_args.bits)  # --bits 4|8: CUDA + bitsandbytes, said before loading
     # Seed before building: the new <vid_patch> row gets a random init, the same on every process and every rerun.
     transformers.set_seed(training_args.seed)
     init_deepspeed_comm(training_args)

@@ -92,6 +92,19 @@ class VideoChatGPTTrainer(Trainer):
             self._last_log_time = now
         super().log(logs, start_time)
 
+    def create_optimizer(self, model=None):
+        # --mm_projector_lr (LLaVA's flag): the projector and token rows get their own learning rate.
+        if self.optimizer is None and getattr(self.args, "mm_projector_lr", None) is not None:
+            from video_chatgpt.train.lora import projector_parameter_groups
+
+            opt_model = self.model if model is None else model
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            groups = projector_parameter_groups(opt_model, self.args.learning_rate, self.args.mm_projector_lr,
+                                                self.args.weight_decay, set(self.get_decay_parameter_names(opt_model)))
+            self.optimizer = cls(groups, **kwargs)
+            return self.optimizer
+        return super().create_optimizer(model)
+
     # -------------------------------------------------------------------------------------------------- saving
     def _trainable_names(self) -> list[str]:
         model = self.accelerator.unwrap_model(self.model)
@@ -114,6 +127,10 @@ class VideoChatGPTTrainer(Trainer):
                 Path(output_dir, TRAINABLE_FILE), lambda tmp: save_file(trainable, str(tmp), metadata={"format": "pt"})
             )
             write_atomically(Path(output_dir, "config.json"), model.config.to_json_file)
+            from video_chatgpt.train.lora import has_lora, save_adapter
+
+            if has_lora(model):  # --lora_enable: peft's adapter_model.safetensors + adapter_config.json as well
+                save_adapter(model, output_dir)
         else:
             super()._save(output_dir, state_dict=state_dict)
         rows = getattr(model.model, "video_token_embed_ids", None)

@@ -1,0 +1,184 @@
+"""LoRA (issue 14): adapters on every linear layer of the LLM, never lm_head or the projector; training moves the
+adapters and the projector and leaves every base weight bit-identical (with gradient checkpointing too); the
+documented script saves peft's files; a run killed mid-run (and one whose last checkpoint was cut short) resumes to
+the uninterrupted run's adapter; merging equals the unmerged model; --bits without CUDA is one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO
+from tests.train.test_train import ENV, data, paths  # noqa: F401 - the module's training-data fixture
+from video_chatgpt.errors import UserError
+from video_chatgpt.train.lora import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    LoraSettings,
+    add_lora,
+    linear_names,
+    load_adapter,
+    merge_adapter,
+)
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_FLAGS = ["--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8", "--mm_use_vid_start_end",
+              "--learning_rate", "1e-3", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+              "--report_to", "none", "--skip_data_check", "True"]
+
+
+def tiny_model(folder):
+    from video_chatgpt.model.video_chatgpt import load_video_model
+
+    model, _ = load_video_model(folder, dtype=torch.float32, video_token_len=8, mm_use_vid_start_end=False,
+                                video_patch_token_id=5)
+    return model
+
+
+def video_batch(model, n=8, length=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(10, 500, (2, length), generator=g)
+    ids[:, 3:3 + n] = model.config.video_patch_token_id
+    labels = ids.clone()
+    labels[:, : 3 + n] = -100
+    feats = torch.randn(2, n, model.config.mm_hidden_size, generator=g)
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, video_spatio_temporal_features=feats)
+
+
+def test_targets_are_the_llm_linears_only(tiny_llava):
+    model = tiny_model(tiny_llava)
+    assert linear_names(model) == TARGETS  # not lm_head, not mm_projector
+    add_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0))
+    wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n}
+    assert len(wrapped) == model.config.num_hidden_layers * len(TARGETS)
+    assert not any("mm_projector" in n or "lm_head" in n for n in wrapped)
+    with pytest.raises(UserError, match="lm_head: not linear layers"):
+        add_lora(tiny_model(tiny_llava), LoraSettings(targets=("lm_head",)))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lora_trains_adapters_and_projector_base_bit_identical(tiny_llava, checkpointing):
+    model = tiny_model(tiny_llava)
+    model.requires_grad_(False)
+    model.model.mm_projector.requires_grad_(True)
+    add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.05, targets=None))
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(".lora_" in n or "mm_projector" in n for n in trainable)
+    assert any("base_layer" in n for n in frozen)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        model(**video_batch(model, seed=step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, before in frozen.items():
+        assert torch.equal(dict(model.named_parameters())[name], before), name
+    params = dict(model.named_parameters())
+    changed = [n for n, before in trainable.items() if not torch.equal(params[n], before)]
+    assert set(changed) == set(trainable)  # every adapter matrix (B started at zero) and the projector moved
+
+
+def test_merged_equals_unmerged_and_adapter_round_trips(tiny_llava, tmp_path):
+    from video_chatgpt.train.lora import save_adapter
+
+    model = tiny_model(tiny_llava)
+    add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():  # a non-zero adapter, as after training
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    batch = video_batch(model)
+    save_adapter(model, tmp_path)
+    assert (tmp_path / ADAPTER_WEIGHTS_FILE).is_file() and (tmp_path / ADAPTER_CONFIG_FILE).is_file()
+    keys = load_file(str(tmp_path / ADAPTER_WEIGHTS_FILE))
+    assert all(k.startswith("base_model.model.model.layers.") for k in keys)  # peft's names
+    with torch.no_grad():
+        unmerged = model(input_ids=batch["input_ids"], video_spatio_temporal_features=batch[
+            "video_spatio_temporal_features"]).logits
+        reloaded = tiny_model(tiny_llava)
+        reloaded.load_state_dict(model.state_dict(), strict=False)  # same projector; adapter from the files
+        load_adapter(reloaded, tmp_path)
+        reloaded.eval()
+        again = reloaded(input_ids=batch["input_ids"],
+                         video_spatio_temporal_features=batch["video_spatio_temporal_features"]).logits
+        merge_adapter(model)
+        assert not any(".lora_" in n for n, _ in model.named_parameters())
+        merged = model(input_ids=batch["input_ids"], video_spatio_temporal_features=batch[
+            "video_spatio_temporal_features"]).logits
+    assert torch.allclose(again, unmerged, atol=1e-5)
+    assert torch.allclose(merged, unmerged, atol=1e-4), (merged - unmerged).abs().max()
+    assert not torch.allclose(merged, tiny_model(tiny_llava).eval()(input_ids=batch["input_ids"],
+                              video_spatio_temporal_features=batch["video_spatio_temporal_features"]).logits,
+                              atol=1e-3)  # the adapter does change the answer
+
+
+def run_train(data, model, out, *extra, timeout=600):
+    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, model, out), *LORA_FLAGS, *extra]
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_documented_script_saves_adapter_and_resumes_after_kill(data, tiny_llava, tmp_path):
+    """Uninterrupted run vs a run SIGKILLed mid-run whose newest checkpoint is then cut short (as a kill while
+    saving leaves it): the resumed run skips that checkpoint and ends with the same adapter and projector."""
+    steps = ["--max_steps", "8", "--save_steps", "2", "--gradient_checkpointing", "True"]
+    ref = tmp_path / "uninterrupted"
+    run = run_train(data, tiny_llava, ref, *steps, "--save_strategy", "no")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "lora_A" in run.stdout  # the trainable summary names the adapters
+    for name in (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, "mm_projector.bin", "trainable.safetensors"):
+        assert (ref / name).is_file(), name
+    adapter = load_file(str(ref / ADAPTER_WEIGHTS_FILE))
+    assert len(adapter) == 2 * 2 * len(TARGETS)  # A and B for 7 linears in each of the 2 layers
+    assert json.loads((ref / ADAPTER_CONFIG_FILE).read_text())["r"] == 4
+    info = json.loads((ref / "run_info.json").read_text())
+    assert any(".lora_A." in p["name"] for p in info["trainable_parameters"])
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out), *LORA_FLAGS, *steps]
+    with open(tmp_path / "first.log", "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not (out / "checkpoint-6" / "trainer_state.json"
+                                                                       ).is_file():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (out / "checkpoint-6" / "trainer_state.json").is_file(), (tmp_path / "first.log").read_text()[-3000:]
+    assert (out / "checkpoint-6" / ADAPTER_WEIGHTS_FILE).is_file()
+    assert not (out / ADAPTER_WEIGHTS_FILE).exists()
+    (out / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')  # cut short while being written
+    resumed = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint-6 cannot be resumed from" in resumed.stderr and "resuming from" in resumed.stderr
+    got = load_file(str(out / ADAPTER_WEIGHTS_FILE))
+    assert set(got) == set(adapter)
+    for key, value in adapter.items():
+        assert torch.allclose(got[key], value, rtol=1e-4, atol=1e-6), (key, (got[key] - value).abs().max())
+    assert any(float(v.abs().max()) > 0 for k, v in adapter.items() if "lora_B" in k)  # the adapter trained
+    a = torch.load(ref / "mm_projector.bin", weights_only=True)
+    b = torch.load(out / "mm_projector.bin", weights_only=True)
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
+
+
+def test_bits_without_cuda_is_one_line(data, tiny_llava, tmp_path):
+    assert not torch.cuda.is_available()
+    run = run_train(data, tiny_llava, tmp_path / "q", "--bits", "4", "--max_steps", "1")
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if line.startswith("train_mem.py: error:")]
+    assert len(errors) == 1 and errors[0].startswith("train_mem.py: error: --bits 4 (QLoRA)"), run.stderr[-2000:]
+    assert "CUDA" in errors[0] and "Traceback" not in run.stderr
+    assert not (tmp_path / "q" / "run_info.json").exists()  # stopped before the model was loaded
+    bad = run_train(data, tiny_llava, tmp_path / "b", "--lora_enable", "False", "--bits", "8")
+    assert bad.returncode == 1 and "train_mem.py: error: --bits 8 quantises the base" in bad.stderr

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract-features": ("video_chatgpt.features.extract:main", "videos -> spatio-temporal CLIP feature files"),
     "train": ("video_chatgpt.train.train:main", "train Video-ChatGPT (same flags as video_chatgpt/train/train_mem.py)"),
     "report": ("video_chatgpt.train.report:main", "write training_report.md and loss.png for a run folder"),
+    "merge-lora": ("video_chatgpt.train.merge_lora:main", "fold a LoRA run's adapter into its base: one model folder"),
     "plan-memory": ("video_chatgpt.train.memory:main", "peak GPU memory of a training step by part; largest batch that fits"),
     "chat": ("video_chatgpt.inference.chat:main", "ask a trained model about a video"),
     "demo": ("video_chatgpt.inference.demo:main", "web demo: chat about an uploaded video in the browser (gradio)"),

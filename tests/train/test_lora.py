@@ -128,14 +128,23 @@ def run_train(data, model, out, *extra, timeout=600):
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-def test_documented_script_saves_adapter_and_resumes_after_kill(data, tiny_llava, tmp_path):
-    """Uninterrupted run vs a run SIGKILLed mid-run whose newest checkpoint is then cut short (as a kill while
-    saving leaves it): the resumed run skips that checkpoint and ends with the same adapter and projector."""
-    steps = ["--max_steps", "8", "--save_steps", "2", "--gradient_checkpointing", "True"]
-    ref = tmp_path / "uninterrupted"
-    run = run_train(data, tiny_llava, ref, *steps, "--save_strategy", "no")
+STEPS = ["--max_steps", "8", "--save_steps", "2", "--gradient_checkpointing", "True"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(data, tiny_llava, tmp_path_factory):
+    """The documented script with --lora_enable, 8 steps, gradient checkpointing, uninterrupted."""
+    ref = tmp_path_factory.mktemp("lora") / "uninterrupted"
+    run = run_train(data, tiny_llava, ref, *STEPS, "--save_strategy", "no")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "lora_A" in run.stdout  # the trainable summary names the adapters
+    return ref
+
+
+def test_documented_script_saves_adapter_and_resumes_after_kill(data, tiny_llava, lora_run, tmp_path):
+    """Uninterrupted run vs a run SIGKILLed mid-run whose newest checkpoint is then cut short (as a kill while
+    saving leaves it): the resumed run skips that checkpoint and ends with the same adapter and projector."""
+    steps, ref = STEPS, lora_run
     for name in (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, "mm_projector.bin", "trainable.safetensors"):
         assert (ref / name).is_file(), name
     adapter = load_file(str(ref / ADAPTER_WEIGHTS_FILE))
@@ -182,3 +191,39 @@ def test_bits_without_cuda_is_one_line(data, tiny_llava, tmp_path):
     assert not (tmp_path / "q" / "run_info.json").exists()  # stopped before the model was loaded
     bad = run_train(data, tiny_llava, tmp_path / "b", "--lora_enable", "False", "--bits", "8")
     assert bad.returncode == 1 and "train_mem.py: error: --bits 8 quantises the base" in bad.stderr
+
+
+def test_merge_lora_folder_answers_as_the_run(data, tiny_llava, lora_run, tmp_path):
+    """merge-lora's folder (no adapter, no base needed) and the LoRA run folder itself (base + adapter + projector)
+    and ``--lora_path`` on the base answer identically at temperature 0."""
+    from video_chatgpt.cli import main
+    from video_chatgpt.features.store import load_features
+    from video_chatgpt.inference.engine import load_engine
+
+    merged = tmp_path / "merged"
+    assert main(["merge-lora", str(lora_run), str(merged), "--dtype", "fp32", "--max_shard_size", "2MB"]) == 0
+    assert len(list(merged.glob("model-*.safetensors"))) > 1 and (merged / "model.safetensors.index.json").is_file()
+    assert not (merged / ADAPTER_WEIGHTS_FILE).exists() and (merged / "mm_projector.bin").is_file()
+    assert main(["merge-lora", str(lora_run), str(merged)]) == 1  # exists: refused
+    assert main(["merge-lora", str(tiny_llava), str(tmp_path / "x")]) == 1  # not a LoRA run
+
+    engines = {
+        "run": load_engine(lora_run, device="cpu", dtype=torch.float32),
+        "merged": load_engine(merged, device="cpu", dtype=torch.float32),
+        "lora_path": load_engine(tiny_llava, lora_run / "mm_projector.bin", device="cpu", dtype=torch.float32,
+                                 lora_path=lora_run),
+    }
+    assert not any(".lora_" in n for n, _ in engines["merged"].model.named_parameters())
+    no_adapter = load_engine(tiny_llava, lora_run / "mm_projector.bin", device="cpu", dtype=torch.float32)
+    files = sorted(data["video_folder"].glob("*.pkl"))[:3]
+    question = "What colour is the moving object in the video?"
+    for path in files:
+        feats = load_features(path)
+        answers = {k: e.answer(question, feats, temperature=0, max_new_tokens=12) for k, e in engines.items()}
+        assert len(set(answers.values())) == 1, answers
+        scores = {k: e.score_answers(question, feats, ["The object is red.", "The object is blue."])
+                  for k, e in engines.items()}
+        for k in ("merged", "lora_path"):
+            assert torch.allclose(torch.tensor(scores[k]), torch.tensor(scores["run"]), atol=1e-4), scores
+        without = no_adapter.score_answers(question, feats, ["The object is red.", "The object is blue."])
+        assert not torch.allclose(torch.tensor(without), torch.tensor(scores["run"]), atol=1e-4)  # it trained

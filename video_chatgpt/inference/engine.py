@@ -223,6 +223,7 @@ def load_engine(
     num_frames: int | None = None,
     conv_mode: str = INFERENCE_TEMPLATE,
     prompt_ids: str = "ours",
+    lora_path: str | Path | None = None,
 ) -> Engine:
     """Load base + projector (see the module docstring) in ``dtype`` on ``device``, ready to answer.
 
@@ -234,12 +235,18 @@ def load_engine(
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     base, projector = resolve_model_folders(model_name, projection_path)
+    from video_chatgpt.train.lora import ADAPTER_WEIGHTS_FILE, load_adapter
+
+    # A LoRA run folder carries its adapter (issue 14); --lora_path adds one to any base.
+    adapter = lora_path or (model_name if Path(model_name, ADAPTER_WEIGHTS_FILE).is_file() else None)
     run_config_file = Path(model_name) / "config.json"
     is_run = (Path(model_name) / BASE_POINTER_FILE).is_file() and run_config_file.is_file()
     run_config = json.loads(run_config_file.read_text()) if is_run else {}
     if base_kind(base) != "llava_v1":
         engine = _load_other_base(base, projector, run_config, device, dtype, vision_tower, num_frames, conv_mode)
         engine.prompt_ids_style = prompt_ids
+        if adapter is not None:
+            load_adapter(engine.model, adapter)
         if prompt_ids == "original":
             original_inference_ids([], engine.encoder, VideoTokenIds(0, None, None))  # refuses: not the document's
         return engine
@@ -260,6 +267,8 @@ def load_engine(
         model.load_projector_state_dict(load_projector_file(projector), source=str(projector))
     else:
         logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
+    if adapter is not None:
+        load_adapter(model, adapter)
     model.to(device).eval()
     return Engine(model, tokenizer, SegmentEncoder(tokenizer), video_ids, device,
                   vision_tower or config.mm_vision_tower, num_frames or DEFAULT_NUM_FRAMES, conv_mode, prompt_ids)

@@ -209,7 +209,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> None:
     missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k]
     if missing:
         raise UserError(f"{weights}: adapter tensors missing for {missing[:3]}; the adapter belongs to another base")
-    lm.to(next(lm.parameters()).device)
+    lm.train(lm.training)  # the new adapter layers follow the model's mode (eval: no dropout)
 
 
 def merge_adapter(model: nn.Module) -> None:

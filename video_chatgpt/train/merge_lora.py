@@ -1,0 +1,97 @@
+"""``video-chatgpt merge-lora <run> <out>``: fold a LoRA run's adapter into its base, as one complete model folder.
+
+    video-chatgpt merge-lora ./Video-ChatGPT_7B-LoRA ./Video-ChatGPT_7B-LoRA-merged            # fp16 shards
+    video-chatgpt merge-lora ./run ./merged --dtype bf16 --max_shard_size 5GB
+    video-chatgpt chat --model-name ./Video-ChatGPT_7B-LoRA-merged --video_path video.mp4 --question "..."
+
+``<run>`` is a training output folder of ``--lora_enable True`` (``adapter_model.safetensors`` +
+``adapter_config.json`` + ``mm_projector.bin``, and ``video_chatgpt_base.json`` naming the base). The model is
+built exactly as ``chat`` builds it from the run (base + video tokens + projector + adapter, fp32 on the CPU),
+each LoRA layer is merged (W + alpha/r * B A) and the folder is written:
+
+* the merged weights as sharded safetensors (``--dtype``, default fp16 as LLaVA's base), ``config.json``;
+* the tokenizer with the video tokens (and ``tokenizer.model`` when the run has it);
+* ``mm_projector.bin`` (the run's, unchanged), and ``video_chatgpt_base.json`` naming the folder itself as its base,
+  so ``chat``/``predict`` load it like a training output folder, with no adapter and no other folder needed.
+
+Written to ``.<out>.tmp`` beside ``<out>`` and renamed at the end; an existing ``<out>`` is refused
+(``--overwrite`` replaces it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE
+from video_chatgpt.errors import UserError
+
+DTYPES = ("fp16", "bf16", "fp32")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="video-chatgpt merge-lora", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", help="LoRA training output folder (adapter_model.safetensors + mm_projector.bin)")
+    p.add_argument("out", help="merged model folder to write")
+    p.add_argument("--dtype", default="fp16", choices=DTYPES, help="dtype of the merged weights (default fp16)")
+    p.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard (default 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing <out>")
+    return p.parse_args(argv)
+
+
+def merge_run(run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_size: str = "5GB",
+              overwrite: bool = False) -> Path:
+    import torch
+
+    from video_chatgpt.inference.engine import load_engine
+    from video_chatgpt.train.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
+
+    run, out = Path(run), Path(out)
+    for name in (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, PROJECTOR_FILE, BASE_POINTER_FILE):
+        if not (run / name).is_file():
+            raise UserError(f"{run}: no {name}; merge-lora needs the output folder of a --lora_enable True run")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; choose another folder or pass --overwrite")
+    if out.resolve() == run.resolve():
+        raise UserError(f"{out} is the run folder itself; write the merged model elsewhere")
+
+    engine = load_engine(run, device="cpu", dtype=torch.float32)  # base + tokens + projector + adapter
+    model = engine.model
+    merge_adapter(model)
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    model.to(torch_dtype)
+
+    tmp = out.parent / f".{out.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a killed merge's leftovers
+    tmp.mkdir(parents=True)
+    # VideoChatGPTForCausalLM saves itself; any other base saves its causal LM (whose config has the mm_* fields).
+    saver = model if hasattr(model, "save_pretrained") else model.language_model
+    saver.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
+    engine.tokenizer.save_pretrained(tmp)
+    for name in ("tokenizer.model",):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, tmp / name)
+    shutil.copyfile(run / PROJECTOR_FILE, tmp / PROJECTOR_FILE)
+    (tmp / BASE_POINTER_FILE).write_text(json.dumps(
+        {"base_model": str(out.resolve()), "projector": PROJECTOR_FILE, "merged_from": str(run.resolve())}))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = merge_run(args.run, args.out, args.dtype, args.max_shard_size, args.overwrite)
+    print(f"merged {args.run} -> {out} ({args.dtype}); chat with: video-chatgpt chat --model-name {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from video_chatgpt.errors import run_main
+
+    sys.exit(run_main(main, None, "merge-lora"))

@@ -96,7 +96,8 @@ def demo_server(demo_model, tiny_clip, sample_world, tmp_path_factory):
     try:
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"the demo exited with {proc.returncode} before serving:\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"the demo exited with {proc.returncode} before serving:\n"
+                                     f"{log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:
                     if response.status == 200:
@@ -104,7 +105,8 @@ def demo_server(demo_model, tiny_clip, sample_world, tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"the demo did not serve {url} within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"the demo did not serve {url} within {SERVER_START_S} s:\n"
+                                     f"{log.read_text()[-3000:]}")
             time.sleep(1)
         yield {"url": url, "process": proc, "log": log}
     finally:

@@ -12,11 +12,12 @@ from tests.demo.conftest import MAX_NEW_TOKENS, QUESTION
 
 
 @pytest.fixture(scope="module")
-def backend(demo_model, tiny_clip):
+def backend(demo_model, tiny_clip, tmp_path_factory):
     from video_chatgpt.inference.demo import DemoBackend
     from video_chatgpt.inference.engine import load_engine
 
-    return DemoBackend(load_engine(demo_model, None, device="cpu", vision_tower=str(tiny_clip)), max_video_seconds=10)
+    engine = load_engine(demo_model, None, device="cpu", vision_tower=str(tiny_clip))
+    return DemoBackend(engine, tmp_path_factory.mktemp("previews"), max_video_seconds=10)
 
 
 @pytest.fixture(scope="module")

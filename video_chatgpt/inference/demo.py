@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import threading
 import time
@@ -218,12 +219,13 @@ class DemoBackend:
     """The page's handlers over one loaded ``Engine`` (model, projector and tower loaded once)."""
 
     engine: object  # video_chatgpt.inference.engine.Engine
+    preview_dir: Path  # where browser-playable previews are written (the server removes it when it stops)
     max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
     examples: dict[str, Path] = field(default_factory=dict)  # name on the page -> file
-    preview_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="video-chatgpt-demo-")))
 
     # -------------------------------------------------------------------------------- choosing a video
-    def choose_video(self, path: str | Path | None, name: str | None = None) -> tuple[str | None, str, list, Conversation]:
+    def choose_video(self, path: str | Path | None, name: str | None = None
+                     ) -> tuple[str | None, str, list, Conversation]:
         """(video for the player, status, chat messages, new state) for a chosen file; problems go to the status."""
         if not path:
             return None, NO_VIDEO, [], Conversation()
@@ -234,14 +236,23 @@ class DemoBackend:
             start = time.perf_counter()
             features = self._features(path, name)
             seconds = time.perf_counter() - start
-            player = path if browser_playable(path, info) else write_preview(
-                path, self.preview_dir / f"{time.time_ns()}-{path.stem}.webm")
         except VideoProblem as exc:
             return None, f"**{exc}**", [], Conversation()
         status = (f"**{name}**: {_format_seconds(info.seconds)}, {info.width} x {info.height}, {info.codec}. "
                   f"Features: {features.shape[0]} video tokens in {seconds:.2f} s, computed once and reused for "
                   f"every question about this video.")
-        return str(player), status, [], Conversation(video=name, features=features, status=status)
+        player = path
+        if not browser_playable(path, info):
+            import av
+
+            try:
+                player = write_preview(path, self.preview_dir / f"{time.time_ns()}-{path.stem}.webm")
+            except (av.error.FFmpegError, OSError, ValueError) as exc:  # the chat works without a picture
+                logger.warning("no preview of %s: %s", path, exc)
+                player = None
+                status += " (The browser cannot show this video, and a preview could not be made.)"
+        return (str(player) if player else None), status, [], Conversation(video=name, features=features,
+                                                                           status=status)
 
     def _features(self, path: Path, name: str) -> np.ndarray:
         from video_chatgpt.features.decode import DECODE_ERRORS
@@ -354,7 +365,8 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
     """The gradio Blocks page over ``backend``."""
     import gradio as gr
 
-    with gr.Blocks(title="Video-ChatGPT", analytics_enabled=False) as app:
+    # delete_cache: every hour, gradio removes the uploads and previews it holds that are older than a day.
+    with gr.Blocks(title="Video-ChatGPT", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         gr.Markdown(f"# Video-ChatGPT\n{title}")
         state = gr.State(Conversation())
         with gr.Row():
@@ -446,15 +458,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def flag_problem(args: argparse.Namespace) -> str | None:
     if args.max_video_seconds <= 0:
-        parser.error(f"--max_video_seconds must be positive, got {args.max_video_seconds:g}")
+        return f"--max_video_seconds must be positive, got {args.max_video_seconds:g}"
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-        parser.error(f"--max_new_tokens must be 1 to {MAX_NEW_TOKENS_LIMIT}, got {args.max_new_tokens}")
+        return f"--max_new_tokens must be 1 to {MAX_NEW_TOKENS_LIMIT}, got {args.max_new_tokens}"
     if not 0 <= args.temperature <= 1:
-        parser.error(f"--temperature must be 0 to 1, got {args.temperature:g}")
+        return f"--temperature must be 0 to 1, got {args.temperature:g}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from video_chatgpt.cli import parse_args_or_status
+
+    parser = build_parser()
+    args = parse_args_or_status(parser, argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
+    problem = flag_problem(args)
+    if problem:  # a usage error, as argparse reports one (exit status 2)
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
     try:
         import gradio  # noqa: F401 (checked before the model is loaded)
     except ImportError as exc:
@@ -467,13 +492,14 @@ def main(argv: list[str] | None = None) -> int:
                          vision_tower=args.vision_tower, num_frames=args.num_frames, conv_mode=args.conv_mode,
                          prompt_ids=args.prompt_ids)
     tower = engine.extractor  # built now, so a bad tower stops the start, not the first upload
-    backend = DemoBackend(engine, args.max_video_seconds, examples)
     title = (f"Model `{args.model_name}`, tower `{engine.vision_tower}` ({tower.num_tokens} video tokens per video), "
              f"template `{engine.conv_mode}`, on {engine.device}.")
-    app = build_app(backend, title, args.temperature, args.max_new_tokens)
-    app.queue(max_size=args.max_queue, default_concurrency_limit=1)
-    folders = sorted({str(p.parent) for p in examples.values()} | {str(backend.preview_dir)})
-    print(f"video-chatgpt demo: serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, allowed_paths=folders, show_error=True,
-               footer_links=["api"], quiet=True)
+    with tempfile.TemporaryDirectory(prefix="video-chatgpt-demo-") as previews:
+        backend = DemoBackend(engine, Path(previews), args.max_video_seconds, examples)
+        app = build_app(backend, title, args.temperature, args.max_new_tokens)
+        app.queue(max_size=args.max_queue, default_concurrency_limit=1)
+        folders = sorted({str(p.parent) for p in examples.values()} | {previews})
+        print(f"video-chatgpt demo: serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+        app.launch(server_name=args.host, server_port=args.port, allowed_paths=folders, show_error=True,
+                   footer_links=["api"], quiet=True)
     return 0

@@ -152,6 +152,9 @@ def test_documented_script_saves_adapter_and_resumes_after_kill(data, tiny_llava
     assert json.loads((ref / ADAPTER_CONFIG_FILE).read_text())["r"] == 4
     info = json.loads((ref / "run_info.json").read_text())
     assert any(".lora_A." in p["name"] for p in info["trainable_parameters"])
+    report = (ref / "training_report.md").read_text()
+    lora_row = next(line for line in report.splitlines() if line.startswith("| LoRA adapters"))
+    assert "in 28 tensors on down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj (r 4, alpha 8" in lora_row
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out), *LORA_FLAGS, *steps]

@@ -425,6 +425,12 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
         ["world size (processes)", _fmt(info.get("world_size"))],
         ["feature shape (video tokens, width)", _fmt(info.get("feature_shape"))],
     ]
+    lora = [p for p in params if ".lora_" in str(p.get("name", ""))]
+    if lora:  # --lora_enable (issue 14): the adapters apart from the projector, with peft's settings
+        adapter = _lora_settings(run.output_dir)
+        leaves = sorted({str(p["name"]).split(".lora_")[0].rsplit(".", 1)[-1] for p in lora})
+        rows.append(["LoRA adapters", f"{_fmt(int(sum(_number(p.get('count')) or 0 for p in lora)))} parameters "
+                                      f"in {len(lora)} tensors on {', '.join(leaves)}{adapter}"])
     if state.get("train_batch_size") is not None:
         rows.append(["batch size per device", _fmt(state.get("train_batch_size"))])
     lines += ["", "## Summary", "", *_table(["", "value"], rows)]
@@ -505,6 +511,15 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
 
 
 # ------------------------------------------------------------------------------------------------- entry points
+def _lora_settings(folder: Path) -> str:
+    """``" (r 64, alpha 16, dropout 0.05)"`` from the run's adapter_config.json, or "" when it is not there yet."""
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    return f" (r {cfg.get('r')}, alpha {cfg.get('lora_alpha')}, dropout {cfg.get('lora_dropout')})"
+
+
 def write_report(output_dir: str | Path) -> list[Path]:
     """Write ``training_report.md`` (and ``loss.png`` when a loss was logged) in ``output_dir``; returns the paths.
 

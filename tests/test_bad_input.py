@@ -215,6 +215,8 @@ CASES: dict[str, Case] = {
     "check-weights: shard is an LFS pointer": Case(
         lambda w, t: s("check-weights", w["llava_lfs_shard"], "--no-vision-tower"), 1, ("Git LFS pointer",),
         report=True),
+    "check-weights: hub id not in the cache": Case(
+        lambda w, t: s("check-weights", "nobody-here/no-such-model"), 1, ("nobody-here/no-such-model", "hf download")),
     "check-weights: no tokenizer": Case(
         lambda w, t: s("check-weights", w["llava_no_tokenizer"], "--no-vision-tower"), 1, ("no tokenizer",),
         report=True),

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from video_chatgpt.constants import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.errors import run_main
 from video_chatgpt.weights.checkpoint import (
     TensorInfo,
     WeightsError,
@@ -343,21 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("folder", help="model folder, or a hub id found in the local Hugging Face cache")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-vision-tower", action="store_true", help="do not look for the mm_vision_tower model")
-    args = p.parse_args(argv)
+    args = parse_args_or_status(p, argv)
+    if isinstance(args, int):  # --help (0) or bad flags (2)
+        return args
     folder = Path(args.folder)
     if not folder.exists():
         from video_chatgpt.weights.hub import looks_like_hub_id, resolve_model_folder
 
         if looks_like_hub_id(args.folder):
-            try:
-                folder = resolve_model_folder(args.folder, "folder", local_files_only=True)
-            except WeightsError as exc:
-                print(f"check-weights: error: {exc}", file=sys.stderr)
-                return 1
+            folder = resolve_model_folder(args.folder, "folder", local_files_only=True)  # WeightsError: one line
     report = check_weights(folder, check_tower=not args.no_vision_tower)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "video-chatgpt check-weights"))

@@ -7,6 +7,11 @@
 
 Without ``--question`` it reads one question per line from standard input until EOF (or an empty line).
 ``--temperature`` 0.2 samples as the original did; 0 is greedy (deterministic); ``--seed`` makes sampling repeatable.
+``--prompt_ids original`` gives the original inference's prompt ids (2 tokens longer) to reproduce published answers.
+
+Every input is checked before the model loads (one line naming the file, exit 1): the model folder, its tokenizer
+and weight shards (Git LFS pointers included), the projector, the video or feature file; features are refused when
+their width is not the projector's or their row count is not the model's video token count.
 """
 
 from __future__ import annotations

@@ -230,3 +230,26 @@ def test_merge_lora_folder_answers_as_the_run(data, tiny_llava, lora_run, tmp_pa
             assert torch.allclose(torch.tensor(scores[k]), torch.tensor(scores["run"]), atol=1e-4), scores
         without = no_adapter.score_answers(question, feats, ["The object is red.", "The object is blue."])
         assert not torch.allclose(torch.tensor(without), torch.tensor(scores["run"]), atol=1e-4)  # it trained
+
+
+def test_lora_under_torchrun_two_processes(data, tiny_llava, tmp_path):
+    """torchrun x2 (DDP on CPU): both ranks end with the same adapter, equal to one process with the same global
+    batch (dropout 0, so both runs draw the same computation)."""
+    from tests.train.test_train import free_port
+
+    flags = [*LORA_FLAGS, "--lora_dropout", "0", "--max_steps", "3", "--save_strategy", "no"]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out), *flags]
+    run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    info = json.loads((out / "run_info.json").read_text())
+    checksums = info["runs"][-1]["replica_checksums"]
+    assert info["world_size"] == 2 and len(checksums) == 2 and checksums[0] == checksums[1], checksums
+    single = tmp_path / "single"
+    one = run_train(data, tiny_llava, single, *flags, "--per_device_train_batch_size", "4")
+    assert one.returncode == 0, one.stderr[-3000:]
+    ddp, ref = load_file(str(out / ADAPTER_WEIGHTS_FILE)), load_file(str(single / ADAPTER_WEIGHTS_FILE))
+    assert set(ddp) == set(ref) and any(float(v.abs().max()) > 0 for k, v in ref.items() if "lora_B" in k)
+    for key in ref:
+        assert torch.allclose(ddp[key], ref[key], rtol=1e-4, atol=1e-6), (key, (ddp[key] - ref[key]).abs().max())

@@ -19,6 +19,8 @@ What it measures (each part within a time budget; a part that runs out of GPU me
    ``flash_attn`` is importable, flash_attention_2: step time, steps/s, tokens/s (real tokens), peak GPU memory
    (``max_memory_allocated``), TFLOP/s and MFU against the GPU's dense bf16 peak (``FLOPS_FORMULA`` in
    ``common.py``: 4 x params x tokens for a frozen backbone, plus attention);
+   then LoRA (``--lora_enable True`` defaults: r 64 on every linear layer of the LLM, fp32 adapters, projector and
+   rows trained; gradient checkpointing on, sdpa), with ``plan-memory``'s planned peak beside each measured one;
 2. the straightforward step (fp32 backbone under bf16 autocast, full-vocabulary logits, the whole embedding
    trainable with AdamW state), gradient checkpointing on, sdpa: the same numbers and the ratio to ours;
 3. extraction: frames/s of the tower alone at several batch sizes (fp16, ``inference_mode``); videos/s of
@@ -84,6 +86,9 @@ PEAK_BF16_TFLOPS = (
     ("3090", 71.0),
 )
 
+# The LoRA row (issue 14): peft adapters on every linear layer of the LLM, as --lora_enable True's defaults.
+LORA_R, LORA_ALPHA, LORA_DROPOUT = 64, 16, 0.05
+
 CLIP_SIZES = {
     "vit-l-14": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "tiny": dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64),
@@ -100,8 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None,
                    help="training compute dtype: bf16 (default on CUDA), fp16, fp32 (default on CPU); "
                         "`--small --dtype bf16` runs the GPU's dtype layout on CPU")
-    p.add_argument("--sections", default="train,straightforward,tower,extractor",
-                   help="comma-separated subset of train,straightforward,tower,extractor")
+    p.add_argument("--sections", default="train,lora,straightforward,tower,extractor",
+                   help="comma-separated subset of train,lora,straightforward,tower,extractor")
     p.add_argument("--attn", default="sdpa,flash_attention_2",
                    help="attention implementations to measure (flash_attention_2 only when flash_attn is importable)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per configuration (default 2, small 1)")
@@ -222,6 +227,23 @@ def train_row(args, model, loss_fn, batch, optimizer, autocast, flops: float, pe
     }
 
 
+def planned_gb(config, batch, compute: torch.dtype, gc_on: bool, train: str, device: str) -> float:
+    """``video-chatgpt plan-memory``'s allocated peak for this configuration (compare with ``peak_memory_gb``,
+    which on CUDA is ``max_memory_allocated``; on CPU the process's RSS, a different quantity)."""
+    from video_chatgpt.train.memory import ModelShape, StepSettings, plan_step
+
+    shape = ModelShape(hidden=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
+                       kv_heads=config.num_key_value_heads, head_dim=config.hidden_size // config.num_attention_heads,
+                       intermediate=config.intermediate_size, vocab=config.vocab_size,
+                       mm_hidden=config.mm_hidden_size)
+    b = batch.input_ids.shape[0]
+    settings = StepSettings(batch=b, tokens=batch.input_ids.shape[1], supervised=batch.supervised / b,
+                            video_tokens=batch.features.shape[1], compute=common.dtype_name(compute),
+                            gradient_checkpointing=gc_on, train=train, token_rows=2, lora_r=LORA_R,
+                            lora_dropout=LORA_DROPOUT, device="cuda" if device.startswith("cuda") else "cpu")
+    return round(plan_step(shape, settings).allocated_bytes / 2**30, 3)
+
+
 def bench_training(args, env: dict) -> dict:
     """Ours for each attention x checkpointing, then the straightforward step; one model build per variant."""
     device = args.device
@@ -281,8 +303,35 @@ def bench_training(args, env: dict) -> dict:
                     continue
                 common.set_checkpointing(state["model"], gc_on)
                 rows.append({**row, **guarded(lambda: train_row(args, state["model"], common.loss_ours, batch,
-                                                                 state["optimizer"], autocast, flops, peak), device)})
+                                                                 state["optimizer"], autocast, flops, peak), device),
+                             "plan_gb": planned_gb(config, batch, compute, gc_on, "projector", device)})
         state.clear()  # the only references to the 7B model and its optimizer: freed before the fp32 build
+        common.free_memory(device)
+
+    if "lora" in args.sections:
+        row = {"variant": "lora", "attn": "sdpa", "gradient_checkpointing": True}
+
+        def run_lora() -> dict:
+            from video_chatgpt.train.lora import LoraSettings, add_lora
+
+            t0 = time.perf_counter()
+            model = common.build_model(config, device, compute)  # frozen backbone in the compute dtype
+            common.setup_ours(model)
+            add_lora(model, LoraSettings(r=LORA_R, alpha=LORA_ALPHA, dropout=LORA_DROPOUT))  # fp32 adapters
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = common.make_optimizer(params, device)
+            common.set_checkpointing(model, True)
+            total, trainable = common.count_parameters(model)
+            build_s = round(time.perf_counter() - t0, 2)
+            try:
+                # FLOPs: the frozen-backbone count (the adapters' own matmuls are r/H of it, not counted)
+                return {"parameters": total, "trainable": trainable, "build_s": build_s, "lora_r": LORA_R,
+                        **train_row(args, model, common.loss_ours, batch, optimizer, autocast, flops, peak)}
+            finally:
+                del model, optimizer, params
+
+        rows.append({**row, **guarded(run_lora, device),
+                     "plan_gb": planned_gb(config, batch, compute, True, "lora", device)})
         common.free_memory(device)
 
     if "straightforward" in args.sections:
@@ -601,6 +650,13 @@ def render(results: dict) -> str:
             else:
                 lines.append(f"straightforward / ours ({ratio['compared']}): step time x{ratio['step_time']:.2f}, "
                              f"peak memory x{ratio['peak_memory']:.2f}")
+        planned = [r for r in train["rows"] if r.get("status") == "ok" and r.get("plan_gb")]
+        if planned:
+            lines.append("plan-memory (allocated peak) vs measured peak GB: " + "; ".join(
+                f"{r['variant']} ckpt {'on' if r['gradient_checkpointing'] else 'off'} {r['plan_gb']:.2f} vs "
+                f"{r['peak_memory_gb']:.2f} ({100 * (r['plan_gb'] - r['peak_memory_gb']) / r['peak_memory_gb']:+.0f}%)"
+                for r in planned if r["attn"] == "sdpa")
+                + ("" if env["device_type"] == "cuda" else " (CPU: measured is the process RSS, not comparable)"))
         lines.append(f"projection: {results['projection']['training']['samples']:,} samples (100K x 3 epochs, global "
                      f"batch {GLOBAL_BATCH}); 8 GPUs assumes linear scaling")
         lines.append("FLOPs: " + train["flops_formula"])
@@ -661,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             return {"status": f"error: {type(exc).__name__}: {exc}"[:500]}
 
-    if {"train", "straightforward"} & set(args.sections):
+    if {"train", "lora", "straightforward"} & set(args.sections):
         results["training"] = section("training", lambda: bench_training(args, results["env"]))
         if "rows" in results["training"]:
             results["projection"] = {"training": project_training(results["training"])}

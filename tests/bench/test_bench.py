@@ -35,7 +35,8 @@ def check_gpu_json(data: dict) -> None:
     train = data["training"]
     assert train["flops_per_step"] > 0 and "4*N_body*T" in train["flops_formula"]
     rows = {(r["variant"], r["attn"], r["gradient_checkpointing"]): r for r in train["rows"]}
-    for key in (("ours", "sdpa", False), ("ours", "sdpa", True), ("straightforward", "sdpa", True)):
+    for key in (("ours", "sdpa", False), ("ours", "sdpa", True), ("lora", "sdpa", True),
+                ("straightforward", "sdpa", True)):
         assert rows[key]["status"] == "ok", rows[key]
         positive(rows[key], "step_ms", "steps_per_s", "samples_per_s", "tokens_per_s", "peak_memory_gb", "tflops_per_s")
     # flash_attention_2 rows are there too: measured where flash_attn is importable, else skipped with the reason
@@ -47,7 +48,10 @@ def check_gpu_json(data: dict) -> None:
 
     proj = data["projection"]["training"]
     assert proj["samples"] == 300_000 and proj["optimizer_steps"] == 9375
-    assert len(proj["rows"]) == 3
+    assert len(proj["rows"]) == 4
+    lora = rows[("lora", "sdpa", True)]
+    assert lora["trainable"] > train["ours_model"]["trainable"] and lora["lora_r"] == 64
+    positive(lora, "plan_gb")
     for row in proj["rows"]:
         positive(row, "one_gpu_hours", "eight_gpus_hours")
         assert row["eight_gpus_hours"] == pytest.approx(row["one_gpu_hours"] / 8, rel=0.02, abs=0.01)

@@ -9,7 +9,7 @@ Builds in a temporary folder (removed at the end unless ``--keep``):
   of 729,088 bytes, trailer), so 13K real-size files take ~100 MB of disk instead of 9.5 GB. They look the same to
   the header check (same size, same header, same seek); a full load reads the hole as zeros from memory, so the
   ``--deep`` time is a lower bound (no disk reads; on a network file system expect it to be I/O-bound);
-* the tiny sample tokenizer (the real LLaMA SentencePiece model, 32000 pieces) for the token lengths.
+* the tiny sample tokenizer (Mistral's v1 SentencePiece vocabulary in LLaMA's format, 32000 pieces) for the token lengths.
 
 Then it times, in this process: the conversion without and with ``--clip_feature_path``, the original's list
 filter (on a slice, extrapolated), the default check (headers + a sample) of the unfiltered JSON (which reports the

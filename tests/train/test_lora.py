@@ -253,3 +253,36 @@ def test_lora_under_torchrun_two_processes(data, tiny_llava, tmp_path):
     assert set(ddp) == set(ref) and any(float(v.abs().max()) > 0 for k, v in ref.items() if "lora_B" in k)
     for key in ref:
         assert torch.allclose(ddp[key], ref[key], rtol=1e-4, atol=1e-6), (key, (ddp[key] - ref[key]).abs().max())
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+def test_lora_on_other_bases_wraps_the_language_model(family, tmp_path):
+    """Any causal LM base (VideoLanguageModel): the adapter sits on ``language_model`` (its own names, as peft's
+    PeftModel would name them), the projector in ``model`` trains beside it, the base stays bit-identical."""
+    from video_chatgpt.model.video_chatgpt import load_video_model
+    from video_chatgpt.sample.models import make_tiny_chat_lm
+    from video_chatgpt.train.lora import adapter_state_dict
+
+    folder = make_tiny_chat_lm(tmp_path / family, family)
+    model, kind = load_video_model(folder, dtype=torch.float32, mm_hidden_size=16, video_token_len=8,
+                                   mm_use_vid_start_end=False)
+    assert kind == "causal_lm"
+    model.config.video_patch_token_id = 5
+    model.requires_grad_(False)
+    model.model.mm_projector.requires_grad_(True)
+    add_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(n.startswith("language_model.model.layers.") and ".lora_" in n or n.startswith("model.mm_projector.")
+               for n in names), names
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names if ".lora_" in n} == set(TARGETS)
+    assert all(k.startswith("base_model.model.model.layers.") for k in adapter_state_dict(model))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for step in range(2):
+        model(**video_batch(model, seed=step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], p) for n, p in frozen.items())
+    assert any(float(params[n].abs().max()) > 0 for n in names if "lora_B" in n)

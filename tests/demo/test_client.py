@@ -94,3 +94,20 @@ def test_bad_input_is_explained_and_the_server_keeps_serving(client, demo_server
 def test_question_before_any_video(client):
     chat, box, status = client.predict(QUESTION, 0.2, 8, api_name="/ask")
     assert "Upload a video or pick an example first" in status and chat == []
+
+
+def test_two_sessions_at_once_are_queued_and_kept_apart(demo_server, demo_inputs, expected_answer):
+    """Two browsers asking at the same time: the model serves one request at a time (one queue slot), and each
+    session keeps its own video and conversation."""
+    from gradio_client import Client
+
+    first, second = (Client(demo_server["url"], verbose=False) for _ in range(2))
+    upload(first, demo_inputs["video"])
+    upload(second, demo_inputs["video"])
+    jobs = [c.submit(QUESTION, 0, MAX_NEW_TOKENS, api_name="/ask") for c in (first, second)]
+    for job in jobs:
+        chat = job.result()[0]
+        assert [text_of(m) for m in chat] == [QUESTION, expected_answer]
+    # A session without a video is not served another session's.
+    chat, _, status = Client(demo_server["url"], verbose=False).predict(QUESTION, 0, 8, api_name="/ask")
+    assert chat == [] and "Upload a video or pick an example first" in status

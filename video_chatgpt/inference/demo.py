@@ -247,6 +247,7 @@ class DemoBackend:
 
             try:
                 player = write_preview(path, self.preview_dir / f"{time.time_ns()}-{path.stem}.webm")
+                status += f" (Shown as a VP8 preview: browsers do not play {info.codec} video.)"
             except (av.error.FFmpegError, OSError, ValueError) as exc:  # the chat works without a picture
                 logger.warning("no preview of %s: %s", path, exc)
                 player = None

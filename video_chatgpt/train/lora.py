@@ -148,6 +148,10 @@ def add_lora(model: nn.Module, settings: LoraSettings):
                         target_modules=target_pattern(targets), bias="none", task_type="CAUSAL_LM")
     lm = language_model(model)
     inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
+    if getattr(lm, "is_quantized", False):
+        # The Trainer refuses a quantised model unless it is marked as carrying an adapter; transformers'
+        # add_adapter (inject_adapter_in_model + this mark) needs peft >= 0.22, so the mark is set here.
+        lm._hf_peft_config_loaded = True
     for p in trainable_before:  # peft marks only the adapters trainable: the projector and rows train too
         p.requires_grad_(True)
     for name, p in lm.named_parameters():
@@ -225,6 +229,8 @@ def merge_adapter(model: nn.Module) -> None:
             setattr(parent, leaf, module.get_base_layer())
     if hasattr(lm, "peft_config"):
         del lm.peft_config
+    if getattr(lm, "_hf_peft_config_loaded", False):
+        lm._hf_peft_config_loaded = False  # transformers' flag: the model carries no adapter any more
 
 
 def projector_parameter_groups(model: nn.Module, lr: float, projector_lr: float, weight_decay: float,

@@ -22,6 +22,8 @@ Features:
   train; the frozen backbone is loaded directly in bf16/fp16 (``--bf16``/``--fp16``), trainables stay fp32;
   without it the whole model trains (loaded in fp32, mixed precision through autocast);
 * the loss is computed only at supervised positions (no (B, L, V) logits);
+* ``--lora_enable True`` (``train/lora.py``): peft LoRA on the LLM's linear layers, the projector and rows train too;
+  ``--bits 4|8`` QLoRA (CUDA); ``video-chatgpt plan-memory`` plans the memory of a step for these flags;
 * ``output_dir/mm_projector.bin`` (the original's keys, fp32) + config + tokenizer; ``checkpoint-N`` resume,
   automatically when ``output_dir`` holds checkpoints, or with ``--resume_from_checkpoint``;
 * a training report (``training_report.md``, ``loss.png``) at the end;

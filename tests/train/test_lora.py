@@ -192,8 +192,15 @@ def test_bits_without_cuda_is_one_line(data, tiny_llava, tmp_path):
     assert len(errors) == 1 and errors[0].startswith("train_mem.py: error: --bits 4 (QLoRA)"), run.stderr[-2000:]
     assert "CUDA" in errors[0] and "Traceback" not in run.stderr
     assert not (tmp_path / "q" / "run_info.json").exists()  # stopped before the model was loaded
-    bad = run_train(data, tiny_llava, tmp_path / "b", "--lora_enable", "False", "--bits", "8")
-    assert bad.returncode == 1 and "train_mem.py: error: --bits 8 quantises the base" in bad.stderr
+    from types import SimpleNamespace
+
+    from video_chatgpt.train.lora import check_flags
+
+    flags = dict(bits=8, lora_enable=False, quant_type="nf4", lora_bias="none", lora_r=4, lora_dropout=0.0)
+    with pytest.raises(UserError, match="--bits 8 quantises the base, which then cannot train"):
+        check_flags(SimpleNamespace(**flags))
+    with pytest.raises(UserError, match="--quant_type 'int3'"):
+        check_flags(SimpleNamespace(**{**flags, "lora_enable": True, "quant_type": "int3"}))
 
 
 def test_merge_lora_folder_answers_as_the_run(data, tiny_llava, lora_run, tmp_path):
@@ -232,6 +239,7 @@ def test_merge_lora_folder_answers_as_the_run(data, tiny_llava, lora_run, tmp_pa
         assert not torch.allclose(torch.tensor(without), torch.tensor(scores["run"]), atol=1e-4)  # it trained
 
 
+@pytest.mark.slow
 def test_lora_under_torchrun_two_processes(data, tiny_llava, tmp_path):
     """torchrun x2 (DDP on CPU): both ranks end with the same adapter, equal to one process with the same global
     batch (dropout 0, so both runs draw the same computation)."""

@@ -294,3 +294,20 @@ def test_lora_on_other_bases_wraps_the_language_model(family, tmp_path):
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n], p) for n, p in frozen.items())
     assert any(float(params[n].abs().max()) > 0 for n in names if "lora_B" in n)
+
+
+def test_chat_lora_path_adds_the_adapter_to_a_base(data, tiny_llava, lora_run, capsys):
+    """``chat --lora_path`` on the base answers as ``chat --model-name <the LoRA run>``; a folder without an
+    adapter is one line."""
+    from video_chatgpt.cli import main
+
+    feats = str(sorted(data["video_folder"].glob("*.pkl"))[0])
+    common = ["--features_path", feats, "--question", "What colour is the moving object in the video?",
+              "--temperature", "0", "--max_new_tokens", "12", "--device", "cpu", "--dtype", "float32"]
+    assert main(["chat", "--model-name", str(lora_run), *common]) == 0
+    from_run = capsys.readouterr().out
+    assert main(["chat", "--model-name", str(tiny_llava), "--projection_path", str(lora_run / "mm_projector.bin"),
+                 "--lora_path", str(lora_run), *common]) == 0
+    assert capsys.readouterr().out == from_run and from_run.strip()
+    assert main(["chat", "--model-name", str(tiny_llava), "--lora_path", str(tiny_llava), *common]) == 1
+    assert "--lora_path" in capsys.readouterr().err

@@ -4,6 +4,8 @@
         --video_path video.mp4 --question "What is happening in this video?"
     video-chatgpt chat --model-name ./Video-ChatGPT_7B-1.1_Checkpoints --video_path video.mp4   # our output folder
     video-chatgpt chat --model-name ... --projection_path ... --features_path v_abc.pkl            # a feature file
+    video-chatgpt chat --model-name LLaVA-7B-Lightening-v1-1 --projection_path run/mm_projector.bin \
+        --lora_path run --video_path video.mp4                  # a LoRA run's adapter on the base (issue 14)
 
 Without ``--question`` it reads one question per line from standard input until EOF (or an empty line).
 ``--temperature`` 0.2 samples as the original did; 0 is greedy (deterministic); ``--seed`` makes sampling repeatable.
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", "--model_name", dest="model_name", required=True,
                    help="base LLaVA-7B-Lightening-v1-1 folder, or a Video-ChatGPT training output folder")
     p.add_argument("--projection_path", default=None, help="mm_projector.bin / video_chatgpt-7B.bin")
+    p.add_argument("--lora_path", default=None,
+                   help="a LoRA run folder (adapter_model.safetensors + adapter_config.json) to add to the base")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video_path", help="video file; features are computed on the fly")
     src.add_argument("--features_path", help="a precomputed feature file (.pkl/.npy) instead of a video")
@@ -162,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Every input checked before the model is loaded.
     check_model_inputs(args.model_name, args.projection_path)
+    if args.lora_path is not None and not Path(args.lora_path, "adapter_model.safetensors").is_file():
+        raise UserError(f"--lora_path {args.lora_path}: no adapter_model.safetensors; name the output folder of a "
+                        f"--lora_enable True training run")
     if args.video_path:
         source = _need_file(args.video_path, "--video_path", "a video file (.mp4, .mkv, ...)")
     else:
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         num_frames=args.num_frames,
         conv_mode=args.conv_mode,
         prompt_ids=args.prompt_ids,
+        lora_path=args.lora_path,
     )
     if args.video_path:
         try:

@@ -6,7 +6,8 @@
 #
 # 1. installs wheels carried in .whl/ (e.g. av, transformers==5.24.0) into /tmp/site, if there are any;
 # 2. checks that torch sees a GPU and prints the versions;
-# 3. runs `bench/gpu.py --small --device cuda` (tiny shapes on the GPU, seconds: the CUDA code paths) and then
+# 3. runs `bench/gpu.py --small --device cuda` (tiny shapes on the GPU, seconds: the CUDA code paths),
+#    `bench/memory.py --device cuda` (the memory plan against max_memory_allocated) and then
 #    `bench/gpu.py` (real size) under a timeout; extra arguments go to the real-size run.
 # Exit status: that of the real-size run (124 = timed out; what it printed is in the log).
 set -uo pipefail
@@ -36,6 +37,12 @@ PY
 timeout 90 "$PY" bench/gpu.py --small --device cuda --out "$OUT_DIR/gpu_small_cuda.json" > "$OUT_DIR/gpu_small_cuda.log" 2>&1
 echo "small mode on CUDA: exit $? (log: $OUT_DIR/gpu_small_cuda.log)"
 tail -n 25 "$OUT_DIR/gpu_small_cuda.log"
+
+# plan-memory against torch.cuda.max_memory_allocated, 2 sizes (LoRA rows need peft: a wheel in .whl/ or installed)
+timeout 120 "$PY" bench/memory.py --device cuda --sizes h256,h512 --modes projector,projector-gc,lora-gc \
+    --out "$OUT_DIR/memory_cuda.json" > "$OUT_DIR/memory_cuda.log" 2>&1
+echo "memory plan on CUDA: exit $? (log: $OUT_DIR/memory_cuda.log)"
+tail -n 12 "$OUT_DIR/memory_cuda.log"
 
 timeout "${GPU_BENCH_TIMEOUT:-450}" "$PY" bench/gpu.py --out "$OUT_DIR/gpu.json" "$@" 2>&1 | tee "$OUT_DIR/gpu.log"
 rc=${PIPESTATUS[0]}

@@ -61,3 +61,14 @@ def language_llava(tmp_path_factory, tiny_llava) -> Path:
     conversations, captions = language_corpus(n=400, seed=1)
     pretrain_language(folder, conversations, captions, steps=80)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _autograd_is_left_as_found():
+    """Fail the test that turns autograd off for the whole process (a leak once broke every later training test)."""
+    import torch
+
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left autograd disabled process-wide (use a scoped torch.no_grad())")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -187,16 +188,23 @@ def main(argv: list[str] | None = None) -> int:
                 for qa in test_qa}
     untrained = evaluate(untrained_engine, test_qa, features)
     trained = evaluate(trained_engine, test_qa, features)
+    # Control: the trained model asked about another held-out video (a fixed random permutation of the features).
+    # If the answers come from the video, this falls to chance (a permutation keeps the colour in ~1/4 of the pairs).
+    names = sorted(features)
+    shuffled_names = random.Random(args.seed).sample(names, len(names))
+    shuffled = evaluate(trained_engine, test_qa, {a: features[b] for a, b in zip(names, shuffled_names)})
     chance = 1 / len(test_qa[0]["choices"])
     n = len(test_qa)
     print(f"\nheld-out colour accuracy over {n} videos:")
     print(f"  chance                      {chance:6.1%}")
     print(f"  {first_row}  {untrained['accuracy']:6.1%}  ({untrained['correct']}/{n})")
     print(f"  trained (mm_projector.bin)  {trained['accuracy']:6.1%}  ({trained['correct']}/{n})")
+    print(f"  trained, videos shuffled    {shuffled['accuracy']:6.1%}  ({shuffled['correct']}/{n})")
     print("\nexamples (trained, greedy answer):")
     for video, truth, chosen, answer in trained["examples"]:
         print(f"  {video}: truth {truth!r}; chosen {chosen!r}; generated {answer!r}")
     summary = {"chance": chance, "untrained": untrained["accuracy"], "trained": trained["accuracy"],
+               "trained_shuffled": shuffled["accuracy"],
                "num_test": len(test_qa), "wall_time_s": round(time.perf_counter() - step.start, 1)}
     (work / "quickstart_result.json").write_text(json.dumps(summary, indent=2))
     print(f"\nresult: {work / 'quickstart_result.json'}; training report: {out / 'training_report.md'}")

@@ -298,14 +298,21 @@ def main(argv: list[str] | None = None) -> int:
 def predict(args, todo: list[dict], files: PredictionFiles) -> list[dict]:
     """Answer ``todo``, appending each answered record to the progress file; returns the samples without a video."""
     import torch
+
+    from video_chatgpt.inference.chat import check_model_inputs
+
+    check_model_inputs(args.model_name, args.projection_path)  # one line for a missing/broken base or projector
+    with torch.no_grad():  # scoped, not set_grad_enabled: an in-process caller keeps autograd as it had it
+        return _predict(args, todo, files)
+
+
+def _predict(args, todo: list[dict], files: PredictionFiles) -> list[dict]:
     from tqdm import tqdm
 
     from video_chatgpt.features.decode import VideoDecodeError
-    from video_chatgpt.inference.chat import check_model_inputs, expected_video_tokens
+    from video_chatgpt.inference.chat import expected_video_tokens
     from video_chatgpt.inference.engine import load_engine
 
-    check_model_inputs(args.model_name, args.projection_path)  # one line for a missing/broken base or projector
-    torch.set_grad_enabled(False)
     engine = load_engine(args.model_name, args.projection_path, device=args.device, vision_tower=args.vision_tower,
                          num_frames=args.num_frames, conv_mode=args.conv_mode, prompt_ids=args.prompt_ids)
     rows, rows_source = expected_video_tokens(engine)

@@ -131,7 +131,7 @@ def test_grad_norm_check_refuses_nan(tiny_llava):
     ("C:\\features\\x.pkl", "is an absolute path"),
 ])
 def test_record_paths_outside_the_folder_are_refused(video, words, data, tiny_llava, tmp_path):
-    from video_chatgpt.data.dataset import feature_path
+    from video_chatgpt.data.paths import feature_path
     from video_chatgpt.train.train import train
 
     with pytest.raises(UserError, match=words):
@@ -146,7 +146,7 @@ def test_record_paths_outside_the_folder_are_refused(video, words, data, tiny_ll
 
 
 def test_record_paths_inside_the_folder_are_fine(data):
-    from video_chatgpt.data.dataset import feature_path
+    from video_chatgpt.data.paths import feature_path
 
     assert feature_path(data["video_folder"], "a/b.pkl") == data["video_folder"] / "a" / "b.pkl"
     assert feature_path(data["video_folder"], "a/../b.pkl".replace("a/../", "")) == data["video_folder"] / "b.pkl"

@@ -12,9 +12,8 @@ so ``__getitem__`` refuses it, naming the file.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,29 +21,10 @@ from torch.utils.data import Dataset
 
 from video_chatgpt.constants import IGNORE_INDEX
 from video_chatgpt.data.conversation import TRAIN_TEMPLATE, RenderedSample, render_sample
+from video_chatgpt.data.paths import feature_path
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import load_features
-
-
-def feature_path(video_folder: str | Path, video: str) -> Path:
-    """``video_folder / video`` for a record's ``video`` entry, refusing one that would read outside the folder.
-
-    A training JSON from elsewhere may name ``/etc/...`` or ``../../x.pkl``; the original joined them blindly.
-    Symbolic links inside the folder are allowed (feature folders are often links to a shared disk).
-    """
-    if not isinstance(video, str) or not video:
-        raise UserError(f"record video {video!r}: expected a feature file name such as 'v_abc.pkl'")
-    if PurePosixPath(video).is_absolute() or PureWindowsPath(video).is_absolute() or PureWindowsPath(video).drive:
-        raise UserError(
-            f"record video {video!r} is an absolute path; the training JSON must name files relative to "
-            f"--video_folder {video_folder} (convert it again with convert_instruction_json_to_training_format.py)"
-        )
-    if ".." in PurePosixPath(video.replace("\\", "/")).parts:
-        raise UserError(
-            f"record video {video!r} climbs out of --video_folder {video_folder} ('..'); name a file inside it"
-        )
-    return Path(video_folder) / os.path.normpath(video)
 
 
 def check_record_paths(records: list[dict], video_folder: str | Path, data_path: str | Path = "training JSON") -> None:

@@ -10,8 +10,8 @@
   (224 px, patch 14, so 16x16 = 256 patch tokens) and the real ``preprocessor_config.json``, but tiny width/depth.
 
 Both are written with ``save_pretrained``/``torch.save`` and are meant to be read back only through the code paths
-real weights take. The SentencePiece file is the real LLaMA-format one shipped in the PyPI package ``mistral-common``
-(32000 pieces, ``<unk>``/``<s>``/``</s>`` = 0/1/2).
+real weights take. The SentencePiece file is Mistral's v1 vocabulary in LLaMA's format (not LLaMA's own vocabulary),
+shipped in the PyPI package ``mistral-common`` (32000 pieces, ``<unk>``/``<s>``/``</s>`` = 0/1/2).
 
 CLI: ``video-chatgpt sample models --out runs/sample/models``
 """

@@ -18,15 +18,8 @@ from safetensors.torch import load_file
 from tests.conftest import REPO
 from tests.train.test_train import ENV, data, paths  # noqa: F401 - the module's training-data fixture
 from video_chatgpt.errors import UserError
-from video_chatgpt.train.lora import (
-    ADAPTER_CONFIG_FILE,
-    ADAPTER_WEIGHTS_FILE,
-    LoraSettings,
-    add_lora,
-    linear_names,
-    load_adapter,
-    merge_adapter,
-)
+from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, load_adapter, merge_adapter
+from video_chatgpt.train.lora import LoraSettings, add_lora, linear_names
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA_FLAGS = ["--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8", "--mm_use_vid_start_end",
@@ -311,3 +304,38 @@ def test_chat_lora_path_adds_the_adapter_to_a_base(data, tiny_llava, lora_run, c
     assert capsys.readouterr().out == from_run and from_run.strip()
     assert main(["chat", "--model-name", str(tiny_llava), "--lora_path", str(tiny_llava), *common]) == 1
     assert "--lora_path" in capsys.readouterr().err
+
+
+LAYERS_WITHOUT_TRAIN = ("model", "inference", "eval")  # STYLE.md: inference and eval never import train
+
+
+def test_inference_and_model_never_import_the_training_package(lora_run):
+    """Loading and merging an adapter lives in ``model/lora.py``: no module of model/, inference/ or eval/ names
+    ``video_chatgpt.train`` (at top level or inside a function), and a fresh process that loads a LoRA run folder,
+    answers with it and merges it has imported nothing of the training package."""
+    import ast
+
+    offenders = []
+    for layer in LAYERS_WITHOUT_TRAIN:
+        for path in sorted((REPO / "video_chatgpt" / layer).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
+                              if n == "video_chatgpt.train" or n.startswith("video_chatgpt.train.")]
+    assert not offenders, offenders
+    code = (
+        "import sys, numpy as np, torch\n"
+        "from video_chatgpt.inference.engine import load_engine\n"
+        "from video_chatgpt.model.lora import has_lora, merge_adapter\n"
+        f"engine = load_engine({str(lora_run)!r}, device='cpu', dtype=torch.float32)\n"
+        "assert has_lora(engine.model)\n"
+        "rows, width = engine.model.config.video_token_len, engine.model.config.mm_hidden_size\n"
+        "engine.answer('What is shown?', np.zeros((rows, width), np.float16), temperature=0, max_new_tokens=2)\n"
+        "merge_adapter(engine.model)\n"
+        "assert not has_lora(engine.model)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('video_chatgpt.train')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout

@@ -44,6 +44,7 @@ from video_chatgpt.data.conversation import (
 )
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
 from video_chatgpt.errors import UserError
+from video_chatgpt.model.lora import ADAPTER_WEIGHTS_FILE, load_adapter
 from video_chatgpt.model.video_chatgpt import (
     VideoChatGPTForCausalLM,
     base_kind,
@@ -235,8 +236,6 @@ def load_engine(
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     base, projector = resolve_model_folders(model_name, projection_path)
-    from video_chatgpt.train.lora import ADAPTER_WEIGHTS_FILE, load_adapter
-
     # A LoRA run folder carries its adapter (issue 14); --lora_path adds one to any base.
     adapter = lora_path or (model_name if Path(model_name, ADAPTER_WEIGHTS_FILE).is_file() else None)
     run_config_file = Path(model_name) / "config.json"

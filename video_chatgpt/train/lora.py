@@ -18,6 +18,8 @@
   which a run resumes.
 * ``--bits 4|8``: the base's decoder linears are quantised by bitsandbytes at load time; on a machine without
   CUDA or without bitsandbytes the run stops with one line before anything is loaded.
+
+Where the adapter sits, its file names, loading and merging are shared with inference: ``video_chatgpt/model/lora.py``.
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ import torch
 from torch import nn
 
 from video_chatgpt.errors import UserError
+from video_chatgpt.model.lora import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_NAME,
+    ADAPTER_WEIGHTS_FILE,
+    PEFT_PREFIX,
+    language_model,
+)
 
-ADAPTER_NAME = "default"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 # Modules LoRA never wraps: the output layer and the video projector (the vision tower is not in the model).
 EXCLUDED = ("lm_head", "mm_projector")
 BITS = (4, 8, 16)
@@ -102,11 +108,6 @@ def quantisation_config(settings: LoraSettings, compute_dtype: torch.dtype):
     )
 
 
-def language_model(model: nn.Module) -> nn.Module:
-    """The causal LM that carries the adapter: ``VideoLanguageModel.language_model``, or the model itself."""
-    return getattr(model, "language_model", model)
-
-
 def linear_names(model: nn.Module) -> list[str]:
     """Leaf names of the LLM's linear layers that LoRA may wrap (``lm_head`` and the projector excluded)."""
     from peft.tuners.lora import LoraLayer
@@ -163,14 +164,6 @@ def add_lora(model: nn.Module, settings: LoraSettings):
     return config
 
 
-def lora_parameter_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters() if ".lora_" in n]
-
-
-def has_lora(model: nn.Module) -> bool:
-    return any(".lora_" in n for n, _ in model.named_parameters())
-
-
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """peft's adapter tensors, named as ``PeftModel.save_pretrained`` names them (``base_model.model.<path>``)."""
     from peft import get_peft_model_state_dict
@@ -178,7 +171,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     # save_embedding_layers=False: peft would add the whole (resized) embedding and lm_head; the trained token
     # rows are in mm_projector.bin, the frozen ones in the base.
     state = get_peft_model_state_dict(language_model(model), adapter_name=ADAPTER_NAME, save_embedding_layers=False)
-    return {f"base_model.model.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
+    return {f"{PEFT_PREFIX}{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
 def save_adapter(model: nn.Module, folder: str | Path) -> None:
@@ -193,44 +186,6 @@ def save_adapter(model: nn.Module, folder: str | Path) -> None:
     write_atomically(Path(folder, ADAPTER_WEIGHTS_FILE),
                      lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     write_text_atomically(Path(folder, ADAPTER_CONFIG_FILE), json.dumps(config.to_dict(), indent=2, default=str))
-
-
-def load_adapter(model: nn.Module, folder: str | Path) -> None:
-    """Add the adapter saved in ``folder`` (``save_adapter``'s or peft's files) to ``model``'s LLM, for inference."""
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    weights, cfg = folder / ADAPTER_WEIGHTS_FILE, folder / ADAPTER_CONFIG_FILE
-    if not weights.is_file() or not cfg.is_file():
-        raise UserError(f"{folder}: no {ADAPTER_WEIGHTS_FILE} + {ADAPTER_CONFIG_FILE}; name a LoRA run folder")
-    config = LoraConfig.from_pretrained(str(folder))
-    config.inference_mode = True
-    lm = language_model(model)
-    inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
-    state = {k.removeprefix("base_model.model."): v for k, v in load_file(str(weights)).items()}
-    result = set_peft_model_state_dict(lm, state, adapter_name=ADAPTER_NAME)
-    missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k]
-    if missing:
-        raise UserError(f"{weights}: adapter tensors missing for {missing[:3]}; the adapter belongs to another base")
-    lm.train(lm.training)  # the new adapter layers follow the model's mode (eval: no dropout)
-
-
-def merge_adapter(model: nn.Module) -> None:
-    """Fold the adapter into the base weights (W + scale * B A) and remove the LoRA layers, in place."""
-    from peft.tuners.lora import LoraLayer
-
-    lm = language_model(model)
-    for name, module in list(lm.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge(safe_merge=True)
-            parent_name, _, leaf = name.rpartition(".")
-            parent = lm.get_submodule(parent_name) if parent_name else lm
-            setattr(parent, leaf, module.get_base_layer())
-    if hasattr(lm, "peft_config"):
-        del lm.peft_config
-    if getattr(lm, "_hf_peft_config_loaded", False):
-        lm._hf_peft_config_loaded = False  # transformers' flag: the model carries no adapter any more
 
 
 def projector_parameter_groups(model: nn.Module, lr: float, projector_lr: float, weight_decay: float,

@@ -47,7 +47,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_s
     import torch
 
     from video_chatgpt.inference.engine import load_engine
-    from video_chatgpt.train.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
+    from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
 
     run, out = Path(run), Path(out)
     for name in (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, PROJECTOR_FILE, BASE_POINTER_FILE):

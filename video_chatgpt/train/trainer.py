@@ -31,9 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from video_chatgpt.constants import BASE_POINTER_FILE, EMBED_TOKENS_KEY, PROJECTOR_FILE, PROJECTOR_WEIGHT_KEY
+from video_chatgpt.constants import BASE_POINTER_FILE, EMBED_TOKENS_KEY, PROJECTOR_FILE
 from video_chatgpt.errors import UserError
-from video_chatgpt.model.video_chatgpt import projector_state_from_state_dict
+from video_chatgpt.model.video_chatgpt import PROJECTOR_PREFIX, VideoLanguageModel, projector_state_from_state_dict
 from video_chatgpt.train.atomic import write_atomically, write_text_atomically
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -127,16 +127,22 @@ class VideoChatGPTTrainer(Trainer):
                 Path(output_dir, TRAINABLE_FILE), lambda tmp: save_file(trainable, str(tmp), metadata={"format": "pt"})
             )
             write_atomically(Path(output_dir, "config.json"), model.config.to_json_file)
-            from video_chatgpt.train.lora import has_lora, save_adapter
+            from video_chatgpt.model.lora import has_lora
+            from video_chatgpt.train.lora import save_adapter
 
             if has_lora(model):  # --lora_enable: peft's adapter_model.safetensors + adapter_config.json as well
                 save_adapter(model, output_dir)
+        elif isinstance(model, VideoLanguageModel):
+            # Full fine-tune of another base: its causal LM as a model folder (its own names, config with the mm_*
+            # fields), the projector in mm_projector.bin below; the folder is then its own base for chat/predict.
+            model.save_pretrained(output_dir, state_dict=state_dict)
         else:
             super()._save(output_dir, state_dict=state_dict)
         rows = getattr(model.model, "video_token_embed_ids", None)
         trained_rows = [] if rows is None else rows.tolist()
-        if state_dict is not None and PROJECTOR_WEIGHT_KEY in state_dict:  # DeepSpeed / FSDP gathered weights
-            artefact = projector_state_from_state_dict(state_dict, trained_rows or None)
+        if state_dict is not None and any(k.startswith(PROJECTOR_PREFIX) for k in state_dict):
+            # DeepSpeed / FSDP gathered weights (the model's own tensors are shards under ZeRO-3)
+            artefact = projector_state_from_state_dict(state_dict, trained_rows or None, model.input_embedding_key())
         else:
             artefact = model.projector_state_dict()
         if not model.get_input_embeddings().weight.requires_grad:
@@ -152,10 +158,13 @@ class VideoChatGPTTrainer(Trainer):
             )
         write_atomically(Path(output_dir, "training_args.bin"), lambda tmp: torch.save(self.args, tmp))
         if self.base_model_path is not None:
-            write_text_atomically(
-                Path(output_dir, BASE_POINTER_FILE),
-                json.dumps({"base_model": str(Path(self.base_model_path).resolve()), "projector": PROJECTOR_FILE}),
-            )
+            # A fully trained model is its own base (as a merged LoRA run); a frozen one names the base it reads.
+            full = not self._frozen_backbone()
+            base = Path(output_dir if full else self.base_model_path).resolve()
+            pointer = {"base_model": str(base), "projector": PROJECTOR_FILE}
+            if full:
+                pointer["trained_from"] = str(Path(self.base_model_path).resolve())
+            write_text_atomically(Path(output_dir, BASE_POINTER_FILE), json.dumps(pointer))
 
     def _with_base_rows(self, embed: torch.Tensor, trained_rows: list[int]) -> torch.Tensor:
         """(V, H) fp32 embedding whose frozen rows are the base checkpoint's stored values, not the model's copies.
@@ -186,6 +195,9 @@ class VideoChatGPTTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         path = Path(resume_from_checkpoint, TRAINABLE_FILE)
         if not path.is_file():
+            unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+            if isinstance(unwrapped, VideoLanguageModel):
+                return self._load_full_composed_checkpoint(unwrapped, Path(resume_from_checkpoint))
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         model = model if model is not None else self.model
         state = load_file(str(path))
@@ -201,3 +213,21 @@ class VideoChatGPTTrainer(Trainer):
                 if tuple(tensor.shape) != tuple(params[name].shape):
                     raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, model has {tuple(params[name].shape)}")
                 params[name].copy_(tensor.to(params[name].dtype))
+
+    def _load_full_composed_checkpoint(self, model: VideoLanguageModel, folder: Path) -> None:
+        """Resume a full fine-tune of another base: the causal LM from the checkpoint's model folder (only weights
+        tied to another one, as Qwen2's ``lm_head``, may be absent), the projector from its ``mm_projector.bin``."""
+        from video_chatgpt.model.video_chatgpt import load_projector_file
+        from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint, read_tensor_infos
+
+        ckpt = find_checkpoint(folder, role="checkpoint")
+        with TensorReader(ckpt) as reader:
+            state = {name: reader.get(name) for name in read_tensor_infos(ckpt)}
+        lm = model.language_model
+        tied = {name for name, p in lm.named_parameters(remove_duplicate=False)} - set(dict(lm.named_parameters()))
+        with torch.no_grad():
+            missing, unexpected = lm.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - tied:
+            raise UserError(f"{folder}: its weights do not fit {type(lm).__name__}: missing {sorted(set(missing) - tied)[:4]}, "
+                            f"unexpected {unexpected[:4]}; resume with the same base")
+        model.load_projector_state_dict(load_projector_file(folder / PROJECTOR_FILE), source=str(folder / PROJECTOR_FILE))

@@ -49,8 +49,6 @@ from transformers.modeling_utils import slice_logits_to_keep
 from video_chatgpt.constants import (
     EMBED_TOKENS_KEY,
     IGNORE_INDEX,
-    PROJECTOR_BIAS_KEY,
-    PROJECTOR_WEIGHT_KEY,
 )
 
 logger = logging.getLogger(__name__)
@@ -303,6 +301,12 @@ class VideoMixin:
         return self._generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
     # -------------------------------------------------------------------------------------------------- artefact
+    def input_embedding_key(self) -> str:
+        """The input embedding's name in this model's state dict (``model.embed_tokens.weight`` for the document's
+        base, ``language_model.model.embed_tokens.weight`` for a composed one), e.g. in DeepSpeed's gathered one."""
+        weight = self.get_input_embeddings().weight
+        return next(name for name, param in self.named_parameters() if param is weight)
+
     def full_input_embedding(self) -> torch.Tensor:
         """(V, H) fp32 input embedding with the trainable rows folded in."""
         weight = self.get_input_embeddings().weight.detach().float().clone()
@@ -428,6 +432,18 @@ class VideoLanguageModel(VideoMixin, nn.Module):
     def _generate(self, **kwargs):
         return self.language_model.generate(**kwargs)
 
+    def save_pretrained(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None, **kwargs) -> None:
+        """The whole model (full fine-tune, merged LoRA) as a causal-LM folder: the language model's own
+        ``save_pretrained`` (its weight names, its config with the ``mm_*`` fields), which ``load_video_model`` reads
+        back as kind ``causal_lm`` whatever the base was; the projector goes to ``mm_projector.bin`` (the trainer
+        and merge-lora write it). ``state_dict``: this model's (e.g. DeepSpeed's gathered one); the
+        ``language_model.`` entries are saved."""
+        self.config.video_chatgpt_base_kind = "causal_lm"  # the folder written is a causal LM, not a LLaVA-1.5 one
+        if state_dict is not None:
+            prefix = "language_model."
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        self.language_model.save_pretrained(folder, state_dict=state_dict, **kwargs)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.language_model.dtype
@@ -538,6 +554,7 @@ def load_video_model(
     projector_type: str | None = None,
     mm_hidden_size: int | None = None,
     attn_implementation: str | None = None,
+    quantization_config=None,
     **config_fields,
 ) -> tuple[nn.Module, str]:
     """The video model for any base folder, and its kind (``base_kind``).
@@ -549,9 +566,18 @@ def load_video_model(
       (``projector_type``, default ``linear``) randomly initialised; ``mm_hidden_size`` (the features' width) needed.
 
     ``config_fields`` (e.g. ``video_token_len``, ``mm_use_vid_start_end``, ``use_cache``) go onto the config.
+    ``quantization_config`` (``--bits 4|8``: a ``BitsAndBytesConfig``) quantises a causal LM as it loads; a
+    LLaVA-1.5/NeXT folder is refused with it (its LM is split out of the full model after loading, which a
+    quantised checkpoint does not allow), before anything is read.
     """
     kind = base_kind(folder)
-    attn = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    # from_pretrained's keyword arguments for the document's base and a causal LM.
+    load_kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    if quantization_config is not None and kind == "llava_hf":
+        raise ValueError(f"{folder}: --bits 4|8 is not supported for a LLaVA-1.5/NeXT folder (its language model is "
+                         f"split out of the full model); train it with --bits 16 (LoRA or the projector alone)")
+    if quantization_config is not None:
+        load_kwargs["quantization_config"] = quantization_config
     if kind == "llava_v1":
         fields = dict(config_fields)
         if projector_type is not None:
@@ -561,7 +587,7 @@ def load_video_model(
             config.mm_hidden_size = mm_hidden_size
         if mm_hidden_size is not None and config.mm_hidden_size != mm_hidden_size:
             raise ValueError(f"feature width {mm_hidden_size} != config mm_hidden_size {config.mm_hidden_size}")
-        model = VideoChatGPTForCausalLM.from_pretrained(str(folder), config=config, dtype=dtype, **attn)
+        model = VideoChatGPTForCausalLM.from_pretrained(str(folder), config=config, dtype=dtype, **load_kwargs)
         return model, kind
     if kind == "llava_hf":
         parts = load_llava_hf_parts(folder, dtype)
@@ -580,7 +606,7 @@ def load_video_model(
 
     if mm_hidden_size is None:
         raise ValueError(f"{folder}: a plain causal LM has no projector yet; the feature width (mm_hidden_size) is needed")
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **attn)
+    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **load_kwargs)
     for key in ("use_cache",):
         if key in config_fields:
             setattr(lm.config, key, config_fields.pop(key))
@@ -590,20 +616,24 @@ def load_video_model(
     return model, kind
 
 
-def projector_state_from_state_dict(state: dict[str, torch.Tensor], trainable_row_ids: list[int] | None) -> dict:
-    """The ``mm_projector.bin`` artefact from a (gathered) model state dict, e.g. DeepSpeed ZeRO-3's consolidated one.
+def projector_state_from_state_dict(state: dict[str, torch.Tensor], trainable_row_ids: list[int] | None,
+                                    embedding_key: str = EMBED_TOKENS_KEY) -> dict:
+    """The ``mm_projector.bin`` artefact from a (gathered) model state dict, e.g. DeepSpeed ZeRO-3's consolidated one:
+    every ``model.mm_projector.*`` tensor (``linear``: the original's weight/bias; ``mlp2x_gelu``: ``0.*``/``2.*``)
+    and the full input embedding, saved as ``model.embed_tokens.weight`` whatever its name in ``state``
+    (``embedding_key``: ``VideoMixin.input_embedding_key``, ``language_model.model.embed_tokens.weight`` for a
+    composed model).
 
     ``trainable_row_ids``: the ids whose rows live in ``model.video_token_embeds`` and are folded into the embedding.
     """
-    embed = state[EMBED_TOKENS_KEY].detach().float().cpu().clone()
+    embed = state[embedding_key].detach().float().cpu().clone()
     rows = state.get("model.video_token_embeds")
     if rows is not None and trainable_row_ids:
         embed[torch.tensor(sorted(set(trainable_row_ids)))] = rows.detach().float().cpu()
-    return {
-        PROJECTOR_WEIGHT_KEY: state[PROJECTOR_WEIGHT_KEY].detach().float().cpu().clone(),
-        PROJECTOR_BIAS_KEY: state[PROJECTOR_BIAS_KEY].detach().float().cpu().clone(),
-        EMBED_TOKENS_KEY: embed,
-    }
+    projector = {k: v.detach().float().cpu().clone() for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}
+    if not projector:
+        raise KeyError(f"no {PROJECTOR_PREFIX}* tensors in the state dict (keys: {sorted(state)[:8]})")
+    return {**projector, EMBED_TOKENS_KEY: embed}
 
 
 def load_projector_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -221,6 +221,19 @@ def _gathered_embeddings(model, training_args: TrainingArguments):
     return deepspeed.zero.GatheredParameters(tables, modifier_rank=0)
 
 
+def _gathered_projector(model, training_args: TrainingArguments):
+    """Context: the projector's full tensors on every process when ZeRO-3 partitioned them (the document's base
+    builds it inside ``from_pretrained``'s ``zero.Init``), edits from rank 0 kept; else nothing to do."""
+    import contextlib
+
+    params = [p for p in model.model.mm_projector.parameters() if hasattr(p, "ds_shape")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
+
 def base_video_settings(model_args: ModelArguments) -> dict:
     """``kind``, ``mm_vision_tower``, ``mm_hidden_size`` (None: the features decide) and ``video_token_len`` of the
     base folder, for any kind of base (``base_kind``), with ``--vision_tower`` taking precedence."""
@@ -309,17 +322,31 @@ def build_other_base(model_args, training_args, video_ids, num_new_tokens, featu
               "video_token_len": feature_shape[0], "conv_template": template}
     if model_args.vision_tower:
         fields["mm_vision_tower"] = model_args.vision_tower
+    from video_chatgpt.train.lora import LoraSettings, quantisation_config
+
+    quantisation = quantisation_config(LoraSettings.from_training_args(training_args),
+                                       model_dtype(model_args, training_args))  # --bits 4|8 (QLoRA), else None
     try:
         model, _ = load_video_model(
             model_args.model_name_or_path, dtype=model_dtype(model_args, training_args),
             projector_type=model_args.mm_projector_type, mm_hidden_size=feature_shape[1],
-            attn_implementation=model_args.attn_implementation, **fields,
+            attn_implementation=model_args.attn_implementation, quantization_config=quantisation, **fields,
         )
     except ValueError as exc:
         raise UserError(f"{model_args.model_name_or_path}: {exc}") from exc
     # <vid_start>/<vid_end> rows start at the mean of the earlier rows; the table grows only if it is too small.
-    model.fit_vocabulary(max(x for x in (video_ids.patch, video_ids.start, video_ids.end) if x is not None) + 1,
-                         new_rows_from=video_ids.start if num_new_tokens >= 2 else None)
+    vocabulary_size = max(x for x in (video_ids.patch, video_ids.start, video_ids.end) if x is not None) + 1
+    new_rows_from = video_ids.start if num_new_tokens >= 2 else None
+    weight = model.get_input_embeddings().weight
+    if hasattr(weight, "ds_shape"):
+        # ZeRO-3 (as the document's base above): each process holds a shard of the tables, whose local shape is
+        # empty; resize_token_embeddings gathers by itself, the mean rows are set on the gathered tables.
+        if weight.ds_shape[0] < vocabulary_size:
+            model.resize_token_embeddings(vocabulary_size, mean_resizing=False)
+        with _gathered_embeddings(model, training_args):
+            model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
+    else:
+        model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
     return set_trainable(model, model_args, training_args, video_ids)
 
 
@@ -353,7 +380,8 @@ def set_trainable(model, model_args, training_args, video_ids: VideoTokenIds):
     if training_args.freeze_mm_mlp_adapter:
         model.model.mm_projector.requires_grad_(False)
     if model_args.pretrain_mm_mlp_adapter:
-        load_pretrained_adapter(model, model_args.pretrain_mm_mlp_adapter, row_ids)
+        with _gathered_embeddings(model, training_args), _gathered_projector(model, training_args):
+            load_pretrained_adapter(model, model_args.pretrain_mm_mlp_adapter, row_ids)
     # Trainable tensors are kept in fp32 whatever the backbone dtype (autocast does the bf16 compute).
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:

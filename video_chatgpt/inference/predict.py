@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_name", required=True)
     p.add_argument("--model-name", "--model_name", dest="model_name", required=True)
     p.add_argument("--projection_path", default=None)
+    p.add_argument("--lora_path", default=None, help="a LoRA run folder whose adapter is added to --model-name")
     p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES))
     p.add_argument("--prompt_ids", choices=PROMPT_IDS, default="ours",
                    help="'original' reproduces the original inference's prompt ids (2 extra tokens) exactly")
@@ -253,13 +254,16 @@ def made_from(args, question_files: list[dict]) -> dict:
         "question_files": question_files,
         "settings": {"model_name": str(Path(args.model_name).resolve()),
                      "projection_path": str(Path(args.projection_path).resolve()) if args.projection_path else None,
+                     "lora_path": str(Path(args.lora_path).resolve()) if args.lora_path else None,
                      "conv_mode": args.conv_mode, "prompt_ids": args.prompt_ids, "temperature": args.temperature,
                      "seed": args.seed, "max_new_tokens": args.max_new_tokens, "vision_tower": args.vision_tower,
                      "num_frames": args.num_frames},
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, engine=None) -> int:
+    """``engine``: an already loaded ``load_engine(...)`` for these flags (``video-chatgpt benchmark`` loads the model
+    once for several question files); None loads it from the flags when there is something to predict."""
     args = parse_args_or_status(build_parser(), argv)
     if isinstance(args, int):
         return args
@@ -276,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     errors = []
     if todo:
-        errors = predict(args, todo, files)
+        errors = predict(args, todo, files, engine)
         done = files.read_progress()
     ordered = [done[s["key"]]["record"] for s in samples if s["key"] in done]
     atomic_write_bytes(files.output, json.dumps(ordered, indent=1, ensure_ascii=False).encode())
@@ -295,26 +299,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def predict(args, todo: list[dict], files: PredictionFiles) -> list[dict]:
+def load_predict_engine(args):
+    """The engine ``predict`` answers with, from its flags (one line for a missing/broken base or projector)."""
+    from video_chatgpt.inference.chat import check_model_inputs
+    from video_chatgpt.inference.engine import load_engine
+
+    check_model_inputs(args.model_name, args.projection_path)
+    return load_engine(args.model_name, args.projection_path, device=args.device, vision_tower=args.vision_tower,
+                       num_frames=args.num_frames, conv_mode=args.conv_mode, prompt_ids=args.prompt_ids,
+                       lora_path=args.lora_path)
+
+
+def predict(args, todo: list[dict], files: PredictionFiles, engine=None) -> list[dict]:
     """Answer ``todo``, appending each answered record to the progress file; returns the samples without a video."""
     import torch
 
-    from video_chatgpt.inference.chat import check_model_inputs
-
-    check_model_inputs(args.model_name, args.projection_path)  # one line for a missing/broken base or projector
     with torch.no_grad():  # scoped, not set_grad_enabled: an in-process caller keeps autograd as it had it
-        return _predict(args, todo, files)
+        return _predict(args, todo, files, engine or load_predict_engine(args))
 
 
-def _predict(args, todo: list[dict], files: PredictionFiles) -> list[dict]:
+def _predict(args, todo: list[dict], files: PredictionFiles, engine) -> list[dict]:
     from tqdm import tqdm
 
     from video_chatgpt.features.decode import VideoDecodeError
     from video_chatgpt.inference.chat import expected_video_tokens
-    from video_chatgpt.inference.engine import load_engine
 
-    engine = load_engine(args.model_name, args.projection_path, device=args.device, vision_tower=args.vision_tower,
-                         num_frames=args.num_frames, conv_mode=args.conv_mode, prompt_ids=args.prompt_ids)
     rows, rows_source = expected_video_tokens(engine)
     width = engine.model.config.mm_hidden_size
     errors = []

@@ -53,6 +53,37 @@ def test_pretrain_language_trains_the_lm_not_the_projector(tiny_llava, tmp_path)
         assert not torch.equal(after[key], before[key])
 
 
+def test_pretrain_language_teaches_a_chat_base_with_its_own_templates(tmp_path):
+    """A causal chat LM (Qwen2-style, tied embeddings, no BOS, a padded table) is taught in its training templates:
+    the loss falls, the weights are written back into its own file, its tokenizer stays without the video tokens."""
+    from video_chatgpt.sample.models import _read_folder_state, make_tiny_chat_lm, pretrain_language
+    from video_chatgpt.sample.world import language_corpus
+
+    folder = make_tiny_chat_lm(tmp_path / "qwen2", "qwen2")
+    before = _read_folder_state(folder)
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix != ".safetensors"}
+    conversations, captions = language_corpus(n=64, seed=5)
+    losses = pretrain_language(folder, conversations, captions, steps=12, batch_size=4, lr=1e-2, num_video_tokens=40)
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0, losses
+    after = _read_folder_state(folder)
+    assert set(after) == set(before) and all(after[k].shape == before[k].shape for k in before)
+    assert not torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])
+    # Config, tokenizer and chat template untouched: the video tokens are added by training, not here.
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix != ".safetensors"} == files
+
+
+def test_pretrain_language_refuses_a_llava_hf_folder(tmp_path):
+    from video_chatgpt.sample.models import make_tiny_llava_hf, pretrain_language
+    from video_chatgpt.sample.world import language_corpus
+
+    folder = make_tiny_llava_hf(tmp_path / "llava-hf")
+    conversations, captions = language_corpus(n=4, seed=5)
+    with pytest.raises(ValueError, match="LLaVA-v1 folder or a causal LM, not a llava_hf folder"):
+        pretrain_language(folder, conversations, captions, steps=1, num_video_tokens=8)
+
+
 def readme_quickstart_claim() -> dict:
     """The held-out accuracy table the README shows for ``make quickstart``: {row: (correct, total)} and the count."""
     text = (REPO / "README.md").read_text()

@@ -292,33 +292,53 @@ def pretrain_language(
     seed: int = 0,
     num_video_tokens: int = SAMPLE_VIDEO_TOKENS,
 ) -> list[float]:
-    """Teach the tiny base model the sample's language and to read a video span, in place, without any video.
+    """Teach a tiny base model the sample's language and to read a video span, in place, without any video.
 
     LLaVA is a trained LM that reads projected visual tokens from a span of its input; a random LM cannot be
     steered by a projector at all, and one taught only text (the caption written out where the video will be)
     learns to copy from that exact place and wording, not from a span of hundreds of tokens. So here every
     conversation's ``<video>`` becomes a span shaped like the real one: ``num_video_tokens`` embeddings between two
-    bracket vectors (the mean embedding row, where training initialises ``<vid_start>``/``<vid_end>``). A random
-    fraction (20-100%) of the span holds the word embeddings of the video's caption (``captions[i]``, e.g. "a red
-    square moving left"; words drawn at random, scaled and noised), the rest noise around a random common offset
-    (as a projector maps uninformative video tokens to one place). The model thus learns the answers' wording and to
-    find the facts anywhere in the span; it never sees a video or a video feature: turning the features into
-    something it reads there is what the video projector learns in training. Training and inference templates
-    are drawn at random per conversation (the chat uses the other system prompt).
+    bracket vectors (the mean of the embedding rows before ``<vid_start>``, where training initialises
+    ``<vid_start>``/``<vid_end>``). A random fraction (20-100%) of the span holds the word embeddings of the video's
+    caption (``captions[i]``, e.g. "a red square moving left"; words drawn at random, scaled and noised), the rest
+    noise around a random common offset (as a projector maps uninformative video tokens to one place). The model
+    thus learns the answers' wording and to find the facts anywhere in the span; it never sees a video or a video
+    feature: turning the features into something it reads there is what the video projector learns in training.
 
-    Trains the whole tiny LLaMA (not the projector) with AdamW in fp32 (loss on the answers only) and writes the
-    weights back into the folder's own shards. Returns the loss of every step.
+    ``folder`` is either base the training code takes (``model.video_chatgpt.base_kind``):
+
+    * a LLaVA-v1 folder (``make_tiny_llava``): the document's training and inference templates (``vicuna_v1_1``,
+      ``video-chatgpt_v1``: the chat uses the other system prompt);
+    * a causal chat LM (``make_tiny_chat_lm``): the templates of its two training stages, as training renders them
+      (``data.conversation.training_template``): ``plain`` (stage 1: the span, then the answer) and the tokenizer's
+      own chat template (stage 2 and inference, ``inference_template``).
+
+    One template is drawn at random per conversation. Rendering is the training code's (``render_sample``) with the
+    video token ids training gives (added to an in-memory copy of the tokenizer; the folder's is not written).
+
+    Trains the whole LM (not a projector) with AdamW in fp32 (loss on the answers only) and writes the weights
+    back into the folder's own shards. Returns the loss of every step.
     """
+    from transformers import AutoModelForCausalLM
+
     from video_chatgpt.constants import IGNORE_INDEX
-    from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, TRAIN_TEMPLATE, render_sample
-    from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_hf_tokenizer
-    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config
+    from video_chatgpt.data.conversation import inference_template, render_sample, training_template
+    from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
+    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, base_kind, load_config
 
     folder = Path(folder)
-    encoder = SegmentEncoder(load_hf_tokenizer(folder))
-    # Placeholder ids for the span (LLaVA's image tokens, in the base vocabulary); their embeddings are replaced.
-    span_ids = VideoTokenIds(patch=32000, start=32001, end=32002)
-    templates = (TRAIN_TEMPLATE, INFERENCE_TEMPLATE)
+    kind = base_kind(folder)
+    if kind not in ("llava_v1", "causal_lm"):
+        raise ValueError(f"{folder}: language pretraining takes a LLaVA-v1 folder or a causal LM, not a {kind} folder")
+    tokenizer = load_hf_tokenizer(folder)
+    # The ids training gives <vid_patch>/<vid_start>/<vid_end> (the document's --mm_use_vid_start_end). They may lie
+    # beyond the embedding table; their positions are never looked up (span and brackets are put in directly).
+    span_ids, _ = add_video_tokens(tokenizer, use_start_end=True)
+    encoder = SegmentEncoder(tokenizer)
+    # A causal LM trains in two stages (--stage pretrain, then finetune: build_other_base); LLaVA in the document's one.
+    stages = ("pretrain", None) if kind == "causal_lm" else (None,)
+    trained = [training_template(folder, tokenizer, stage) for stage in stages]
+    templates = tuple(dict.fromkeys(t for train in trained for t in (train, inference_template(train))))
     gen = torch.Generator().manual_seed(seed)
     samples = []
     for conv, caption in zip(conversations, captions, strict=True):
@@ -327,7 +347,10 @@ def pretrain_language(
         if r.num_video_spans != 1:
             raise ValueError(f"a pretraining conversation must hold one <video>, got {r.num_video_spans}: {conv}")
         samples.append((torch.tensor(r.input_ids), torch.tensor(r.labels), torch.tensor(encoder.encode(caption))))
-    model = VideoChatGPTForCausalLM.from_pretrained(folder, config=load_config(folder), dtype=torch.float32)
+    if kind == "llava_v1":
+        model = VideoChatGPTForCausalLM.from_pretrained(folder, config=load_config(folder), dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     stored_dtype = {k: v.dtype for k, v in _read_folder_state(folder).items()}
     body = [p for n, p in model.named_parameters() if "mm_projector" not in n]
     optim = torch.optim.AdamW(body, lr=lr, weight_decay=0.0)
@@ -346,10 +369,12 @@ def pretrain_language(
             k = len(samples[i][0])
             ids[b, :k], labels[b, :k], mask[b, :k] = samples[i][0], samples[i][1], 1
         spans = [_caption_span(embed, samples[i][2], num_video_tokens, gen) for i in pick]  # (N, H) each
-        embeds = embed(ids)
-        embeds = embeds.masked_scatter((ids == span_ids.patch).unsqueeze(-1), torch.stack(spans))
-        bracket = embed.weight.detach().mean(dim=0)  # where <vid_start>/<vid_end> start in training
+        is_patch = ids == span_ids.patch  # (B, L)
         is_bracket = ((ids == span_ids.start) | (ids == span_ids.end)).unsqueeze(-1)
+        embeds = embed(torch.where(is_patch | is_bracket.squeeze(-1), encoder.pad_id, ids))  # (B, L, H)
+        embeds = embeds.masked_scatter(is_patch.unsqueeze(-1), torch.stack(spans))
+        # Where <vid_start>/<vid_end> start in training: the mean of the rows before <vid_start> (fit_vocabulary).
+        bracket = embed.weight.detach()[: span_ids.start].mean(dim=0)
         embeds = torch.where(is_bracket, bracket, embeds)
         for group in optim.param_groups:  # cosine decay to 10%
             group["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
@@ -492,6 +517,13 @@ class TinyChatSpec:
     # so a projector trained into it could not move the loss; at 0.3 the frozen LM's output depends on its input.
     initializer_range: float = 0.3
     seed: int = 0
+
+
+# The quickstart's chat base (``--base qwen2``): the tiny LLaVA's width and depth (hidden 64, 2 layers), the usual
+# 0.02 init (it is taught the language by ``pretrain_language``, so it needs no large init to react to its input),
+# and room for the 356-token video span plus the chat template's turns (~450 tokens).
+SAMPLE_CHAT_SPEC = TinyChatSpec(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=2048, initializer_range=0.02)
 
 
 def tokenizer_corpus() -> list[str]:

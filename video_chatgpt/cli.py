@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("video_chatgpt.inference.demo:main", "web demo: chat about an uploaded video in the browser (gradio)"),
     "predict": ("video_chatgpt.inference.predict:main", "batch prediction over a benchmark question file"),
     "evaluate": ("video_chatgpt.eval.evaluate:main", "score predictions with an LLM judge (VCGBench, zero-shot QA)"),
+    "benchmark": ("video_chatgpt.eval.benchmark:main", "predict + evaluate every benchmark file of a folder; one table"),
     "sample": ("video_chatgpt.sample.cli:main", "sample models | sample world: the tiny offline sample"),
     "quickstart": ("video_chatgpt.quickstart:main", "the whole pipeline on the bundled sample"),
 }

@@ -78,3 +78,68 @@ def test_reference_answers_score_full_marks_and_a_model_runs_end_to_end(sample_w
     s = json.loads((tmp_path / "qa_eval" / "results.json").read_text())["criteria"]["qa"]
     assert s["judged"] == 8 and s["failed"] == 0 and 0 <= s["accuracy"] <= 100
     assert "| accuracy (%) |" in (tmp_path / "qa_eval" / "results.md").read_text()
+
+
+def test_benchmark_finds_the_original_layouts(tmp_path):
+    from video_chatgpt.eval.benchmark import discover
+
+    for name in ("generic_qa.json", "temporal_qa.json", "consistency_qa.json", "notes.json"):
+        (tmp_path / name).write_text("[]")
+    msvd = tmp_path / "MSVD_Zero_Shot_QA"
+    (msvd / "videos").mkdir(parents=True)
+    for name in ("test_q.json", "test_a.json"):
+        (msvd / name).write_text("[]")
+    (tmp_path / "anet_questions.json").write_text("[]")
+    (tmp_path / "anet_answers.json").write_text("[]")
+    (tmp_path / "lonely_q.json").write_text("[]")  # no answer file: not a set
+    sets = {s.label: s for s in discover(tmp_path)}
+    assert set(sets) == {"generic", "temporal", "consistency", "anet_qa", "msvd_zero_shot_qa_test_qa"}
+    assert sets["generic"].criteria == ("correctness", "detail", "context") and sets["generic"].task == "general"
+    assert (sets["msvd_zero_shot_qa_test_qa"].task, sets["msvd_zero_shot_qa_test_qa"].dataset) == ("msvd_qa", "msvd")
+    assert sets["msvd_zero_shot_qa_test_qa"].video_dir == msvd / "videos"  # the set's own videos
+    assert sets["anet_qa"].files == (tmp_path / "anet_questions.json", tmp_path / "anet_answers.json")
+    assert (sets["anet_qa"].dataset, sets["generic"].video_dir) == ("activitynet", None)
+
+
+def test_benchmark_refuses_a_folder_without_sets(tmp_path):
+    from video_chatgpt.errors import UserError
+    from video_chatgpt.eval.benchmark import discover
+
+    (tmp_path / "readme.json").write_text("[]")
+    with pytest.raises(UserError, match="no benchmark file found"):
+        discover(tmp_path)
+    with pytest.raises(UserError, match="no such folder"):
+        discover(tmp_path / "nope")
+
+
+def test_benchmark_chains_predict_and_evaluate_and_resumes(sample_world, tiny_llava, tiny_clip, judge_server,
+                                                          tmp_path, capsys):
+    bench = make_sample_benchmark(sample_world["truth"].parent)
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--benchmark_dir", str(bench["generic_qa"].parent), "--video_dir", str(bench["videos"]),
+            "--model-name", str(tiny_llava), "--vision_tower", str(tiny_clip), "--temperature", "0",
+            "--max_new_tokens", "4", "--device", "cpu", "--output_dir", str(out), "--api_base", judge_server,
+            "--judge_model", "sample-rule-judge", "--api_key_env", "VCG_SAMPLE_NO_KEY", "--num_workers", "4"]
+    os.environ.pop("VCG_SAMPLE_NO_KEY", None)
+    assert cli_main(argv) == 0
+    summary = json.loads((out / "benchmark.json").read_text())
+    got = {(r["set"], r["criterion"]): r for r in summary["rows"]}
+    assert set(got) == {("generic", "correctness"), ("generic", "detail"), ("generic", "context"),
+                        ("temporal", "temporal"), ("consistency", "consistency"), ("qa", "qa")}
+    generic = json.loads(bench["generic_qa"].read_text())
+    assert all(r["failed"] == 0 for r in got.values())
+    assert got[("generic", "correctness")]["total"] == len(generic) and got[("qa", "qa")]["total"] == 8
+    # Each row is the per-set evaluate result, and the predictions are `predict`'s own file.
+    per_set = json.loads((out / "eval" / "generic" / "results.json").read_text())["criteria"]["detail"]
+    assert got[("generic", "detail")]["mean"] == per_set["mean"]
+    assert got[("generic", "correctness")]["published"] == 2.40
+    assert len(json.loads((out / "preds" / "generic.json").read_text())) == len(generic)
+    assert "| generic | Correctness" in (out / "benchmark.md").read_text()
+
+    # A rerun answers and judges nothing again.
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("0 to do") == 4  # every prediction file resumed complete: the model is not even loaded
+    for label in ("generic", "temporal", "consistency", "qa"):
+        assert json.loads((out / "eval" / label / "results.json").read_text())["run"]["requests"] == 0

@@ -261,9 +261,9 @@ def made_from(args, question_files: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None, *, engine=None) -> int:
-    """``engine``: an already loaded ``load_engine(...)`` for these flags (``video-chatgpt benchmark`` loads the model
-    once for several question files); None loads it from the flags when there is something to predict."""
+def main(argv: list[str] | None = None, *, get_engine=None) -> int:
+    """``get_engine``: a function returning the loaded engine for these flags, called only when there is something
+    to predict (``video-chatgpt benchmark`` loads the model once for several question files); None: load it here."""
     args = parse_args_or_status(build_parser(), argv)
     if isinstance(args, int):
         return args
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None, *, engine=None) -> int:
 
     errors = []
     if todo:
-        errors = predict(args, todo, files, engine)
+        errors = predict(args, todo, files, get_engine)
         done = files.read_progress()
     ordered = [done[s["key"]]["record"] for s in samples if s["key"] in done]
     atomic_write_bytes(files.output, json.dumps(ordered, indent=1, ensure_ascii=False).encode())
@@ -310,12 +310,12 @@ def load_predict_engine(args):
                        lora_path=args.lora_path)
 
 
-def predict(args, todo: list[dict], files: PredictionFiles, engine=None) -> list[dict]:
+def predict(args, todo: list[dict], files: PredictionFiles, get_engine=None) -> list[dict]:
     """Answer ``todo``, appending each answered record to the progress file; returns the samples without a video."""
     import torch
 
     with torch.no_grad():  # scoped, not set_grad_enabled: an in-process caller keeps autograd as it had it
-        return _predict(args, todo, files, engine or load_predict_engine(args))
+        return _predict(args, todo, files, get_engine() if get_engine else load_predict_engine(args))
 
 
 def _predict(args, todo: list[dict], files: PredictionFiles, engine) -> list[dict]:

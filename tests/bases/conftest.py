@@ -1,5 +1,6 @@
 """Tiny chat-model families (Llama-3, Mistral, Qwen2 styles), a tiny LLaVA-1.5 transformers-layout folder and the
-small feature world, built once per session (seconds; no downloads)."""
+small feature worlds (written features; SigLIP features extracted from videos), built once per session (seconds;
+no downloads)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,10 @@ def feature_world(tmp_path_factory) -> dict[str, Path]:
     from tests.bases.world import make_world
 
     return make_world(tmp_path_factory.mktemp("bases_world"))
+
+
+@pytest.fixture(scope="session")
+def siglip_world(tmp_path_factory) -> dict[str, Path]:
+    from tests.bases.world import make_siglip_world
+
+    return make_siglip_world(tmp_path_factory.mktemp("siglip_world"))

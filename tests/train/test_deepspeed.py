@@ -16,7 +16,7 @@ import torch
 from tests.conftest import REPO
 from tests.data.test_inspect import make_training_data
 from tests.train.test_train import ENV, base_state, free_port, paths
-from video_chatgpt.constants import EMBED_TOKENS_KEY
+from video_chatgpt.constants import EMBED_TOKENS_KEY, VIDEO_END_TOKEN, VIDEO_START_TOKEN
 
 import deepspeed  # noqa: E402,F401  (in the test extra; a missing install fails here, loudly)
 
@@ -86,3 +86,52 @@ def test_fsdp_on_the_cpu_is_said_to_have_no_effect(tmp_path):
     note = cpu_fsdp_note(args)
     assert note is not None and note.startswith("--fsdp has no effect on the CPU")
     assert cpu_fsdp_note(TrainingArguments(output_dir=str(tmp_path), report_to="none")) is None
+
+
+@pytest.fixture(scope="module")
+def chat_world(tmp_path_factory):
+    """A tiny Qwen2-style chat base (tied embeddings, padded table) and the other-bases feature world."""
+    from tests.bases.world import make_world
+    from video_chatgpt.sample.models import make_tiny_chat_lm
+
+    root = tmp_path_factory.mktemp("ds-chat")
+    return make_tiny_chat_lm(root / "qwen2", "qwen2"), make_world(root / "world", num_videos=8)
+
+
+@pytest.mark.slow  # a plain run and a torchrun x2 ZeRO-3 run: ~90 s on 2 shared cores
+def test_zero3_on_a_chat_base_equals_the_plain_run(chat_world, tmp_path):
+    """ZeRO-3 on another base (``VideoLanguageModel`` over a causal LM): ``--stage pretrain`` under torchrun x2
+    (2 samples a rank) saves the plain run's ``mm_projector.bin`` (same keys, shapes, dtypes) with the same values
+    as one process at the same global batch of 4, and the base's own embedding rows (gathered, not the empty
+    shards)."""
+    from safetensors.torch import load_file
+
+    from video_chatgpt.train.train import train
+
+    base, world = chat_world
+    args = ["--model_name_or_path", str(base), "--video_folder", str(world["features"]),
+            "--data_path", str(world["captions"]), "--stage", "pretrain", "--mm_projector_type", "mlp2x_gelu",
+            "--mm_use_vid_start_end", "--learning_rate", "1e-2", "--max_steps", "2", "--save_strategy", "no",
+            "--report_to", "none", "--skip_data_check", "True"]
+    plain = train([*args, "--output_dir", str(tmp_path / "plain"), "--per_device_train_batch_size", "4"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "video_chatgpt/train/train_mem.py", *args, "--output_dir", str(tmp_path / "zero3"),
+           "--per_device_train_batch_size", "2", "--deepspeed", str(REPO / "configs" / "zero3.json")]
+    run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ref = torch.load(plain / "mm_projector.bin", weights_only=True)
+    art = torch.load(tmp_path / "zero3" / "mm_projector.bin", weights_only=True)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in art.items()} == {k: (tuple(v.shape), v.dtype) for k, v in ref.items()}
+    assert sorted(art) == [EMBED_TOKENS_KEY, *(f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("bias", "weight"))]
+    for key in art:
+        assert torch.allclose(art[key], ref[key], rtol=1e-4, atol=1e-6), (key, (art[key] - ref[key]).abs().max())
+    # Every row but the two trained ones (<vid_start>/<vid_end>) is the base's own, bit for bit.
+    from transformers import AutoTokenizer
+
+    trained = AutoTokenizer.from_pretrained(plain).convert_tokens_to_ids([VIDEO_START_TOKEN, VIDEO_END_TOKEN])
+    base_rows = load_file(str(base / "model.safetensors"))["model.embed_tokens.weight"].float()
+    frozen = torch.ones(base_rows.shape[0], dtype=torch.bool)
+    frozen[trained] = False
+    assert torch.equal(art[EMBED_TOKENS_KEY][: base_rows.shape[0]][frozen], base_rows[frozen])
+    assert not torch.equal(art[EMBED_TOKENS_KEY][trained], base_rows[trained])
+    assert json.loads((tmp_path / "zero3" / "run_info.json").read_text())["world_size"] == 2

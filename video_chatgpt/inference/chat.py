@@ -74,14 +74,16 @@ def _need_file(path: str | Path, flag: str, what: str) -> Path:
     return path
 
 
-def check_model_inputs(model_name: str, projection_path: str | None) -> tuple[Path, Path | None]:
+def check_model_inputs(model_name: str, projection_path: str | None,
+                       lora_path: str | None = None) -> tuple[Path, Path | None]:
     """(base folder, projector file), checked before the model is loaded (minutes for 7B weights).
 
     Raises ``UserError`` (one line naming the file) for a missing model folder, a file given as the model, an
     unreadable ``video_chatgpt_base.json``, a base without tokenizer or weights (or with Git LFS pointers instead),
-    and a missing, LFS-pointer or unreadable projector file.
+    and a missing, LFS-pointer or unreadable projector file, and a ``lora_path`` without an adapter.
     """
     from video_chatgpt.inference.engine import resolve_model_folders
+    from video_chatgpt.model.lora import ADAPTER_WEIGHTS_FILE
     from video_chatgpt.model.video_chatgpt import load_projector_file
     from video_chatgpt.weights.check import require_tokenizer
     from video_chatgpt.weights.checkpoint import find_checkpoint, is_lfs_pointer, lfs_pointer_message
@@ -118,6 +120,9 @@ def check_model_inputs(model_name: str, projection_path: str | None) -> tuple[Pa
             ) from None
         if not isinstance(state, dict) or not state:
             raise UserError(f"--projection_path {projector}: holds no tensors (expected model.mm_projector.*)")
+    if lora_path is not None and not Path(lora_path, ADAPTER_WEIGHTS_FILE).is_file():
+        raise UserError(f"--lora_path {lora_path}: no {ADAPTER_WEIGHTS_FILE}; name the output folder of a "
+                        f"--lora_enable True training run")
     return base, projector
 
 
@@ -165,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     from video_chatgpt.inference.engine import load_engine
 
     # Every input checked before the model is loaded.
-    check_model_inputs(args.model_name, args.projection_path)
-    if args.lora_path is not None and not Path(args.lora_path, "adapter_model.safetensors").is_file():
-        raise UserError(f"--lora_path {args.lora_path}: no adapter_model.safetensors; name the output folder of a "
-                        f"--lora_enable True training run")
+    check_model_inputs(args.model_name, args.projection_path, args.lora_path)
     if args.video_path:
         source = _need_file(args.video_path, "--video_path", "a video file (.mp4, .mkv, ...)")
     else:

@@ -304,7 +304,7 @@ def load_predict_engine(args):
     from video_chatgpt.inference.chat import check_model_inputs
     from video_chatgpt.inference.engine import load_engine
 
-    check_model_inputs(args.model_name, args.projection_path)
+    check_model_inputs(args.model_name, args.projection_path, args.lora_path)
     return load_engine(args.model_name, args.projection_path, device=args.device, vision_tower=args.vision_tower,
                        num_frames=args.num_frames, conv_mode=args.conv_mode, prompt_ids=args.prompt_ids,
                        lora_path=args.lora_path)

@@ -73,11 +73,11 @@ def messages(driver) -> list[tuple[str, str]]:
 
 
 def upload(driver, path):
-    """Upload as a user does: remove the shown video with the player's clear button (x) first, if there is one."""
-    shown = driver.find_elements("css selector", "#demo-video button[aria-label='Clear']")
+    """Upload as a user does: remove the uploaded file with the upload box's clear button (x) first, if there is one."""
+    shown = driver.find_elements("css selector", "#demo-upload button[aria-label='Clear']")
     if shown:
         shown[0].click()
-    field = wait_for(driver, lambda d: d.find_elements("css selector", "#demo-video input[type='file']"),
+    field = wait_for(driver, lambda d: d.find_elements("css selector", "#demo-upload input[type='file']"),
                      "the video upload field")
     field[0].send_keys(str(path))
 
@@ -107,6 +107,8 @@ def test_upload_ask_stream_two_turns_and_a_damaged_file(browser, demo_server, de
                       "the uploaded video's features")
     assert demo_inputs["video"].name in status and "computed once" in status
     wait_for(browser, video_plays, "the video to play in the page")
+    body = browser.find_element("tag name", "body").text
+    assert "not playable" not in body and "Error" not in body, body  # no error toast for a good upload
 
     ask(browser, QUESTION)
     wait_for(browser, lambda d: messages(d) == [("user", QUESTION), ("assistant", expected_answer)],

@@ -273,7 +273,7 @@ class DemoBackend:
         return self.choose_video(self.examples[name], name)
 
     def forget_video(self, state: Conversation):
-        return NO_VIDEO, [], Conversation()
+        return None, NO_VIDEO, [], Conversation()
 
     def clear_chat(self, state: Conversation):
         """A new conversation about the same video (its features are kept)."""
@@ -372,7 +372,11 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
         state = gr.State(Conversation())
         with gr.Row():
             with gr.Column(scale=2):
-                video = gr.Video(label="Video", sources=["upload"], elem_id="demo-video")
+                # The upload is a file box, and the player only shows: a browser <video> given a file it cannot play
+                # (MPEG-4 part 2, the sample's codec) raises gradio's "Video not playable" error; the player gets the
+                # file itself or its VP8 preview (see choose_video).
+                upload = gr.File(label="Upload a video", elem_id="demo-upload", height=90)
+                video = gr.Video(label="Video", interactive=False, elem_id="demo-video")
                 example = gr.Textbox(visible=False)  # the clicked example's name
                 examples = None
                 if backend.examples:
@@ -392,11 +396,12 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
                     clear = gr.Button("Clear chat", elem_id="demo-clear")
         chosen = [video, status, chatbot, state]
         # One model, one request at a time: every event that runs it shares the "model" slot of the queue.
-        video.upload(backend.choose_upload, [video], chosen, api_name="upload_video", concurrency_id="model")
+        upload.upload(backend.choose_upload, [upload], chosen, api_name="upload_video", concurrency_id="model")
         if examples is not None:  # a click fills the hidden box, then the example is chosen like an upload
             examples.load_input_event.then(backend.choose_example, [example], chosen, api_name="choose_example",
-                                           concurrency_id="model")
-        video.clear(backend.forget_video, [state], [status, chatbot, state], api_visibility="private")
+                                           concurrency_id="model"
+                                           ).then(lambda: None, None, [upload], api_visibility="private")
+        upload.clear(backend.forget_video, [state], [video, status, chatbot, state], api_visibility="private")
         asking = [question, state, temp, max_new]
         answered = [chatbot, question, status, state]
         submit = question.submit(backend.ask, asking, answered, api_name="ask", concurrency_id="model")

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.conftest import REPO
 from tests.data.test_inspect import make_training_data
@@ -62,6 +63,10 @@ def test_deepspeed_saves_the_plain_format_and_resumes(config, data, tiny_llava, 
     base = base_state(tiny_llava)[EMBED_TOKENS_KEY]
     assert torch.equal(art[EMBED_TOKENS_KEY][: base.shape[0]], base.float())  # gathered, with the base's rows
     assert not torch.equal(art["model.mm_projector.weight"], base_state(tiny_llava)["model.mm_projector.weight"].float())
+    # The trainables file (final and in checkpoints) holds whole tensors, not a rank's ZeRO-3 shard.
+    want = {k: tuple(v.shape) for k, v in load_file(plain / "trainable.safetensors").items()}
+    for folder in (out, out / "checkpoint-2"):
+        assert {k: tuple(v.shape) for k, v in load_file(folder / "trainable.safetensors").items()} == want, folder
     # Resume: drop the last checkpoint (as if killed after step 2) and run again to step 3; the resumed run must end
     # where the uninterrupted one did (same schedule, optimizer state and data order from checkpoint-2).
     shutil.rmtree(out / "checkpoint-3")

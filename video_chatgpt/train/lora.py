@@ -16,6 +16,9 @@
 * Saved beside ``mm_projector.bin``: ``adapter_model.safetensors`` + ``adapter_config.json`` (peft's format and
   names). ``checkpoint-N`` also keeps ``trainable.safetensors`` (adapter + projector + rows) and the optimizer, from
   which a run resumes.
+* DeepSpeed ZeRO-2 and ZeRO-3 (``--deepspeed configs/zero2.json|zero3.json``): the adapter is saved from the weights
+  the Trainer gathers (under ZeRO-3 the model's own are empty shards), so it needs the config's
+  ``stage3_gather_16bit_weights_on_model_save: true``; a run resumes from DeepSpeed's ``global_stepN`` state.
 * ``--bits 4|8``: the base's decoder linears are quantised by bitsandbytes at load time; on a machine without
   CUDA or without bitsandbytes the run stops with one line before anything is loaded.
 
@@ -164,25 +167,41 @@ def add_lora(model: nn.Module, settings: LoraSettings):
     return config
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """peft's adapter tensors, named as ``PeftModel.save_pretrained`` names them (``base_model.model.<path>``)."""
+def adapter_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """peft's adapter tensors, named as ``PeftModel.save_pretrained`` names them (``base_model.model.<path>``).
+
+    ``state_dict``: the whole model's state dict as the Trainer gathers it for a save under DeepSpeed (keys as
+    ``model.state_dict()``'s), taken instead of the model's own tensors, which under ZeRO-3 are empty shards.
+    """
     from peft import get_peft_model_state_dict
 
+    lm = language_model(model)
+    if state_dict is not None and lm is not model:  # VideoLanguageModel: the causal LM's keys under its child name
+        prefix = next(name for name, child in model.named_children() if child is lm) + "."
+        state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
     # save_embedding_layers=False: peft would add the whole (resized) embedding and lm_head; the trained token
     # rows are in mm_projector.bin, the frozen ones in the base.
-    state = get_peft_model_state_dict(language_model(model), adapter_name=ADAPTER_NAME, save_embedding_layers=False)
+    state = get_peft_model_state_dict(lm, state_dict=state_dict, adapter_name=ADAPTER_NAME,
+                                      save_embedding_layers=False)
+    # Each LoRA matrix is (r, in) or (out, r); a ZeRO-3 shard is (0,) and a save without gathered weights has none.
+    expected = sum(".lora_" in n for n, _ in lm.named_parameters())
+    if len(state) != expected or any(v.dim() != 2 or v.numel() == 0 for v in state.values()):
+        raise UserError(f"the LoRA adapter to save has {len(state)} of its {expected} tensors whole (the others are "
+                        f"ZeRO-3 shards): set \"stage3_gather_16bit_weights_on_model_save\": true in the --deepspeed "
+                        f"config (configs/zero3.json has it)")
     return {f"{PEFT_PREFIX}{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
-def save_adapter(model: nn.Module, folder: str | Path) -> None:
-    """``adapter_model.safetensors`` + ``adapter_config.json`` into ``folder`` (each written atomically)."""
+def save_adapter(model: nn.Module, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """``adapter_model.safetensors`` + ``adapter_config.json`` into ``folder`` (each written atomically);
+    ``state_dict``: DeepSpeed's gathered weights, as for ``adapter_state_dict``."""
     from safetensors.torch import save_file
 
     from video_chatgpt.train.atomic import write_atomically, write_text_atomically
 
     lm = language_model(model)
     config = lm.peft_config[ADAPTER_NAME]
-    state = adapter_state_dict(model)
+    state = adapter_state_dict(model, state_dict)
     write_atomically(Path(folder, ADAPTER_WEIGHTS_FILE),
                      lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     write_text_atomically(Path(folder, ADAPTER_CONFIG_FILE), json.dumps(config.to_dict(), indent=2, default=str))

@@ -121,7 +121,8 @@ class VideoChatGPTTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         if self._frozen_backbone():
-            params = dict(model.named_parameters())
+            # Under DeepSpeed the Trainer passes the gathered weights (the model's own are shards under ZeRO-3).
+            params = {**dict(model.named_parameters()), **(state_dict or {})}
             trainable = {n: params[n].detach().float().cpu().contiguous() for n in self._trainable_names()}
             write_atomically(
                 Path(output_dir, TRAINABLE_FILE), lambda tmp: save_file(trainable, str(tmp), metadata={"format": "pt"})
@@ -131,7 +132,7 @@ class VideoChatGPTTrainer(Trainer):
             from video_chatgpt.train.lora import save_adapter
 
             if has_lora(model):  # --lora_enable: peft's adapter_model.safetensors + adapter_config.json as well
-                save_adapter(model, output_dir)
+                save_adapter(model, output_dir, state_dict)
         elif isinstance(model, VideoLanguageModel):
             # Full fine-tune of another base: its causal LM as a model folder (its own names, config with the mm_*
             # fields), the projector in mm_projector.bin below; the folder is then its own base for chat/predict.

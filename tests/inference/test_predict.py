@@ -170,24 +170,32 @@ def lora_run(tmp_path_factory, sample_world, tiny_llava):
             "videos": sorted(p.stem for p in data["video_folder"].glob("*.pkl"))[:3]}
 
 
-def test_predict_on_a_lora_run_equals_its_merged_folder(tmp_path, tiny_llava, lora_run):
-    """``predict --model-name <LoRA run>`` (base + adapter + projector) and ``--model-name <merge-lora folder>``
-    write the same predictions file at temperature 0; the base with the run's projector and no adapter does not."""
+def test_predict_on_a_lora_run_equals_its_merged_folder(tmp_path, tiny_llava, lora_run, capsys):
+    """``predict --model-name <LoRA run>`` (base + adapter + projector), ``--model-name <merge-lora folder>`` and
+    ``--model-name <base> --lora_path <run>`` write the same predictions file at temperature 0; the base with the
+    run's projector and no adapter does not; a --lora_path without an adapter is one line."""
     items = [{"video_name": v, "Q": f"What happens in the video? ({i})", "A": "x"}
              for i, v in enumerate(lora_run["videos"])]
     gt = tmp_path / "q.json"
     gt.write_text(json.dumps(items))
 
-    def predict(name, model, *extra):
+    def predict(name, model, *extra, status=0):
         out = tmp_path / "preds"
         assert cli_main(["predict", "--task", "general", "--gt_file", str(gt), "--features_dir",
                          str(lora_run["features"]), "--output_dir", str(out), "--output_name", name, "--model-name",
-                         str(model), "--temperature", "0", "--max_new_tokens", "8", "--device", "cpu", *extra]) == 0
-        return (out / f"{name}.json").read_bytes()
+                         str(model), "--temperature", "0", "--max_new_tokens", "8", "--device", "cpu", *extra]) == status
+        return (out / f"{name}.json").read_bytes() if status == 0 else None
 
     from_run = predict("run", lora_run["run"])
     assert predict("merged", lora_run["merged"]) == from_run
     preds = [r["pred"] for r in json.loads(from_run)]
     assert len(preds) == len(items) and all(preds), preds
-    without = predict("base", tiny_llava, "--projection_path", str(lora_run["run"] / "mm_projector.bin"))
-    assert without != from_run  # the adapter changes the answers: the equality above is not two bases agreeing
+    projector = ["--projection_path", str(lora_run["run"] / "mm_projector.bin")]
+    assert predict("lora_path", tiny_llava, *projector, "--lora_path", str(lora_run["run"])) == from_run
+    without = predict("base", tiny_llava, *projector)
+    assert without != from_run  # the adapter changes the answers: the equalities above are not two bases agreeing
+    capsys.readouterr()
+    predict("no_adapter", tiny_llava, *projector, "--lora_path", str(tiny_llava), status=1)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("video-chatgpt predict: error: --lora_path")]
+    assert len(lines) == 1 and "Traceback" not in err, err

@@ -109,6 +109,26 @@ def run_quickstart(work: Path, *args: str) -> tuple[dict, str]:
     return json.loads((work / "quickstart_result.json").read_text()), result.stdout
 
 
+def assert_chat_answers_the_colour(work: Path, run: Path, colours: tuple[str, ...] = ("red", "green")) -> None:
+    """``video-chatgpt chat`` as a user runs it, greedy, on the first held-out video of each colour: its printed
+    answer is exactly the sample's sentence ("The object is red.")."""
+    from video_chatgpt.sample.world import COLOUR_QUESTIONS, colour_answer
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    test_qa = json.loads((work / "world" / "test_qa.json").read_text())
+    for colour in colours:
+        video = next(qa["video_name"] for qa in test_qa if qa["answer"] == colour)
+        result = subprocess.run(
+            [sys.executable, "-m", "video_chatgpt.cli", "chat", "--model-name", str(run),
+             "--video_path", str(work / "world" / "videos" / "test" / f"{video}.mp4"),
+             "--vision_tower", str(work / "models" / "clip-vit-tiny"), "--question", COLOUR_QUESTIONS[0],
+             "--temperature", "0"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.strip() == colour_answer(colour), (video, result.stdout)
+
+
 @pytest.mark.slow
 def test_quickstart_learns_the_colour_from_the_video(tmp_path):
     """``make quickstart`` end to end (a few minutes on 2 CPU cores), as the Makefile runs it: the trained
@@ -126,6 +146,7 @@ def test_quickstart_learns_the_colour_from_the_video(tmp_path):
     assert correct["trained_shuffled"] <= round(0.25 * n) + 4, summary
     assert (work / "Video-ChatGPT_7B-1.1_Checkpoints" / "mm_projector.bin").is_file()
     assert f"held-out colour accuracy over {n} videos" in stdout
+    assert_chat_answers_the_colour(work, work / "Video-ChatGPT_7B-1.1_Checkpoints")
 
 
 @pytest.mark.slow
@@ -150,3 +171,4 @@ def test_quickstart_qwen2_learns_the_colour_from_the_video(tmp_path):
     assert config["conv_template"] == "chat" and config["model_type"] == "qwen2"
     assert (work / "Qwen2-stage1" / "mm_projector.bin").is_file()
     assert "stage 1 only (alignment)" in stdout
+    assert_chat_answers_the_colour(work, work / "Qwen2-stage2")

@@ -1,4 +1,5 @@
-"""The benchmarks run end to end in their small modes: every section present, every number positive.
+"""The benchmarks run end to end in their small modes: every section present, every number positive, and each
+printed comparison equal to the ratio of the rows it compares.
 
 ``bench/gpu.py --small`` runs the real-size benchmark's code paths (7B training variants, tower, extractor, folder
 job, projections) with tiny shapes on CPU; ``bench/train_step.py --small`` the ~100M side-by-side step. Both run as
@@ -44,7 +45,11 @@ def check_gpu_json(data: dict) -> None:
         fa2 = rows[("ours", "flash_attention_2", gc_on)]
         assert fa2["status"] == "ok" or fa2["status"].startswith("skipped:"), fa2
     assert rows[("straightforward", "sdpa", True)]["trainable"] > train["ours_model"]["trainable"] > 0
-    positive(train["ratio_straightforward_over_ours"], "step_time", "peak_memory")
+    # The printed comparison is the rows' own ratio (ours vs the straightforward step at the same settings).
+    ratio, ours, straight = train["ratio_straightforward_over_ours"], rows[("ours", "sdpa", True)], \
+        rows[("straightforward", "sdpa", True)]
+    assert ratio["step_time"] == pytest.approx(straight["step_ms"] / ours["step_ms"], rel=1e-2)
+    assert ratio["peak_memory"] == pytest.approx(straight["peak_memory_gb"] / ours["peak_memory_gb"], rel=1e-2)
 
     proj = data["projection"]["training"]
     assert proj["samples"] == 300_000 and proj["optimizer_steps"] == 9375
@@ -84,6 +89,8 @@ def test_gpu_small_writes_every_section(tmp_path):
     assert data["training"]["compute_dtype"] == "bf16"
     for text in ("straightforward / ours", "tower alone", "folder job", "projection"):
         assert text in proc.stdout, proc.stdout
+    ratio = data["training"]["ratio_straightforward_over_ours"]
+    assert (f"step time x{ratio['step_time']:.2f}, peak memory x{ratio['peak_memory']:.2f}") in proc.stdout
 
 
 @pytest.mark.gpu
@@ -111,6 +118,11 @@ def test_train_step_small_prints_both_variants(tmp_path):
     assert set(results) == {"ours", "straightforward"}
     for r in results.values():
         positive(r, "step_ms", "tokens_per_s", "samples_per_s", "peak_mib", "trainable")
+    o, s = results["ours"], results["straightforward"]
+    printed = (f"straightforward / ours: step time x{s['step_ms'] / o['step_ms']:.2f}, peak memory "
+               f"x{s['peak_mib'] / o['peak_mib']:.2f}")
+    assert printed in proc.stdout, proc.stdout  # the printed comparison is the measured rows' ratio
+    assert f"trainable parameters x{s['trainable'] / o['trainable']:.0f}" in proc.stdout
     # ours trains the projector and 2 rows; the straightforward way the projector and the whole embedding
     assert results["ours"]["trainable"] == 2 * 64 + 64 * 32 + 64
     assert results["straightforward"]["trainable"] == 32006 * 64 + 64 * 32 + 64

@@ -221,6 +221,21 @@ def _gathered_embeddings(model, training_args: TrainingArguments):
     return deepspeed.zero.GatheredParameters(tables, modifier_rank=0)
 
 
+def fit_embedding_rows(model, training_args: TrainingArguments, vocabulary_size: int,
+                       new_rows_from: int | None) -> None:
+    """``model.fit_vocabulary`` for any base, also under ZeRO-3, where each process holds a shard of the tables (an
+    empty local shape): ``resize_token_embeddings`` gathers by itself, and the mean rows are set on the gathered
+    tables (rank 0's edits kept)."""
+    weight = model.get_input_embeddings().weight
+    if not hasattr(weight, "ds_shape"):
+        model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
+        return
+    if weight.ds_shape[0] < vocabulary_size:
+        model.resize_token_embeddings(vocabulary_size, mean_resizing=False)
+    with _gathered_embeddings(model, training_args):
+        model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
+
+
 def _gathered_projector(model, training_args: TrainingArguments):
     """Context: the projector's full tensors on every process when ZeRO-3 partitioned them (the document's base
     builds it inside ``from_pretrained``'s ``zero.Init``), edits from rank 0 kept; else nothing to do."""
@@ -290,17 +305,11 @@ def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tok
         **({"quantization_config": quantisation} if quantisation is not None else {}),
     )
     # <vid_start>/<vid_end> rows start at the mean of all earlier rows (input and output), as in the original.
-    # Under ZeRO-3 each process holds a shard of the tables: gather them for these row edits (rank 0's are kept).
-    new_rows_from = video_ids.start if num_new_tokens >= 2 else None
-    weight = model.get_input_embeddings().weight
-    if hasattr(weight, "ds_shape") and num_new_tokens:
-        # ZeRO-3: resize_token_embeddings gathers by itself; the mean rows are then set on the gathered tables.
-        vocabulary_size = weight.ds_shape[0] + num_new_tokens
-        model.resize_token_embeddings(vocabulary_size, mean_resizing=False)
-        with _gathered_embeddings(model, training_args):
-            model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
-    else:
-        model.add_video_token_rows(num_new_tokens, new_rows_from=new_rows_from)
+    if num_new_tokens:
+        weight = model.get_input_embeddings().weight
+        rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3: the local shape is an empty shard
+        fit_embedding_rows(model, training_args, rows + num_new_tokens,
+                           new_rows_from=video_ids.start if num_new_tokens >= 2 else None)
     model.config.video_patch_token_id = video_ids.patch
     model.config.video_start_token_id = video_ids.start
     model.config.video_end_token_id = video_ids.end
@@ -336,17 +345,8 @@ def build_other_base(model_args, training_args, video_ids, num_new_tokens, featu
         raise UserError(f"{model_args.model_name_or_path}: {exc}") from exc
     # <vid_start>/<vid_end> rows start at the mean of the earlier rows; the table grows only if it is too small.
     vocabulary_size = max(x for x in (video_ids.patch, video_ids.start, video_ids.end) if x is not None) + 1
-    new_rows_from = video_ids.start if num_new_tokens >= 2 else None
-    weight = model.get_input_embeddings().weight
-    if hasattr(weight, "ds_shape"):
-        # ZeRO-3 (as the document's base above): each process holds a shard of the tables, whose local shape is
-        # empty; resize_token_embeddings gathers by itself, the mean rows are set on the gathered tables.
-        if weight.ds_shape[0] < vocabulary_size:
-            model.resize_token_embeddings(vocabulary_size, mean_resizing=False)
-        with _gathered_embeddings(model, training_args):
-            model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
-    else:
-        model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
+    fit_embedding_rows(model, training_args, vocabulary_size,
+                       new_rows_from=video_ids.start if num_new_tokens >= 2 else None)
     return set_trainable(model, model_args, training_args, video_ids)
 
 

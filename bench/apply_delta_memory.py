@@ -109,8 +109,13 @@ def write_model(folder: Path, state: dict[str, torch.Tensor], shards: int, fmt: 
     index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
     (folder / index).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     vocab = state["model.embed_tokens.weight"].shape[0]
-    config = {"model_type": "llava" if llava else "llama", "hidden_size": HIDDEN, "vocab_size": vocab,
-              "intermediate_size": INTERMEDIATE, "torch_dtype": "float16"}
+    config = {
+        "model_type": "llava" if llava else "llama",
+        "hidden_size": HIDDEN,
+        "vocab_size": vocab,
+        "intermediate_size": INTERMEDIATE,
+        "torch_dtype": "float16",
+    }
     if llava:
         config.update(mm_vision_tower="openai/clip-vit-large-patch14", mm_hidden_size=MM_HIDDEN, use_mm_proj=True)
         from video_chatgpt.sample.models import write_llava_tokenizer
@@ -178,7 +183,9 @@ def run_child(kind: str, paths: list[Path]) -> tuple[float, float]:
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", kind, *map(str, paths)],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - start
     last = proc.stdout.strip().splitlines()[-1:] or [""]

@@ -48,8 +48,14 @@ LLAMA_SIZES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=172, num_attention_heads=4),
 }
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def parse_dtype(name: str | None, device: str) -> torch.dtype:
@@ -89,16 +95,19 @@ class Shapes:
 
     def sample_lengths(self) -> list[tuple[int, int]]:
         """(prompt, answer) token counts of each sample."""
-        return [(self.prompt_tokens[i % len(self.prompt_tokens)], self.answer_tokens[i % len(self.answer_tokens)])
-                for i in range(self.batch)]
+        return [
+            (self.prompt_tokens[i % len(self.prompt_tokens)], self.answer_tokens[i % len(self.answer_tokens)])
+            for i in range(self.batch)
+        ]
 
     def text_tokens(self) -> list[int]:
         """Text tokens per sample (everything but the video patches)."""
         return [p + 2 + self.role_tokens + a + 1 for p, a in self.sample_lengths()]
 
 
-SMALL_SHAPES = Shapes(batch=2, num_frames=4, num_patches=16, mm_hidden=32, prompt_tokens=(10, 8), role_tokens=2,
-                      answer_tokens=(6, 5))
+SMALL_SHAPES = Shapes(
+    batch=2, num_frames=4, num_patches=16, mm_hidden=32, prompt_tokens=(10, 8), role_tokens=2, answer_tokens=(6, 5)
+)
 
 
 @dataclass
@@ -111,9 +120,16 @@ class Batch:
     supervised: int = 0  # number of predicted tokens (labels[:, 1:] != IGNORE_INDEX)
     lengths: list[int] = field(default_factory=list)  # real length of each sample
 
-    def to(self, device) -> "Batch":
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
-                     self.features.to(device), self.real_tokens, self.supervised, self.lengths)
+    def to(self, device) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            self.features.to(device),
+            self.real_tokens,
+            self.supervised,
+            self.lengths,
+        )
 
 
 def make_batch(shapes: Shapes, seed: int = 0) -> Batch:
@@ -123,13 +139,20 @@ def make_batch(shapes: Shapes, seed: int = 0) -> Batch:
     rows, labels = [], []
     for prompt, answer in shapes.sample_lengths():
         words = lambda k: torch.randint(3, 32000, (k,), generator=g)  # noqa: E731 - ordinary text ids
-        ids = torch.cat([
-            torch.tensor([BOS_ID]), words(prompt - 1),
-            torch.tensor([START_ID]), torch.full((n,), PATCH_ID), torch.tensor([END_ID]),
-            words(shapes.role_tokens), words(answer), torch.tensor([EOS_ID]),
-        ])
+        ids = torch.cat(
+            [
+                torch.tensor([BOS_ID]),
+                words(prompt - 1),
+                torch.tensor([START_ID]),
+                torch.full((n,), PATCH_ID),
+                torch.tensor([END_ID]),
+                words(shapes.role_tokens),
+                words(answer),
+                torch.tensor([EOS_ID]),
+            ]
+        )
         lab = torch.full_like(ids, IGNORE_INDEX)
-        lab[-(answer + 1):] = ids[-(answer + 1):]  # the answer and its </s>
+        lab[-(answer + 1) :] = ids[-(answer + 1) :]  # the answer and its </s>
         rows.append(ids)
         labels.append(lab)
     length = max(len(r) for r in rows)
@@ -141,8 +164,15 @@ def make_batch(shapes: Shapes, seed: int = 0) -> Batch:
         label_ids[i, : len(ids)] = lab
         mask[i, : len(ids)] = 1
     features = torch.randn((shapes.batch, n, shapes.mm_hidden), generator=g).to(torch.float16)
-    return Batch(input_ids, mask, label_ids, features, real_tokens=int(mask.sum()),
-                 supervised=int((label_ids[:, 1:] != IGNORE_INDEX).sum()), lengths=[len(r) for r in rows])
+    return Batch(
+        input_ids,
+        mask,
+        label_ids,
+        features,
+        real_tokens=int(mask.sum()),
+        supervised=int((label_ids[:, 1:] != IGNORE_INDEX).sum()),
+        lengths=[len(r) for r in rows],
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- models
@@ -208,8 +238,7 @@ def _check_rotary(model) -> None:
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(all, trainable) parameter counts."""
-    return (sum(p.numel() for p in model.parameters()),
-            sum(p.numel() for p in model.parameters() if p.requires_grad))
+    return (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
 def set_checkpointing(model, on: bool) -> None:
@@ -248,8 +277,12 @@ def setup_straightforward(model: VideoChatGPTForCausalLM) -> list[torch.nn.Param
 
 def loss_ours(model: VideoChatGPTForCausalLM, batch: Batch) -> torch.Tensor:
     """The model's own forward with labels: logits only at the supervised positions."""
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels,
-                 video_spatio_temporal_features=batch.features).loss
+    return model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        labels=batch.labels,
+        video_spatio_temporal_features=batch.features,
+    ).loss
 
 
 def loss_straightforward(model: VideoChatGPTForCausalLM, batch: Batch) -> torch.Tensor:
@@ -264,8 +297,9 @@ def loss_straightforward(model: VideoChatGPTForCausalLM, batch: Batch) -> torch.
     hidden = model.model(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
     logits = model.lm_head(hidden)  # (B, L, V): every position, although most are video or prompt
     vocab = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), batch.labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, vocab).float(), batch.labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
 
 
 VARIANTS: dict[str, tuple[Callable, Callable]] = {

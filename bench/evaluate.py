@@ -33,9 +33,25 @@ def run(api_base: str, preds: Path, out: Path, workers: int) -> float:
     os.environ.pop("VCG_BENCH_NO_KEY", None)
     t0 = time.perf_counter()
     with redirect_stdout(io.StringIO()):
-        status = cli_main(["evaluate", "--task", "correctness", "--pred_path", str(preds), "--output_dir", str(out),
-                           "--api_base", api_base, "--judge_model", "sample-rule-judge", "--api_key_env",
-                           "VCG_BENCH_NO_KEY", "--num_workers", str(workers)])
+        status = cli_main(
+            [
+                "evaluate",
+                "--task",
+                "correctness",
+                "--pred_path",
+                str(preds),
+                "--output_dir",
+                str(out),
+                "--api_base",
+                api_base,
+                "--judge_model",
+                "sample-rule-judge",
+                "--api_key_env",
+                "VCG_BENCH_NO_KEY",
+                "--num_workers",
+                str(workers),
+            ]
+        )
     wall = time.perf_counter() - t0
     if status != 0:
         raise SystemExit(f"evaluate failed with status {status}")
@@ -55,17 +71,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         preds = tmp / "preds.json"
-        preds.write_text(json.dumps([{"video_name": f"v{i}", "Q": f"question {i}?", "A": "The object is red.",
-                                      "pred": "The object is red." if i % 2 else "A blue circle."}
-                                     for i in range(args.records)]))
+        preds.write_text(
+            json.dumps(
+                [
+                    {
+                        "video_name": f"v{i}",
+                        "Q": f"question {i}?",
+                        "A": "The object is red.",
+                        "pred": "The object is red." if i % 2 else "A blue circle.",
+                    }
+                    for i in range(args.records)
+                ]
+            )
+        )
         serial, n1 = run(api_base, preds, tmp / "serial", 1)
         parallel, n2 = run(api_base, preds, tmp / "parallel", args.workers)
     server.shutdown()
     bound = args.records * args.delay
     print(f"{args.records} records, judge reply delay {args.delay * 1000:.0f} ms (serial lower bound {bound:.1f} s)")
     print(f"  --num_workers 1             {serial:7.1f} s   ({n1} judged)")
-    print(f"  --num_workers {args.workers:<3d}           {parallel:7.1f} s   ({n2} judged)   "
-          f"speed-up {serial / parallel:.1f}x")
+    print(
+        f"  --num_workers {args.workers:<3d}           {parallel:7.1f} s   ({n2} judged)   "
+        f"speed-up {serial / parallel:.1f}x"
+    )
     return 0
 
 

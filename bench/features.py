@@ -45,7 +45,6 @@ from video_chatgpt.features.store import load_features  # noqa: E402
 from video_chatgpt.sample.models import make_tiny_clip  # noqa: E402
 from video_chatgpt.sample.videos import real_sample_videos  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------------- videos
 
 
@@ -152,8 +151,18 @@ def run_baseline(videos: list[Path], out: Path, tower: Path, num_frames: int, in
 
 def run_ours(folder: Path, out: Path, tower: Path, num_frames: int, infer_batch: int, workers: int | None) -> dict:
     start = time.perf_counter()
-    report = run(ExtractArgs(video_dir_path=folder, clip_feat_path=out, vision_tower=str(tower), num_frames=num_frames,
-                             infer_batch=infer_batch, num_workers=workers, device="cpu", progress=False))
+    report = run(
+        ExtractArgs(
+            video_dir_path=folder,
+            clip_feat_path=out,
+            vision_tower=str(tower),
+            num_frames=num_frames,
+            infer_batch=infer_batch,
+            num_workers=workers,
+            device="cpu",
+            progress=False,
+        )
+    )
     wall = time.perf_counter() - start
     if report.failed:
         raise RuntimeError(f"our job failed on {report.failed}")
@@ -176,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames sampled per video")
     p.add_argument("--infer-batch", type=int, default=32, help="frames per encoder forward (both)")
     p.add_argument("--num-workers", type=int, default=None, help="our decode processes (default: the job's)")
-    p.add_argument("--baseline-threads", type=int, default=1,
-                   help="torch threads of the baseline (1: on a shared 2-core machine two threads only contend)")
+    p.add_argument(
+        "--baseline-threads",
+        type=int,
+        default=1,
+        help="torch threads of the baseline (1: on a shared 2-core machine two threads only contend)",
+    )
     args = p.parse_args(argv)
 
     cores = len(os.sched_getaffinity(0))
@@ -191,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
 
             with av.open(str(v)) as c:
                 frames_in += c.streams.video[0].frames
-        print(f"{len(videos)} videos, {frames_in} frames in all, {args.num_frames} sampled per video; "
-              f"tiny CLIP tower (224 px, patch 14, width 32); {cores} CPU cores; torch {torch.__version__}")
+        print(
+            f"{len(videos)} videos, {frames_in} frames in all, {args.num_frames} sampled per video; "
+            f"tiny CLIP tower (224 px, patch 14, width 32); {cores} CPU cores; torch {torch.__version__}"
+        )
 
         threads = torch.get_num_threads()
         torch.set_num_threads(args.baseline_threads)
@@ -212,11 +227,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"outputs: {len(videos)} feature files each, largest difference {worst:.0f} float16 ulp\n")
 
     n = len(videos)
-    print(f"{'':10} {'wall s':>8} {'videos/s':>9} {'frames/s':>9} {'sampled/s':>10}   "
-          "(frames/s: the videos' frames, all decoded; sampled/s: frames encoded)")
+    print(
+        f"{'':10} {'wall s':>8} {'videos/s':>9} {'frames/s':>9} {'sampled/s':>10}   "
+        "(frames/s: the videos' frames, all decoded; sampled/s: frames encoded)"
+    )
     for name, r in (("baseline", base), ("ours", ours)):
-        print(f"{name:10} {r['wall_s']:8.2f} {n / r['wall_s']:9.3f} {frames_in / r['wall_s']:9.1f} "
-              f"{r['frames_encoded'] / r['wall_s']:10.1f}")
+        print(
+            f"{name:10} {r['wall_s']:8.2f} {n / r['wall_s']:9.3f} {frames_in / r['wall_s']:9.1f} "
+            f"{r['frames_encoded'] / r['wall_s']:10.1f}"
+        )
     print(f"speed-up   {base['wall_s'] / ours['wall_s']:.2f}x\n")
     for name, r in (("baseline", base), ("ours", ours)):
         total = sum(r["stages"].values())

@@ -52,10 +52,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` beside this file, however it is started
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-import common  # noqa: E402
 
 FULL_RUN_SAMPLES = 100_000 * 3  # the document: ~100K instruction pairs, 3 epochs
 GLOBAL_BATCH = 32
@@ -102,20 +101,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="tiny shapes on CPU: the same code paths in seconds")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --small)")
     p.add_argument("--out", default="bench/results/gpu.json", help="JSON output (default bench/results/gpu.json)")
-    p.add_argument("--dtype", default=None,
-                   help="training compute dtype: bf16 (default on CUDA), fp16, fp32 (default on CPU); "
-                        "`--small --dtype bf16` runs the GPU's dtype layout on CPU")
-    p.add_argument("--sections", default="train,lora,straightforward,tower,extractor",
-                   help="comma-separated subset of train,lora,straightforward,tower,extractor")
-    p.add_argument("--attn", default="sdpa,flash_attention_2",
-                   help="attention implementations to measure (flash_attention_2 only when flash_attn is importable)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="training compute dtype: bf16 (default on CUDA), fp16, fp32 (default on CPU); "
+        "`--small --dtype bf16` runs the GPU's dtype layout on CPU",
+    )
+    p.add_argument(
+        "--sections",
+        default="train,lora,straightforward,tower,extractor",
+        help="comma-separated subset of train,lora,straightforward,tower,extractor",
+    )
+    p.add_argument(
+        "--attn",
+        default="sdpa,flash_attention_2",
+        help="attention implementations to measure (flash_attention_2 only when flash_attn is importable)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per configuration (default 2, small 1)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per configuration at most (default 10, small 2)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="timed steps per configuration at most (default 10, small 2)"
+    )
     p.add_argument("--budget-s", type=float, default=None, help="seconds of timed steps per configuration (default 20)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; "
-                        "else torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; else torch's)",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not in the table")
     p.add_argument("--tower-batches", default=None, help="tower batch sizes (default 1,16,64,128,256; small 1,4)")
     p.add_argument("--clip-seconds", default=None, help="generated clip lengths in s (default 20,40,60; small 1,2)")
@@ -163,8 +175,9 @@ def environment(args) -> dict:
     cuda = args.device.startswith("cuda")
     peak, source = peak_tflops(args.device, args.peak_tflops)
     env = {
-        "device": (torch.cuda.get_device_name(args.device) if cuda
-                   else f"CPU ({platform.processor() or platform.machine()})"),
+        "device": (
+            torch.cuda.get_device_name(args.device) if cuda else f"CPU ({platform.processor() or platform.machine()})"
+        ),
         "device_type": "cuda" if cuda else "cpu",
         "gpu_memory_gb": round(torch.cuda.get_device_properties(args.device).total_memory / 2**30, 1) if cuda else None,
         "peak_bf16_tflops": peak,
@@ -211,8 +224,13 @@ def train_row(args, model, loss_fn, batch, optimizer, autocast, flops: float, pe
     """Time one configuration (model already set up) and derive its rates."""
     meter = common.MemoryMeter(args.device)
     meter.start()
-    timing = common.time_steps(lambda: common.train_step(model, loss_fn, batch, optimizer, autocast),
-                               args.device, args.warmup, args.steps, args.budget_s)
+    timing = common.time_steps(
+        lambda: common.train_step(model, loss_fn, batch, optimizer, autocast),
+        args.device,
+        args.warmup,
+        args.steps,
+        args.budget_s,
+    )
     step_s = timing.median_s
     achieved = flops / step_s / 1e12
     return {
@@ -232,15 +250,30 @@ def planned_gb(config, batch, compute: torch.dtype, gc_on: bool, train: str, dev
     which on CUDA is ``max_memory_allocated``; on CPU the process's RSS, a different quantity)."""
     from video_chatgpt.train.memory import ModelShape, StepSettings, plan_step
 
-    shape = ModelShape(hidden=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
-                       kv_heads=config.num_key_value_heads, head_dim=config.hidden_size // config.num_attention_heads,
-                       intermediate=config.intermediate_size, vocab=config.vocab_size,
-                       mm_hidden=config.mm_hidden_size)
+    shape = ModelShape(
+        hidden=config.hidden_size,
+        layers=config.num_hidden_layers,
+        heads=config.num_attention_heads,
+        kv_heads=config.num_key_value_heads,
+        head_dim=config.hidden_size // config.num_attention_heads,
+        intermediate=config.intermediate_size,
+        vocab=config.vocab_size,
+        mm_hidden=config.mm_hidden_size,
+    )
     b = batch.input_ids.shape[0]
-    settings = StepSettings(batch=b, tokens=batch.input_ids.shape[1], supervised=batch.supervised / b,
-                            video_tokens=batch.features.shape[1], compute=common.dtype_name(compute),
-                            gradient_checkpointing=gc_on, train=train, token_rows=2, lora_r=LORA_R,
-                            lora_dropout=LORA_DROPOUT, device="cuda" if device.startswith("cuda") else "cpu")
+    settings = StepSettings(
+        batch=b,
+        tokens=batch.input_ids.shape[1],
+        supervised=batch.supervised / b,
+        video_tokens=batch.features.shape[1],
+        compute=common.dtype_name(compute),
+        gradient_checkpointing=gc_on,
+        train=train,
+        token_rows=2,
+        lora_r=LORA_R,
+        lora_dropout=LORA_DROPOUT,
+        device="cuda" if device.startswith("cuda") else "cpu",
+    )
     return round(plan_step(shape, settings).allocated_bytes / 2**30, 3)
 
 
@@ -257,11 +290,20 @@ def bench_training(args, env: dict) -> dict:
     flops = common.step_flops(config, batch)
     peak = env["peak_bf16_tflops"]
     out: dict = {
-        "model": {"size": size, **common.LLAMA_SIZES[size], "vocab_size": common.VOCAB,
-                  "mm_hidden_size": shapes.mm_hidden},
-        "batch": {"batch": shapes.batch, "padded_length": batch.input_ids.shape[1], "video_tokens": shapes.video_tokens,
-                  "text_tokens": shapes.text_tokens(), "real_tokens": batch.real_tokens,
-                  "supervised_tokens": batch.supervised},
+        "model": {
+            "size": size,
+            **common.LLAMA_SIZES[size],
+            "vocab_size": common.VOCAB,
+            "mm_hidden_size": shapes.mm_hidden,
+        },
+        "batch": {
+            "batch": shapes.batch,
+            "padded_length": batch.input_ids.shape[1],
+            "video_tokens": shapes.video_tokens,
+            "text_tokens": shapes.text_tokens(),
+            "real_tokens": batch.real_tokens,
+            "supervised_tokens": batch.supervised,
+        },
         "compute_dtype": common.dtype_name(compute),
         "flops_per_step": flops,
         "flops_formula": common.FLOPS_FORMULA,
@@ -302,9 +344,18 @@ def bench_training(args, env: dict) -> dict:
                     rows.append({**row, "status": f"skipped: {exc}"[:300]})
                     continue
                 common.set_checkpointing(state["model"], gc_on)
-                rows.append({**row, **guarded(lambda: train_row(args, state["model"], common.loss_ours, batch,
-                                                                 state["optimizer"], autocast, flops, peak), device),
-                             "plan_gb": planned_gb(config, batch, compute, gc_on, "projector", device)})
+                rows.append(
+                    {
+                        **row,
+                        **guarded(
+                            lambda: train_row(
+                                args, state["model"], common.loss_ours, batch, state["optimizer"], autocast, flops, peak
+                            ),
+                            device,
+                        ),
+                        "plan_gb": planned_gb(config, batch, compute, gc_on, "projector", device),
+                    }
+                )
         state.clear()  # the only references to the 7B model and its optimizer: freed before the fp32 build
         common.free_memory(device)
 
@@ -325,13 +376,19 @@ def bench_training(args, env: dict) -> dict:
             build_s = round(time.perf_counter() - t0, 2)
             try:
                 # FLOPs: the frozen-backbone count (the adapters' own matmuls are r/H of it, not counted)
-                return {"parameters": total, "trainable": trainable, "build_s": build_s, "lora_r": LORA_R,
-                        **train_row(args, model, common.loss_ours, batch, optimizer, autocast, flops, peak)}
+                return {
+                    "parameters": total,
+                    "trainable": trainable,
+                    "build_s": build_s,
+                    "lora_r": LORA_R,
+                    **train_row(args, model, common.loss_ours, batch, optimizer, autocast, flops, peak),
+                }
             finally:
                 del model, optimizer, params
 
-        rows.append({**row, **guarded(run_lora, device),
-                     "plan_gb": planned_gb(config, batch, compute, True, "lora", device)})
+        rows.append(
+            {**row, **guarded(run_lora, device), "plan_gb": planned_gb(config, batch, compute, True, "lora", device)}
+        )
         common.free_memory(device)
 
     if "straightforward" in args.sections:
@@ -346,8 +403,12 @@ def bench_training(args, env: dict) -> dict:
             total, trainable = common.count_parameters(model)
             build_s = round(time.perf_counter() - t0, 2)
             try:
-                return {"parameters": total, "trainable": trainable, "build_s": build_s,
-                        **train_row(args, model, common.loss_straightforward, batch, optimizer, autocast, flops, peak)}
+                return {
+                    "parameters": total,
+                    "trainable": trainable,
+                    "build_s": build_s,
+                    **train_row(args, model, common.loss_straightforward, batch, optimizer, autocast, flops, peak),
+                }
             finally:
                 del model, optimizer, params
 
@@ -374,16 +435,23 @@ def project_training(train: dict) -> dict:
         if r.get("status") != "ok":
             continue
         hours = FULL_RUN_SAMPLES / r["samples_per_s"] / 3600
-        rows.append({"variant": r["variant"], "attn": r["attn"], "gradient_checkpointing": r["gradient_checkpointing"],
-                     "one_gpu_hours": sig(hours), "eight_gpus_hours": sig(hours / 8)})
+        rows.append(
+            {
+                "variant": r["variant"],
+                "attn": r["attn"],
+                "gradient_checkpointing": r["gradient_checkpointing"],
+                "one_gpu_hours": sig(hours),
+                "eight_gpus_hours": sig(hours / 8),
+            }
+        )
     return {
         "samples": FULL_RUN_SAMPLES,
         "global_batch": GLOBAL_BATCH,
         "optimizer_steps": FULL_RUN_SAMPLES // GLOBAL_BATCH,
         "assumptions": "time = samples / measured samples/s at per-device batch 4 (one GPU: 8 accumulation steps "
-                       "per global batch of 32, the same work; the timed step includes an optimizer step per "
-                       "micro-batch, slightly pessimistic); 8 GPUs = one GPU / 8 (linear scaling, no "
-                       "communication or data-loading cost); the real data's text lengths vary more than here",
+        "per global batch of 32, the same work; the timed step includes an optimizer step per "
+        "micro-batch, slightly pessimistic); 8 GPUs = one GPU / 8 (linear scaling, no "
+        "communication or data-loading cost); the real data's text lengths vary more than here",
         "rows": rows,
     }
 
@@ -409,13 +477,22 @@ def bench_tower(args, tower, dtype: torch.dtype) -> list[dict]:
     """Frames/s of the whole tower (all layers, as the original runs it) on random pixels, per batch size."""
     rows = []
     for bs in args.tower_batches:
+
         def run(bs=bs) -> dict:
             x = torch.randn(bs, 3, 224, 224, device=args.device, dtype=dtype)
             with torch.inference_mode():
-                timing = common.time_steps(lambda: tower(pixel_values=x), args.device, args.warmup,
-                                           max(args.steps, 5), budget_s=min(args.budget_s, 5.0))
-            return {"frames_per_s": sig(bs / timing.median_s), "ms_per_batch": round(1000 * timing.median_s, 2),
-                    "timed": len(timing.wall_s)}
+                timing = common.time_steps(
+                    lambda: tower(pixel_values=x),
+                    args.device,
+                    args.warmup,
+                    max(args.steps, 5),
+                    budget_s=min(args.budget_s, 5.0),
+                )
+            return {
+                "frames_per_s": sig(bs / timing.median_s),
+                "ms_per_batch": round(1000 * timing.median_s, 2),
+                "timed": len(timing.wall_s),
+            }
 
         rows.append({"batch": bs, **guarded(run, args.device)})
     return rows
@@ -432,8 +509,13 @@ def write_clip(path: Path, seconds: float, width: int, height: int, fps: int, se
     # Low-frequency noise texture, upsampled, twice the frame in each direction: panning gives real motion vectors.
     small = rng.integers(0, 256, (height // 8 + 1, width // 4 + 1, 3), dtype=np.uint8)
     texture = np.repeat(np.repeat(small, 8, axis=0), 8, axis=1)[: 2 * height, : 2 * width]
-    texture = np.ascontiguousarray(np.pad(texture, ((0, max(0, 2 * height - texture.shape[0])),
-                                                    (0, max(0, 2 * width - texture.shape[1])), (0, 0)), mode="wrap"))
+    texture = np.ascontiguousarray(
+        np.pad(
+            texture,
+            ((0, max(0, 2 * height - texture.shape[0])), (0, max(0, 2 * width - texture.shape[1])), (0, 0)),
+            mode="wrap",
+        )
+    )
     n = int(round(seconds * fps))
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), "w") as container:
@@ -453,8 +535,16 @@ def write_clip(path: Path, seconds: float, width: int, height: int, fps: int, se
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    return {"file": path.name, "seconds": seconds, "frames": n, "width": width, "height": height, "fps": fps,
-            "codec": codec, "mb": round(path.stat().st_size / 2**20, 2)}
+    return {
+        "file": path.name,
+        "seconds": seconds,
+        "frames": n,
+        "width": width,
+        "height": height,
+        "fps": fps,
+        "codec": codec,
+        "mb": round(path.stat().st_size / 2**20, 2),
+    }
 
 
 def _extractor_class():
@@ -483,8 +573,15 @@ def bench_extraction(args, env: dict) -> dict:
     size = "tiny" if args.small else "vit-l-14"
     dtype = torch.float16 if cuda else torch.float32
     num_frames = 8 if args.small else 100
-    out: dict = {"tower": {"size": size, **CLIP_SIZES[size], "image_size": 224, "patch_size": 14,
-                           "dtype": common.dtype_name(dtype)}}
+    out: dict = {
+        "tower": {
+            "size": size,
+            **CLIP_SIZES[size],
+            "image_size": 224,
+            "patch_size": 14,
+            "dtype": common.dtype_name(dtype),
+        }
+    }
     tmp = tempfile.TemporaryDirectory(prefix="gpu_bench_")
     root = Path(tmp.name)
     try:
@@ -520,8 +617,9 @@ def bench_videos(args, root: Path, tower_dir: Path, num_frames: int, dtype: torc
     clip_dir = root / "clips"
     clip_dir.mkdir()
     t0 = time.perf_counter()
-    clips = [write_clip(clip_dir / f"v_clip{i}.mp4", s, width, height, fps, seed=i)
-             for i, s in enumerate(args.clip_seconds)]
+    clips = [
+        write_clip(clip_dir / f"v_clip{i}.mp4", s, width, height, fps, seed=i) for i, s in enumerate(args.clip_seconds)
+    ]
     generate_s = time.perf_counter() - t0
 
     cls, module = _extractor_class()
@@ -558,17 +656,28 @@ def bench_videos(args, root: Path, tower_dir: Path, num_frames: int, dtype: torc
         clip = clips[i % len(clips)]
         os.link(clip_dir / clip["file"], job_dir / f"v_job{i:03d}.mp4")
         job_frames += clip["frames"]
-    job_args = extract_job.ExtractArgs(video_dir_path=job_dir, clip_feat_path=root / "features",
-                                       vision_tower=str(tower_dir), num_frames=num_frames, device=args.device,
-                                       dtype=common.dtype_name(dtype), progress=False)
+    job_args = extract_job.ExtractArgs(
+        video_dir_path=job_dir,
+        clip_feat_path=root / "features",
+        vision_tower=str(tower_dir),
+        num_frames=num_frames,
+        device=args.device,
+        dtype=common.dtype_name(dtype),
+        progress=False,
+    )
     t0 = time.perf_counter()
     report = extract_job.run(job_args)
     job_wall = time.perf_counter() - t0
     done = len(report.extracted)
     job = {
-        "videos": args.job_videos, "extracted": done, "failed": len(report.failed), "wall_s": round(job_wall, 3),
-        "videos_per_s": sig(done / job_wall), "decoded_frames_per_s": sig(job_frames / job_wall),
-        "encode_s": round(report.encode_s, 3), "decode_s_summed_over_workers": round(report.decode_s, 3),
+        "videos": args.job_videos,
+        "extracted": done,
+        "failed": len(report.failed),
+        "wall_s": round(job_wall, 3),
+        "videos_per_s": sig(done / job_wall),
+        "decoded_frames_per_s": sig(job_frames / job_wall),
+        "encode_s": round(report.encode_s, 3),
+        "decode_s_summed_over_workers": round(report.decode_s, 3),
         "wait_for_decode_s": round(report.wait_for_decode_s, 3),
         "note": "wall time includes loading the tower folder (see load_s)",
     }
@@ -585,7 +694,7 @@ def bench_videos(args, root: Path, tower_dir: Path, num_frames: int, dtype: torc
         "folder_job": job,
         "projection": {
             "assumed_video": f"{ACTIVITYNET_SECONDS:.0f} s at {ACTIVITYNET_FPS:.0f} fps ({anet_frames:.0f} frames), "
-                             f"{width}x{height}",
+            f"{width}x{height}",
             "one_video_api_s_per_video": round(per_anet_video, 3),
             "one_video_api_videos_per_s": sig(1 / per_anet_video),
             "folder_job_videos_per_s": sig(job_anet_videos_per_s),
@@ -594,9 +703,9 @@ def bench_videos(args, root: Path, tower_dir: Path, num_frames: int, dtype: torc
             "train_videos_one_gpu_hours_folder_job": sig(TRAIN_VIDEOS / job_anet_videos_per_s / 3600),
             "train_videos_eight_gpus_hours_folder_job": sig(TRAIN_VIDEOS / job_anet_videos_per_s / 3600 / 8),
             "assumptions": "per-video time of the one-video API = a + b x frames (fit over the clips); the folder "
-                           "job is taken as decode-bound (its decoded frames/s over the clips); generated clips "
-                           "decode faster than camera footage of the same size; 8 GPUs = linear scaling, which "
-                           "needs the CPU cores to scale too (decoding runs on the CPU)",
+            "job is taken as decode-bound (its decoded frames/s over the clips); generated clips "
+            "decode faster than camera footage of the same size; 8 GPUs = linear scaling, which "
+            "needs the CPU cores to scale too (decoding runs on the CPU)",
         },
     }
 
@@ -627,11 +736,14 @@ def render(results: dict) -> str:
             f"{max(b['text_tokens'])} text tokens; {b['real_tokens']} real, {b['supervised_tokens']} supervised); "
             f"compute {train['compute_dtype']}; {train['flops_per_step'] / 1e12:.2f} useful TFLOP per step",
         ]
-        header = (f"{'variant':<16} {'attn':<18} {'ckpt':<5} {'step ms':>9} {'steps/s':>8} {'tokens/s':>10} "
-                  f"{'peak GB':>8} {'TFLOP/s':>8} {'MFU':>6}  1 GPU h  8 GPU h")
+        header = (
+            f"{'variant':<16} {'attn':<18} {'ckpt':<5} {'step ms':>9} {'steps/s':>8} {'tokens/s':>10} "
+            f"{'peak GB':>8} {'TFLOP/s':>8} {'MFU':>6}  1 GPU h  8 GPU h"
+        )
         lines += [header, "-" * len(header)]
-        proj = {(p["variant"], p["attn"], p["gradient_checkpointing"]): p
-                for p in results["projection"]["training"]["rows"]}
+        proj = {
+            (p["variant"], p["attn"], p["gradient_checkpointing"]): p for p in results["projection"]["training"]["rows"]
+        }
         for r in train["rows"]:
             key = (r["variant"], r["attn"], r["gradient_checkpointing"])
             head = f"{r['variant']:<16} {r['attn']:<18} {'on' if r['gradient_checkpointing'] else 'off':<5} "
@@ -639,53 +751,78 @@ def render(results: dict) -> str:
                 lines.append(head + str(r.get("status")))
                 continue
             p = proj.get(key, {})
-            lines.append(head + f"{r['step_ms']:>9.1f} {r['steps_per_s']:>8.2f} {r['tokens_per_s']:>10.0f} "
-                         f"{r['peak_memory_gb']:>8.2f} {r['tflops_per_s']:>8.1f} "
-                         f"{_fmt(r['mfu'] and 100 * r['mfu'], '5.1f', '  n/a')}{'%' if r['mfu'] else ' '} "
-                         f"{_fmt(p.get('one_gpu_hours'), '8.1f')} {_fmt(p.get('eight_gpus_hours'), '8.2f')}")
+            lines.append(
+                head + f"{r['step_ms']:>9.1f} {r['steps_per_s']:>8.2f} {r['tokens_per_s']:>10.0f} "
+                f"{r['peak_memory_gb']:>8.2f} {r['tflops_per_s']:>8.1f} "
+                f"{_fmt(r['mfu'] and 100 * r['mfu'], '5.1f', '  n/a')}{'%' if r['mfu'] else ' '} "
+                f"{_fmt(p.get('one_gpu_hours'), '8.1f')} {_fmt(p.get('eight_gpus_hours'), '8.2f')}"
+            )
         ratio = train.get("ratio_straightforward_over_ours")
         if ratio:
             if ratio.get("status"):
                 lines.append(f"straightforward / ours ({ratio['compared']}): {ratio['status']}")
             else:
-                lines.append(f"straightforward / ours ({ratio['compared']}): step time x{ratio['step_time']:.2f}, "
-                             f"peak memory x{ratio['peak_memory']:.2f}")
+                lines.append(
+                    f"straightforward / ours ({ratio['compared']}): step time x{ratio['step_time']:.2f}, "
+                    f"peak memory x{ratio['peak_memory']:.2f}"
+                )
         planned = [r for r in train["rows"] if r.get("status") == "ok" and r.get("plan_gb")]
         if planned:
-            lines.append("plan-memory (allocated peak) vs measured peak GB: " + "; ".join(
-                f"{r['variant']} ckpt {'on' if r['gradient_checkpointing'] else 'off'} {r['plan_gb']:.2f} vs "
-                f"{r['peak_memory_gb']:.2f} ({100 * (r['plan_gb'] - r['peak_memory_gb']) / r['peak_memory_gb']:+.0f}%)"
-                for r in planned if r["attn"] == "sdpa")
-                + ("" if env["device_type"] == "cuda" else " (CPU: measured is the process RSS, not comparable)"))
-        lines.append(f"projection: {results['projection']['training']['samples']:,} samples (100K x 3 epochs, global "
-                     f"batch {GLOBAL_BATCH}); 8 GPUs assumes linear scaling")
+            lines.append(
+                "plan-memory (allocated peak) vs measured peak GB: "
+                + "; ".join(
+                    f"{r['variant']} ckpt {'on' if r['gradient_checkpointing'] else 'off'} {r['plan_gb']:.2f} vs "
+                    f"{r['peak_memory_gb']:.2f} ({100 * (r['plan_gb'] - r['peak_memory_gb']) / r['peak_memory_gb']:+.0f}%)"
+                    for r in planned
+                    if r["attn"] == "sdpa"
+                )
+                + ("" if env["device_type"] == "cuda" else " (CPU: measured is the process RSS, not comparable)")
+            )
+        lines.append(
+            f"projection: {results['projection']['training']['samples']:,} samples (100K x 3 epochs, global "
+            f"batch {GLOBAL_BATCH}); 8 GPUs assumes linear scaling"
+        )
         lines.append("FLOPs: " + train["flops_formula"])
     ext = results.get("extraction")
     if ext and "tower" not in ext:
         lines += ["", f"extraction: {ext.get('status')}"]
     elif ext:
         t = ext["tower"]
-        lines += ["", f"extraction: CLIP tower hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, "
-                      f"{t['dtype']}"]
+        lines += [
+            "",
+            f"extraction: CLIP tower hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, {t['dtype']}",
+        ]
         if ext.get("tower_alone"):
-            lines.append("tower alone (random pixels, inference_mode): " + ", ".join(
-                f"batch {r['batch']}: {r['frames_per_s']:.0f} frames/s" if r.get("status") == "ok"
-                else f"batch {r['batch']}: {r.get('status')}" for r in ext["tower_alone"]))
+            lines.append(
+                "tower alone (random pixels, inference_mode): "
+                + ", ".join(
+                    f"batch {r['batch']}: {r['frames_per_s']:.0f} frames/s"
+                    if r.get("status") == "ok"
+                    else f"batch {r['batch']}: {r.get('status')}"
+                    for r in ext["tower_alone"]
+                )
+            )
         x = ext.get("extractor")
         if x and x.get("status") == "ok":
             for c in x["clips"]:
-                lines.append(f"  clip {c['seconds']:.0f} s {c['width']}x{c['height']} {c['fps']} fps {c['codec']} "
-                             f"({c['frames']} frames, {c['mb']} MB): extract {c['extract_s']:.2f} s "
-                             f"(decode alone {c['decode_only_s']:.2f} s)")
+                lines.append(
+                    f"  clip {c['seconds']:.0f} s {c['width']}x{c['height']} {c['fps']} fps {c['codec']} "
+                    f"({c['frames']} frames, {c['mb']} MB): extract {c['extract_s']:.2f} s "
+                    f"(decode alone {c['decode_only_s']:.2f} s)"
+                )
             j, pr = x["folder_job"], x["projection"]
-            lines.append(f"one-video API: {x['videos_per_s']:.3f} videos/s over the clips; folder job: "
-                         f"{j['videos_per_s']:.3f} videos/s ({j['extracted']} videos, {j['decoded_frames_per_s']:.0f} "
-                         f"decoded frames/s, tower load included)")
-            lines.append(f"projected at {pr['assumed_video']}: one-video API {pr['one_video_api_s_per_video']:.2f} "
-                         f"s/video, folder job {pr['folder_job_videos_per_s']:.3f} videos/s; "
-                         f"the {pr['train_videos']:,} "
-                         f"training videos: {pr['train_videos_one_gpu_hours_folder_job']:.2f} h on 1 GPU, "
-                         f"{pr['train_videos_eight_gpus_hours_folder_job']:.2f} h on 8 (folder job, linear)")
+            lines.append(
+                f"one-video API: {x['videos_per_s']:.3f} videos/s over the clips; folder job: "
+                f"{j['videos_per_s']:.3f} videos/s ({j['extracted']} videos, {j['decoded_frames_per_s']:.0f} "
+                f"decoded frames/s, tower load included)"
+            )
+            lines.append(
+                f"projected at {pr['assumed_video']}: one-video API {pr['one_video_api_s_per_video']:.2f} "
+                f"s/video, folder job {pr['folder_job_videos_per_s']:.3f} videos/s; "
+                f"the {pr['train_videos']:,} "
+                f"training videos: {pr['train_videos_one_gpu_hours_folder_job']:.2f} h on 1 GPU, "
+                f"{pr['train_videos_eight_gpus_hours_folder_job']:.2f} h on 8 (folder job, linear)"
+            )
         elif x:
             lines.append(f"extractor: {x.get('status')}")
     lines.append(f"\ntotal {results['wall_s']:.0f} s; JSON: {results['out']}")

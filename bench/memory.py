@@ -56,8 +56,9 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "MKL_NU
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", default="h128,h256,h512", help=f"comma list of {', '.join(SIZES)}")
     p.add_argument("--modes", default="projector,projector-gc,lora", help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--batch", type=int, default=4, help="per-device batch (default 4, the document's)")
@@ -84,15 +85,29 @@ def plan_for(size: str, mode: str, batch: int, device: str):
 
     sizes, sh = SIZES[size], shapes(batch)
     b = common.make_batch(sh)
-    shape = ModelShape(hidden=sizes["hidden_size"], layers=sizes["num_hidden_layers"],
-                       heads=sizes["num_attention_heads"], kv_heads=sizes["num_attention_heads"],
-                       head_dim=sizes["hidden_size"] // sizes["num_attention_heads"],
-                       intermediate=sizes["intermediate_size"], vocab=common.VOCAB, mm_hidden=sh.mm_hidden)
+    shape = ModelShape(
+        hidden=sizes["hidden_size"],
+        layers=sizes["num_hidden_layers"],
+        heads=sizes["num_attention_heads"],
+        kv_heads=sizes["num_attention_heads"],
+        head_dim=sizes["hidden_size"] // sizes["num_attention_heads"],
+        intermediate=sizes["intermediate_size"],
+        vocab=common.VOCAB,
+        mm_hidden=sh.mm_hidden,
+    )
     train, gc_on = MODES[mode]
     settings = StepSettings(
-        batch=batch, tokens=b.input_ids.shape[1], supervised=b.supervised / batch, video_tokens=sh.video_tokens,
-        compute="bf16" if device == "cuda" else "fp32", gradient_checkpointing=gc_on, train=train, token_rows=2,
-        lora_r=LORA_R, lora_dropout=LORA_DROPOUT, device="cuda" if device == "cuda" else "cpu",
+        batch=batch,
+        tokens=b.input_ids.shape[1],
+        supervised=b.supervised / batch,
+        video_tokens=sh.video_tokens,
+        compute="bf16" if device == "cuda" else "fp32",
+        gradient_checkpointing=gc_on,
+        train=train,
+        token_rows=2,
+        lora_r=LORA_R,
+        lora_dropout=LORA_DROPOUT,
+        device="cuda" if device == "cuda" else "cpu",
     )
     return plan_step(shape, settings)
 
@@ -142,10 +157,20 @@ def run_child(spec: dict) -> dict:
     for _ in range(2):
         common.train_step(model, common.loss_ours, data, optimizer, autocast)
     peak = meter.peak_mib()
-    return {"size": size, "mode": mode, "batch": batch, "device": device, "baseline_mib": round(base, 1),
-            "peak_mib": round(peak, 1), "measured_mib": round(peak - base, 1), "reset_ok": meter.reset_ok,
-            "trainable": sum(p.numel() for p in params), "step_s": round((time.perf_counter() - t0) / 3, 2),
-            "padded_length": int(data.input_ids.shape[1]), "meter": meter.kind}
+    return {
+        "size": size,
+        "mode": mode,
+        "batch": batch,
+        "device": device,
+        "baseline_mib": round(base, 1),
+        "peak_mib": round(peak, 1),
+        "measured_mib": round(peak - base, 1),
+        "reset_ok": meter.reset_ok,
+        "trainable": sum(p.numel() for p in params),
+        "step_s": round((time.perf_counter() - t0) / 3, 2),
+        "padded_length": int(data.input_ids.shape[1]),
+        "meter": meter.kind,
+    }
 
 
 def spawn(size: str, mode: str, batch: int, device: str) -> dict:
@@ -172,15 +197,20 @@ def measure(sizes: list[str], modes: list[str], batch: int, device: str) -> list
 
 
 def render(rows: list[dict]) -> str:
-    lines = [f"{'size':<6} {'mode':<14} {'batch':>5} {'tokens':>6} {'trainable':>10} {'plan MiB':>9} "
-             f"{'measured MiB':>12} {'error':>7}",
-             "-" * 76]
+    lines = [
+        f"{'size':<6} {'mode':<14} {'batch':>5} {'tokens':>6} {'trainable':>10} {'plan MiB':>9} "
+        f"{'measured MiB':>12} {'error':>7}",
+        "-" * 76,
+    ]
     for r in rows:
-        lines.append(f"{r['size']:<6} {r['mode']:<14} {r['batch']:>5} {r['padded_length']:>6} {r['trainable']:>10,} "
-                     f"{r['plan_mib']:>9.1f} {r['measured_mib']:>12.1f} {r['error_pct']:>+6.1f}%")
+        lines.append(
+            f"{r['size']:<6} {r['mode']:<14} {r['batch']:>5} {r['padded_length']:>6} {r['trainable']:>10,} "
+            f"{r['plan_mib']:>9.1f} {r['measured_mib']:>12.1f} {r['error_pct']:>+6.1f}%"
+        )
     worst = max(abs(r["error_pct"]) for r in rows)
-    lines.append(f"largest |error|: {worst:.1f}%  (measured: {rows[0]['meter']}, minus the baseline before the "
-                 f"model was built)")
+    lines.append(
+        f"largest |error|: {worst:.1f}%  (measured: {rows[0]['meter']}, minus the baseline before the model was built)"
+    )
     return "\n".join(lines)
 
 

@@ -30,9 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` beside this file, however it is started
 
-import torch  # noqa: E402
-
 import common  # noqa: E402
+import torch  # noqa: E402
 
 VARIANT_ORDER = ("ours", "straightforward")
 
@@ -45,15 +44,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="compute dtype: fp32, bf16, fp16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: CPU 3, CUDA 20, small 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: CPU 1, CUDA 3)")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="stop timing a variant after this many seconds of timed steps (default: CPU 45, else none)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop timing a variant after this many seconds of timed steps (default: CPU 45, else none)",
+    )
     p.add_argument("--batch", type=int, default=None, help="per-device batch (default 4, small 2)")
     p.add_argument("--attn", default="sdpa", help="attention implementation (sdpa, eager, flash_attention_2)")
-    p.add_argument("--gradient-checkpointing", action="store_true",
-                   help="checkpoint every decoder layer (both variants)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; "
-                        "else torch's)")
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", help="checkpoint every decoder layer (both variants)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 with --small, where tiny ops only lose to threading; else torch's)",
+    )
     p.add_argument("--small", action="store_true", help="tiny model and shapes: the same code in seconds")
     p.add_argument("--variants", default=",".join(VARIANT_ORDER), help="comma-separated subset of ours,straightforward")
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON here")
@@ -97,8 +104,13 @@ def run_variant(args) -> dict:
     meter = common.MemoryMeter(device)
     meter.start()
     losses: list[float] = []
-    timing = common.time_steps(lambda: losses.append(common.train_step(model, loss_fn, batch, optimizer, autocast)),
-                               device, args.warmup, args.steps, budget_s=args.budget_s)
+    timing = common.time_steps(
+        lambda: losses.append(common.train_step(model, loss_fn, batch, optimizer, autocast)),
+        device,
+        args.warmup,
+        args.steps,
+        budget_s=args.budget_s,
+    )
     peak = meter.peak_mib()
     step_s = timing.median_s
     return {
@@ -150,39 +162,53 @@ def report(args, results: dict[str, dict]) -> str:
         f"text per sample; {batch.real_tokens} real tokens, {batch.supervised} supervised)",
     ]
     if args.device.startswith("cuda"):
-        lines.append(f"device {torch.cuda.get_device_name(args.device) if torch.cuda.is_available() else args.device}, "
-                     f"compute {common.dtype_name(compute)}, attention {args.attn}, gradient checkpointing "
-                     f"{'on' if args.gradient_checkpointing else 'off'}")
+        lines.append(
+            f"device {torch.cuda.get_device_name(args.device) if torch.cuda.is_available() else args.device}, "
+            f"compute {common.dtype_name(compute)}, attention {args.attn}, gradient checkpointing "
+            f"{'on' if args.gradient_checkpointing else 'off'}"
+        )
     else:
         lines.append(
             f"device CPU ({any_result['threads']} threads), {common.dtype_name(compute)}"
-            + (" (CPU fp32 is used here: both variants compute in fp32 without autocast; on a GPU the default is "
-               "bf16, with ours' frozen backbone stored in bf16 and the original's in fp32)"
-               if compute == torch.float32 else "")
+            + (
+                " (CPU fp32 is used here: both variants compute in fp32 without autocast; on a GPU the default is "
+                "bf16, with ours' frozen backbone stored in bf16 and the original's in fp32)"
+                if compute == torch.float32
+                else ""
+            )
             + f", attention {args.attn}, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}"
         )
     counts = sorted({r["timed_steps"] for r in results.values()})
-    lines.append(f"median of {'/'.join(map(str, counts))} timed steps (asked {args.steps}) after {args.warmup} warmup; "
-                 f"memory: {any_result['memory_kind']}")
+    lines.append(
+        f"median of {'/'.join(map(str, counts))} timed steps (asked {args.steps}) after {args.warmup} warmup; "
+        f"memory: {any_result['memory_kind']}"
+    )
     lines.append("")
     cpu = not args.device.startswith("cuda")
-    header = (f"{'variant':<16} {'trainable':>12} {'step ms':>10} " + (f"{'CPU s/step':>11} " if cpu else "")
-              + f"{'tokens/s':>10} {'peak MiB':>10} {'step delta MiB':>15}  loss")
+    header = (
+        f"{'variant':<16} {'trainable':>12} {'step ms':>10} "
+        + (f"{'CPU s/step':>11} " if cpu else "")
+        + f"{'tokens/s':>10} {'peak MiB':>10} {'step delta MiB':>15}  loss"
+    )
     lines += [header, "-" * len(header)]
     for name in VARIANT_ORDER:
         r = results.get(name)
         if r:
-            lines.append(f"{name:<16} {r['trainable']:>12,} {r['step_ms']:>10.1f} "
-                         + (f"{r['cpu_s_per_step']:>11.2f} " if cpu else "")
-                         + f"{r['tokens_per_s']:>10.1f} {r['peak_mib']:>10.1f} {r['train_delta_mib']:>15.1f}  "
-                         f"{r['loss']:.4f}")
+            lines.append(
+                f"{name:<16} {r['trainable']:>12,} {r['step_ms']:>10.1f} "
+                + (f"{r['cpu_s_per_step']:>11.2f} " if cpu else "")
+                + f"{r['tokens_per_s']:>10.1f} {r['peak_mib']:>10.1f} {r['train_delta_mib']:>15.1f}  "
+                f"{r['loss']:.4f}"
+            )
     if "ours" in results and "straightforward" in results:
         o, s = results["ours"], results["straightforward"]
         lines.append("")
         if cpu:
-            lines.append(f"straightforward / ours: CPU seconds per step "
-                         f"x{s['cpu_s_per_step'] / o['cpu_s_per_step']:.2f} "
-                         f"(the work done; steadier than wall time on a shared machine)")
+            lines.append(
+                f"straightforward / ours: CPU seconds per step "
+                f"x{s['cpu_s_per_step'] / o['cpu_s_per_step']:.2f} "
+                f"(the work done; steadier than wall time on a shared machine)"
+            )
         lines.append(
             f"straightforward / ours: step time x{s['step_ms'] / o['step_ms']:.2f}, peak memory "
             f"x{s['peak_mib'] / o['peak_mib']:.2f}, memory added by the steps x"

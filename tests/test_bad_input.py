@@ -12,17 +12,17 @@ is printed. Read-only and full file systems are real: a tmpfs mounted in a priva
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -66,11 +66,17 @@ def world(tmp_path_factory, tiny_llava) -> dict[str, Path]:
         w[name] = root / name
 
     variant("delta_lfs_tokenizer", w["delta"], lambda f: (f / "tokenizer.model").write_text(LFS_POINTER))
-    variant("llava_no_tokenizer", tiny_llava,
-            lambda f: [(f / n).unlink() for n in ("tokenizer.model", "tokenizer_config.json") if (f / n).exists()])
+    variant(
+        "llava_no_tokenizer",
+        tiny_llava,
+        lambda f: [(f / n).unlink() for n in ("tokenizer.model", "tokenizer_config.json") if (f / n).exists()],
+    )
     variant("llava_lfs_tokenizer", tiny_llava, lambda f: (f / "tokenizer.model").write_text(LFS_POINTER))
-    variant("llava_lfs_shard", tiny_llava,
-            lambda f: (f / sorted(f.glob("pytorch_model-*.bin"))[0].name).write_text(LFS_POINTER))
+    variant(
+        "llava_lfs_shard",
+        tiny_llava,
+        lambda f: (f / sorted(f.glob("pytorch_model-*.bin"))[0].name).write_text(LFS_POINTER),
+    )
 
     # Training data: 4 records, features as the model reads them (356 rows = 100 frames + 256 patches; its width).
     config = json.loads((tiny_llava / "config.json").read_text())
@@ -160,143 +166,287 @@ def s(*parts) -> list[str]:
     return [str(p) for p in parts]
 
 
-DELTA = lambda w, base, target: s("apply-delta", "--base-model-path", base, "--delta-path", w["delta"],  # noqa: E731
-                                  "--target-model-path", target)
-MAKE = lambda w, base, target, out: s("make-delta", "--base-model-path", base,  # noqa: E731
-                                      "--target-model-path", target, "--delta-path", out)
-CHAT = lambda w, *extra: s("chat", "--model-name", w["llava"], "--question", "What colour?",  # noqa: E731
-                           "--temperature", "0", "--max_new_tokens", "2", "--device", "cpu", *extra)
-CHECK = lambda data, feats, *extra: s("data", "check", "--data_path", data, "--video_folder", feats,  # noqa: E731
-                                      "--num_workers", "1", *extra)
-INSPECT = lambda w, *extra: s("data", "inspect", "--data_path", w["data"], "--video_folder",  # noqa: E731
-                              w["features"], "--model_name_or_path", *extra)
+DELTA = lambda w, base, target: s(
+    "apply-delta",
+    "--base-model-path",
+    base,
+    "--delta-path",
+    w["delta"],  # noqa: E731
+    "--target-model-path",
+    target,
+)
+MAKE = lambda w, base, target, out: s(
+    "make-delta",
+    "--base-model-path",
+    base,  # noqa: E731
+    "--target-model-path",
+    target,
+    "--delta-path",
+    out,
+)
+CHAT = lambda w, *extra: s(
+    "chat",
+    "--model-name",
+    w["llava"],
+    "--question",
+    "What colour?",  # noqa: E731
+    "--temperature",
+    "0",
+    "--max_new_tokens",
+    "2",
+    "--device",
+    "cpu",
+    *extra,
+)
+CHECK = lambda data, feats, *extra: s(
+    "data",
+    "check",
+    "--data_path",
+    data,
+    "--video_folder",
+    feats,  # noqa: E731
+    "--num_workers",
+    "1",
+    *extra,
+)
+INSPECT = lambda w, *extra: s(
+    "data",
+    "inspect",
+    "--data_path",
+    w["data"],
+    "--video_folder",  # noqa: E731
+    w["features"],
+    "--model_name_or_path",
+    *extra,
+)
 
 CASES: dict[str, Case] = {
     # ---- apply-delta
     "apply-delta: base is a LLaVA folder": Case(
-        lambda w, t: DELTA(w, w["llava"], t / "target"), 1,
-        ("already a LLaVA model", "model.mm_projector", "LLaMA-7B"), both(nothing_in(), unchanged("llava"))),
+        lambda w, t: DELTA(w, w["llava"], t / "target"),
+        1,
+        ("already a LLaVA model", "model.mm_projector", "LLaMA-7B"),
+        both(nothing_in(), unchanged("llava")),
+    ),
     "apply-delta: base is the delta": Case(
-        lambda w, t: DELTA(w, w["delta"], t / "target"), 1, ("are the same folder",), nothing_in()),
+        lambda w, t: DELTA(w, w["delta"], t / "target"), 1, ("are the same folder",), nothing_in()
+    ),
     "apply-delta: base missing": Case(
-        lambda w, t: DELTA(w, t / "nope", t / "target"), 1, ("--base-model-path", "nope"), nothing_in()),
+        lambda w, t: DELTA(w, t / "nope", t / "target"), 1, ("--base-model-path", "nope"), nothing_in()
+    ),
     "apply-delta: base is a file": Case(
-        lambda w, t: DELTA(w, w["a_file"], t / "target"), 1, ("is a file, not a model folder",), nothing_in()),
+        lambda w, t: DELTA(w, w["a_file"], t / "target"), 1, ("is a file, not a model folder",), nothing_in()
+    ),
     "apply-delta: target is a file": Case(
-        lambda w, t: DELTA(w, w["base"], w["a_file"]), 1, ("exists and is a file",), unchanged("a_file")),
+        lambda w, t: DELTA(w, w["base"], w["a_file"]), 1, ("exists and is a file",), unchanged("a_file")
+    ),
     "apply-delta: target's folder is a file": Case(
-        lambda w, t: DELTA(w, w["base"], w["a_file"] / "target"), 1, (str(Path("a_file.txt")),),
-        unchanged("a_file")),
+        lambda w, t: DELTA(w, w["base"], w["a_file"] / "target"), 1, (str(Path("a_file.txt")),), unchanged("a_file")
+    ),
     "apply-delta: target inside the delta": Case(
-        lambda w, t: DELTA(w, w["base"], w["delta"] / "out"), 1, ("overlaps the input folder",),
-        unchanged("delta")),
+        lambda w, t: DELTA(w, w["base"], w["delta"] / "out"), 1, ("overlaps the input folder",), unchanged("delta")
+    ),
     "apply-delta: tokenizer is an LFS pointer": Case(
-        lambda w, t: s("apply-delta", "--base-model-path", w["base"], "--delta-path", w["delta_lfs_tokenizer"],
-                       "--target-model-path", t / "target"), 1, ("Git LFS pointer", "git lfs pull"), nothing_in()),
+        lambda w, t: s(
+            "apply-delta",
+            "--base-model-path",
+            w["base"],
+            "--delta-path",
+            w["delta_lfs_tokenizer"],
+            "--target-model-path",
+            t / "target",
+        ),
+        1,
+        ("Git LFS pointer", "git lfs pull"),
+        nothing_in(),
+    ),
     "apply-delta: bad --max-shard-size": Case(
-        lambda w, t: DELTA(w, w["base"], t / "target") + ["--max-shard-size", "lots"], 2, ("--max-shard-size",),
-        nothing_in()),
-    "apply-delta: missing flag": Case(lambda w, t: s("apply-delta", "--base-model-path", w["base"]), 2,
-                                      ("required",)),
+        lambda w, t: DELTA(w, w["base"], t / "target") + ["--max-shard-size", "lots"],
+        2,
+        ("--max-shard-size",),
+        nothing_in(),
+    ),
+    "apply-delta: missing flag": Case(lambda w, t: s("apply-delta", "--base-model-path", w["base"]), 2, ("required",)),
     # ---- make-delta
     "make-delta: base == target": Case(
-        lambda w, t: MAKE(w, w["llava"], w["llava"], t / "d"), 1, ("are the same folder", "all zeros"),
-        both(nothing_in(), unchanged("llava"))),
+        lambda w, t: MAKE(w, w["llava"], w["llava"], t / "d"),
+        1,
+        ("are the same folder", "all zeros"),
+        both(nothing_in(), unchanged("llava")),
+    ),
     "make-delta: base is a LLaVA folder": Case(
-        lambda w, t: MAKE(w, w["llava_lfs_tokenizer"], w["llava"], t / "d"), 1, ("already a LLaVA model",),
-        nothing_in()),
+        lambda w, t: MAKE(w, w["llava_lfs_tokenizer"], w["llava"], t / "d"), 1, ("already a LLaVA model",), nothing_in()
+    ),
     "make-delta: output is the target": Case(
-        lambda w, t: MAKE(w, w["base"], w["llava"], w["llava"]) + ["--overwrite"], 1, ("overlaps",),
-        unchanged("llava")),
+        lambda w, t: MAKE(w, w["base"], w["llava"], w["llava"]) + ["--overwrite"], 1, ("overlaps",), unchanged("llava")
+    ),
     # ---- check-weights
-    "check-weights: missing folder": Case(lambda w, t: s("check-weights", t / "nope"), 1, ("does not exist",),
-                                          report=True),
+    "check-weights: missing folder": Case(
+        lambda w, t: s("check-weights", t / "nope"), 1, ("does not exist",), report=True
+    ),
     "check-weights: a file": Case(lambda w, t: s("check-weights", w["a_file"]), 1, ("is a file",), report=True),
     "check-weights: shard is an LFS pointer": Case(
-        lambda w, t: s("check-weights", w["llava_lfs_shard"], "--no-vision-tower"), 1, ("Git LFS pointer",),
-        report=True),
+        lambda w, t: s("check-weights", w["llava_lfs_shard"], "--no-vision-tower"), 1, ("Git LFS pointer",), report=True
+    ),
     "check-weights: hub id not in the cache": Case(
-        lambda w, t: s("check-weights", "nobody-here/no-such-model"), 1, ("nobody-here/no-such-model", "hf download")),
+        lambda w, t: s("check-weights", "nobody-here/no-such-model"), 1, ("nobody-here/no-such-model", "hf download")
+    ),
     "check-weights: no tokenizer": Case(
-        lambda w, t: s("check-weights", w["llava_no_tokenizer"], "--no-vision-tower"), 1, ("no tokenizer",),
-        report=True),
+        lambda w, t: s("check-weights", w["llava_no_tokenizer"], "--no-vision-tower"), 1, ("no tokenizer",), report=True
+    ),
     # ---- convert
     "convert: output is the input": Case(
         lambda w, t: s("convert", "--input_json_file", w["instructions"], "--output_json_file", w["instructions"]),
-        1, ("is the input file itself", "nothing was written"), unchanged("instructions")),
+        1,
+        ("is the input file itself", "nothing was written"),
+        unchanged("instructions"),
+    ),
     "convert: output's folder is a file": Case(
         lambda w, t: s("convert", "--input_json_file", w["instructions"], "--output_json_file", w["a_file"] / "o.json"),
-        1, ("a_file.txt", "nothing was written"), unchanged("a_file")),
+        1,
+        ("a_file.txt", "nothing was written"),
+        unchanged("a_file"),
+    ),
     "convert: broken JSON": Case(
-        lambda w, t: s("convert", "--input_json_file", w["broken_json"], "--output_json_file", t / "o.json"), 1,
-        ("broken.json", "not valid JSON", "line 1"), nothing_in()),
+        lambda w, t: s("convert", "--input_json_file", w["broken_json"], "--output_json_file", t / "o.json"),
+        1,
+        ("broken.json", "not valid JSON", "line 1"),
+        nothing_in(),
+    ),
     "convert: missing input": Case(
-        lambda w, t: s("convert", "--input_json_file", t / "nope.json", "--output_json_file", t / "o.json"), 1,
-        ("nope.json", "cannot read"), nothing_in()),
+        lambda w, t: s("convert", "--input_json_file", t / "nope.json", "--output_json_file", t / "o.json"),
+        1,
+        ("nope.json", "cannot read"),
+        nothing_in(),
+    ),
     # ---- data check
     "data check: one NaN in one file": Case(
-        lambda w, t: CHECK(w["data"], w["nan_features"]), 1, ("non_finite", "v_2.pkl", "NaN or inf"),
-        unchanged("nan_features"), report=True),
+        lambda w, t: CHECK(w["data"], w["nan_features"]),
+        1,
+        ("non_finite", "v_2.pkl", "NaN or inf"),
+        unchanged("nan_features"),
+        report=True,
+    ),
     "data check: a record climbs out of the folder": Case(
-        lambda w, t: CHECK(w["unsafe_data"], w["features"]), 1, ("unsafe_path", "climbs out", "record 4"), report=True),
+        lambda w, t: CHECK(w["unsafe_data"], w["features"]), 1, ("unsafe_path", "climbs out", "record 4"), report=True
+    ),
     "data check: video folder missing": Case(
-        lambda w, t: CHECK(w["data"], t / "nope"), 1, ("missing_feature", "does not exist"), report=True),
+        lambda w, t: CHECK(w["data"], t / "nope"), 1, ("missing_feature", "does not exist"), report=True
+    ),
     "data check: training JSON missing": Case(
-        lambda w, t: CHECK(t / "nope.json", w["features"]), 1, ("data_file", "nope.json", "cannot read"), report=True),
+        lambda w, t: CHECK(t / "nope.json", w["features"]), 1, ("data_file", "nope.json", "cannot read"), report=True
+    ),
     "data check: model without tokenizer": Case(
-        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava_no_tokenizer"]), 1,
-        ("no tokenizer (tokenizer.model or tokenizer.json)",)),
+        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava_no_tokenizer"]),
+        1,
+        ("no tokenizer (tokenizer.model or tokenizer.json)",),
+    ),
     "data check: tokenizer is an LFS pointer": Case(
-        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava_lfs_tokenizer"]), 1,
-        ("Git LFS pointer", "tokenizer.model")),
+        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava_lfs_tokenizer"]),
+        1,
+        ("Git LFS pointer", "tokenizer.model"),
+    ),
     "data check: model folder missing": Case(
-        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", t / "nope"), 1, ("no such folder",)),
+        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", t / "nope"), 1, ("no such folder",)
+    ),
     # ---- data inspect
-    "data inspect: index out of range": Case(lambda w, t: INSPECT(w, w["llava"], "--index", "9"), 2,
-                                             ("out of range",)),
+    "data inspect: index out of range": Case(lambda w, t: INSPECT(w, w["llava"], "--index", "9"), 2, ("out of range",)),
     "data inspect: model without tokenizer": Case(
-        lambda w, t: INSPECT(w, w["llava_no_tokenizer"]), 1, ("no tokenizer (tokenizer.model or tokenizer.json)",)),
+        lambda w, t: INSPECT(w, w["llava_no_tokenizer"]), 1, ("no tokenizer (tokenizer.model or tokenizer.json)",)
+    ),
     "data inspect: tokenizer is an LFS pointer": Case(
-        lambda w, t: INSPECT(w, w["llava_lfs_tokenizer"]), 1, ("Git LFS pointer",)),
+        lambda w, t: INSPECT(w, w["llava_lfs_tokenizer"]), 1, ("Git LFS pointer",)
+    ),
     "data inspect: a record climbs out of the folder": Case(
-        lambda w, t: s("data", "inspect", "--data_path", w["unsafe_data"], "--video_folder", w["features"],
-                       "--model_name_or_path", w["llava"], "--index", "4"), 1, ("climbs out of --video_folder",)),
+        lambda w, t: s(
+            "data",
+            "inspect",
+            "--data_path",
+            w["unsafe_data"],
+            "--video_folder",
+            w["features"],
+            "--model_name_or_path",
+            w["llava"],
+            "--index",
+            "4",
+        ),
+        1,
+        ("climbs out of --video_folder",),
+    ),
     "data inspect: training JSON missing": Case(
-        lambda w, t: s("data", "inspect", "--data_path", t / "nope.json", "--video_folder", w["features"],
-                       "--model_name_or_path", w["llava"]), 1, ("nope.json",)),
+        lambda w, t: s(
+            "data",
+            "inspect",
+            "--data_path",
+            t / "nope.json",
+            "--video_folder",
+            w["features"],
+            "--model_name_or_path",
+            w["llava"],
+        ),
+        1,
+        ("nope.json",),
+    ),
     # ---- report
-    "report: folder with no run": Case(lambda w, t: s("report", w["empty_dir"]), 1, ("holds no training run",),
-                                       unchanged("empty_dir")),
+    "report: folder with no run": Case(
+        lambda w, t: s("report", w["empty_dir"]), 1, ("holds no training run",), unchanged("empty_dir")
+    ),
     "report: a file": Case(lambda w, t: s("report", w["a_file"]), 1, ("is a file",), unchanged("a_file")),
     "report: missing": Case(lambda w, t: s("report", t / "nope"), 1, ("no such folder",), nothing_in()),
     # ---- chat
-    "chat: model folder missing": Case(lambda w, t: s("chat", "--model-name", t / "nope", "--features_path",
-                                                       w["rows_300"], "--question", "q"), 1, ("no such folder",)),
-    "chat: model is a file": Case(lambda w, t: s("chat", "--model-name", w["a_file"], "--features_path",
-                                                  w["rows_300"], "--question", "q"), 1, ("--projection_path",)),
-    "chat: base without tokenizer": Case(lambda w, t: s("chat", "--model-name", w["llava_no_tokenizer"],
-                                                         "--features_path", w["rows_300"], "--question", "q"), 1,
-                                         ("no tokenizer",)),
-    "chat: base shard is an LFS pointer": Case(lambda w, t: s("chat", "--model-name", w["llava_lfs_shard"],
-                                                               "--features_path", w["rows_300"], "--question", "q"),
-                                               1, ("Git LFS pointer",)),
-    "chat: projector missing": Case(lambda w, t: CHAT(w, "--projection_path", t / "nope.bin", "--features_path",
-                                                      w["rows_300"]), 1, ("--projection_path", "no such file")),
-    "chat: projector is garbage": Case(lambda w, t: CHAT(w, "--projection_path", w["garbage"], "--features_path",
-                                                         w["rows_300"]), 1, ("cannot be read as a PyTorch projector",)),
+    "chat: model folder missing": Case(
+        lambda w, t: s("chat", "--model-name", t / "nope", "--features_path", w["rows_300"], "--question", "q"),
+        1,
+        ("no such folder",),
+    ),
+    "chat: model is a file": Case(
+        lambda w, t: s("chat", "--model-name", w["a_file"], "--features_path", w["rows_300"], "--question", "q"),
+        1,
+        ("--projection_path",),
+    ),
+    "chat: base without tokenizer": Case(
+        lambda w, t: s(
+            "chat", "--model-name", w["llava_no_tokenizer"], "--features_path", w["rows_300"], "--question", "q"
+        ),
+        1,
+        ("no tokenizer",),
+    ),
+    "chat: base shard is an LFS pointer": Case(
+        lambda w, t: s(
+            "chat", "--model-name", w["llava_lfs_shard"], "--features_path", w["rows_300"], "--question", "q"
+        ),
+        1,
+        ("Git LFS pointer",),
+    ),
+    "chat: projector missing": Case(
+        lambda w, t: CHAT(w, "--projection_path", t / "nope.bin", "--features_path", w["rows_300"]),
+        1,
+        ("--projection_path", "no such file"),
+    ),
+    "chat: projector is garbage": Case(
+        lambda w, t: CHAT(w, "--projection_path", w["garbage"], "--features_path", w["rows_300"]),
+        1,
+        ("cannot be read as a PyTorch projector",),
+    ),
     "chat: projector is an LFS pointer": Case(
-        lambda w, t: CHAT(w, "--projection_path", w["projector_lfs"], "--features_path", w["rows_300"]), 1,
-        ("Git LFS pointer",)),
+        lambda w, t: CHAT(w, "--projection_path", w["projector_lfs"], "--features_path", w["rows_300"]),
+        1,
+        ("Git LFS pointer",),
+    ),
     "chat: video missing": Case(lambda w, t: CHAT(w, "--video_path", t / "nope.mp4"), 1, ("--video_path", "no such")),
-    "chat: video is not a video": Case(lambda w, t: CHAT(w, "--video_path", w["not_a_video"]), 1,
-                                       ("--video_path", "not a video")),
+    "chat: video is not a video": Case(
+        lambda w, t: CHAT(w, "--video_path", w["not_a_video"]), 1, ("--video_path", "not a video")
+    ),
     "chat: features missing": Case(lambda w, t: CHAT(w, "--features_path", t / "nope.pkl"), 1, ("no such file",)),
-    "chat: features are garbage": Case(lambda w, t: CHAT(w, "--features_path", w["garbage"]), 1,
-                                       ("cannot be read as a feature array",)),
+    "chat: features are garbage": Case(
+        lambda w, t: CHAT(w, "--features_path", w["garbage"]), 1, ("cannot be read as a feature array",)
+    ),
     "chat: features with another row count": Case(
-        lambda w, t: CHAT(w, "--features_path", w["rows_300"]), 1, ("300 feature rows", "takes 356 video tokens")),
+        lambda w, t: CHAT(w, "--features_path", w["rows_300"]), 1, ("300 feature rows", "takes 356 video tokens")
+    ),
     "chat: features of another width": Case(
-        lambda w, t: CHAT(w, "--features_path", w["wide_16"]), 1, ("(356, 16)", "projector reads (tokens, 32)")),
+        lambda w, t: CHAT(w, "--features_path", w["wide_16"]), 1, ("(356, 16)", "projector reads (tokens, 32)")
+    ),
     "chat: no video flag": Case(lambda w, t: s("chat", "--model-name", w["llava"]), 2, ("required",)),
 }
 
@@ -307,8 +457,9 @@ GOOD = {
     "data check": lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava"]),
     "data inspect": lambda w, t: INSPECT(w, w["llava"], "--index", "1"),
     "chat": lambda w, t: CHAT(w, "--features_path", w["features"] / "v_0.pkl"),
-    "chat --prompt_ids original": lambda w, t: CHAT(w, "--features_path", w["features"] / "v_0.pkl", "--prompt_ids",
-                                                    "original"),
+    "chat --prompt_ids original": lambda w, t: CHAT(
+        w, "--features_path", w["features"] / "v_0.pkl", "--prompt_ids", "original"
+    ),
 }
 
 # Run as real processes too (the exit status the shell sees, no traceback): one or two per command.
@@ -359,8 +510,15 @@ def test_good_input_succeeds(world, tmp_path, capsys, name):
 
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-m", "video_chatgpt.cli", *argv], capture_output=True, text=True,
-                          timeout=300, cwd=REPO, env=env, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "video_chatgpt.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_ROWS)
@@ -388,11 +546,24 @@ def _in_small_filesystem(mount_point: Path, options: str, argv: list[str], prepa
         pytest.fail("these tests need util-linux's unshare (apt-get install -y util-linux)")
     mount_point.mkdir()
     script = (
-        'dir="$2"; mount -t tmpfs -o "$1" tmpfs "$dir" || exit 99; shift 2; ' + (prepare + " || exit 98; " if prepare
-        else "") + '"$@"; rc=$?; echo "LEFT: $(ls -A "$dir" | tr "\\n" " ")" >&2; exit $rc'
+        'dir="$2"; mount -t tmpfs -o "$1" tmpfs "$dir" || exit 99; shift 2; '
+        + (prepare + " || exit 98; " if prepare else "")
+        + '"$@"; rc=$?; echo "LEFT: $(ls -A "$dir" | tr "\\n" " ")" >&2; exit $rc'
     )
-    cmd = ["unshare", "-rm", "sh", "-c", script, "sh", options, str(mount_point), sys.executable, "-m",
-           "video_chatgpt.cli", *argv]
+    cmd = [
+        "unshare",
+        "-rm",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        options,
+        str(mount_point),
+        sys.executable,
+        "-m",
+        "video_chatgpt.cli",
+        *argv,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert proc.returncode not in (98, 99), f"cannot set up a tmpfs in a user namespace here: {proc.stderr}"
@@ -404,8 +575,9 @@ def test_disk_full_while_converting_leaves_no_partial_file(world, tmp_path):
     big = tmp_path / "big.json"
     big.write_text(json.dumps([{"video_id": f"v_{i}", "q": "q" * 100, "a": "a" * 100} for i in range(2000)]))
     disk = tmp_path / "disk"
-    status, err, left = _in_small_filesystem(disk, "size=64k", s("convert", "--input_json_file", big,
-                                                                 "--output_json_file", disk / "train.json"))
+    status, err, left = _in_small_filesystem(
+        disk, "size=64k", s("convert", "--input_json_file", big, "--output_json_file", disk / "train.json")
+    )
     assert status == 1 and "no space left on the device" in err and "nothing was written" in err, err
     assert "Traceback" not in err and left == []
 
@@ -413,8 +585,10 @@ def test_disk_full_while_converting_leaves_no_partial_file(world, tmp_path):
 def test_report_on_a_full_disk_leaves_no_partial_file(world, tmp_path):
     """The run folder is the tmpfs: run_info.json fits, then a filler takes the rest, and the report cannot."""
     disk = tmp_path / "disk"
-    prepare = (f"echo '{json.dumps({'notes': ['a note']})}' > \"$dir/run_info.json\" && "
-               "(head -c 100000 /dev/zero > \"$dir/fill\" || true)")
+    prepare = (
+        f"echo '{json.dumps({'notes': ['a note']})}' > \"$dir/run_info.json\" && "
+        '(head -c 100000 /dev/zero > "$dir/fill" || true)'
+    )
     status, err, left = _in_small_filesystem(disk, "size=64k", s("report", disk), prepare)
     assert status == 1 and "no space left on the device" in err and "Traceback" not in err, err
     assert sorted(left) == ["fill", "run_info.json"]  # no report, no .training_report.md.tmp
@@ -423,8 +597,11 @@ def test_report_on_a_full_disk_leaves_no_partial_file(world, tmp_path):
 @pytest.mark.parametrize("command", ["apply-delta", "convert"])
 def test_read_only_output_folder(world, tmp_path, command):
     disk = tmp_path / "ro"
-    argv = (DELTA(world, world["base"], disk / "target") if command == "apply-delta" else
-            s("convert", "--input_json_file", world["instructions"], "--output_json_file", disk / "train.json"))
+    argv = (
+        DELTA(world, world["base"], disk / "target")
+        if command == "apply-delta"
+        else s("convert", "--input_json_file", world["instructions"], "--output_json_file", disk / "train.json")
+    )
     status, err, left = _in_small_filesystem(disk, "ro", argv)
     assert status == 1 and "Traceback" not in err, err
     assert ("read-only" in err) and str(disk) in err, err
@@ -437,10 +614,25 @@ def test_ctrl_c_is_one_line_and_exit_130(world, tmp_path):
     traceback. The FIFO tells when the command is really waiting: a writer can open it only once the reader has."""
     fifo = tmp_path / "train.json"
     os.mkfifo(fifo)
-    argv = [sys.executable, "-m", "video_chatgpt.cli", "data", "check", "--data_path", str(fifo), "--video_folder",
-            str(world["features"])]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    argv = [
+        sys.executable,
+        "-m",
+        "video_chatgpt.cli",
+        "data",
+        "check",
+        "--data_path",
+        str(fifo),
+        "--video_folder",
+        str(world["features"]),
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     writer = None
     try:
         deadline = time.monotonic() + 120
@@ -480,7 +672,7 @@ def test_disk_full_while_applying_the_delta_leaves_no_partial_folder(world, tmp_
 
 def test_report_on_a_read_only_run_folder(world, tmp_path):
     disk = tmp_path / "run"
-    prepare = f"echo '{json.dumps({'notes': []})}' > \"$dir/run_info.json\" && mount -o remount,ro \"$dir\""
+    prepare = f'echo \'{json.dumps({"notes": []})}\' > "$dir/run_info.json" && mount -o remount,ro "$dir"'
     status, err, left = _in_small_filesystem(disk, "size=1m", s("report", disk), prepare)
     assert status == 1 and "read-only file system" in err and "Traceback" not in err, err
     assert left == ["run_info.json"]

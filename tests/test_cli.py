@@ -55,10 +55,20 @@ def test_documented_scripts_take_the_one_error_path(tmp_path):
     from tests.conftest import REPO
 
     scripts = {
-        "scripts/apply_delta.py": ["--base-model-path", str(tmp_path / "nope"), "--delta-path", str(tmp_path),
-                                   "--target-model-path", str(tmp_path / "t")],
-        "scripts/convert_instruction_json_to_training_format.py": ["--input_json_file", str(tmp_path / "nope.json"),
-                                                                   "--output_json_file", str(tmp_path / "o.json")],
+        "scripts/apply_delta.py": [
+            "--base-model-path",
+            str(tmp_path / "nope"),
+            "--delta-path",
+            str(tmp_path),
+            "--target-model-path",
+            str(tmp_path / "t"),
+        ],
+        "scripts/convert_instruction_json_to_training_format.py": [
+            "--input_json_file",
+            str(tmp_path / "nope.json"),
+            "--output_json_file",
+            str(tmp_path / "o.json"),
+        ],
     }
     for script, argv in scripts.items():
         proc = subprocess.run([sys.executable, script, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -66,6 +76,7 @@ def test_documented_scripts_take_the_one_error_path(tmp_path):
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.startswith(f"{prog}: error: ") and "nope" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
-        debug = subprocess.run([sys.executable, script, *argv, "--debug"], cwd=REPO, capture_output=True, text=True,
-                               timeout=120)
+        debug = subprocess.run(
+            [sys.executable, script, *argv, "--debug"], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
         assert debug.returncode == 1 and "Traceback" in debug.stderr, debug.stderr[-1000:]

@@ -69,7 +69,9 @@ def test_pretrain_language_teaches_a_chat_base_with_its_own_templates(tmp_path):
     after = _read_folder_state(folder)
     assert set(after) == set(before) and all(after[k].shape == before[k].shape for k in before)
     assert not torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
-    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"]
+    )
     # Config, tokenizer and chat template untouched: the video tokens are added by training, not here.
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix != ".safetensors"} == files
 
@@ -103,7 +105,11 @@ def run_quickstart(work: Path, *args: str) -> tuple[dict, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(
         [sys.executable, "-m", "video_chatgpt.quickstart", "--workdir", str(work), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads((work / "quickstart_result.json").read_text()), result.stdout
@@ -119,11 +125,27 @@ def assert_chat_answers_the_colour(work: Path, run: Path, colours: tuple[str, ..
     for colour in colours:
         video = next(qa["video_name"] for qa in test_qa if qa["answer"] == colour)
         result = subprocess.run(
-            [sys.executable, "-m", "video_chatgpt.cli", "chat", "--model-name", str(run),
-             "--video_path", str(work / "world" / "videos" / "test" / f"{video}.mp4"),
-             "--vision_tower", str(work / "models" / "clip-vit-tiny"), "--question", COLOUR_QUESTIONS[0],
-             "--temperature", "0"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "video_chatgpt.cli",
+                "chat",
+                "--model-name",
+                str(run),
+                "--video_path",
+                str(work / "world" / "videos" / "test" / f"{video}.mp4"),
+                "--vision_tower",
+                str(work / "models" / "clip-vit-tiny"),
+                "--question",
+                COLOUR_QUESTIONS[0],
+                "--temperature",
+                "0",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.strip() == colour_answer(colour), (video, result.stdout)

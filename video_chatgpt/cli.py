@@ -14,21 +14,33 @@ from video_chatgpt.errors import run_main
 
 # name -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "apply-delta": ("video_chatgpt.weights.apply_delta:main", "base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)"),
+    "apply-delta": (
+        "video_chatgpt.weights.apply_delta:main",
+        "base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)",
+    ),
     "make-delta": ("video_chatgpt.weights.make_delta:main", "target - base -> a delta folder (inverse of apply-delta)"),
-    "check-weights": ("video_chatgpt.weights.check:main", "check that a folder is a usable LLaVA-7B-Lightening-v1-1 base"),
+    "check-weights": (
+        "video_chatgpt.weights.check:main",
+        "check that a folder is a usable LLaVA-7B-Lightening-v1-1 base",
+    ),
     "convert": ("video_chatgpt.data.convert:main", "VideoInstruct JSON -> training JSON"),
     "data": ("video_chatgpt.data.cli:main", "data check | data inspect: look at the training data before training"),
     "extract-features": ("video_chatgpt.features.extract:main", "videos -> spatio-temporal CLIP feature files"),
     "train": ("video_chatgpt.train.train:main", "train Video-ChatGPT (same flags as video_chatgpt/train/train_mem.py)"),
     "report": ("video_chatgpt.train.report:main", "write training_report.md and loss.png for a run folder"),
     "merge-lora": ("video_chatgpt.train.merge_lora:main", "fold a LoRA run's adapter into its base: one model folder"),
-    "plan-memory": ("video_chatgpt.train.memory:main", "peak GPU memory of a training step by part; largest batch that fits"),
+    "plan-memory": (
+        "video_chatgpt.train.memory:main",
+        "peak GPU memory of a training step by part; largest batch that fits",
+    ),
     "chat": ("video_chatgpt.inference.chat:main", "ask a trained model about a video"),
     "demo": ("video_chatgpt.inference.demo:main", "web demo: chat about an uploaded video in the browser (gradio)"),
     "predict": ("video_chatgpt.inference.predict:main", "batch prediction over a benchmark question file"),
     "evaluate": ("video_chatgpt.eval.evaluate:main", "score predictions with an LLM judge (VCGBench, zero-shot QA)"),
-    "benchmark": ("video_chatgpt.eval.benchmark:main", "predict + evaluate every benchmark file of a folder; one table"),
+    "benchmark": (
+        "video_chatgpt.eval.benchmark:main",
+        "predict + evaluate every benchmark file of a folder; one table",
+    ),
     "sample": ("video_chatgpt.sample.cli:main", "sample models | sample world: the tiny offline sample"),
     "quickstart": ("video_chatgpt.quickstart:main", "the whole pipeline on the bundled sample"),
 }

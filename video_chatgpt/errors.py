@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 DEBUG_FLAG = "--debug"
 

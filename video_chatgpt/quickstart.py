@@ -34,27 +34,47 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The document's training flags, verbatim, except paths (filled in below).
 DOCUMENT_TRAIN_FLAGS = [
-    "--version", "v1",
-    "--tune_mm_mlp_adapter", "True",
+    "--version",
+    "v1",
+    "--tune_mm_mlp_adapter",
+    "True",
     "--mm_use_vid_start_end",
-    "--bf16", "True",
-    "--num_train_epochs", "3",
-    "--per_device_train_batch_size", "4",
-    "--per_device_eval_batch_size", "4",
-    "--gradient_accumulation_steps", "1",
-    "--evaluation_strategy", "no",
-    "--save_strategy", "steps",
-    "--save_steps", "3000",
-    "--save_total_limit", "3",
-    "--learning_rate", "2e-5",
-    "--weight_decay", "0.",
-    "--warmup_ratio", "0.03",
-    "--lr_scheduler_type", "cosine",
-    "--logging_steps", "100",
-    "--tf32", "True",
-    "--model_max_length", "2048",
-    "--gradient_checkpointing", "True",
-    "--lazy_preprocess", "True",
+    "--bf16",
+    "True",
+    "--num_train_epochs",
+    "3",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "4",
+    "--gradient_accumulation_steps",
+    "1",
+    "--evaluation_strategy",
+    "no",
+    "--save_strategy",
+    "steps",
+    "--save_steps",
+    "3000",
+    "--save_total_limit",
+    "3",
+    "--learning_rate",
+    "2e-5",
+    "--weight_decay",
+    "0.",
+    "--warmup_ratio",
+    "0.03",
+    "--lr_scheduler_type",
+    "cosine",
+    "--logging_steps",
+    "100",
+    "--tf32",
+    "True",
+    "--model_max_length",
+    "2048",
+    "--gradient_checkpointing",
+    "True",
+    "--lazy_preprocess",
+    "True",
 ]
 # What the tiny sample changes, and why: 2e-5 is the rate for a 7B model whose projector starts from LLaVA's trained
 # image projector and sees 100K videos; the tiny model's projector starts random and has 3 epochs of 256 samples
@@ -106,20 +126,27 @@ def evaluate(engine, test_qa: list[dict], features: dict) -> dict:
         chosen = qa["choices"][max(range(len(scores)), key=scores.__getitem__)]
         correct += chosen == qa["A"]
         if len(shown) < 3:
-            shown.append((qa["video_name"], qa["A"], chosen, engine.answer(qa["Q"], video, temperature=0, max_new_tokens=16)))
+            shown.append(
+                (qa["video_name"], qa["A"], chosen, engine.answer(qa["Q"], video, temperature=0, max_new_tokens=16))
+            )
     return {"accuracy": correct / len(test_qa), "correct": correct, "examples": shown}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="video-chatgpt quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="video-chatgpt quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", default="runs/quickstart")
     parser.add_argument("--num_train", type=int, default=64, help="training videos (4 questions each)")
     parser.add_argument("--num_test", type=int, default=24, help="held-out videos")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--base", choices=("llava", "qwen2"), default="llava",
-                        help="llava: the document's recipe (default); qwen2: a tiny Qwen2-style chat model with its "
-                             "own chat template, trained in two stages (--stage pretrain, then --stage finetune)")
+    parser.add_argument(
+        "--base",
+        choices=("llava", "qwen2"),
+        default="llava",
+        help="llava: the document's recipe (default); qwen2: a tiny Qwen2-style chat model with its "
+        "own chat template, trained in two stages (--stage pretrain, then --stage finetune)",
+    )
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -133,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
     step("sample world: synthetic videos with known answers, VideoInstruct JSON, held-out questions")
     world = make_sample_world(work / "world", num_train=args.num_train, num_test=args.num_test, seed=args.seed)
-    print(f"{args.num_train} training videos in {world['videos_train']}, {args.num_test} held-out in {world['videos_test']}")
+    print(
+        f"{args.num_train} training videos in {world['videos_train']}, {args.num_test} held-out in {world['videos_test']}"
+    )
 
     base_name = "LLaVA-7B-Lightening-v1-1-like" if args.base == "llava" else "Qwen2-style chat"
     step(f"sample models: tiny {base_name} base + tiny CLIP tower; base taught the language (no video)")
@@ -151,18 +180,38 @@ def main(argv: list[str] | None = None) -> int:
     # 32003-row one (its pipeline takes about as long as the llava one although it trains twice), and it reaches a
     # loss of ~0.2 on the answers (from 6.3), enough for both training stages to reach 24/24.
     losses = pretrain_language(base, conversations, captions, seed=args.seed, num_video_tokens=span)
-    print(f"base language model {base}: loss {losses[0]:.2f} -> {sum(losses[-20:]) / 20:.3f} over {len(losses)} "
-          f"steps (captions' words in {span}-token spans; no video seen)")
+    print(
+        f"base language model {base}: loss {losses[0]:.2f} -> {sum(losses[-20:]) / 20:.3f} over {len(losses)} "
+        f"steps (captions' words in {span}-token spans; no video seen)"
+    )
 
     step("convert the instruction JSON (the document's command)")
     train_json = work / "video_chatgpt_training.json"
-    run([py, "scripts/convert_instruction_json_to_training_format.py",
-         "--input_json_file", world["instructions"], "--output_json_file", train_json])
+    run(
+        [
+            py,
+            "scripts/convert_instruction_json_to_training_format.py",
+            "--input_json_file",
+            world["instructions"],
+            "--output_json_file",
+            train_json,
+        ]
+    )
 
     step("spatio-temporal CLIP features (the document's command, with the tiny tower)")
     features = work / "clip_features"
-    run([py, "scripts/save_spatio_temporal_clip_features.py", "--video_dir_path", world["videos_train"],
-         "--clip_feat_path", features, "--vision_tower", models["vision_tower"]])
+    run(
+        [
+            py,
+            "scripts/save_spatio_temporal_clip_features.py",
+            "--video_dir_path",
+            world["videos_train"],
+            "--clip_feat_path",
+            features,
+            "--vision_tower",
+            models["vision_tower"],
+        ]
+    )
 
     step("train (the document's single-GPU command; paths and learning rate for the tiny model)")
     out = work / "Video-ChatGPT_7B-1.1_Checkpoints"
@@ -171,10 +220,28 @@ def main(argv: list[str] | None = None) -> int:
         # stage 2: the instruction data with the chat template, from the stage-1 projector.
         stage1, out = work / "Qwen2-stage1", work / "Qwen2-stage2"
         other = ["--mm_projector_type", "mlp2x_gelu", "--vision_tower", str(models["vision_tower"])]
-        run([py, "video_chatgpt/train/train_mem.py", *train_flags(base, train_json, features, stage1),
-             *other, "--stage", "pretrain"])
-        run([py, "video_chatgpt/train/train_mem.py", *train_flags(base, train_json, features, out),
-             *other, "--stage", "finetune", "--pretrain_mm_mlp_adapter", str(stage1 / "mm_projector.bin")])
+        run(
+            [
+                py,
+                "video_chatgpt/train/train_mem.py",
+                *train_flags(base, train_json, features, stage1),
+                *other,
+                "--stage",
+                "pretrain",
+            ]
+        )
+        run(
+            [
+                py,
+                "video_chatgpt/train/train_mem.py",
+                *train_flags(base, train_json, features, out),
+                *other,
+                "--stage",
+                "finetune",
+                "--pretrain_mm_mlp_adapter",
+                str(stage1 / "mm_projector.bin"),
+            ]
+        )
     else:
         run([py, "video_chatgpt/train/train_mem.py", *train_flags(base, train_json, features, out)])
 
@@ -184,12 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     test_qa = json.loads(Path(world["test_qa"]).read_text())
     # The first row: where training starts (the base's projector) or, for a two-stage base, after stage 1.
     first_row = "untrained (base projector)" if args.base == "llava" else "stage 1 only (alignment)"
-    untrained_engine = load_engine(base if args.base == "llava" else stage1, None, device="cpu",
-                                   vision_tower=str(models["vision_tower"]))
+    untrained_engine = load_engine(
+        base if args.base == "llava" else stage1, None, device="cpu", vision_tower=str(models["vision_tower"])
+    )
     trained_engine = load_engine(out, None, device="cpu", vision_tower=str(models["vision_tower"]))
     # One feature computation per video serves both models (same tower, same frames; checked against the run).
-    features = {qa["video_name"]: trained_engine.video_features(Path(world["videos_test"]) / f"{qa['video_name']}.mp4")
-                for qa in test_qa}
+    features = {
+        qa["video_name"]: trained_engine.video_features(Path(world["videos_test"]) / f"{qa['video_name']}.mp4")
+        for qa in test_qa
+    }
     untrained = evaluate(untrained_engine, test_qa, features)
     trained = evaluate(trained_engine, test_qa, features)
     # Control: the trained model asked about another held-out video (a fixed random permutation of the features).
@@ -207,15 +277,24 @@ def main(argv: list[str] | None = None) -> int:
     print("\nexamples (trained, greedy answer):")
     for video, truth, chosen, answer in trained["examples"]:
         print(f"  {video}: truth {truth!r}; chosen {chosen!r}; generated {answer!r}")
-    summary = {"chance": chance, "untrained": untrained["accuracy"], "trained": trained["accuracy"],
-               "trained_shuffled": shuffled["accuracy"],
-               "num_test": len(test_qa), "wall_time_s": round(time.perf_counter() - step.start, 1)}
+    summary = {
+        "chance": chance,
+        "untrained": untrained["accuracy"],
+        "trained": trained["accuracy"],
+        "trained_shuffled": shuffled["accuracy"],
+        "num_test": len(test_qa),
+        "wall_time_s": round(time.perf_counter() - step.start, 1),
+    }
     (work / "quickstart_result.json").write_text(json.dumps(summary, indent=2))
     print(f"\nresult: {work / 'quickstart_result.json'}; training report: {out / 'training_report.md'}")
-    print(f"chat with it: video-chatgpt chat --model-name {out} --video_path {world['videos_test']}/<video>.mp4 "
-          f"--vision_tower {models['vision_tower']} --question \"What colour is the moving object in the video?\"")
-    print(f"web demo (then open http://127.0.0.1:7860): video-chatgpt demo --model-name {out} "
-          f"--vision_tower {models['vision_tower']} --examples {world['videos_test']}")
+    print(
+        f"chat with it: video-chatgpt chat --model-name {out} --video_path {world['videos_test']}/<video>.mp4 "
+        f'--vision_tower {models["vision_tower"]} --question "What colour is the moving object in the video?"'
+    )
+    print(
+        f"web demo (then open http://127.0.0.1:7860): video-chatgpt demo --model-name {out} "
+        f"--vision_tower {models['vision_tower']} --examples {world['videos_test']}"
+    )
     return 0
 
 

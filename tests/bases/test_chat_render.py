@@ -62,8 +62,10 @@ def test_ids_are_the_tokenizers_own_template_ids(chat_bases, family):
     tok, video_ids, enc = setup(chat_bases[family])
     r = render_sample(record(), enc, video_ids, N, template=CHAT_TEMPLATE)
     span_text = f"{VIDEO_START_TOKEN}{VIDEO_PATCH_TOKEN}{VIDEO_END_TOKEN}"
-    messages = [{"role": "user" if t["from"] == "human" else "assistant",
-                 "content": t["value"].replace("<video>", span_text)} for t in record()]
+    messages = [
+        {"role": "user" if t["from"] == "human" else "assistant", "content": t["value"].replace("<video>", span_text)}
+        for t in record()
+    ]
     expected = tok.apply_chat_template(messages, tokenize=True)
     expected = list(expected["input_ids"] if hasattr(expected, "keys") else expected)
     collapsed = [x for i, x in enumerate(r.input_ids) if not (x == video_ids.patch and r.input_ids[i - 1] == x)]

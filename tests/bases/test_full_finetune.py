@@ -22,11 +22,37 @@ STEPS = 3
 
 
 def full_args(base: Path, world: dict, out: Path) -> list[str]:
-    return ["--model_name_or_path", str(base), "--video_folder", str(world["features"]),
-            "--data_path", str(world["instructions"]), "--output_dir", str(out), "--mm_use_vid_start_end",
-            "--mm_projector_type", "mlp2x_gelu", "--vision_tower", "tiny-siglip", "--per_device_train_batch_size", "4",
-            "--learning_rate", "1e-3", "--lr_scheduler_type", "constant", "--max_steps", str(STEPS),
-            "--save_steps", "1", "--logging_steps", "1", "--report_to", "none", "--skip_data_check", "True"]
+    return [
+        "--model_name_or_path",
+        str(base),
+        "--video_folder",
+        str(world["features"]),
+        "--data_path",
+        str(world["instructions"]),
+        "--output_dir",
+        str(out),
+        "--mm_use_vid_start_end",
+        "--mm_projector_type",
+        "mlp2x_gelu",
+        "--vision_tower",
+        "tiny-siglip",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--max_steps",
+        str(STEPS),
+        "--save_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--skip_data_check",
+        "True",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +70,8 @@ def test_the_run_folder_holds_the_tuned_language_model(full_run, chat_bases):
     names = [p["name"] for p in info["trainable_parameters"]]
     assert {n.removeprefix("language_model.") for n in names if n.startswith("language_model.")} == set(base)
     assert {n for n in names if n.startswith("model.mm_projector.")} == {
-        f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+        f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")
+    }
     # The language model's own checkpoint names (a causal-LM folder), every tensor tuned. (Qwen2's padded table
     # already has room for the video tokens: same shapes.)
     assert set(tuned) == set(base)
@@ -75,8 +102,20 @@ def test_reloaded_as_model_name_it_chats_with_the_tuned_weights(full_run, chat_b
 
     features = tmp_path / "v.npy"
     np.save(features, colour_features(2, np.random.default_rng(5)))
-    argv = ["--model-name", str(full_run), "--features_path", str(features), "--question", "What colour is it?",
-            "--temperature", "0", "--max_new_tokens", "6", "--device", "cpu"]
+    argv = [
+        "--model-name",
+        str(full_run),
+        "--features_path",
+        str(features),
+        "--question",
+        "What colour is it?",
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "6",
+        "--device",
+        "cpu",
+    ]
     answers = []
     for _ in range(2):
         assert main(argv) == 0

@@ -40,11 +40,33 @@ def test_llava_hf_trains_and_chats(llava_hf, feature_world, tmp_path):
     from video_chatgpt.inference.engine import load_engine
     from video_chatgpt.train.train import train
 
-    out = train(["--model_name_or_path", str(llava_hf), "--video_folder", str(feature_world["features"]),
-                 "--data_path", str(feature_world["instructions"]), "--output_dir", str(tmp_path / "run"),
-                 "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "--per_device_train_batch_size", "4",
-                 "--learning_rate", "1e-2", "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "no",
-                 "--report_to", "none"])
+    out = train(
+        [
+            "--model_name_or_path",
+            str(llava_hf),
+            "--video_folder",
+            str(feature_world["features"]),
+            "--data_path",
+            str(feature_world["instructions"]),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--mm_use_vid_start_end",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-2",
+            "--max_steps",
+            "4",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+        ]
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["mm_projector_type"] == "mlp2x_gelu" and config["mm_vision_tower"] == str(llava_hf.resolve())
     assert "conv_template" not in config or config["conv_template"] in (None, "vicuna_v1_1")  # Vicuna-1.5: LLaVA's v1
@@ -65,8 +87,9 @@ def test_prompt_ids_original_adds_the_two_tokens(tiny_llava):
     tok = load_hf_tokenizer(tiny_llava)
     video_ids, _ = add_video_tokens(tok, use_start_end=True)
     enc = SegmentEncoder(tok)
-    ours = render_sample(inference_conversation("What is happening?"), enc, video_ids, 4,
-                         template=INFERENCE_TEMPLATE).input_ids
+    ours = render_sample(
+        inference_conversation("What is happening?"), enc, video_ids, 4, template=INFERENCE_TEMPLATE
+    ).input_ids
     original = original_inference_ids(ours, enc, video_ids)
     start, end = ours.index(video_ids.start), ours.index(video_ids.end)
     assert len(original) == len(ours) + 2

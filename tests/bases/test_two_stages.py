@@ -20,9 +20,15 @@ from video_chatgpt.sample.models import TinySiglipSpec
 
 STEPS = 30
 PROJECTOR = {"llama3": "linear", "mistral": "mlp2x_gelu", "qwen2": "mlp2x_gelu"}
-KEYS = {"linear": ["model.mm_projector.bias", "model.mm_projector.weight"],
-        "mlp2x_gelu": ["model.mm_projector.0.bias", "model.mm_projector.0.weight", "model.mm_projector.2.bias",
-                       "model.mm_projector.2.weight"]}
+KEYS = {
+    "linear": ["model.mm_projector.bias", "model.mm_projector.weight"],
+    "mlp2x_gelu": [
+        "model.mm_projector.0.bias",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.2.bias",
+        "model.mm_projector.2.weight",
+    ],
+}
 
 
 def losses(out: Path) -> list[float]:
@@ -36,10 +42,31 @@ SIGLIP_TOKENS = SIGLIP_FRAMES + (TinySiglipSpec().image_size // TinySiglipSpec()
 
 
 def common(base: Path, world: dict, projector: str, tower: str) -> list[str]:
-    return ["--model_name_or_path", str(base), "--video_folder", str(world["features"]),
-            "--per_device_train_batch_size", "4", "--learning_rate", "3e-2", "--lr_scheduler_type", "constant",
-            "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--max_steps", str(STEPS),
-            "--mm_projector_type", projector, "--mm_use_vid_start_end", "--vision_tower", tower]
+    return [
+        "--model_name_or_path",
+        str(base),
+        "--video_folder",
+        str(world["features"]),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-2",
+        "--lr_scheduler_type",
+        "constant",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--max_steps",
+        str(STEPS),
+        "--mm_projector_type",
+        projector,
+        "--mm_use_vid_start_end",
+        "--vision_tower",
+        tower,
+    ]
 
 
 @dataclass
@@ -64,11 +91,24 @@ def two_stages(request, chat_bases, feature_world, tmp_path_factory) -> Run:
         world, tower, num_tokens = feature_world, "tiny-siglip", NUM_TOKENS
     out = tmp_path_factory.mktemp(f"two_stages_{family}")
     args = common(chat_bases[family], world, PROJECTOR[family], tower)
-    stage1 = train([*args, "--stage", "pretrain", "--data_path", str(world["captions"]),
-                    "--output_dir", str(out / "stage1")])
-    stage2 = train([*args, "--stage", "finetune", "--tune_mm_mlp_adapter", "True",
-                    "--data_path", str(world["instructions"]), "--output_dir", str(out / "stage2"),
-                    "--pretrain_mm_mlp_adapter", str(stage1 / PROJECTOR_FILE)])
+    stage1 = train(
+        [*args, "--stage", "pretrain", "--data_path", str(world["captions"]), "--output_dir", str(out / "stage1")]
+    )
+    stage2 = train(
+        [
+            *args,
+            "--stage",
+            "finetune",
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--data_path",
+            str(world["instructions"]),
+            "--output_dir",
+            str(out / "stage2"),
+            "--pretrain_mm_mlp_adapter",
+            str(stage1 / PROJECTOR_FILE),
+        ]
+    )
     return Run(family, stage1, stage2, tower, num_tokens, world)
 
 
@@ -159,10 +199,24 @@ def test_siglip_run_chats_from_a_video_file_with_the_siglip_tower(two_stages, ca
     assert manifest["tower_kind"] == "siglip" and manifest["feature_shape"] == [SIGLIP_TOKENS, spec.width]
     engine = load_engine(two_stages.stage2, device="cpu", vision_tower=two_stages.tower, num_frames=SIGLIP_FRAMES)
     assert engine.extractor.num_tokens == SIGLIP_TOKENS == engine.model.config.video_token_len
-    argv = ["--model-name", str(two_stages.stage2), "--video_path", str(two_stages.world["held_out"] / "h1.mp4"),
-            "--vision_tower", two_stages.tower, "--num_frames", str(SIGLIP_FRAMES), "--question",
-            "What colour is the moving object in the video?", "--temperature", "0", "--max_new_tokens", "6",
-            "--device", "cpu"]
+    argv = [
+        "--model-name",
+        str(two_stages.stage2),
+        "--video_path",
+        str(two_stages.world["held_out"] / "h1.mp4"),
+        "--vision_tower",
+        two_stages.tower,
+        "--num_frames",
+        str(SIGLIP_FRAMES),
+        "--question",
+        "What colour is the moving object in the video?",
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "6",
+        "--device",
+        "cpu",
+    ]
     answers = []
     for _ in range(2):
         assert main(argv) == 0

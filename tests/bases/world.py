@@ -55,17 +55,37 @@ def make_siglip_world(folder: Path, num_videos: int = 8) -> dict[str, Path]:
     tower = make_tiny_siglip(folder / "siglip-tiny")
     videos, held_out = folder / "videos", folder / "held_out"
     for i in range(num_videos):
-        make_synthetic_video(videos / f"v{i}.mp4", VideoTruth(f"v{i}", COLOURS[i % len(COLOURS)], "square", "up",
-                                                              12, 64, 48), seed=i)
+        make_synthetic_video(
+            videos / f"v{i}.mp4", VideoTruth(f"v{i}", COLOURS[i % len(COLOURS)], "square", "up", 12, 64, 48), seed=i
+        )
     for colour, name in enumerate(COLOURS):
-        make_synthetic_video(held_out / f"h{colour}.mp4", VideoTruth(f"h{colour}", name, "square", "left", 12, 64, 48),
-                             seed=100 + colour)
+        make_synthetic_video(
+            held_out / f"h{colour}.mp4", VideoTruth(f"h{colour}", name, "square", "left", 12, 64, 48), seed=100 + colour
+        )
     features = folder / "features"
-    cmd = [sys.executable, "scripts/save_spatio_temporal_clip_features.py", "--video_dir_path", str(videos),
-           "--clip_feat_path", str(features), "--vision_tower", str(tower), "--num_frames", str(SIGLIP_FRAMES),
-           "--num_workers", "0", "--no_progress"]
-    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "scripts/save_spatio_temporal_clip_features.py",
+        "--video_dir_path",
+        str(videos),
+        "--clip_feat_path",
+        str(features),
+        "--vision_tower",
+        str(tower),
+        "--num_frames",
+        str(SIGLIP_FRAMES),
+        "--num_workers",
+        "0",
+        "--no_progress",
+    ]
+    run = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return {"features": features, "tower": tower, "held_out": held_out, **write_records(folder, num_videos)}
 
@@ -76,14 +96,28 @@ def write_records(folder: Path, num_videos: int) -> dict[str, Path]:
     captions, instructions = [], []
     for i in range(num_videos):
         name = COLOURS[i % len(COLOURS)]
-        captions.append({"id": f"v{i}", "video": f"v{i}.pkl", "conversations": [
-            {"from": "human", "value": "<video>\nDescribe the video."},
-            {"from": "gpt", "value": f"A {name} square moving."}]})
-        instructions.append({"id": f"v{i}", "video": f"v{i}.pkl", "conversations": [
-            {"from": "human", "value": "What colour is the moving object in the video?\n<video>"},
-            {"from": "gpt", "value": f"The object is {name}."},
-            {"from": "human", "value": "Say it again."},
-            {"from": "gpt", "value": f"It is {name}."}]})
+        captions.append(
+            {
+                "id": f"v{i}",
+                "video": f"v{i}.pkl",
+                "conversations": [
+                    {"from": "human", "value": "<video>\nDescribe the video."},
+                    {"from": "gpt", "value": f"A {name} square moving."},
+                ],
+            }
+        )
+        instructions.append(
+            {
+                "id": f"v{i}",
+                "video": f"v{i}.pkl",
+                "conversations": [
+                    {"from": "human", "value": "What colour is the moving object in the video?\n<video>"},
+                    {"from": "gpt", "value": f"The object is {name}."},
+                    {"from": "human", "value": "Say it again."},
+                    {"from": "gpt", "value": f"It is {name}."},
+                ],
+            }
+        )
     paths = {"captions": folder / "captions.json", "instructions": folder / "instructions.json"}
     paths["captions"].write_text(json.dumps(captions))
     paths["instructions"].write_text(json.dumps(instructions))

@@ -36,8 +36,12 @@ def check_gpu_json(data: dict) -> None:
     train = data["training"]
     assert train["flops_per_step"] > 0 and "4*N_body*T" in train["flops_formula"]
     rows = {(r["variant"], r["attn"], r["gradient_checkpointing"]): r for r in train["rows"]}
-    for key in (("ours", "sdpa", False), ("ours", "sdpa", True), ("lora", "sdpa", True),
-                ("straightforward", "sdpa", True)):
+    for key in (
+        ("ours", "sdpa", False),
+        ("ours", "sdpa", True),
+        ("lora", "sdpa", True),
+        ("straightforward", "sdpa", True),
+    ):
         assert rows[key]["status"] == "ok", rows[key]
         positive(rows[key], "step_ms", "steps_per_s", "samples_per_s", "tokens_per_s", "peak_memory_gb", "tflops_per_s")
     # flash_attention_2 rows are there too: measured where flash_attn is importable, else skipped with the reason
@@ -46,8 +50,11 @@ def check_gpu_json(data: dict) -> None:
         assert fa2["status"] == "ok" or fa2["status"].startswith("skipped:"), fa2
     assert rows[("straightforward", "sdpa", True)]["trainable"] > train["ours_model"]["trainable"] > 0
     # The printed comparison is the rows' own ratio (ours vs the straightforward step at the same settings).
-    ratio, ours, straight = train["ratio_straightforward_over_ours"], rows[("ours", "sdpa", True)], \
-        rows[("straightforward", "sdpa", True)]
+    ratio, ours, straight = (
+        train["ratio_straightforward_over_ours"],
+        rows[("ours", "sdpa", True)],
+        rows[("straightforward", "sdpa", True)],
+    )
     assert ratio["step_time"] == pytest.approx(straight["step_ms"] / ours["step_ms"], rel=1e-2)
     assert ratio["peak_memory"] == pytest.approx(straight["peak_memory_gb"] / ours["peak_memory_gb"], rel=1e-2)
 
@@ -76,8 +83,13 @@ def check_gpu_json(data: dict) -> None:
     job = videos["folder_job"]
     assert job["extracted"] == job["videos"] and job["failed"] == 0
     positive(job, "videos_per_s", "decoded_frames_per_s")
-    positive(videos["projection"], "one_video_api_s_per_video", "folder_job_videos_per_s",
-             "train_videos_one_gpu_hours_folder_job", "train_videos_eight_gpus_hours_folder_job")
+    positive(
+        videos["projection"],
+        "one_video_api_s_per_video",
+        "folder_job_videos_per_s",
+        "train_videos_one_gpu_hours_folder_job",
+        "train_videos_eight_gpus_hours_folder_job",
+    )
 
 
 def test_gpu_small_writes_every_section(tmp_path):
@@ -119,8 +131,10 @@ def test_train_step_small_prints_both_variants(tmp_path):
     for r in results.values():
         positive(r, "step_ms", "tokens_per_s", "samples_per_s", "peak_mib", "trainable")
     o, s = results["ours"], results["straightforward"]
-    printed = (f"straightforward / ours: step time x{s['step_ms'] / o['step_ms']:.2f}, peak memory "
-               f"x{s['peak_mib'] / o['peak_mib']:.2f}")
+    printed = (
+        f"straightforward / ours: step time x{s['step_ms'] / o['step_ms']:.2f}, peak memory "
+        f"x{s['peak_mib'] / o['peak_mib']:.2f}"
+    )
     assert printed in proc.stdout, proc.stdout  # the printed comparison is the measured rows' ratio
     assert f"trainable parameters x{s['trainable'] / o['trainable']:.0f}" in proc.stdout
     # ours trains the projector and 2 rows; the straightforward way the projector and the whole embedding

@@ -268,7 +268,10 @@ def test_text_only_data_is_not_mixed(tmp_path):
 
 def test_warnings_alone_are_not_fatal(tmp_path):
     data, folder, records = make_data(tmp_path, num_videos=2, per_video=2)
-    records += [dict(records[0]), dict(records[1], conversations=[records[1]["conversations"][0], {"from": "gpt", "value": " "}])]
+    records += [
+        dict(records[0]),
+        dict(records[1], conversations=[records[1]["conversations"][0], {"from": "gpt", "value": " "}]),
+    ]
     report = check_training_data(write_records(data, records), folder)
     assert set(report.counts) == {"duplicate", "empty_answer"} and not report.fatal
     assert "Result: OK (2 warnings)" in report.format()
@@ -444,8 +447,12 @@ def test_feature_manifest_is_checked_against_the_model(tmp_path, tiny_llava, cap
 
     # The command takes the tower and the width from --model_name_or_path's config.json.
     _manifest(folder, tower, (ROWS, WIDTH))
-    assert data_main(["check", "--data_path", str(data), "--video_folder", str(folder), "--model_name_or_path",
-                      str(tiny_llava)]) == 1
+    assert (
+        data_main(
+            ["check", "--data_path", str(data), "--video_folder", str(folder), "--model_name_or_path", str(tiny_llava)]
+        )
+        == 1
+    )
     assert f"reads {width}" in capsys.readouterr().out
     (folder / "features_manifest.json").unlink()  # a folder without a manifest (the original's) keeps working
     assert not check_training_data(data, folder, expected_width=WIDTH, vision_tower=tower).fatal
@@ -468,6 +475,7 @@ def test_token_lengths_use_the_template_training_uses_for_the_base(tmp_path):
         want = [render_sample(r["conversations"], encoder, video_ids, ROWS, template).full_length for r in records]
         report = check_training_data(data, folder, tokenizer_path=model, stage=stage, num_workers=1)
         assert (report.token_lengths.min, report.token_lengths.max) == (min(want), max(want))
-        vicuna = [render_sample(r["conversations"], encoder, video_ids, ROWS, TRAIN_TEMPLATE).full_length
-                  for r in records]
+        vicuna = [
+            render_sample(r["conversations"], encoder, video_ids, ROWS, TRAIN_TEMPLATE).full_length for r in records
+        ]
         assert want != vicuna  # the test tells the templates apart

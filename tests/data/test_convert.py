@@ -78,7 +78,13 @@ def test_output_file_is_byte_identical_to_the_original(tmp_path, capsys):
 
 
 def test_unicode_text_round_trips_unchanged(tmp_path):
-    texts = ["视频里发生了什么？", "🎬🐕 emoji", "e\u0301 combining", "tab\tand \"quotes\" \\ back", "\ud800 lone surrogate"]
+    texts = [
+        "视频里发生了什么？",
+        "🎬🐕 emoji",
+        "e\u0301 combining",
+        'tab\tand "quotes" \\ back',
+        "\ud800 lone surrogate",
+    ]
     items = [{"video_id": f"v_{k}", "q": t, "a": t[::-1]} for k, t in enumerate(texts)]
     src = tmp_path / "in.json"
     src.write_text(json.dumps(items, ensure_ascii=False), encoding="utf-8", errors="surrogatepass")
@@ -137,7 +143,9 @@ def test_filter_reports_dropped_items_and_distinct_videos(tmp_path, capsys):
 
 
 def test_filter_is_fast_on_real_sizes():
-    items = [{"video_id": f"v_{k % 13_500:011d}", "q": "What is in the video?", "a": "A thing."} for k in range(100_000)]
+    items = [
+        {"video_id": f"v_{k % 13_500:011d}", "q": "What is in the video?", "a": "A thing."} for k in range(100_000)
+    ]
     index = {f"v_{k:011d}": f"v_{k:011d}.pkl" for k in range(13_000)}
     start = time.process_time()  # CPU time: other jobs on a shared machine do not count
     records, stats = convert_records(items, index)
@@ -156,7 +164,9 @@ def test_filter_that_keeps_nothing_is_an_error(tmp_path, capsys):
 
 def test_missing_feature_folder_is_an_error(tmp_path, capsys):
     src = write_json(tmp_path / "in.json", ITEMS)
-    rc = run("--input_json_file", src, "--output_json_file", tmp_path / "o.json", "--clip_feature_path", tmp_path / "no")
+    rc = run(
+        "--input_json_file", src, "--output_json_file", tmp_path / "o.json", "--clip_feature_path", tmp_path / "no"
+    )
     assert rc == 1 and "is not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
 
@@ -165,10 +175,16 @@ BAD_INPUTS = {
     "not_json": ('[{"video_id": "v_a", "q": "q", "a": "a"},', ["is not valid JSON", "line 1"]),
     "not_a_list": ('{"video_id": "v_a", "q": "q", "a": "a"}', ["top level is a JSON object, expected a list"]),
     "item_not_object": ('[{"video_id": "v_a", "q": "q", "a": "a"}, "v_b"]', ["item 1:", "JSON string"]),
-    "missing_video_id": ('[{"video_id": "v_a", "q": "q", "a": "a"}, {"q": "q", "a": "a"}]', ["item 1", "'video_id'", "missing"]),
+    "missing_video_id": (
+        '[{"video_id": "v_a", "q": "q", "a": "a"}, {"q": "q", "a": "a"}]',
+        ["item 1", "'video_id'", "missing"],
+    ),
     "missing_q": ('[{"video_id": "v_a", "a": "a"}]', ["item 0", "key 'q'", "missing"]),
     "missing_a": ('[{"video_id": "v_a", "q": "q"}]', ["item 0", "key 'a'", "missing"]),
-    "int_video_id": ('[{"video_id": 17, "q": "q", "a": "a"}]', ["item 0", "'video_id'", "JSON number, expected a string"]),
+    "int_video_id": (
+        '[{"video_id": 17, "q": "q", "a": "a"}]',
+        ["item 0", "'video_id'", "JSON number, expected a string"],
+    ),
     "null_answer": ('[{"video_id": "v_a", "q": "q", "a": null}]', ["item 0", "key 'a'", "JSON null"]),
     "list_question": ('[{"video_id": "v_a", "q": ["q"], "a": "a"}]', ["item 0", "key 'q'", "JSON array"]),
     "empty_video_id": ('[{"video_id": "", "q": "q", "a": "a"}]', ["item 0", "'video_id'", "empty"]),
@@ -286,7 +302,10 @@ def test_flags_are_the_documented_ones(capsys):
 
 def test_video_chatgpt_convert_runs_the_same_code(tmp_path, sample_world):
     out = tmp_path / "train.json"
-    assert cli.main(["convert", "--input_json_file", str(sample_world["instructions"]), "--output_json_file", str(out)]) == 0
+    assert (
+        cli.main(["convert", "--input_json_file", str(sample_world["instructions"]), "--output_json_file", str(out)])
+        == 0
+    )
     items = json.loads(Path(sample_world["instructions"]).read_text())
     assert out.read_text() == original_output(items)
 
@@ -296,8 +315,12 @@ def test_output_that_is_the_input_is_refused_and_the_input_survives(tmp_path, ca
     """The atomic rename used to replace the VideoInstruct JSON by the training JSON (the input was lost)."""
     src = write_json(tmp_path / "in.json", ITEMS)
     before = src.read_bytes()
-    out = {"same path": src, "other spelling": tmp_path / "sub" / ".." / "in.json", "symlink": tmp_path / "link.json",
-           "hard link": tmp_path / "hard.json"}[how]
+    out = {
+        "same path": src,
+        "other spelling": tmp_path / "sub" / ".." / "in.json",
+        "symlink": tmp_path / "link.json",
+        "hard link": tmp_path / "hard.json",
+    }[how]
     (tmp_path / "sub").mkdir()
     if how == "symlink":
         out.symlink_to(src)

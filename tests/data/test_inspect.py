@@ -49,8 +49,17 @@ def data(tmp_path_factory, sample_world, tiny_llava):
 
 
 def flags(data, model, index, *extra):
-    return ["--data_path", str(data["data_path"]), "--video_folder", str(data["video_folder"]),
-            "--model_name_or_path", str(model), "--index", str(index), *extra]
+    return [
+        "--data_path",
+        str(data["data_path"]),
+        "--video_folder",
+        str(data["video_folder"]),
+        "--model_name_or_path",
+        str(model),
+        "--index",
+        str(index),
+        *extra,
+    ]
 
 
 def run_json(capsys, argv) -> dict:
@@ -72,7 +81,7 @@ def trainer_dataset(data, model, use_start_end, max_length=2048) -> tuple[Superv
 def hand_labels(input_ids: list[int], answer: str, sp) -> list[int]:
     """Only the answer's tokens and </s> carry a loss: they are the last ones, the answer encoded on its own."""
     answer_ids = sp.encode(answer) + [2]
-    assert input_ids[-len(answer_ids):] == answer_ids
+    assert input_ids[-len(answer_ids) :] == answer_ids
     return [IGNORE_INDEX] * (len(input_ids) - len(answer_ids)) + answer_ids
 
 
@@ -190,8 +199,17 @@ def test_bad_index_and_missing_features(capsys, tmp_path, data, tiny_llava):
     records = data["records"][:2] + [dict(data["records"][2], video="gone.pkl")]
     path = tmp_path / "train.json"
     path.write_text(json.dumps(records))
-    argv = ["--data_path", str(path), "--video_folder", str(data["video_folder"]), "--model_name_or_path",
-            str(tiny_llava), "--index", "2", "--mm_use_vid_start_end"]
+    argv = [
+        "--data_path",
+        str(path),
+        "--video_folder",
+        str(data["video_folder"]),
+        "--model_name_or_path",
+        str(tiny_llava),
+        "--index",
+        "2",
+        "--mm_use_vid_start_end",
+    ]
     assert main([*argv, "--json"]) == 1  # training would fail on this record
     got = json.loads(capsys.readouterr().out)
     assert got["feature_dtype"] is None and "gone.pkl is missing" in got["problems"][0]

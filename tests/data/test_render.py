@@ -93,7 +93,7 @@ def test_hand_computed_layout(tok):
     system = TEMPLATES["vicuna_v1_1"].system
     head = sp.encode(system + " USER: What is the man doing?")  # "\n" before <vid_start> is stripped
     tail_prompt = sp.encode("ASSISTANT:")  # the space after <vid_end> is stripped
-    answer = sp.encode("ASSISTANT: He is riding bikes.")[len(tail_prompt):]
+    answer = sp.encode("ASSISTANT: He is riding bikes.")[len(tail_prompt) :]
     span = [vids.start] + [vids.patch] * N_VIDEO + [vids.end]
     assert got.input_ids == [1, *head, *span, *tail_prompt, *answer, 2]
     n_masked = 1 + len(head) + len(span) + len(tail_prompt)

@@ -31,10 +31,31 @@ def demo_model(tmp_path_factory, sample_world, language_llava) -> Path:
     root = tmp_path_factory.mktemp("demo_model")
     data = make_training_data(sample_world["instructions"], language_llava, root / "data")
     out = root / "run"
-    train(["--model_name_or_path", str(language_llava), "--data_path", str(data["data_path"]),
-           "--video_folder", str(data["video_folder"]), "--output_dir", str(out), "--tune_mm_mlp_adapter", "True",
-           "--mm_use_vid_start_end", "--max_steps", "4", "--learning_rate", "1e-2", "--save_strategy", "no",
-           "--report_to", "none", "--skip_data_check", "True"])
+    train(
+        [
+            "--model_name_or_path",
+            str(language_llava),
+            "--data_path",
+            str(data["data_path"]),
+            "--video_folder",
+            str(data["video_folder"]),
+            "--output_dir",
+            str(out),
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--mm_use_vid_start_end",
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "1e-2",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--skip_data_check",
+            "True",
+        ]
+    )
     return out
 
 
@@ -83,12 +104,34 @@ def demo_server(demo_model, tiny_clip, sample_world, tmp_path_factory):
     """``video-chatgpt demo`` in a subprocess on a free 127.0.0.1 port; yields its URL; stopped at the end."""
     port = free_port()
     log = tmp_path_factory.mktemp("demo_server") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "video_chatgpt.cli", "demo", "--model-name", str(demo_model),
-           "--vision_tower", str(tiny_clip), "--port", str(port), "--temperature", "0",
-           "--max_new_tokens", str(MAX_NEW_TOKENS), "--max_video_seconds", str(MAX_VIDEO_SECONDS),
-           "--examples", str(sample_world["videos_test"])]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "video_chatgpt.cli",
+        "demo",
+        "--model-name",
+        str(demo_model),
+        "--vision_tower",
+        str(tiny_clip),
+        "--port",
+        str(port),
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        str(MAX_NEW_TOKENS),
+        "--max_video_seconds",
+        str(MAX_VIDEO_SECONDS),
+        "--examples",
+        str(sample_world["videos_test"]),
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -96,8 +139,9 @@ def demo_server(demo_model, tiny_clip, sample_world, tmp_path_factory):
     try:
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"the demo exited with {proc.returncode} before serving:\n"
-                                     f"{log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"the demo exited with {proc.returncode} before serving:\n{log.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=5) as response:
                     if response.status == 200:
@@ -105,8 +149,9 @@ def demo_server(demo_model, tiny_clip, sample_world, tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"the demo did not serve {url} within {SERVER_START_S} s:\n"
-                                     f"{log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"the demo did not serve {url} within {SERVER_START_S} s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(1)
         yield {"url": url, "process": proc, "log": log}
     finally:

@@ -36,7 +36,7 @@ def test_second_turn_is_rendered_after_the_first_as_the_original_demo(backend):
     assert first == engine.prompt_ids(q1, 7)  # turn 1 is exactly what `video-chatgpt chat` renders
     assert second[: len(first)] == first
     tail = engine.encoder.encode(a1) + [engine.tokenizer.eos_token_id] + engine.encoder.encode(f"USER: {q2} ASSISTANT:")
-    assert second[len(first):] == tail
+    assert second[len(first) :] == tail
     assert second.count(engine.video_ids.patch) == 7 and second.count(engine.video_ids.start) == 1
 
 
@@ -65,9 +65,9 @@ def test_ask_keeps_turns_and_refuses_a_conversation_longer_than_the_model(backen
     assert [m["role"] for m in messages] == ["user", "assistant"] and box == "" and status == "ok"
     assert state.turns[0][0] == QUESTION and state.turns[0][1] == messages[1]["content"]
     monkeypatch.setattr(backend.engine.model.config, "max_position_embeddings", features.shape[0])
-    (messages, box, status, after), = backend.ask("And then?", state, 0, MAX_NEW_TOKENS)
+    ((messages, box, status, after),) = backend.ask("And then?", state, 0, MAX_NEW_TOKENS)
     assert "the model reads at most" in status and "Clear chat" in status and after is state and box == "And then?"
     chat, box, status, cleared = backend.clear_chat(state)
     assert chat == [] and cleared.turns == () and cleared.features is features and status == "ok"
-    (messages, box, status, _), = backend.ask("What is <video> here?", cleared, 0, MAX_NEW_TOKENS)
+    ((messages, box, status, _),) = backend.ask("What is <video> here?", cleared, 0, MAX_NEW_TOKENS)
     assert "leave <video> out" in status

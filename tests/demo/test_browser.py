@@ -24,8 +24,10 @@ def find_program(names) -> str:
         path = shutil.which(name) or f"/usr/bin/{name}"
         if os.path.exists(path):
             return path
-    raise AssertionError(f"none of {names} is installed: the browser test needs Debian's chromium and "
-                         f"chromium-driver (apt-get install -y chromium chromium-driver; .ci/run does it)")
+    raise AssertionError(
+        f"none of {names} is installed: the browser test needs Debian's chromium and "
+        f"chromium-driver (apt-get install -y chromium chromium-driver; .ci/run does it)"
+    )
 
 
 @pytest.fixture()
@@ -35,8 +37,14 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = find_program(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100",
-                 "--autoplay-policy=no-user-gesture-required", "--disable-gpu"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1100",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-gpu",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(find_program(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(WAIT_S)
@@ -77,8 +85,9 @@ def upload(driver, path):
     shown = driver.find_elements("css selector", "#demo-upload button[aria-label='Clear']")
     if shown:
         shown[0].click()
-    field = wait_for(driver, lambda d: d.find_elements("css selector", "#demo-upload input[type='file']"),
-                     "the video upload field")
+    field = wait_for(
+        driver, lambda d: d.find_elements("css selector", "#demo-upload input[type='file']"), "the video upload field"
+    )
     field[0].send_keys(str(path))
 
 
@@ -91,31 +100,46 @@ def ask(driver, question: str):
 
 def video_plays(driver) -> bool:
     """The page's player has the video's picture and its clock moves when played."""
-    return bool(driver.execute_script("""
+    return bool(
+        driver.execute_script("""
         const v = document.querySelector('#demo-video video');
         if (!v || !(v.videoWidth > 0) || !(v.duration > 0)) return false;
         v.muted = true; v.play();
-        return v.currentTime > 0;"""))
+        return v.currentTime > 0;""")
+    )
 
 
-def test_upload_ask_stream_two_turns_and_a_damaged_file(browser, demo_server, demo_inputs, expected_answer,
-                                                        tmp_path):
+def test_upload_ask_stream_two_turns_and_a_damaged_file(browser, demo_server, demo_inputs, expected_answer, tmp_path):
     browser.get(demo_server["url"])
     wait_for(browser, lambda d: "Upload a video or pick an example first" in text(d, "#demo-status"), "the page")
     upload(browser, demo_inputs["video"])
-    status = wait_for(browser, lambda d: "video tokens" in text(d, "#demo-status") and text(d, "#demo-status"),
-                      "the uploaded video's features")
+    status = wait_for(
+        browser,
+        lambda d: "video tokens" in text(d, "#demo-status") and text(d, "#demo-status"),
+        "the uploaded video's features",
+    )
     assert demo_inputs["video"].name in status and "computed once" in status
     wait_for(browser, video_plays, "the video to play in the page")
     body = browser.find_element("tag name", "body").text
     assert "not playable" not in body and "Error" not in body, body  # no error toast for a good upload
 
     ask(browser, QUESTION)
-    wait_for(browser, lambda d: messages(d) == [("user", QUESTION), ("assistant", expected_answer)],
-             f"the streamed answer {expected_answer!r}")
+    wait_for(
+        browser,
+        lambda d: messages(d) == [("user", QUESTION), ("assistant", expected_answer)],
+        f"the streamed answer {expected_answer!r}",
+    )
     ask(browser, SECOND_QUESTION)
-    wait_for(browser, lambda d: len(messages(d)) == 4 and messages(d)[2] == ("user", SECOND_QUESTION)
-             and messages(d)[3][1] and "video tokens" in text(d, "#demo-status"), "the second turn")
+    wait_for(
+        browser,
+        lambda d: (
+            len(messages(d)) == 4
+            and messages(d)[2] == ("user", SECOND_QUESTION)
+            and messages(d)[3][1]
+            and "video tokens" in text(d, "#demo-status")
+        ),
+        "the second turn",
+    )
     shown = messages(browser)
     assert shown[:2] == [("user", QUESTION), ("assistant", expected_answer)]  # both turns on the page
     time.sleep(1)  # let the last update render before the screenshot
@@ -125,15 +149,21 @@ def test_upload_ask_stream_two_turns_and_a_damaged_file(browser, demo_server, de
     shutil.copy(shot, REPO / "runs" / "demo_screenshot.png")
 
     upload(browser, demo_inputs["corrupt"])
-    wait_for(browser, lambda d: "is not a video, or it is damaged" in text(d, "#demo-status"),
-             "the damaged file's error on the page")
+    wait_for(
+        browser,
+        lambda d: "is not a video, or it is damaged" in text(d, "#demo-status"),
+        "the damaged file's error on the page",
+    )
     assert messages(browser) == []  # a new video (here: none) starts a new conversation
     browser.save_screenshot(str(tmp_path / "demo_error.png"))
 
     # An example (the held-out sample videos given with --examples) is chosen like an upload.
     example = sorted(demo_inputs["video"].parent.glob("*.mp4"))[1].name
     browser.find_element("xpath", f"//button[normalize-space()='{example}']").click()
-    wait_for(browser, lambda d: example in text(d, "#demo-status") and "video tokens" in text(d, "#demo-status"),
-             f"the example {example}")
+    wait_for(
+        browser,
+        lambda d: example in text(d, "#demo-status") and "video tokens" in text(d, "#demo-status"),
+        f"the example {example}",
+    )
     wait_for(browser, video_plays, "the example to play in the page")
     assert demo_server["process"].poll() is None

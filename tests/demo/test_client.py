@@ -19,9 +19,26 @@ def chat_answer(demo_model, tiny_clip, video, question=QUESTION) -> str:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["chat", "--model-name", str(demo_model), "--vision_tower", str(tiny_clip), "--video_path",
-                     str(video), "--question", question, "--temperature", "0",
-                     "--max_new_tokens", str(MAX_NEW_TOKENS)]) == 0
+        assert (
+            main(
+                [
+                    "chat",
+                    "--model-name",
+                    str(demo_model),
+                    "--vision_tower",
+                    str(tiny_clip),
+                    "--video_path",
+                    str(video),
+                    "--question",
+                    question,
+                    "--temperature",
+                    "0",
+                    "--max_new_tokens",
+                    str(MAX_NEW_TOKENS),
+                ]
+            )
+            == 0
+        )
     return out.getvalue().rstrip("\n")
 
 
@@ -74,13 +91,16 @@ def test_answer_streams_and_equals_chat_then_a_second_turn(client, demo_inputs, 
     assert text_of(again[1]) == expected_answer  # Clear chat keeps the video's features
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("corrupt", "damaged"),
-    ("empty", "is empty (0 bytes)"),
-    ("not_video", "is not a video"),
-    ("audio_only", "has sound but no picture"),
-    ("long", "is 12.0 s long; this demo takes videos up to 10.0 s"),
-])
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("corrupt", "damaged"),
+        ("empty", "is empty (0 bytes)"),
+        ("not_video", "is not a video"),
+        ("audio_only", "has sound but no picture"),
+        ("long", "is 12.0 s long; this demo takes videos up to 10.0 s"),
+    ],
+)
 def test_bad_input_is_explained_and_the_server_keeps_serving(client, demo_server, demo_inputs, kind, words):
     video, status, chat = upload(client, demo_inputs[kind])
     assert words in status, status

@@ -17,12 +17,15 @@ def run(*argv) -> tuple[int, str]:
     return status, err.getvalue()
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--max_video_seconds", "0"], "--max_video_seconds must be positive"),
-    (["--max_new_tokens", "5000"], "--max_new_tokens must be 1 to 1536"),
-    (["--temperature", "2"], "--temperature must be 0 to 1"),
-    (["--prompt_ids", "theirs"], "invalid choice: 'theirs'"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--max_video_seconds", "0"], "--max_video_seconds must be positive"),
+        (["--max_new_tokens", "5000"], "--max_new_tokens must be 1 to 1536"),
+        (["--temperature", "2"], "--temperature must be 0 to 1"),
+        (["--prompt_ids", "theirs"], "invalid choice: 'theirs'"),
+    ],
+)
 def test_bad_flags_are_usage_errors(flags, words, tmp_path):
     status, err = run("--model-name", str(tmp_path), *flags)
     assert status == 2 and words in err, err
@@ -36,6 +39,15 @@ def test_missing_examples_folder_is_one_line(tmp_path):
 def test_help_lists_the_flags():
     status, out = run("--help")
     assert status == 0
-    for flag in ("--model-name", "--projection_path", "--vision_tower", "--host", "--port", "--device", "--dtype",
-                 "--max_video_seconds", "--examples"):
+    for flag in (
+        "--model-name",
+        "--projection_path",
+        "--vision_tower",
+        "--host",
+        "--port",
+        "--device",
+        "--dtype",
+        "--max_video_seconds",
+        "--examples",
+    ):
         assert flag in out

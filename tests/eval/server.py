@@ -20,10 +20,10 @@ _QUESTION = re.compile(r"^Question(?: 1)?: (.*)$", re.MULTILINE)
 
 @dataclass
 class Reply:
-    content: str | None = None         # the assistant message (status 200)
+    content: str | None = None  # the assistant message (status 200)
     status: int = 200
     headers: dict = field(default_factory=dict)
-    delay: float = 0.0                  # seconds before answering
+    delay: float = 0.0  # seconds before answering
     block: threading.Event | None = None  # wait for this event before answering (a request left in flight)
 
 
@@ -70,12 +70,24 @@ class ScriptedServer:
                     time.sleep(reply.delay)
                 if reply.status != 200:
                     return self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}}, reply.headers)
-                self._send(200, {
-                    "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0, "model": "scripted-judge-1",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply.content}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }, reply.headers)
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{n}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": "scripted-judge-1",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": reply.content},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    },
+                    reply.headers,
+                )
 
             def _send(self, status, payload, headers):
                 data = json.dumps(payload).encode()

@@ -26,11 +26,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 def write_preds(path: Path, n: int, consistency: bool = False, start: int = 0) -> Path:
     if consistency:
-        records = [{"video_name": f"v{i}", "Q1": f"q{i}", "Q2": f"q{i} again", "A": f"a{i}", "pred1": f"p{i}",
-                    "pred2": f"p{i}"} for i in range(start, start + n)]
+        records = [
+            {
+                "video_name": f"v{i}",
+                "Q1": f"q{i}",
+                "Q2": f"q{i} again",
+                "A": f"a{i}",
+                "pred1": f"p{i}",
+                "pred2": f"p{i}",
+            }
+            for i in range(start, start + n)
+        ]
     else:
-        records = [{"video_name": f"v{i % 3}", "Q": f"q{i}", "A": f"a{i}", "pred": f"p{i}"}
-                   for i in range(start, start + n)]
+        records = [
+            {"video_name": f"v{i % 3}", "Q": f"q{i}", "A": f"a{i}", "pred": f"p{i}"} for i in range(start, start + n)
+        ]
     path.write_text(json.dumps(records))
     return path
 
@@ -40,8 +50,22 @@ def evaluate(server, *argv, capsys=None, key=True):
     if key:
         os.environ[KEY_ENV] = SECRET
     try:
-        status = cli_main(["evaluate", "--api_base", server.api_base, "--api_key_env", KEY_ENV,
-                           "--judge_model", "judge-x", "--backoff", "0.02", "--max_backoff", "5", *map(str, argv)])
+        status = cli_main(
+            [
+                "evaluate",
+                "--api_base",
+                server.api_base,
+                "--api_key_env",
+                KEY_ENV,
+                "--judge_model",
+                "judge-x",
+                "--backoff",
+                "0.02",
+                "--max_backoff",
+                "5",
+                *map(str, argv),
+            ]
+        )
     finally:
         if env_before is None:
             os.environ.pop(KEY_ENV, None)
@@ -87,18 +111,44 @@ def test_scripted_replies_exact_means_retries_failures_and_files(tmp_path, capsy
     out_dir = tmp_path / "eval"
     with ScriptedServer(script) as server:
         t0 = time.monotonic()
-        status, out = evaluate(server, "--task", "correctness", "--pred_path", preds, "--output_dir", out_dir,
-                               "--output_json", tmp_path / "correctness_results.json", "--num_workers", "4",
-                               "--max_retries", "2", "--timeout", "1", capsys=capsys)
+        status, out = evaluate(
+            server,
+            "--task",
+            "correctness",
+            "--pred_path",
+            preds,
+            "--output_dir",
+            out_dir,
+            "--output_json",
+            tmp_path / "correctness_results.json",
+            "--num_workers",
+            "4",
+            "--max_retries",
+            "2",
+            "--timeout",
+            "1",
+            capsys=capsys,
+        )
         wall = time.monotonic() - t0
         log = list(server.log)
         check_first_run(server, status, out, log, wall, out_dir, tmp_path)
         # Rerun: the 7 judged records are reused; only the failed one is asked again (and now parses).
         server.script = lambda n, record, body: ok("{'score': 2}")
-        status, out = evaluate(server, "--task", "correctness", "--pred_path", preds, "--output_dir", out_dir,
-                               "--output_json", tmp_path / "correctness_results.json", "--max_retries", "2",
-                               capsys=capsys)
-        assert [e.record for e in server.log[len(log):]] == ["q7"]
+        status, out = evaluate(
+            server,
+            "--task",
+            "correctness",
+            "--pred_path",
+            preds,
+            "--output_dir",
+            out_dir,
+            "--output_json",
+            tmp_path / "correctness_results.json",
+            "--max_retries",
+            "2",
+            capsys=capsys,
+        )
+        assert [e.record for e in server.log[len(log) :]] == ["q7"]
     assert status == 0
     s = json.loads((out_dir / "results.json").read_text())["criteria"]["correctness"]
     assert (s["judged"], s["failed"], s["mean"]) == (8, 0, pytest.approx((19.8 + 2) / 8))
@@ -117,7 +167,7 @@ def check_first_run(server, status, out, log, wall, out_dir, tmp_path):
     results = json.loads((out_dir / "results.json").read_text())
     s = results["criteria"]["correctness"]
     assert (s["total"], s["judged"], s["failed"]) == (8, 7, 1)
-    assert s["mean"] == pytest.approx((3 + 4.8 + 2 + 5 + 1 + 0 + 4) / 7)   # 2.8286
+    assert s["mean"] == pytest.approx((3 + 4.8 + 2 + 5 + 1 + 0 + 4) / 7)  # 2.8286
     assert s["mean_int"] == pytest.approx((3 + 4 + 2 + 5 + 1 + 0 + 4) / 7)  # 2.7143, as the original computes it
     assert s["ci95"][0] < s["mean"] < s["ci95"][1]
     (failure,) = s["failures"]
@@ -125,8 +175,13 @@ def check_first_run(server, status, out, log, wall, out_dir, tmp_path):
     assert "unparseable" in failure["reason"]
     assert s["requests"] == len(log) == 14 and results["run"]["requests"] == 14
     judge = results["judge"]
-    assert judge == {"model": "judge-x", "api_host": server.api_base.split("/")[2], "temperature": 0.0, "seed": 0,
-                     "reported_models": ["scripted-judge-1"]}
+    assert judge == {
+        "model": "judge-x",
+        "api_host": server.api_base.split("/")[2],
+        "temperature": 0.0,
+        "seed": 0,
+        "reported_models": ["scripted-judge-1"],
+    }
     assert len(results["prompts"]["sha256"]) == 64 and results["run"]["wall_time_s"] > 0
 
     # The original's combined JSON: key -> [reply, qa_set], judged records only; keys as the original makes them.
@@ -137,7 +192,15 @@ def check_first_run(server, status, out, log, wall, out_dir, tmp_path):
     md = (out_dir / "results.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| Correctness"))
     assert [c.strip() for c in row.split("|")[1:-1]] == [
-        "Correctness of information", "2.83", f"{s['ci95'][0]:.2f} - {s['ci95'][1]:.2f}", "2.71", "2.40", "7", "1", "8"]
+        "Correctness of information",
+        "2.83",
+        f"{s['ci95'][0]:.2f} - {s['ci95'][1]:.2f}",
+        "2.71",
+        "2.40",
+        "7",
+        "1",
+        "8",
+    ]
     assert "judge-x" in md and "14 requests" in md
     assert "1 records have no valid judgement" in out.err
     assert_no_secret(tmp_path, out.out, out.err)
@@ -147,8 +210,18 @@ def test_always_failing_server_is_bounded_and_listed(tmp_path, capsys):
     preds = write_preds(tmp_path / "p.json", 3)
     with ScriptedServer(lambda n, record, body: Reply(status=503)) as server:
         t0 = time.monotonic()
-        status, out = evaluate(server, "--task", "detail", "--pred_path", preds, "--output_dir", tmp_path / "e",
-                               "--max_retries", "3", capsys=capsys)
+        status, out = evaluate(
+            server,
+            "--task",
+            "detail",
+            "--pred_path",
+            preds,
+            "--output_dir",
+            tmp_path / "e",
+            "--max_retries",
+            "3",
+            capsys=capsys,
+        )
         assert len(server.log) == 3 * 4 and time.monotonic() - t0 < 10
     assert status == 1
     s = json.loads((tmp_path / "e" / "results.json").read_text())["criteria"]["detail"]
@@ -159,8 +232,9 @@ def test_always_failing_server_is_bounded_and_listed(tmp_path, capsys):
 def test_refused_key_stops_with_one_line_and_keeps_nothing_secret(tmp_path, capsys):
     preds = write_preds(tmp_path / "p.json", 5)
     with ScriptedServer(lambda n, record, body: Reply(status=401)) as server:
-        status, out = evaluate(server, "--task", "context", "--pred_path", preds, "--output_dir", tmp_path / "e",
-                               capsys=capsys)
+        status, out = evaluate(
+            server, "--task", "context", "--pred_path", preds, "--output_dir", tmp_path / "e", capsys=capsys
+        )
         assert len(server.log) == 1  # no retry and no other record: every one would be refused the same way
     assert status == 1
     assert "video-chatgpt evaluate: error: the judge server answered HTTP 401" in out.err
@@ -170,14 +244,41 @@ def test_refused_key_stops_with_one_line_and_keeps_nothing_secret(tmp_path, caps
 
 def test_unreachable_server_and_missing_key(tmp_path, capsys):
     preds = write_preds(tmp_path / "p.json", 2)
-    status = cli_main(["evaluate", "--task", "correctness", "--pred_path", str(preds), "--output_dir",
-                       str(tmp_path / "e"), "--api_base", "http://127.0.0.1:9/v1", "--max_retries", "1",
-                       "--backoff", "0.01", "--api_key_env", "VCG_TEST_UNSET_KEY"])
+    status = cli_main(
+        [
+            "evaluate",
+            "--task",
+            "correctness",
+            "--pred_path",
+            str(preds),
+            "--output_dir",
+            str(tmp_path / "e"),
+            "--api_base",
+            "http://127.0.0.1:9/v1",
+            "--max_retries",
+            "1",
+            "--backoff",
+            "0.01",
+            "--api_key_env",
+            "VCG_TEST_UNSET_KEY",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1 and "cannot reach the judge at http://127.0.0.1:9/v1" in err and "Traceback" not in err
     os.environ.pop("VCG_TEST_UNSET_KEY", None)
-    status = cli_main(["evaluate", "--task", "correctness", "--pred_path", str(preds), "--output_dir",
-                       str(tmp_path / "e2"), "--api_key_env", "VCG_TEST_UNSET_KEY"])
+    status = cli_main(
+        [
+            "evaluate",
+            "--task",
+            "correctness",
+            "--pred_path",
+            str(preds),
+            "--output_dir",
+            str(tmp_path / "e2"),
+            "--api_key_env",
+            "VCG_TEST_UNSET_KEY",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1 and "set the environment variable VCG_TEST_UNSET_KEY" in err
 
@@ -185,8 +286,19 @@ def test_unreachable_server_and_missing_key(tmp_path, capsys):
 def test_api_key_flag_works_with_a_warning_and_is_never_written(tmp_path, capsys):
     preds = write_preds(tmp_path / "p.json", 2)
     with ScriptedServer(lambda n, record, body: ok("{'score': 3}")) as server:
-        status, out = evaluate(server, "--task", "temporal", "--pred_path", preds, "--output_dir", tmp_path / "e",
-                               "--api_key", SECRET, capsys=capsys, key=False)
+        status, out = evaluate(
+            server,
+            "--task",
+            "temporal",
+            "--pred_path",
+            preds,
+            "--output_dir",
+            tmp_path / "e",
+            "--api_key",
+            SECRET,
+            capsys=capsys,
+            key=False,
+        )
         assert {e.authorization for e in server.log} == {f"Bearer {SECRET}"}
     assert status == 0 and "--api_key is visible to other users" in out.err
     assert_no_secret(tmp_path, out.out, out.err)
@@ -195,10 +307,24 @@ def test_api_key_flag_works_with_a_warning_and_is_never_written(tmp_path, capsys
 def test_other_judge_settings_are_refused(tmp_path, capsys):
     preds = write_preds(tmp_path / "p.json", 2)
     with ScriptedServer(lambda n, record, body: ok("{'score': 3}")) as server:
-        assert evaluate(server, "--task", "correctness", "--pred_path", preds, "--output_dir", tmp_path / "e",
-                        capsys=capsys)[0] == 0
-        status, out = evaluate(server, "--task", "correctness", "--pred_path", preds, "--output_dir", tmp_path / "e",
-                               "--temperature", "0.7", capsys=capsys)
+        assert (
+            evaluate(
+                server, "--task", "correctness", "--pred_path", preds, "--output_dir", tmp_path / "e", capsys=capsys
+            )[0]
+            == 0
+        )
+        status, out = evaluate(
+            server,
+            "--task",
+            "correctness",
+            "--pred_path",
+            preds,
+            "--output_dir",
+            tmp_path / "e",
+            "--temperature",
+            "0.7",
+            capsys=capsys,
+        )
         assert len(server.log) == 2
     assert status == 1 and "with other settings (temperature 0.0 -> 0.7)" in out.err
 
@@ -218,11 +344,26 @@ def test_changed_prediction_is_judged_again(tmp_path, capsys):
 def test_qa_accuracy_and_score_beside_the_published_numbers(tmp_path, capsys):
     records = [{"id": f"vid{i}", "question": f"q{i}", "answer": "yes", "pred": "yes"} for i in range(5)]
     (tmp_path / "msvd_qa.json").write_text(json.dumps(records))
-    replies = {"q0": "{'pred': 'yes', 'score': 5}", "q1": "{'pred': 'no', 'score': 1}",
-               "q2": "{'pred': 'yes', 'score': 4.8}", "q3": "{'pred': 'YES ', 'score': 3}", "q4": "{'score': 3}"}
+    replies = {
+        "q0": "{'pred': 'yes', 'score': 5}",
+        "q1": "{'pred': 'no', 'score': 1}",
+        "q2": "{'pred': 'yes', 'score': 4.8}",
+        "q3": "{'pred': 'YES ', 'score': 3}",
+        "q4": "{'score': 3}",
+    }
     with ScriptedServer(lambda n, record, body: ok(replies[record])) as server:
-        status, out = evaluate(server, "--task", "qa", "--pred_path", tmp_path / "msvd_qa.json", "--output_dir",
-                               tmp_path / "e", "--max_retries", "1", capsys=capsys)
+        status, out = evaluate(
+            server,
+            "--task",
+            "qa",
+            "--pred_path",
+            tmp_path / "msvd_qa.json",
+            "--output_dir",
+            tmp_path / "e",
+            "--max_retries",
+            "1",
+            capsys=capsys,
+        )
     assert status == 1
     s = json.loads((tmp_path / "e" / "results.json").read_text())["criteria"]["qa"]
     assert s["dataset"] == "msvd" and (s["judged"], s["failed"]) == (4, 1)
@@ -241,20 +382,36 @@ def test_vcgbench_judges_five_criteria_from_three_files(tmp_path, capsys):
 
     def script(n, record, body):
         system = body["messages"][0]["content"]
-        score = {"factual accuracy": 1, "detail orientation": 2, "contextual": 3, "temporal": 4,
-                 "consistency": 5}
+        score = {"factual accuracy": 1, "detail orientation": 2, "contextual": 3, "temporal": 4, "consistency": 5}
         return ok(str({"score": next(v for k, v in score.items() if k in system)}))
 
     with ScriptedServer(script) as server:
-        status, out = evaluate(server, "--task", "vcgbench", "--pred_general", general, "--pred_temporal", temporal,
-                               "--pred_consistency", consistency, "--output_dir", tmp_path / "e", capsys=capsys)
+        status, out = evaluate(
+            server,
+            "--task",
+            "vcgbench",
+            "--pred_general",
+            general,
+            "--pred_temporal",
+            temporal,
+            "--pred_consistency",
+            consistency,
+            "--output_dir",
+            tmp_path / "e",
+            capsys=capsys,
+        )
         assert len(server.log) == 10
         user = next(e.body for e in server.log if e.record == "q20")["messages"][1]["content"]
         assert "Question 2: q20 again" in user and "Predicted Answer to Question 2: p20" in user
     assert status == 0
     criteria = json.loads((tmp_path / "e" / "results.json").read_text())["criteria"]
-    assert {k: v["mean"] for k, v in criteria.items()} == {"correctness": 1, "detail": 2, "context": 3,
-                                                           "temporal": 4, "consistency": 5}
+    assert {k: v["mean"] for k, v in criteria.items()} == {
+        "correctness": 1,
+        "detail": 2,
+        "context": 3,
+        "temporal": 4,
+        "consistency": 5,
+    }
     for name in criteria:
         assert (tmp_path / "e" / f"{name}_combined.json").is_file()
     md = (tmp_path / "e" / "results.md").read_text()
@@ -272,12 +429,30 @@ def test_killed_run_resumes_and_judges_each_record_exactly_once(tmp_path):
         return ok("{'score': 2}")
 
     out_dir = tmp_path / "e"
-    argv = ["evaluate", "--task", "correctness", "--pred_path", str(preds), "--output_dir", str(out_dir),
-            "--num_workers", "1", "--api_key_env", KEY_ENV, "--judge_model", "judge-x"]
+    argv = [
+        "evaluate",
+        "--task",
+        "correctness",
+        "--pred_path",
+        str(preds),
+        "--output_dir",
+        str(out_dir),
+        "--num_workers",
+        "1",
+        "--api_key_env",
+        KEY_ENV,
+        "--judge_model",
+        "judge-x",
+    ]
     with ScriptedServer(script) as server:
         env = {**os.environ, KEY_ENV: SECRET}
-        child = subprocess.Popen([sys.executable, "-m", "video_chatgpt.cli", *argv, "--api_base", server.api_base],
-                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "video_chatgpt.cli", *argv, "--api_base", server.api_base],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             deadline = time.monotonic() + 60
             while server.count("q5") == 0 and time.monotonic() < deadline and child.poll() is None:
@@ -308,8 +483,18 @@ def test_parallel_workers_beat_the_serial_time(tmp_path, capsys):
     preds = write_preds(tmp_path / "p.json", n)
     with ScriptedServer(lambda i, record, body: ok("{'score': 3}", delay=delay)) as server:
         t0 = time.monotonic()
-        status, _ = evaluate(server, "--task", "correctness", "--pred_path", preds, "--output_dir", tmp_path / "e",
-                             "--num_workers", "16", capsys=capsys)
+        status, _ = evaluate(
+            server,
+            "--task",
+            "correctness",
+            "--pred_path",
+            preds,
+            "--output_dir",
+            tmp_path / "e",
+            "--num_workers",
+            "16",
+            capsys=capsys,
+        )
         wall = time.monotonic() - t0
         assert len(server.log) == n
     assert status == 0

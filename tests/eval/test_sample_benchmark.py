@@ -26,14 +26,24 @@ def test_rule_judge_reads_the_shipped_prompts():
     wrong = {**same, "pred": "A green circle."}
     assert ast.literal_eval(rule_judgement(user_prompt("detail", wrong))) == {"score": 0}
     assert overlap_f1("The object is red.", "The object is blue.") == pytest.approx(0.75)
-    assert ast.literal_eval(rule_judgement(user_prompt("temporal", {**same, "pred": "The object is blue."}))) == \
-        {"score": 4}  # round(5 * 0.75)
-    assert ast.literal_eval(rule_judgement(user_prompt("qa", {"q": "Colour?", "a": "red", "pred": "It is red."}))) == \
-        {"pred": "yes", "score": 5}
-    assert ast.literal_eval(rule_judgement(user_prompt("qa", {"q": "Colour?", "a": "red", "pred": "Blue."}))) == \
-        {"pred": "no", "score": 0}
-    consistent = {"q1": "a", "q2": "b", "a": "The object is red.", "pred1": "The object is red.",
-                  "pred2": "The object is blue."}
+    assert ast.literal_eval(rule_judgement(user_prompt("temporal", {**same, "pred": "The object is blue."}))) == {
+        "score": 4
+    }  # round(5 * 0.75)
+    assert ast.literal_eval(rule_judgement(user_prompt("qa", {"q": "Colour?", "a": "red", "pred": "It is red."}))) == {
+        "pred": "yes",
+        "score": 5,
+    }
+    assert ast.literal_eval(rule_judgement(user_prompt("qa", {"q": "Colour?", "a": "red", "pred": "Blue."}))) == {
+        "pred": "no",
+        "score": 0,
+    }
+    consistent = {
+        "q1": "a",
+        "q2": "b",
+        "a": "The object is red.",
+        "pred1": "The object is red.",
+        "pred2": "The object is blue.",
+    }
     assert ast.literal_eval(rule_judgement(user_prompt("consistency", consistent))) == {"score": 4}
 
 
@@ -49,32 +59,93 @@ def judge_server():
 
 def evaluate(api_base, *argv):
     os.environ.pop("VCG_SAMPLE_NO_KEY", None)
-    return cli_main(["evaluate", "--api_base", api_base, "--judge_model", "sample-rule-judge",
-                     "--api_key_env", "VCG_SAMPLE_NO_KEY", *map(str, argv)])
+    return cli_main(
+        [
+            "evaluate",
+            "--api_base",
+            api_base,
+            "--judge_model",
+            "sample-rule-judge",
+            "--api_key_env",
+            "VCG_SAMPLE_NO_KEY",
+            *map(str, argv),
+        ]
+    )
 
 
-def test_reference_answers_score_full_marks_and_a_model_runs_end_to_end(sample_world, tiny_llava, tiny_clip,
-                                                                         judge_server, tmp_path):
+def test_reference_answers_score_full_marks_and_a_model_runs_end_to_end(
+    sample_world, tiny_llava, tiny_clip, judge_server, tmp_path
+):
     bench = make_sample_benchmark(sample_world["truth"].parent)
     generic = json.loads(bench["generic_qa"].read_text())
     assert len(generic) == 2 * 4 and {"video_name", "Q", "A"} <= set(generic[0])
     # The reference answers as predictions: every criterion scores 5 and QA accuracy is 100%.
     (tmp_path / "ref.json").write_text(json.dumps([{**r, "pred": r["A"]} for r in generic]))
-    assert evaluate(judge_server, "--task", "correctness", "--pred_path", tmp_path / "ref.json",
-                    "--output_dir", tmp_path / "ref_eval") == 0
+    assert (
+        evaluate(
+            judge_server,
+            "--task",
+            "correctness",
+            "--pred_path",
+            tmp_path / "ref.json",
+            "--output_dir",
+            tmp_path / "ref_eval",
+        )
+        == 0
+    )
     s = json.loads((tmp_path / "ref_eval" / "results.json").read_text())["criteria"]["correctness"]
     assert (s["mean"], s["judged"]) == (5, 8)
 
     # A model (the untrained tiny base) through predict on the held-out videos, then the judge.
-    common = ["--video_dir", bench["videos"], "--output_dir", tmp_path / "preds", "--model-name", tiny_llava,
-              "--vision_tower", tiny_clip, "--temperature", "0", "--max_new_tokens", "6", "--device", "cpu"]
-    assert cli_main(["predict", "--task", "msvd_qa", "--gt_file_question", str(bench["qa_questions"]),
-                     "--gt_file_answers", str(bench["qa_answers"]), "--output_name", "sample_qa",
-                     *map(str, common)]) == 0
+    common = [
+        "--video_dir",
+        bench["videos"],
+        "--output_dir",
+        tmp_path / "preds",
+        "--model-name",
+        tiny_llava,
+        "--vision_tower",
+        tiny_clip,
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "6",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--task",
+                "msvd_qa",
+                "--gt_file_question",
+                str(bench["qa_questions"]),
+                "--gt_file_answers",
+                str(bench["qa_answers"]),
+                "--output_name",
+                "sample_qa",
+                *map(str, common),
+            ]
+        )
+        == 0
+    )
     preds = json.loads((tmp_path / "preds" / "sample_qa.json").read_text())
     assert len(preds) == 8 and all(set(p) >= {"video_name", "Q", "A", "pred", "question_id"} for p in preds)
-    assert evaluate(judge_server, "--task", "qa", "--dataset", "msvd", "--pred_path",
-                    tmp_path / "preds" / "sample_qa.json", "--output_dir", tmp_path / "qa_eval") == 0
+    assert (
+        evaluate(
+            judge_server,
+            "--task",
+            "qa",
+            "--dataset",
+            "msvd",
+            "--pred_path",
+            tmp_path / "preds" / "sample_qa.json",
+            "--output_dir",
+            tmp_path / "qa_eval",
+        )
+        == 0
+    )
     s = json.loads((tmp_path / "qa_eval" / "results.json").read_text())["criteria"]["qa"]
     assert s["judged"] == 8 and s["failed"] == 0 and 0 <= s["accuracy"] <= 100
     assert "| accuracy (%) |" in (tmp_path / "qa_eval" / "results.md").read_text()
@@ -112,20 +183,50 @@ def test_benchmark_refuses_a_folder_without_sets(tmp_path):
         discover(tmp_path / "nope")
 
 
-def test_benchmark_chains_predict_and_evaluate_and_resumes(sample_world, tiny_llava, tiny_clip, judge_server,
-                                                          tmp_path, capsys):
+def test_benchmark_chains_predict_and_evaluate_and_resumes(
+    sample_world, tiny_llava, tiny_clip, judge_server, tmp_path, capsys
+):
     bench = make_sample_benchmark(sample_world["truth"].parent)
     out = tmp_path / "bench"
-    argv = ["benchmark", "--benchmark_dir", str(bench["generic_qa"].parent), "--video_dir", str(bench["videos"]),
-            "--model-name", str(tiny_llava), "--vision_tower", str(tiny_clip), "--temperature", "0",
-            "--max_new_tokens", "4", "--device", "cpu", "--output_dir", str(out), "--api_base", judge_server,
-            "--judge_model", "sample-rule-judge", "--api_key_env", "VCG_SAMPLE_NO_KEY", "--num_workers", "4"]
+    argv = [
+        "benchmark",
+        "--benchmark_dir",
+        str(bench["generic_qa"].parent),
+        "--video_dir",
+        str(bench["videos"]),
+        "--model-name",
+        str(tiny_llava),
+        "--vision_tower",
+        str(tiny_clip),
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "4",
+        "--device",
+        "cpu",
+        "--output_dir",
+        str(out),
+        "--api_base",
+        judge_server,
+        "--judge_model",
+        "sample-rule-judge",
+        "--api_key_env",
+        "VCG_SAMPLE_NO_KEY",
+        "--num_workers",
+        "4",
+    ]
     os.environ.pop("VCG_SAMPLE_NO_KEY", None)
     assert cli_main(argv) == 0
     summary = json.loads((out / "benchmark.json").read_text())
     got = {(r["set"], r["criterion"]): r for r in summary["rows"]}
-    assert set(got) == {("generic", "correctness"), ("generic", "detail"), ("generic", "context"),
-                        ("temporal", "temporal"), ("consistency", "consistency"), ("qa", "qa")}
+    assert set(got) == {
+        ("generic", "correctness"),
+        ("generic", "detail"),
+        ("generic", "context"),
+        ("temporal", "temporal"),
+        ("consistency", "consistency"),
+        ("qa", "qa"),
+    }
     generic = json.loads(bench["generic_qa"].read_text())
     assert all(r["failed"] == 0 for r in got.values())
     assert got[("generic", "correctness")]["total"] == len(generic) and got[("qa", "qa")]["total"] == 8

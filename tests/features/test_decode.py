@@ -91,6 +91,6 @@ def test_bad_inputs_raise_with_a_reason(tmp_path, awkward_videos):
         "not_video": (awkward_videos["not_video"], "not a video"),
         "corrupt": (awkward_videos["corrupt"], "corrupt"),
     }
-    for kind, (path, words) in cases.items():
+    for path, words in cases.values():
         with pytest.raises(VideoDecodeError, match=words):
             decode_sampled(path, num_frames=8, size=224)

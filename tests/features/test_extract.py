@@ -54,8 +54,22 @@ GOOD_BAD = {
 
 
 def _args(video_dir, out, tower, *extra):
-    return ["--video_dir_path", str(video_dir), "--clip_feat_path", str(out), "--vision_tower", str(tower),
-            "--num_frames", str(NUM_FRAMES), "--infer_batch", "5", "--num_workers", "1", "--no_progress", *extra]
+    return [
+        "--video_dir_path",
+        str(video_dir),
+        "--clip_feat_path",
+        str(out),
+        "--vision_tower",
+        str(tower),
+        "--num_frames",
+        str(NUM_FRAMES),
+        "--infer_batch",
+        "5",
+        "--num_workers",
+        "1",
+        "--no_progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")

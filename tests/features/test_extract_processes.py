@@ -31,8 +31,20 @@ def _env():
 
 
 def _flags(videos, out, tower, *extra):
-    return ["--video_dir_path", str(videos), "--clip_feat_path", str(out), "--vision_tower", str(tower),
-            "--num_frames", str(NUM_FRAMES), "--infer_batch", "3", "--no_progress", *extra]
+    return [
+        "--video_dir_path",
+        str(videos),
+        "--clip_feat_path",
+        str(out),
+        "--vision_tower",
+        str(tower),
+        "--num_frames",
+        str(NUM_FRAMES),
+        "--infer_batch",
+        "3",
+        "--no_progress",
+        *extra,
+    ]
 
 
 def _wait_for(predicate, proc, timeout=120.0):
@@ -51,7 +63,11 @@ def test_killed_run_leaves_no_truncated_file_and_a_rerun_completes(sample_world,
     out = tmp_path / "feats"
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), *_flags(videos, out, tiny_clip, "--num_workers", "1")],
-        cwd=REPO, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         started = _wait_for(lambda: out.is_dir() and any(n.endswith(".pkl") for n in os.listdir(out)), proc)
@@ -122,8 +138,15 @@ def test_two_rank_torchrun_gives_the_same_files_as_one_process(sample_world, awk
     shutil.copy(awkward_videos["corrupt"], videos / awkward_videos["corrupt"].name)
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(_flags(videos, one, tiny_clip, "--num_workers", "0")) == 1  # the corrupt video fails
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(SCRIPT), *_flags(videos, two, tiny_clip, "--num_workers", "0", "--device", "cpu")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(SCRIPT),
+        *_flags(videos, two, tiny_clip, "--num_workers", "0", "--device", "cpu"),
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0, result.stderr[-3000:]  # every rank exits 1: one video failed somewhere
     assert index_feature_folder(one) == index_feature_folder(two) and len(index_feature_folder(two)) == 5

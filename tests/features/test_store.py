@@ -1,6 +1,5 @@
 """The feature store: numpy-1-loadable pickles, bounded safe reading of forged files, headers, the manifest API."""
 
-import os
 import pickle
 import resource
 import struct

@@ -38,7 +38,11 @@ def tiny_siglip(tmp_path_factory):
 def _tiny_llava(folder, strategy="default", layer=-2):
     """LlavaForConditionalGeneration: tiny llama text_config + tiny CLIP vision_config (28 px, patch 14: 2 x 2)."""
     from transformers import (
-        CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
     )  # fmt: skip
 
     torch.manual_seed(1)

@@ -25,10 +25,31 @@ def trained(tmp_path_factory, sample_world, language_llava):
     root = tmp_path_factory.mktemp("infer")
     data = make_training_data(sample_world["instructions"], language_llava, root / "data")
     out = root / "run"
-    train(["--model_name_or_path", str(language_llava), "--data_path", str(data["data_path"]),
-           "--video_folder", str(data["video_folder"]), "--output_dir", str(out), "--tune_mm_mlp_adapter", "True",
-           "--mm_use_vid_start_end", "--max_steps", "4", "--learning_rate", "1e-2", "--save_strategy", "no",
-           "--report_to", "none", "--skip_data_check", "True"])
+    train(
+        [
+            "--model_name_or_path",
+            str(language_llava),
+            "--data_path",
+            str(data["data_path"]),
+            "--video_folder",
+            str(data["video_folder"]),
+            "--output_dir",
+            str(out),
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--mm_use_vid_start_end",
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "1e-2",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--skip_data_check",
+            "True",
+        ]
+    )
     return out
 
 
@@ -47,8 +68,18 @@ def chat(*argv) -> str:
 
 
 def test_chat_is_deterministic_and_matches_precomputed_features(trained, video, tiny_clip, tmp_path):
-    common = ["--model-name", str(trained), "--vision_tower", str(tiny_clip), "--question", QUESTION,
-              "--temperature", "0", "--max_new_tokens", "12"]
+    common = [
+        "--model-name",
+        str(trained),
+        "--vision_tower",
+        str(tiny_clip),
+        "--question",
+        QUESTION,
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "12",
+    ]
     first = chat(*common, "--video_path", str(video))
     assert first == chat(*common, "--video_path", str(video))
     from video_chatgpt.features.encoder import VideoFeatureExtractor
@@ -60,14 +91,38 @@ def test_chat_is_deterministic_and_matches_precomputed_features(trained, video, 
 
 def test_chat_reads_questions_from_stdin(trained, video, tiny_clip, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\nDescribe the video.\n"))
-    out = chat("--model-name", str(trained), "--vision_tower", str(tiny_clip), "--video_path", str(video),
-               "--temperature", "0", "--max_new_tokens", "6")
+    out = chat(
+        "--model-name",
+        str(trained),
+        "--vision_tower",
+        str(tiny_clip),
+        "--video_path",
+        str(video),
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "6",
+    )
     assert len(out.splitlines()) == 2
 
 
 def test_sampling_with_a_seed_repeats(trained, video, tiny_clip):
-    common = ["--model-name", str(trained), "--vision_tower", str(tiny_clip), "--video_path", str(video),
-              "--question", QUESTION, "--temperature", "0.9", "--max_new_tokens", "10", "--seed", "3"]
+    common = [
+        "--model-name",
+        str(trained),
+        "--vision_tower",
+        str(tiny_clip),
+        "--video_path",
+        str(video),
+        "--question",
+        QUESTION,
+        "--temperature",
+        "0.9",
+        "--max_new_tokens",
+        "10",
+        "--seed",
+        "3",
+    ]
     assert chat(*common) == chat(*common)
 
 
@@ -78,8 +133,11 @@ def test_released_projector_format_loads(language_llava, tmp_path):
     cfg = json.loads((language_llava / "config.json").read_text())
     h, c = cfg["hidden_size"], cfg["mm_hidden_size"]
     torch.manual_seed(0)
-    released = {PROJECTOR_WEIGHT_KEY: torch.randn(h, c), PROJECTOR_BIAS_KEY: torch.randn(h),
-                EMBED_TOKENS_KEY: torch.randn(32006, h)}
+    released = {
+        PROJECTOR_WEIGHT_KEY: torch.randn(h, c),
+        PROJECTOR_BIAS_KEY: torch.randn(h),
+        EMBED_TOKENS_KEY: torch.randn(32006, h),
+    }
     torch.save(released, tmp_path / "video_chatgpt-7B.bin")
     engine = load_engine(language_llava, tmp_path / "video_chatgpt-7B.bin", device="cpu")
     model = engine.model
@@ -88,7 +146,9 @@ def test_released_projector_format_loads(language_llava, tmp_path):
     assert (engine.video_ids.patch, engine.video_ids.start, engine.video_ids.end) == (32003, 32004, 32005)
     bad = dict(released, **{EMBED_TOKENS_KEY: torch.randn(32010, h)})
     torch.save(bad, tmp_path / "bad.bin")
-    with pytest.raises(ValueError, match=r"embed_tokens.weight has shape \(32010, 64\), model embedding has \(32006, 64\)"):
+    with pytest.raises(
+        ValueError, match=r"embed_tokens.weight has shape \(32010, 64\), model embedding has \(32006, 64\)"
+    ):
         load_engine(language_llava, tmp_path / "bad.bin", device="cpu")
 
 
@@ -109,12 +169,32 @@ def test_batch_prediction_missing_video_resume_and_keys(trained, sample_world, t
     videos = tmp_path / "videos"
     shutil.copytree(sample_world["videos_test"], videos)
     names = sorted(p.stem for p in videos.glob("*.mp4"))[:2]
-    gt = [{"video_name": names[0], "Q": QUESTION, "A": "red"}, {"video_name": "v_not_there", "Q": QUESTION, "A": "x"},
-          {"video_name": names[1], "Q": QUESTION, "A": "blue"}]
+    gt = [
+        {"video_name": names[0], "Q": QUESTION, "A": "red"},
+        {"video_name": "v_not_there", "Q": QUESTION, "A": "x"},
+        {"video_name": names[1], "Q": QUESTION, "A": "blue"},
+    ]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
-    argv = ["--task", "general", "--gt_file", str(tmp_path / "gt.json"), "--video_dir", str(videos),
-            "--output_dir", str(tmp_path / "out"), "--output_name", "correctness", "--model-name", str(trained),
-            "--vision_tower", str(tiny_clip), "--temperature", "0", "--max_new_tokens", "6"]
+    argv = [
+        "--task",
+        "general",
+        "--gt_file",
+        str(tmp_path / "gt.json"),
+        "--video_dir",
+        str(videos),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--output_name",
+        "correctness",
+        "--model-name",
+        str(trained),
+        "--vision_tower",
+        str(tiny_clip),
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "6",
+    ]
     assert main(argv) == 1  # a sample had no video
     preds = json.loads((tmp_path / "out" / "correctness.json").read_text())
     assert [p["video_name"] for p in preds] == [names[0], names[1]]  # never another sample's video
@@ -139,10 +219,33 @@ def test_activitynet_qa_records_have_the_evaluators_keys(trained, sample_world, 
     name = sorted(p.stem for p in sample_world["videos_test"].glob("*.mp4"))[0]
     (tmp_path / "q.json").write_text(json.dumps([{"video_name": name, "question": QUESTION, "question_id": "q7"}]))
     (tmp_path / "a.json").write_text(json.dumps([{"answer": "red", "question_id": "q7"}]))
-    assert main(["--task", "activitynet_qa", "--gt_file_question", str(tmp_path / "q.json"), "--gt_file_answers",
-                 str(tmp_path / "a.json"), "--video_dir", str(sample_world["videos_test"]), "--output_dir",
-                 str(tmp_path), "--output_name", "anqa", "--model-name", str(trained), "--vision_tower",
-                 str(tiny_clip), "--temperature", "0", "--max_new_tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "--task",
+                "activitynet_qa",
+                "--gt_file_question",
+                str(tmp_path / "q.json"),
+                "--gt_file_answers",
+                str(tmp_path / "a.json"),
+                "--video_dir",
+                str(sample_world["videos_test"]),
+                "--output_dir",
+                str(tmp_path),
+                "--output_name",
+                "anqa",
+                "--model-name",
+                str(trained),
+                "--vision_tower",
+                str(tiny_clip),
+                "--temperature",
+                "0",
+                "--max_new_tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     (record,) = json.loads((tmp_path / "anqa.json").read_text())
     assert record["video_name"] == name and record["Q"] == QUESTION and record["A"] == "red" and "pred" in record
 
@@ -156,16 +259,21 @@ def test_chat_loads_a_projector_saved_the_way_the_original_trainer_saves_it(lang
     torch.manual_seed(1)
     original = VideoChatGPTForCausalLM(load_config(language_llava)).float()
     original.resize_token_embeddings(32006, mean_resizing=False)  # their tokenizer: + <vid_patch>/<vid_start>/<vid_end>
-    saved = {k: v.detach().clone() for k, v in original.state_dict().items()
-             if any(w in k for w in ("mm_projector", "embed_tokens", "embed_in"))}
+    saved = {
+        k: v.detach().clone()
+        for k, v in original.state_dict().items()
+        if any(w in k for w in ("mm_projector", "embed_tokens", "embed_in"))
+    }
     assert set(saved) == {PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY, EMBED_TOKENS_KEY}
     assert all(t.dtype == torch.float32 for t in saved.values())
     (tmp_path / "mm_projector").mkdir()
     torch.save(saved, tmp_path / "mm_projector" / "checkpoint-3000.bin")  # where their intermediate saves go
     engine = load_engine(language_llava, tmp_path / "mm_projector" / "checkpoint-3000.bin", device="cpu")
-    for key, param in ((PROJECTOR_WEIGHT_KEY, engine.model.model.mm_projector.weight),
-                       (PROJECTOR_BIAS_KEY, engine.model.model.mm_projector.bias),
-                       (EMBED_TOKENS_KEY, engine.model.get_input_embeddings().weight)):
+    for key, param in (
+        (PROJECTOR_WEIGHT_KEY, engine.model.model.mm_projector.weight),
+        (PROJECTOR_BIAS_KEY, engine.model.model.mm_projector.bias),
+        (EMBED_TOKENS_KEY, engine.model.get_input_embeddings().weight),
+    ):
         assert torch.equal(param.float(), saved[key]), key
 
 

@@ -37,18 +37,40 @@ def features_dir(tmp_path_factory, tiny_llava):
 
 
 def question_file(path: Path, n: int, offset: int = 0) -> Path:
-    items = [{"video_name": f"v{i % NUM_VIDEOS}", "Q": f"Question number {i + offset}?", "A": f"answer {i}"}
-             for i in range(n)]
+    items = [
+        {"video_name": f"v{i % NUM_VIDEOS}", "Q": f"Question number {i + offset}?", "A": f"answer {i}"}
+        for i in range(n)
+    ]
     items.append(dict(items[0]))  # a repeated record: its own key (occurrence 1), its own seed
     path.write_text(json.dumps(items))
     return path
 
 
 def argv(gt, out, name, tiny_llava, tiny_clip, features_dir, *extra):
-    return ["predict", "--task", "general", "--gt_file", str(gt), "--features_dir", str(features_dir),
-            "--output_dir", str(out), "--output_name", name, "--model-name", str(tiny_llava),
-            "--vision_tower", str(tiny_clip), "--temperature", "1.0", "--max_new_tokens", "12", "--device", "cpu",
-            *extra]
+    return [
+        "predict",
+        "--task",
+        "general",
+        "--gt_file",
+        str(gt),
+        "--features_dir",
+        str(features_dir),
+        "--output_dir",
+        str(out),
+        "--output_name",
+        name,
+        "--model-name",
+        str(tiny_llava),
+        "--vision_tower",
+        str(tiny_clip),
+        "--temperature",
+        "1.0",
+        "--max_new_tokens",
+        "12",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_killed_run_resumes_to_exactly_the_uninterrupted_output(tmp_path, tiny_llava, tiny_clip, features_dir):
@@ -59,9 +81,13 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_output(tmp_path, tiny_l
     assert len(full) == 41 and len({r["pred"] for r in full}) > 20  # sampled answers differ from sample to sample
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "video_chatgpt.cli",
-                              *argv(gt, out, "part", tiny_llava, tiny_clip, features_dir)],
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "video_chatgpt.cli", *argv(gt, out, "part", tiny_llava, tiny_clip, features_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     progress = out / "part.progress.jsonl"
     try:
         deadline = time.monotonic() + 180
@@ -90,7 +116,9 @@ def test_output_of_another_question_file_or_settings_is_refused(tmp_path, tiny_l
     assert cli_main(argv(gt, out, "generic", tiny_llava, tiny_clip, features_dir)) == 0
     before = (out / "generic.json").read_bytes()
     sidecar = json.loads((out / "generic.predict.json").read_text())["made_from"]
-    assert sidecar["question_files"][0]["path"] == str(gt.resolve()) and len(sidecar["question_files"][0]["sha256"]) == 64
+    assert (
+        sidecar["question_files"][0]["path"] == str(gt.resolve()) and len(sidecar["question_files"][0]["sha256"]) == 64
+    )
     other = question_file(tmp_path / "b.json", 3, offset=100)  # other questions, same videos and count
     capsys.readouterr()
     assert cli_main(argv(other, out, "generic", tiny_llava, tiny_clip, features_dir)) == 1
@@ -116,10 +144,14 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_llava, tiny_clip, feature
     cases = [
         (argv(broken, out, "a", tiny_llava, tiny_clip, features_dir), "not valid JSON"),
         (argv(tmp_path / "nope.json", out, "b", tiny_llava, tiny_clip, features_dir), "no such file"),
-        (argv(good, out, "c", tiny_llava, tiny_clip, features_dir, "--projection_path", str(tmp_path / "x.bin")),
-         "--projection_path"),
-        (argv(good, out, "d", tiny_llava, tiny_clip, features_dir, "--projection_path", str(garbage)),
-         "cannot be read as a PyTorch projector file"),
+        (
+            argv(good, out, "c", tiny_llava, tiny_clip, features_dir, "--projection_path", str(tmp_path / "x.bin")),
+            "--projection_path",
+        ),
+        (
+            argv(good, out, "d", tiny_llava, tiny_clip, features_dir, "--projection_path", str(garbage)),
+            "cannot be read as a PyTorch projector file",
+        ),
         (argv(good, out, "e", tmp_path / "no_base", tiny_clip, features_dir), "--model-name"),
         (argv(good, out, "f", tiny_llava, tiny_clip, wrong_rows), "350 feature rows, but the model takes 356"),
     ]
@@ -162,28 +194,67 @@ def lora_run(tmp_path_factory, sample_world, tiny_llava):
     work = tmp_path_factory.mktemp("predict-lora")
     data = make_training_data(sample_world["instructions"], tiny_llava, work / "data")
     run = work / "run"
-    train([*paths(data, tiny_llava, run), *LORA_FLAGS, "--learning_rate", "1e-2", "--max_steps", "3",
-           "--save_strategy", "no"])
+    train(
+        [
+            *paths(data, tiny_llava, run),
+            *LORA_FLAGS,
+            "--learning_rate",
+            "1e-2",
+            "--max_steps",
+            "3",
+            "--save_strategy",
+            "no",
+        ]
+    )
     merged = work / "merged"
     assert cli_main(["merge-lora", str(run), str(merged), "--dtype", "fp32"]) == 0
-    return {"run": run, "merged": merged, "features": data["video_folder"],
-            "videos": sorted(p.stem for p in data["video_folder"].glob("*.pkl"))[:3]}
+    return {
+        "run": run,
+        "merged": merged,
+        "features": data["video_folder"],
+        "videos": sorted(p.stem for p in data["video_folder"].glob("*.pkl"))[:3],
+    }
 
 
 def test_predict_on_a_lora_run_equals_its_merged_folder(tmp_path, tiny_llava, lora_run, capsys):
     """``predict --model-name <LoRA run>`` (base + adapter + projector), ``--model-name <merge-lora folder>`` and
     ``--model-name <base> --lora_path <run>`` write the same predictions file at temperature 0; the base with the
     run's projector and no adapter does not; a --lora_path without an adapter is one line."""
-    items = [{"video_name": v, "Q": f"What happens in the video? ({i})", "A": "x"}
-             for i, v in enumerate(lora_run["videos"])]
+    items = [
+        {"video_name": v, "Q": f"What happens in the video? ({i})", "A": "x"} for i, v in enumerate(lora_run["videos"])
+    ]
     gt = tmp_path / "q.json"
     gt.write_text(json.dumps(items))
 
     def predict(name, model, *extra, status=0):
         out = tmp_path / "preds"
-        assert cli_main(["predict", "--task", "general", "--gt_file", str(gt), "--features_dir",
-                         str(lora_run["features"]), "--output_dir", str(out), "--output_name", name, "--model-name",
-                         str(model), "--temperature", "0", "--max_new_tokens", "8", "--device", "cpu", *extra]) == status
+        assert (
+            cli_main(
+                [
+                    "predict",
+                    "--task",
+                    "general",
+                    "--gt_file",
+                    str(gt),
+                    "--features_dir",
+                    str(lora_run["features"]),
+                    "--output_dir",
+                    str(out),
+                    "--output_name",
+                    name,
+                    "--model-name",
+                    str(model),
+                    "--temperature",
+                    "0",
+                    "--max_new_tokens",
+                    "8",
+                    "--device",
+                    "cpu",
+                    *extra,
+                ]
+            )
+            == status
+        )
         return (out / f"{name}.json").read_bytes() if status == 0 else None
 
     from_run = predict("run", lora_run["run"])

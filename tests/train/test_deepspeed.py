@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import deepspeed  # noqa: E402,F401  (in the test extra; a missing install fails here, loudly)
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,10 +20,21 @@ from tests.data.test_inspect import make_training_data
 from tests.train.test_train import ENV, base_state, free_port, paths
 from video_chatgpt.constants import EMBED_TOKENS_KEY, VIDEO_END_TOKEN, VIDEO_START_TOKEN
 
-import deepspeed  # noqa: E402,F401  (in the test extra; a missing install fails here, loudly)
-
-FLAGS = ["--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "--per_device_train_batch_size", "2",
-         "--save_steps", "1", "--report_to", "none", "--skip_data_check", "True", "--learning_rate", "1e-2"]
+FLAGS = [
+    "--tune_mm_mlp_adapter",
+    "True",
+    "--mm_use_vid_start_end",
+    "--per_device_train_batch_size",
+    "2",
+    "--save_steps",
+    "1",
+    "--report_to",
+    "none",
+    "--skip_data_check",
+    "True",
+    "--learning_rate",
+    "1e-2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +43,17 @@ def data(tmp_path_factory, sample_world, tiny_llava):
 
 
 def _torchrun(data, model, out, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "video_chatgpt/train/train_mem.py", *paths(data, model, out), *FLAGS, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "video_chatgpt/train/train_mem.py",
+        *paths(data, model, out),
+        *FLAGS,
+        *extra,
+    ]
     run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     return run
@@ -59,10 +80,14 @@ def test_deepspeed_saves_the_plain_format_and_resumes(config, data, tiny_llava, 
         assert shards == [f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)] and checksums is None
     else:
         assert shards == ["mp_rank_00_model_states.pt"] and len(checksums) == 2 and len(set(checksums)) == 1
-    assert {k: (tuple(v.shape), v.dtype) for k, v in art.items()} == {k: (tuple(v.shape), v.dtype) for k, v in ref.items()}
+    assert {k: (tuple(v.shape), v.dtype) for k, v in art.items()} == {
+        k: (tuple(v.shape), v.dtype) for k, v in ref.items()
+    }
     base = base_state(tiny_llava)[EMBED_TOKENS_KEY]
     assert torch.equal(art[EMBED_TOKENS_KEY][: base.shape[0]], base.float())  # gathered, with the base's rows
-    assert not torch.equal(art["model.mm_projector.weight"], base_state(tiny_llava)["model.mm_projector.weight"].float())
+    assert not torch.equal(
+        art["model.mm_projector.weight"], base_state(tiny_llava)["model.mm_projector.weight"].float()
+    )
     # The trainables file (final and in checkpoints) holds whole tensors, not a rank's ZeRO-3 shard.
     want = {k: tuple(v.shape) for k, v in load_file(plain / "trainable.safetensors").items()}
     for folder in (out, out / "checkpoint-2"):
@@ -77,7 +102,10 @@ def test_deepspeed_saves_the_plain_format_and_resumes(config, data, tiny_llava, 
     assert info["world_size"] == 2
     resumed = torch.load(out / "mm_projector.bin", weights_only=True)
     for key in art:
-        assert torch.allclose(resumed[key], art[key], rtol=1e-4, atol=1e-6), (key, (resumed[key] - art[key]).abs().max())
+        assert torch.allclose(resumed[key], art[key], rtol=1e-4, atol=1e-6), (
+            key,
+            (resumed[key] - art[key]).abs().max(),
+        )
 
 
 def test_fsdp_on_the_cpu_is_said_to_have_no_effect(tmp_path):
@@ -114,20 +142,56 @@ def test_zero3_on_a_chat_base_equals_the_plain_run(chat_world, tmp_path):
     from video_chatgpt.train.train import train
 
     base, world = chat_world
-    args = ["--model_name_or_path", str(base), "--video_folder", str(world["features"]),
-            "--data_path", str(world["captions"]), "--stage", "pretrain", "--mm_projector_type", "mlp2x_gelu",
-            "--mm_use_vid_start_end", "--learning_rate", "1e-2", "--max_steps", "2", "--save_strategy", "no",
-            "--report_to", "none", "--skip_data_check", "True"]
+    args = [
+        "--model_name_or_path",
+        str(base),
+        "--video_folder",
+        str(world["features"]),
+        "--data_path",
+        str(world["captions"]),
+        "--stage",
+        "pretrain",
+        "--mm_projector_type",
+        "mlp2x_gelu",
+        "--mm_use_vid_start_end",
+        "--learning_rate",
+        "1e-2",
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--skip_data_check",
+        "True",
+    ]
     plain = train([*args, "--output_dir", str(tmp_path / "plain"), "--per_device_train_batch_size", "4"])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "video_chatgpt/train/train_mem.py", *args, "--output_dir", str(tmp_path / "zero3"),
-           "--per_device_train_batch_size", "2", "--deepspeed", str(REPO / "configs" / "zero3.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "video_chatgpt/train/train_mem.py",
+        *args,
+        "--output_dir",
+        str(tmp_path / "zero3"),
+        "--per_device_train_batch_size",
+        "2",
+        "--deepspeed",
+        str(REPO / "configs" / "zero3.json"),
+    ]
     run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     ref = torch.load(plain / "mm_projector.bin", weights_only=True)
     art = torch.load(tmp_path / "zero3" / "mm_projector.bin", weights_only=True)
-    assert {k: (tuple(v.shape), v.dtype) for k, v in art.items()} == {k: (tuple(v.shape), v.dtype) for k, v in ref.items()}
-    assert sorted(art) == [EMBED_TOKENS_KEY, *(f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("bias", "weight"))]
+    assert {k: (tuple(v.shape), v.dtype) for k, v in art.items()} == {
+        k: (tuple(v.shape), v.dtype) for k, v in ref.items()
+    }
+    assert sorted(art) == [
+        EMBED_TOKENS_KEY,
+        *(f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("bias", "weight")),
+    ]
     for key in art:
         assert torch.allclose(art[key], ref[key], rtol=1e-4, atol=1e-6), (key, (art[key] - ref[key]).abs().max())
     # Every row but the two trained ones (<vid_start>/<vid_end>) is the base's own, bit for bit.

@@ -21,8 +21,19 @@ from video_chatgpt.constants import EMBED_TOKENS_KEY
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import load_features, save_features
 
-TINY = ["--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "--per_device_train_batch_size", "2",
-        "--report_to", "none", "--skip_data_check", "True", "--learning_rate", "1e-2"]
+TINY = [
+    "--tune_mm_mlp_adapter",
+    "True",
+    "--mm_use_vid_start_end",
+    "--per_device_train_batch_size",
+    "2",
+    "--report_to",
+    "none",
+    "--skip_data_check",
+    "True",
+    "--learning_rate",
+    "1e-2",
+]
 BASE_ROWS = 32003  # the LLaVA base's vocabulary; 32003-32005 are the new video tokens
 
 
@@ -83,8 +94,14 @@ def test_training_on_a_nan_feature_exits_1_and_saves_nothing(data, tiny_llava, t
     out = tmp_path / "run"
     argv = [*paths(data, tiny_llava, out), *TINY, "--max_steps", "8", "--save_strategy", "no"]
     argv[argv.index("--video_folder") + 1] = str(folder)
-    run = subprocess.run([sys.executable, "video_chatgpt/train/train_mem.py", *argv], cwd=REPO, env=ENV,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "video_chatgpt/train/train_mem.py", *argv],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 1, run.stderr[-3000:]
     assert f"train_mem.py: error: {victim}: 1 non-finite value(s)" in run.stderr
     assert "Traceback" not in run.stderr
@@ -117,19 +134,25 @@ def test_grad_norm_check_refuses_nan(tiny_llava):
     model.weight.grad = torch.full((2, 2), float("nan"))
     trainer.state = type("S", (), {"global_step": 4})()
     trainer.args = type("A", (), {"output_dir": "out"})()
-    trainer.accelerator = type("Acc", (), {"scaler": None, "distributed_type": None,
-                                           "clip_grad_norm_": staticmethod(torch.nn.utils.clip_grad_norm_)})()
+    trainer.accelerator = type(
+        "Acc",
+        (),
+        {"scaler": None, "distributed_type": None, "clip_grad_norm_": staticmethod(torch.nn.utils.clip_grad_norm_)},
+    )()
     trainer._has_mixed_mesh_grads = lambda model: False
     with pytest.raises(UserError, match="training stopped at step 5: the gradient norm is nan"):
         trainer._get_grad_norm(model)
 
 
-@pytest.mark.parametrize("video, words", [
-    ("/etc/passwd", "is an absolute path"),
-    ("../outside.pkl", "climbs out of --video_folder"),
-    ("sub/../../x.pkl", "climbs out of --video_folder"),
-    ("C:\\features\\x.pkl", "is an absolute path"),
-])
+@pytest.mark.parametrize(
+    "video, words",
+    [
+        ("/etc/passwd", "is an absolute path"),
+        ("../outside.pkl", "climbs out of --video_folder"),
+        ("sub/../../x.pkl", "climbs out of --video_folder"),
+        ("C:\\features\\x.pkl", "is an absolute path"),
+    ],
+)
 def test_record_paths_outside_the_folder_are_refused(video, words, data, tiny_llava, tmp_path):
     from video_chatgpt.data.paths import feature_path
     from video_chatgpt.train.train import train
@@ -140,8 +163,20 @@ def test_record_paths_outside_the_folder_are_refused(video, words, data, tiny_ll
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(records[:2] + [{**records[0], "id": "evil", "video": video}]))
     with pytest.raises(UserError, match=rf"{bad}: record 2 \(id 'evil'\): .*{words}"):
-        train(["--model_name_or_path", str(tiny_llava), "--data_path", str(bad), "--video_folder",
-               str(data["video_folder"]), "--output_dir", str(tmp_path / "o"), "--tune_mm_mlp_adapter", "True"])
+        train(
+            [
+                "--model_name_or_path",
+                str(tiny_llava),
+                "--data_path",
+                str(bad),
+                "--video_folder",
+                str(data["video_folder"]),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--tune_mm_mlp_adapter",
+                "True",
+            ]
+        )
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
@@ -176,8 +211,16 @@ def test_damaged_checkpoints_are_not_resumed_from(data, tiny_llava, tmp_path, ca
     assert info["runs"][-1]["resumed_from"] == str(good) and info["runs"][-1]["global_step"] == 4
     with pytest.raises(UserError, match="--resume_from_checkpoint .*checkpoint-9.*no trainer_state.json"):
         (out / "checkpoint-9").mkdir()
-        train([*paths(data, tiny_llava, out), *TINY, "--max_steps", "4", "--resume_from_checkpoint",
-               str(out / "checkpoint-9")])
+        train(
+            [
+                *paths(data, tiny_llava, out),
+                *TINY,
+                "--max_steps",
+                "4",
+                "--resume_from_checkpoint",
+                str(out / "checkpoint-9"),
+            ]
+        )
 
 
 def test_final_files_survive_a_kill_while_written(data, tiny_llava, tmp_path):
@@ -188,24 +231,68 @@ def test_final_files_survive_a_kill_while_written(data, tiny_llava, tmp_path):
     from video_chatgpt.train.atomic import temporary_path
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out), *TINY,
-           "--save_strategy", "no"]
+    cmd = [
+        sys.executable,
+        "video_chatgpt/train/train_mem.py",
+        *paths(data, tiny_llava, out),
+        *TINY,
+        "--save_strategy",
+        "no",
+    ]
     first = subprocess.run([*cmd, "--max_steps", "1"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     final = out / "mm_projector.bin"
     good = final.read_bytes()
     for victim in (final,):
         tmp = temporary_path(victim)
-        killed = subprocess.run(["strace", "-f", "-o", "/dev/null", "-P", str(tmp), "-e", "trace=write",
-                                 "-e", "inject=write:signal=KILL:when=1", *cmd, "--max_steps", "2"],
-                                cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        killed = subprocess.run(
+            [
+                "strace",
+                "-f",
+                "-o",
+                "/dev/null",
+                "-P",
+                str(tmp),
+                "-e",
+                "trace=write",
+                "-e",
+                "inject=write:signal=KILL:when=1",
+                *cmd,
+                "--max_steps",
+                "2",
+            ],
+            cwd=REPO,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert killed.returncode != 0, killed.stderr[-2000:]
         assert tmp.exists(), victim  # the kill hit the temporary file ...
         assert final.read_bytes() == good  # ... and the previous projector is intact
     # Aimed at the final name: a writer in place would be killed mid-file; ours renames, so the run completes.
-    whole = subprocess.run(["strace", "-f", "-o", "/dev/null", "-P", str(final), "-e", "trace=write",
-                            "-e", "inject=write:signal=KILL:when=1", *cmd, "--max_steps", "2"],
-                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-o",
+            "/dev/null",
+            "-P",
+            str(final),
+            "-e",
+            "trace=write",
+            "-e",
+            "inject=write:signal=KILL:when=1",
+            *cmd,
+            "--max_steps",
+            "2",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert not list(out.glob(".*.tmp"))  # the next run removed the leftovers of the killed ones
     art = torch.load(final, weights_only=True)
@@ -219,9 +306,25 @@ def test_ignored_flags_and_the_cpu_fallback_are_logged_and_noted(data, tiny_llav
     monkeypatch.setattr(arguments, "cpu_has_fast_bf16", lambda: False)
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING):
-        train([*paths(data, tiny_llava, out), *TINY, "--max_steps", "1", "--save_strategy", "no", "--bf16", "True",
-               "--is_multimodal", "True", "--video_token_len", "356", "--frame_aspect_ratio=square",
-               "--force_fsdp", "True"])
+        train(
+            [
+                *paths(data, tiny_llava, out),
+                *TINY,
+                "--max_steps",
+                "1",
+                "--save_strategy",
+                "no",
+                "--bf16",
+                "True",
+                "--is_multimodal",
+                "True",
+                "--video_token_len",
+                "356",
+                "--frame_aspect_ratio=square",
+                "--force_fsdp",
+                "True",
+            ]
+        )
     notes = json.loads((out / "run_info.json").read_text())["notes"]
     logged = [r.getMessage() for r in caplog.records if r.name == "video_chatgpt.train"]
     for flag in ("is_multimodal", "video_token_len", "frame_aspect_ratio", "force_fsdp"):
@@ -241,15 +344,21 @@ def test_feature_manifest_is_checked_against_the_model_before_step_1(data, tiny_
     folder = tmp_path / "features"
     shutil.copytree(data["video_folder"], folder)
     tower = json.loads((tiny_llava / "config.json").read_text())["mm_vision_tower"]
-    manifest = {"vision_tower": "someone/other-clip", "num_frames": 100, "spatial_pool": "mean",
-                "feature_shape": [356, data["width"]]}
+    manifest = {
+        "vision_tower": "someone/other-clip",
+        "num_frames": 100,
+        "spatial_pool": "mean",
+        "feature_shape": [356, data["width"]],
+    }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     argv = [*paths(data, tiny_llava, tmp_path / "run"), *TINY, "--max_steps", "1", "--save_strategy", "no"]
     argv[argv.index("--video_folder") + 1] = str(folder)
     with caplog.at_level(logging.WARNING, logger="video_chatgpt.train"):
         train(argv)
-    assert any("made with vision tower someone/other-clip" in r.getMessage() and str(tower) in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "made with vision tower someone/other-clip" in r.getMessage() and str(tower) in r.getMessage()
+        for r in caplog.records
+    )
     (folder / MANIFEST_NAME).write_text(json.dumps({**manifest, "feature_shape": [356, data["width"] * 2]}))
     argv[argv.index("--output_dir") + 1] = str(tmp_path / "wide")
     with pytest.raises(UserError, match=rf"features are {data['width'] * 2} wide but the model's projector reads"):

@@ -22,23 +22,40 @@ from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, 
 from video_chatgpt.train.lora import LoraSettings, add_lora, linear_names
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA_FLAGS = ["--lora_enable", "True", "--lora_r", "4", "--lora_alpha", "8", "--mm_use_vid_start_end",
-              "--learning_rate", "1e-3", "--per_device_train_batch_size", "2", "--logging_steps", "1",
-              "--report_to", "none", "--skip_data_check", "True"]
+LORA_FLAGS = [
+    "--lora_enable",
+    "True",
+    "--lora_r",
+    "4",
+    "--lora_alpha",
+    "8",
+    "--mm_use_vid_start_end",
+    "--learning_rate",
+    "1e-3",
+    "--per_device_train_batch_size",
+    "2",
+    "--logging_steps",
+    "1",
+    "--report_to",
+    "none",
+    "--skip_data_check",
+    "True",
+]
 
 
 def tiny_model(folder):
     from video_chatgpt.model.video_chatgpt import load_video_model
 
-    model, _ = load_video_model(folder, dtype=torch.float32, video_token_len=8, mm_use_vid_start_end=False,
-                                video_patch_token_id=5)
+    model, _ = load_video_model(
+        folder, dtype=torch.float32, video_token_len=8, mm_use_vid_start_end=False, video_patch_token_id=5
+    )
     return model
 
 
 def video_batch(model, n=8, length=20, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(10, 500, (2, length), generator=g)
-    ids[:, 3:3 + n] = model.config.video_patch_token_id
+    ids[:, 3 : 3 + n] = model.config.video_patch_token_id
     labels = ids.clone()
     labels[:, : 3 + n] = -100
     feats = torch.randn(2, n, model.config.mm_hidden_size, generator=g)
@@ -97,23 +114,30 @@ def test_merged_equals_unmerged_and_adapter_round_trips(tiny_llava, tmp_path):
     keys = load_file(str(tmp_path / ADAPTER_WEIGHTS_FILE))
     assert all(k.startswith("base_model.model.model.layers.") for k in keys)  # peft's names
     with torch.no_grad():
-        unmerged = model(input_ids=batch["input_ids"], video_spatio_temporal_features=batch[
-            "video_spatio_temporal_features"]).logits
+        unmerged = model(
+            input_ids=batch["input_ids"], video_spatio_temporal_features=batch["video_spatio_temporal_features"]
+        ).logits
         reloaded = tiny_model(tiny_llava)
         reloaded.load_state_dict(model.state_dict(), strict=False)  # same projector; adapter from the files
         load_adapter(reloaded, tmp_path)
         reloaded.eval()
-        again = reloaded(input_ids=batch["input_ids"],
-                         video_spatio_temporal_features=batch["video_spatio_temporal_features"]).logits
+        again = reloaded(
+            input_ids=batch["input_ids"], video_spatio_temporal_features=batch["video_spatio_temporal_features"]
+        ).logits
         merge_adapter(model)
         assert not any(".lora_" in n for n, _ in model.named_parameters())
-        merged = model(input_ids=batch["input_ids"], video_spatio_temporal_features=batch[
-            "video_spatio_temporal_features"]).logits
+        merged = model(
+            input_ids=batch["input_ids"], video_spatio_temporal_features=batch["video_spatio_temporal_features"]
+        ).logits
     assert torch.allclose(again, unmerged, atol=1e-5)
     assert torch.allclose(merged, unmerged, atol=1e-4), (merged - unmerged).abs().max()
-    assert not torch.allclose(merged, tiny_model(tiny_llava).eval()(input_ids=batch["input_ids"],
-                              video_spatio_temporal_features=batch["video_spatio_temporal_features"]).logits,
-                              atol=1e-3)  # the adapter does change the answer
+    assert not torch.allclose(
+        merged,
+        tiny_model(tiny_llava)
+        .eval()(input_ids=batch["input_ids"], video_spatio_temporal_features=batch["video_spatio_temporal_features"])
+        .logits,
+        atol=1e-3,
+    )  # the adapter does change the answer
 
 
 def run_train(data, model, out, *extra, timeout=600):
@@ -154,8 +178,11 @@ def test_documented_script_saves_adapter_and_resumes_after_kill(data, tiny_llava
     with open(tmp_path / "first.log", "w") as sink:
         proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not (out / "checkpoint-6" / "trainer_state.json"
-                                                                       ).is_file():
+        while (
+            time.time() < deadline
+            and proc.poll() is None
+            and not (out / "checkpoint-6" / "trainer_state.json").is_file()
+        ):
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -213,8 +240,9 @@ def test_merge_lora_folder_answers_as_the_run(data, tiny_llava, lora_run, tmp_pa
     engines = {
         "run": load_engine(lora_run, device="cpu", dtype=torch.float32),
         "merged": load_engine(merged, device="cpu", dtype=torch.float32),
-        "lora_path": load_engine(tiny_llava, lora_run / "mm_projector.bin", device="cpu", dtype=torch.float32,
-                                 lora_path=lora_run),
+        "lora_path": load_engine(
+            tiny_llava, lora_run / "mm_projector.bin", device="cpu", dtype=torch.float32, lora_path=lora_run
+        ),
     }
     assert not any(".lora_" in n for n, _ in engines["merged"].model.named_parameters())
     no_adapter = load_engine(tiny_llava, lora_run / "mm_projector.bin", device="cpu", dtype=torch.float32)
@@ -224,8 +252,10 @@ def test_merge_lora_folder_answers_as_the_run(data, tiny_llava, lora_run, tmp_pa
         feats = load_features(path)
         answers = {k: e.answer(question, feats, temperature=0, max_new_tokens=12) for k, e in engines.items()}
         assert len(set(answers.values())) == 1, answers
-        scores = {k: e.score_answers(question, feats, ["The object is red.", "The object is blue."])
-                  for k, e in engines.items()}
+        scores = {
+            k: e.score_answers(question, feats, ["The object is red.", "The object is blue."])
+            for k, e in engines.items()
+        }
         for k in ("merged", "lora_path"):
             assert torch.allclose(torch.tensor(scores[k]), torch.tensor(scores["run"]), atol=1e-4), scores
         without = no_adapter.score_answers(question, feats, ["The object is red.", "The object is blue."])
@@ -240,8 +270,16 @@ def test_lora_under_torchrun_two_processes(data, tiny_llava, tmp_path):
 
     flags = [*LORA_FLAGS, "--lora_dropout", "0", "--max_steps", "3", "--save_strategy", "no"]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out), *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "video_chatgpt/train/train_mem.py",
+        *paths(data, tiny_llava, out),
+        *flags,
+    ]
     run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     info = json.loads((out / "run_info.json").read_text())
@@ -265,16 +303,19 @@ def test_lora_on_other_bases_wraps_the_language_model(family, tmp_path):
     from video_chatgpt.train.lora import adapter_state_dict
 
     folder = make_tiny_chat_lm(tmp_path / family, family)
-    model, kind = load_video_model(folder, dtype=torch.float32, mm_hidden_size=16, video_token_len=8,
-                                   mm_use_vid_start_end=False)
+    model, kind = load_video_model(
+        folder, dtype=torch.float32, mm_hidden_size=16, video_token_len=8, mm_use_vid_start_end=False
+    )
     assert kind == "causal_lm"
     model.config.video_patch_token_id = 5
     model.requires_grad_(False)
     model.model.mm_projector.requires_grad_(True)
     add_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert all(n.startswith("language_model.model.layers.") and ".lora_" in n or n.startswith("model.mm_projector.")
-               for n in names), names
+    assert all(
+        n.startswith("language_model.model.layers.") and ".lora_" in n or n.startswith("model.mm_projector.")
+        for n in names
+    ), names
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names if ".lora_" in n} == set(TARGETS)
     assert all(k.startswith("base_model.model.model.layers.") for k in adapter_state_dict(model))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -295,12 +336,37 @@ def test_chat_lora_path_adds_the_adapter_to_a_base(data, tiny_llava, lora_run, c
     from video_chatgpt.cli import main
 
     feats = str(sorted(data["video_folder"].glob("*.pkl"))[0])
-    common = ["--features_path", feats, "--question", "What colour is the moving object in the video?",
-              "--temperature", "0", "--max_new_tokens", "12", "--device", "cpu", "--dtype", "float32"]
+    common = [
+        "--features_path",
+        feats,
+        "--question",
+        "What colour is the moving object in the video?",
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "12",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]
     assert main(["chat", "--model-name", str(lora_run), *common]) == 0
     from_run = capsys.readouterr().out
-    assert main(["chat", "--model-name", str(tiny_llava), "--projection_path", str(lora_run / "mm_projector.bin"),
-                 "--lora_path", str(lora_run), *common]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--model-name",
+                str(tiny_llava),
+                "--projection_path",
+                str(lora_run / "mm_projector.bin"),
+                "--lora_path",
+                str(lora_run),
+                *common,
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == from_run and from_run.strip()
     assert main(["chat", "--model-name", str(tiny_llava), "--lora_path", str(tiny_llava), *common]) == 1
     assert "--lora_path" in capsys.readouterr().err
@@ -319,10 +385,18 @@ def test_inference_and_model_never_import_the_training_package(lora_run):
     for layer in LAYERS_WITHOUT_TRAIN:
         for path in sorted((REPO / "video_chatgpt" / layer).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-                offenders += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
-                              if n == "video_chatgpt.train" or n.startswith("video_chatgpt.train.")]
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                offenders += [
+                    f"{path.relative_to(REPO)}:{node.lineno} {n}"
+                    for n in names
+                    if n == "video_chatgpt.train" or n.startswith("video_chatgpt.train.")
+                ]
     assert not offenders, offenders
     code = (
         "import sys, numpy as np, torch\n"

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+import deepspeed  # noqa: E402,F401  (in the test extra; a missing install fails here, loudly)
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -23,8 +24,6 @@ from tests.train.test_lora import LORA_FLAGS
 from tests.train.test_train import ENV, free_port, paths
 from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
-import deepspeed  # noqa: E402,F401  (in the test extra; a missing install fails here, loudly)
-
 FLAGS = [*LORA_FLAGS, "--lora_dropout", "0", "--save_steps", "1"]
 
 
@@ -34,8 +33,17 @@ def data(tmp_path_factory, sample_world, tiny_llava):
 
 
 def torchrun(data, model, out, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "video_chatgpt/train/train_mem.py", *paths(data, model, out), *FLAGS, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "video_chatgpt/train/train_mem.py",
+        *paths(data, model, out),
+        *FLAGS,
+        *extra,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
 
 
@@ -51,8 +59,18 @@ def test_lora_under_deepspeed_saves_the_plain_format_and_resumes(config, data, t
     from video_chatgpt.train.train import train
 
     plain = tmp_path / "plain"
-    train([*paths(data, tiny_llava, plain), *FLAGS, "--max_steps", "3", "--save_strategy", "no",
-           "--per_device_train_batch_size", "4"])
+    train(
+        [
+            *paths(data, tiny_llava, plain),
+            *FLAGS,
+            "--max_steps",
+            "3",
+            "--save_strategy",
+            "no",
+            "--per_device_train_batch_size",
+            "4",
+        ]
+    )
 
     out = tmp_path / config
     ds = ["--deepspeed", str(REPO / "configs" / f"{config}.json"), "--max_steps", "3"]
@@ -78,7 +96,9 @@ def test_lora_under_deepspeed_saves_the_plain_format_and_resumes(config, data, t
     projector = torch.load(out / "mm_projector.bin", weights_only=True)
     ref_projector = torch.load(plain / "mm_projector.bin", weights_only=True)
     assert layout(projector) == layout(ref_projector)
-    assert layout(load_file(str(out / "trainable.safetensors"))) == layout(load_file(str(plain / "trainable.safetensors")))
+    assert layout(load_file(str(out / "trainable.safetensors"))) == layout(
+        load_file(str(plain / "trainable.safetensors"))
+    )
     assert any(float(v.abs().max()) > 0 for k, v in ref.items() if "lora_B" in k)  # the adapter trained
     for key, value in ref.items():
         assert torch.allclose(adapter[key], value, rtol=1e-4, atol=1e-6), (key, (adapter[key] - value).abs().max())
@@ -110,13 +130,18 @@ def test_adapter_from_gathered_weights_or_a_clear_error(family, tiny_llava, tmp_
     from video_chatgpt.errors import UserError
     from video_chatgpt.model.video_chatgpt import load_video_model
     from video_chatgpt.sample.models import make_tiny_chat_lm
-    from video_chatgpt.train.lora import LoraSettings, add_lora, adapter_state_dict
+    from video_chatgpt.train.lora import LoraSettings, adapter_state_dict, add_lora
 
     if family == "llava_v1":
         model = tiny_model(tiny_llava)
     else:
-        model, _ = load_video_model(make_tiny_chat_lm(tmp_path / family, family), dtype=torch.float32,
-                                    mm_hidden_size=16, video_token_len=8, mm_use_vid_start_end=False)
+        model, _ = load_video_model(
+            make_tiny_chat_lm(tmp_path / family, family),
+            dtype=torch.float32,
+            mm_hidden_size=16,
+            video_token_len=8,
+            mm_use_vid_start_end=False,
+        )
     add_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0))
     with torch.no_grad():
         for name, p in model.named_parameters():

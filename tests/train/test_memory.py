@@ -20,10 +20,20 @@ sys.path.insert(0, str(REPO / "bench"))
 
 TINY = ModelShape(hidden=8, layers=2, heads=2, kv_heads=2, head_dim=4, intermediate=16, vocab=100, mm_hidden=4)
 LLAMA_7B = {  # LLaVA-7B-Lightening-v1-1's config.json, written from the known LLaMA-7B shapes
-    "model_type": "llava", "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
-    "num_hidden_layers": 32, "num_key_value_heads": 32, "vocab_size": 32003, "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "mm_vision_tower": "openai/clip-vit-large-patch14",
-    "mm_hidden_size": 1024, "mm_use_im_start_end": True, "use_mm_proj": True,
+    "model_type": "llava",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32003,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "mm_vision_tower": "openai/clip-vit-large-patch14",
+    "mm_hidden_size": 1024,
+    "mm_use_im_start_end": True,
+    "use_mm_proj": True,
 }
 
 
@@ -34,8 +44,9 @@ def part(plan, prefix: str) -> float:
 
 
 def test_plan_parts_equal_hand_computation():
-    s = StepSettings(batch=2, tokens=10, supervised=3, video_tokens=5, compute="bf16", train="projector",
-                     token_rows=2, device="cpu")
+    s = StepSettings(
+        batch=2, tokens=10, supervised=3, video_tokens=5, compute="bf16", train="projector", token_rows=2, device="cpu"
+    )
     plan = plan_step(TINY, s)
     # LLM: 2 layers x (4 attention 8x8 + 3 MLP 8x16) + 2 tables 100x8 + 5 norms of 8, in bf16
     llm = 2 * (4 * 64 + 3 * 128) + 2 * 800 + 5 * 8
@@ -65,8 +76,20 @@ def test_plan_parts_equal_hand_computation():
 
 
 def test_lora_and_bits_parts_equal_hand_computation():
-    s = StepSettings(batch=1, tokens=4, supervised=2, video_tokens=2, compute="bf16", train="lora", token_rows=0,
-                     lora_r=2, lora_targets=("q_proj", "down_proj"), lora_dropout=0.0, bits=4, double_quant=False)
+    s = StepSettings(
+        batch=1,
+        tokens=4,
+        supervised=2,
+        video_tokens=2,
+        compute="bf16",
+        train="lora",
+        token_rows=0,
+        lora_r=2,
+        lora_targets=("q_proj", "down_proj"),
+        lora_dropout=0.0,
+        bits=4,
+        double_quant=False,
+    )
     plan = plan_step(TINY, s)
     # LoRA: q (8 -> 8) and down (16 -> 8) in 2 layers, r=2: r*(in+out)
     lora = 2 * (2 * (8 + 8) + 2 * (16 + 8))
@@ -79,10 +102,13 @@ def test_lora_and_bits_parts_equal_hand_computation():
     base_layer = memory.layer_activation_bytes(TINY, replace(s, train="projector", bits=16))
     assert memory.layer_activation_bytes(TINY, s) == base_layer + lora_inputs
     # CUDA: AdamW foreach temporary of all trainables; the allocator reserve and the context on top
-    assert plan.step_peak_bytes == sum(p.bytes for p in plan.parts[:2]) + 16 * plan.trainable_params + 4 * \
-        plan.trainable_params + part(plan, "batch")
-    assert [p.bytes for p in plan.overhead] == [memory.ALLOCATOR_RESERVE * plan.allocated_bytes,
-                                                memory.CUDA_CONTEXT_GIB * GIB]
+    assert plan.step_peak_bytes == sum(
+        p.bytes for p in plan.parts[:2]
+    ) + 16 * plan.trainable_params + 4 * plan.trainable_params + part(plan, "batch")
+    assert [p.bytes for p in plan.overhead] == [
+        memory.ALLOCATOR_RESERVE * plan.allocated_bytes,
+        memory.CUDA_CONTEXT_GIB * GIB,
+    ]
     with pytest.raises(ValueError, match="--lora_enable"):
         StepSettings(train="projector", bits=4)
     with pytest.raises(ValueError, match="not linear layers"):
@@ -102,9 +128,11 @@ def test_llama_7b_numbers():
 
 def test_max_batch_size_is_the_largest_that_fits():
     shape = ModelShape.from_config(LLAMA_7B)
-    for s in (StepSettings(train="projector", gradient_checkpointing=True),
-              StepSettings(train="lora", lora_r=128, gradient_checkpointing=False),
-              StepSettings(train="lora", bits=4, gradient_checkpointing=True)):
+    for s in (
+        StepSettings(train="projector", gradient_checkpointing=True),
+        StepSettings(train="lora", lora_r=128, gradient_checkpointing=False),
+        StepSettings(train="lora", bits=4, gradient_checkpointing=True),
+    ):
         best = max_batch_size(shape, s, 24.0)
         brute = max(b for b in range(0, 200) if b == 0 or plan_step(shape, replace(s, batch=b)).total_gib <= 24.0)
         assert best == brute
@@ -133,10 +161,17 @@ def saved_activation_bytes(model, batch) -> tuple[int, int]:
     return sum(storages.values()), logits[0]
 
 
-@pytest.mark.parametrize("train,checkpointing,dropout", [
-    ("projector", False, 0.0), ("projector", True, 0.0), ("lora", False, 0.0), ("lora", False, 0.05),
-    ("lora", True, 0.05), ("full", False, 0.0),
-])
+@pytest.mark.parametrize(
+    "train,checkpointing,dropout",
+    [
+        ("projector", False, 0.0),
+        ("projector", True, 0.0),
+        ("lora", False, 0.0),
+        ("lora", False, 0.05),
+        ("lora", True, 0.05),
+        ("full", False, 0.0),
+    ],
+)
 def test_activations_match_what_autograd_keeps(train, checkpointing, dropout):
     """The plan's activation part against the tensors autograd really saves in a real forward (fp32, CPU)."""
     import common
@@ -157,11 +192,21 @@ def test_activations_match_what_autograd_keeps(train, checkpointing, dropout):
     common.set_checkpointing(model, checkpointing)
     saved, logits = saved_activation_bytes(model, batch)
 
-    shape = ModelShape(hidden=96, layers=2, heads=4, kv_heads=4, head_dim=24, intermediate=256,
-                       vocab=common.VOCAB, mm_hidden=32)
-    s = StepSettings(batch=2, tokens=batch.input_ids.shape[1], supervised=batch.supervised / 2,
-                     video_tokens=shapes.video_tokens, compute="fp32", gradient_checkpointing=checkpointing,
-                     train=train, lora_r=8, lora_dropout=dropout, device="cpu")
+    shape = ModelShape(
+        hidden=96, layers=2, heads=4, kv_heads=4, head_dim=24, intermediate=256, vocab=common.VOCAB, mm_hidden=32
+    )
+    s = StepSettings(
+        batch=2,
+        tokens=batch.input_ids.shape[1],
+        supervised=batch.supervised / 2,
+        video_tokens=shapes.video_tokens,
+        compute="fp32",
+        gradient_checkpointing=checkpointing,
+        train=train,
+        lora_r=8,
+        lora_dropout=dropout,
+        device="cpu",
+    )
     planned = memory.activation_bytes(ModelShape(**{**shape.__dict__}), s, checkpointing)
     assert logits == 4 * batch.supervised * common.VOCAB  # log-softmax output at the supervised positions only
     kept = saved - logits
@@ -178,8 +223,20 @@ def test_plan_memory_command(tmp_path, capsys):
     from video_chatgpt.cli import main
 
     folder = write_config(tmp_path / "LLaVA-7B", LLAMA_7B)
-    common = ["plan-memory", "--model_name_or_path", str(folder), "--video_tokens", "356", "--bf16", "True",
-              "--mm_use_vid_start_end", "--gradient_checkpointing", "True", "--per_device_train_batch_size", "4"]
+    common = [
+        "plan-memory",
+        "--model_name_or_path",
+        str(folder),
+        "--video_tokens",
+        "356",
+        "--bf16",
+        "True",
+        "--mm_use_vid_start_end",
+        "--gradient_checkpointing",
+        "True",
+        "--per_device_train_batch_size",
+        "4",
+    ]
     assert main(common + ["--tune_mm_mlp_adapter", "True"]) == 0
     out = capsys.readouterr().out
     assert "weights bf16 (frozen LLM, 6,738,464,768 params)" in out  # 32006 rows after the three video tokens
@@ -198,9 +255,17 @@ def test_plan_memory_command(tmp_path, capsys):
 
 
 def test_from_config_reads_other_layouts():
-    nested = {"text_config": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                              "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 500},
-              "vision_config": {"hidden_size": 32}}
+    nested = {
+        "text_config": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": 500,
+        },
+        "vision_config": {"hidden_size": 32},
+    }
     shape = ModelShape.from_config(nested)
     assert (shape.kv_heads, shape.mm_hidden, shape.projector_type) == (2, 32, "mlp2x_gelu")
     assert shape.projector_params() == 32 * 64 + 64 + 64 * 64 + 64

@@ -17,11 +17,27 @@ from video_chatgpt.train.report import NOT_RECORDED, main, moving_average, read_
 
 def train_flags(data, model, out, max_steps):
     return [
-        "--model_name_or_path", str(model), "--data_path", str(data["data_path"]),
-        "--video_folder", str(data["video_folder"]), "--output_dir", str(out),
-        "--max_steps", str(max_steps), "--logging_steps", "1", "--save_steps", "2",
-        "--per_device_train_batch_size", "2", "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end",
-        "--report_to", "none",
+        "--model_name_or_path",
+        str(model),
+        "--data_path",
+        str(data["data_path"]),
+        "--video_folder",
+        str(data["video_folder"]),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        str(max_steps),
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--tune_mm_mlp_adapter",
+        "True",
+        "--mm_use_vid_start_end",
+        "--report_to",
+        "none",
     ]
 
 
@@ -146,8 +162,12 @@ def test_a_folder_with_no_run_is_refused_and_nothing_is_written(tmp_path, capsys
     assert cli_main(["report", str(folder)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("video-chatgpt report: error: ") and str(folder) in err and "Traceback" not in err
-    assert {"empty folder": "holds no training run", "unrelated files": "holds no training run",
-            "missing": "no such folder", "a file": "is a file"}[what] in err
+    assert {
+        "empty folder": "holds no training run",
+        "unrelated files": "holds no training run",
+        "missing": "no such folder",
+        "a file": "is a file",
+    }[what] in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     with pytest.raises(UserError):
         write_report(folder)
@@ -170,16 +190,32 @@ def test_long_run_is_smoothed_and_data_summary_is_shown(tmp_path):
     """300 logged steps (a synthetic state): the plot gets a moving average; the data summary keys are listed."""
     rng = np.random.default_rng(0)
     history = [
-        {"step": s, "epoch": s / 100, "loss": 2.5 * math.exp(-s / 80) + 0.9 + rng.normal(0, 0.15),
-         "learning_rate": 2e-5 * 0.5 * (1 + math.cos(math.pi * s / 300)), "grad_norm": 1.0}
+        {
+            "step": s,
+            "epoch": s / 100,
+            "loss": 2.5 * math.exp(-s / 80) + 0.9 + rng.normal(0, 0.15),
+            "learning_rate": 2e-5 * 0.5 * (1 + math.cos(math.pi * s / 300)),
+            "grad_norm": 1.0,
+        }
         for s in range(1, 301)
     ]
     history[150]["loss"] = float("nan")
     state = {"global_step": 300, "max_steps": 300, "log_history": history}
     (tmp_path / "trainer_state.json").write_text(json.dumps(state))
-    data = {"num_records": 100010, "num_videos": 13303, "feature_shape": [356, 1024], "feature_dtype": "float16",
-            "token_lengths": {"min": 400, "median": 480, "p95": 700, "max": 2300, "model_max_length": 2048,
-                              "num_truncated": 3}}
+    data = {
+        "num_records": 100010,
+        "num_videos": 13303,
+        "feature_shape": [356, 1024],
+        "feature_dtype": "float16",
+        "token_lengths": {
+            "min": 400,
+            "median": 480,
+            "p95": 700,
+            "max": 2300,
+            "model_max_length": 2048,
+            "num_truncated": 3,
+        },
+    }
     (tmp_path / "run_info.json").write_text(json.dumps({"data": data}))
     write_report(tmp_path)
     check_png(tmp_path / "loss.png")

@@ -36,8 +36,16 @@ def data(tmp_path_factory, sample_world, tiny_llava):
 
 
 def paths(data, model, out):
-    return ["--model_name_or_path", str(model), "--data_path", str(data["data_path"]),
-            "--video_folder", str(data["video_folder"]), "--output_dir", str(out)]
+    return [
+        "--model_name_or_path",
+        str(model),
+        "--data_path",
+        str(data["data_path"]),
+        "--video_folder",
+        str(data["video_folder"]),
+        "--output_dir",
+        str(out),
+    ]
 
 
 def base_state(folder):
@@ -87,9 +95,28 @@ def trained(data, language_llava, tmp_path_factory):
     from video_chatgpt.train.train import train
 
     out = tmp_path_factory.mktemp("trained")
-    train([*paths(data, language_llava, out), "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end",
-           "--per_device_train_batch_size", "4", "--max_steps", "12", "--learning_rate", "1e-2",
-           "--logging_steps", "1", "--save_steps", "6", "--save_total_limit", "1", "--report_to", "none"])
+    train(
+        [
+            *paths(data, language_llava, out),
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--mm_use_vid_start_end",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_steps",
+            "12",
+            "--learning_rate",
+            "1e-2",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "6",
+            "--save_total_limit",
+            "1",
+            "--report_to",
+            "none",
+        ]
+    )
     return out
 
 
@@ -121,13 +148,15 @@ def test_throughput_is_logged(trained):
 
 
 def test_a_half_written_checkpoint_is_skipped(tmp_path):
-    from video_chatgpt.train.train import last_complete_checkpoint
-
     from safetensors.torch import save_file
+
+    from video_chatgpt.train.train import last_complete_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        save_file({"model.mm_projector.bias": torch.zeros(4)}, str(tmp_path / f"checkpoint-{step}" / "trainable.safetensors"))
+        save_file(
+            {"model.mm_projector.bias": torch.zeros(4)}, str(tmp_path / f"checkpoint-{step}" / "trainable.safetensors")
+        )
         if complete:
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
@@ -136,10 +165,26 @@ def test_a_half_written_checkpoint_is_skipped(tmp_path):
 
 def test_resume_after_kill(data, tiny_llava, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out),
-           "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "--max_steps", "40", "--save_steps", "2",
-           "--per_device_train_batch_size", "2", "--logging_steps", "1", "--report_to", "none",
-           "--skip_data_check", "True"]
+    cmd = [
+        sys.executable,
+        "video_chatgpt/train/train_mem.py",
+        *paths(data, tiny_llava, out),
+        "--tune_mm_mlp_adapter",
+        "True",
+        "--mm_use_vid_start_end",
+        "--max_steps",
+        "40",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--skip_data_check",
+        "True",
+    ]
     log = tmp_path / "first.log"
     with open(log, "w") as sink:
         proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
@@ -164,10 +209,28 @@ def test_resume_after_kill(data, tiny_llava, tmp_path):
 
 def test_torchrun_two_processes(data, tiny_llava, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out), "--tune_mm_mlp_adapter", "True",
-           "--mm_use_vid_start_end", "--max_steps", "4", "--save_steps", "2", "--per_device_train_batch_size", "2",
-           "--logging_steps", "1", "--report_to", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "video_chatgpt/train/train_mem.py",
+        *paths(data, tiny_llava, out),
+        "--tune_mm_mlp_adapter",
+        "True",
+        "--mm_use_vid_start_end",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+    ]
     run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     check_outputs(out)
@@ -181,10 +244,31 @@ def test_torchrun_two_processes(data, tiny_llava, tmp_path):
     assert len(checksums) == 2 and checksums[0] == checksums[1], checksums
     # ... and 2 processes x 2 samples equal 1 process x 4 samples (same global batch, same data order).
     single = tmp_path / "single"
-    one = subprocess.run([sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, single),
-                          "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end", "--max_steps", "4",
-                          "--save_strategy", "no", "--per_device_train_batch_size", "4", "--logging_steps", "1",
-                          "--report_to", "none"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    one = subprocess.run(
+        [
+            sys.executable,
+            "video_chatgpt/train/train_mem.py",
+            *paths(data, tiny_llava, single),
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--mm_use_vid_start_end",
+            "--max_steps",
+            "4",
+            "--save_strategy",
+            "no",
+            "--per_device_train_batch_size",
+            "4",
+            "--logging_steps",
+            "1",
+            "--report_to",
+            "none",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     ddp = torch.load(out / "mm_projector.bin", weights_only=True)
     ref = torch.load(single / "mm_projector.bin", weights_only=True)
@@ -198,8 +282,22 @@ def test_full_finetune_without_tuning_flag(data, tiny_llava, tmp_path):
     from video_chatgpt.train.train import train
 
     out = tmp_path / "full"
-    train([*paths(data, tiny_llava, out), "--mm_use_vid_start_end", "--max_steps", "2", "--save_steps", "2",
-           "--per_device_train_batch_size", "2", "--report_to", "none", "--skip_data_check", "True"])
+    train(
+        [
+            *paths(data, tiny_llava, out),
+            "--mm_use_vid_start_end",
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--report_to",
+            "none",
+            "--skip_data_check",
+            "True",
+        ]
+    )
     info = json.loads((out / "run_info.json").read_text())
     assert sum(p["count"] for p in info["trainable_parameters"]) > 4_000_000  # everything trains
     assert (out / "model.safetensors").is_file() and (out / "mm_projector.bin").is_file()
@@ -209,9 +307,24 @@ def test_report_to_tensorboard(data, tiny_llava, tmp_path):
     from video_chatgpt.train.train import train
 
     out = tmp_path / "tb"
-    train([*paths(data, tiny_llava, out), "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end",
-           "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "tensorboard",
-           "--skip_data_check", "True"])
+    train(
+        [
+            *paths(data, tiny_llava, out),
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--mm_use_vid_start_end",
+            "--max_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "tensorboard",
+            "--skip_data_check",
+            "True",
+        ]
+    )
     assert list(out.rglob("events.out.tfevents.*"))
 
 
@@ -219,9 +332,24 @@ def test_pretrain_mm_mlp_adapter_starts_from_the_file(trained, data, language_ll
     from video_chatgpt.train.train import train
 
     out = tmp_path / "from-adapter"
-    train([*paths(data, language_llava, out), "--tune_mm_mlp_adapter", "True", "--mm_use_vid_start_end",
-           "--pretrain_mm_mlp_adapter", str(trained / "mm_projector.bin"), "--learning_rate", "0",
-           "--max_steps", "1", "--report_to", "none", "--skip_data_check", "True"])
+    train(
+        [
+            *paths(data, language_llava, out),
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--mm_use_vid_start_end",
+            "--pretrain_mm_mlp_adapter",
+            str(trained / "mm_projector.bin"),
+            "--learning_rate",
+            "0",
+            "--max_steps",
+            "1",
+            "--report_to",
+            "none",
+            "--skip_data_check",
+            "True",
+        ]
+    )
     start = torch.load(trained / "mm_projector.bin", weights_only=True)
     end = torch.load(out / "mm_projector.bin", weights_only=True)
     for key in (PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY):
@@ -237,8 +365,20 @@ def test_data_check_stops_training_on_missing_features(data, tiny_llava, tmp_pat
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(records + [{**records[0], "id": "v_missing", "video": "v_missing.pkl"}]))
     with pytest.raises(SystemExit, match="data check failed"):
-        train(["--model_name_or_path", str(tiny_llava), "--data_path", str(broken), "--video_folder",
-               str(data["video_folder"]), "--output_dir", str(tmp_path / "o"), "--tune_mm_mlp_adapter", "True"])
+        train(
+            [
+                "--model_name_or_path",
+                str(tiny_llava),
+                "--data_path",
+                str(broken),
+                "--video_folder",
+                str(data["video_folder"]),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--tune_mm_mlp_adapter",
+                "True",
+            ]
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -246,9 +386,27 @@ def test_arguments_keep_the_documents_flags_working():
     from video_chatgpt.train.arguments import parse_arguments
 
     model, data_args, args = parse_arguments(
-        ["--model_name_or_path", "m", "--data_path", "d", "--video_folder", "v", "--output_dir", "/tmp/x",
-         "--evaluation_strategy", "no", "--warmup_ratio", "0.03", "--gradient_checkpointing", "True",
-         "--tf32", "True", "--bf16", "True", "--mm_use_vid_start_end"]
+        [
+            "--model_name_or_path",
+            "m",
+            "--data_path",
+            "d",
+            "--video_folder",
+            "v",
+            "--output_dir",
+            "/tmp/x",
+            "--evaluation_strategy",
+            "no",
+            "--warmup_ratio",
+            "0.03",
+            "--gradient_checkpointing",
+            "True",
+            "--tf32",
+            "True",
+            "--bf16",
+            "True",
+            "--mm_use_vid_start_end",
+        ]
     )
     assert model.mm_use_vid_start_end is True and model.attn_implementation == "sdpa"
     assert str(args.eval_strategy.value if hasattr(args.eval_strategy, "value") else args.eval_strategy) == "no"
@@ -260,8 +418,9 @@ def test_arguments_keep_the_documents_flags_working():
 def test_model_checks_show_both_counts(tiny_llava):
     from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config
 
-    cfg = load_config(tiny_llava, mm_use_vid_start_end=True, video_patch_token_id=7, video_start_token_id=8,
-                      video_end_token_id=9)
+    cfg = load_config(
+        tiny_llava, mm_use_vid_start_end=True, video_patch_token_id=7, video_start_token_id=8, video_end_token_id=9
+    )
     model = VideoChatGPTForCausalLM(cfg)
     ids = torch.tensor([[1, 8, 7, 7, 7, 9, 5]])
     with pytest.raises(ValueError, match="has 3 <vid_patch> tokens but its video has 4 feature tokens"):

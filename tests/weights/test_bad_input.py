@@ -22,7 +22,6 @@ from video_chatgpt.weights.checkpoint import WeightsError
 from video_chatgpt.weights.delta import plan_delta
 from video_chatgpt.weights.make_delta import make_delta
 
-
 LFS_POINTER = (
     "version https://git-lfs.github.com/spec/v1\n"
     "oid sha256:4b6e4e8e0e8b2d1f1f0b3ad5e5d3ea3f5b1e2a3c4d5e6f708192a3b4c5d6e7f8\n"
@@ -84,8 +83,15 @@ def test_base_folder_without_weights(delta_bin, tmp_path):
 def test_missing_shard(folders, delta_bin, copy_of, tmp_path):
     base = copy_of(folders["base_bin"])
     (base / "pytorch_model-00002-of-00003.bin").unlink()
-    fails(base, delta_bin, tmp_path / "target", str(base / "pytorch_model-00002-of-00003.bin"), "is missing",
-          "pytorch_model.bin.index.json", "incomplete")
+    fails(
+        base,
+        delta_bin,
+        tmp_path / "target",
+        str(base / "pytorch_model-00002-of-00003.bin"),
+        "is missing",
+        "pytorch_model.bin.index.json",
+        "incomplete",
+    )
 
 
 @pytest.mark.parametrize("which", ["delta_shard", "base_shard", "tokenizer"])
@@ -196,22 +202,49 @@ def test_failure_while_writing_leaves_nothing(folders, delta_bin, tmp_path, monk
 def test_cli_reports_the_error(folders, tmp_path, capsys):
     file = tmp_path / "video_chatgpt-7B.bin"
     file.write_bytes(b"\0" * 16)
-    code = cli_main(["apply-delta", "--base-model-path", str(file), "--target-model-path", str(tmp_path / "t"),
-                     "--delta-path", str(folders["target_bin"])])
+    code = cli_main(
+        [
+            "apply-delta",
+            "--base-model-path",
+            str(file),
+            "--target-model-path",
+            str(tmp_path / "t"),
+            "--delta-path",
+            str(folders["target_bin"]),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "video-chatgpt apply-delta: error:" in err and "Traceback" not in err
     assert_nothing_written(tmp_path / "t")
-    code = cli_main(["apply-delta", "--base-model-path", "a", "--target-model-path", "b", "--delta-path", "c",
-                     "--max-shard-size", "lots"])
+    code = cli_main(
+        [
+            "apply-delta",
+            "--base-model-path",
+            "a",
+            "--target-model-path",
+            "b",
+            "--delta-path",
+            "c",
+            "--max-shard-size",
+            "lots",
+        ]
+    )
     assert code == 2 and "--max-shard-size" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ wrong but silent
 def test_base_that_already_has_a_projector_is_refused(folders, delta_bin, tmp_path):
     """A LLaVA folder passed as the base used to get the delta's projector added to its own, exit 0."""
-    message = fails(folders["target_bin"], delta_bin, tmp_path / "target", "already a LLaVA model",
-                    "model.mm_projector.", "LLaMA-7B", str(folders["target_bin"]))
+    message = fails(
+        folders["target_bin"],
+        delta_bin,
+        tmp_path / "target",
+        "already a LLaVA model",
+        "model.mm_projector.",
+        "LLaMA-7B",
+        str(folders["target_bin"]),
+    )
     assert "has no model.mm_projector" not in message  # the old, wrong warning
     with pytest.raises(WeightsError, match="already a LLaVA model"):
         make_delta(folders["target_safetensors"], folders["target_bin"], tmp_path / "delta")
@@ -252,8 +285,17 @@ def _strace_kill_at_rename(nth: int, argv: list[str]) -> subprocess.CompletedPro
     if shutil.which("strace") is None:
         pytest.fail("strace is needed for this test: apt-get install -y strace")
     renames = "rename,renameat,renameat2"
-    cmd = ["strace", "-f", "-o", "/dev/null", "-e", f"trace={renames}",
-           "-e", f"inject={renames}:signal=KILL:when={nth}", *argv]
+    cmd = [
+        "strace",
+        "-f",
+        "-o",
+        "/dev/null",
+        "-e",
+        f"trace={renames}",
+        "-e",
+        f"inject={renames}:signal=KILL:when={nth}",
+        *argv,
+    ]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
 
@@ -264,8 +306,20 @@ def test_overwrite_killed_between_its_renames_is_recovered_by_rerunning(folders,
     target = tmp_path / "target"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    argv = [sys.executable, "-m", "video_chatgpt.cli", "apply-delta", "--base-model-path", str(folders["base_bin"]),
-            "--target-model-path", str(target), "--delta-path", str(delta_bin), "--overwrite", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "video_chatgpt.cli",
+        "apply-delta",
+        "--base-model-path",
+        str(folders["base_bin"]),
+        "--target-model-path",
+        str(target),
+        "--delta-path",
+        str(delta_bin),
+        "--overwrite",
+        "--quiet",
+    ]
     killed = _strace_kill_at_rename(2, argv)
     assert killed.returncode != 0, killed.stderr
     # Killed exactly between the renames: the old target moved aside, the complete new one not yet in place.

@@ -96,8 +96,16 @@ def break_no_config(folder: Path) -> str:
 
 
 BREAKS = [
-    break_config_key, break_use_mm_proj, break_projector_shape, break_missing_shard, break_lfs_shard,
-    break_truncated_bin, break_image_tokens, break_lfs_tokenizer, break_vocab_size, break_missing_layer,
+    break_config_key,
+    break_use_mm_proj,
+    break_projector_shape,
+    break_missing_shard,
+    break_lfs_shard,
+    break_truncated_bin,
+    break_image_tokens,
+    break_lfs_tokenizer,
+    break_vocab_size,
+    break_missing_layer,
     break_no_config,
 ]
 

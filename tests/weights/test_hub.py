@@ -72,8 +72,20 @@ def test_hub_id_not_cached_says_what_to_download_and_where(folders, cache, tmp_p
         assert needle in message, needle
     assert not target.exists()
     # The same through the command line: exit status 1, the message on stderr.
-    assert cli_main(["apply-delta", "--base-model-path", str(folders["base_bin"]), "--target-model-path",
-                     str(target), "--delta-path", REPO_ID]) == 1
+    assert (
+        cli_main(
+            [
+                "apply-delta",
+                "--base-model-path",
+                str(folders["base_bin"]),
+                "--target-model-path",
+                str(target),
+                "--delta-path",
+                REPO_ID,
+            ]
+        )
+        == 1
+    )
     assert f"hf download {REPO_ID}" in capsys.readouterr().err
 
 

@@ -83,8 +83,14 @@ def test_output_folder_layout(folders, delta_bin, tmp_path):
     assert index["metadata"]["total_size"] == sum(v.numel() * 2 for v in load_folder(out).values())
     assert set(index["weight_map"]) == set(load_folder(out))
     # The delta's config (model_type and mm_* keys) and tokenizer go to the target byte for byte.
-    for name in ("config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json",
-                 "special_tokens_map.json", "added_tokens.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+    ):
         assert (out / name).read_bytes() == (delta_bin / name).read_bytes(), name
     assert json.loads((out / "config.json").read_text())["model_type"] == "llava"
     # No temporary folder is left next to it.
@@ -118,8 +124,11 @@ def test_dropped_keys_warn(folders, copy_of, tmp_path):
     state["model.extra_buffer.weight"] = torch.ones(3)
     write_sharded_state_dict(state, base, num_shards=2, safetensors=False)
     target = copy_of(folders["target_safetensors"])
-    save_file({"model.vision_tower.vision_tower.w": torch.ones(2, 2)}, target / "model-00004-of-00004.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {"model.vision_tower.vision_tower.w": torch.ones(2, 2)},
+        target / "model-00004-of-00004.safetensors",
+        metadata={"format": "pt"},
+    )
     index = json.loads((target / "model.safetensors.index.json").read_text())
     index["weight_map"]["model.vision_tower.vision_tower.w"] = "model-00004-of-00004.safetensors"
     (target / "model.safetensors.index.json").write_text(json.dumps(index))
@@ -134,16 +143,54 @@ def test_dropped_keys_warn(folders, copy_of, tmp_path):
 def test_cli_and_entry_script(folders, delta_bin, tmp_path, capsys):
     from video_chatgpt.cli import main
 
-    assert main(["apply-delta", "--base-model-path", str(folders["base_bin"]), "--target-model-path",
-                 str(tmp_path / "a"), "--delta-path", str(delta_bin), "--max-shard-size", "4MB"]) == 0
+    assert (
+        main(
+            [
+                "apply-delta",
+                "--base-model-path",
+                str(folders["base_bin"]),
+                "--target-model-path",
+                str(tmp_path / "a"),
+                "--delta-path",
+                str(delta_bin),
+                "--max-shard-size",
+                "4MB",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().err
-    assert main(["make-delta", "--base-model-path", str(folders["base_bin"]), "--target-model-path",
-                 str(tmp_path / "a"), "--delta-path", str(tmp_path / "d"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "make-delta",
+                "--base-model-path",
+                str(folders["base_bin"]),
+                "--target-model-path",
+                str(tmp_path / "a"),
+                "--delta-path",
+                str(tmp_path / "d"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     # The documented script, run from the repository root as the user's document says.
     proc = subprocess.run(
-        [sys.executable, "scripts/apply_delta.py", "--base-model-path", str(folders["base_bin"]),
-         "--target-model-path", str(tmp_path / "b"), "--delta-path", str(delta_bin)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "scripts/apply_delta.py",
+            "--base-model-path",
+            str(folders["base_bin"]),
+            "--target-model-path",
+            str(tmp_path / "b"),
+            "--delta-path",
+            str(delta_bin),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert load_folder(tmp_path / "b").keys() == load_folder(tmp_path / "a").keys()

@@ -157,7 +157,7 @@ class DataReport:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
     def values_checked(self) -> str:
-        """"all N files", or "k of N files only (...)" when only a sample was read."""
+        """ "all N files", or "k of N files only (...)" when only a sample was read."""
         if self.deep or self.num_files_loaded >= self.num_headers_checked:
             return f"all {self.num_files_loaded} files"
         return (
@@ -488,7 +488,14 @@ def check_training_data(
                 )
             else:
                 _check_lengths(
-                    report, records, renderable, tokenizer_path, model_max_length, rows, use_vid_start_end, pool,
+                    report,
+                    records,
+                    renderable,
+                    tokenizer_path,
+                    model_max_length,
+                    rows,
+                    use_vid_start_end,
+                    pool,
                     stage,
                 )
             lap("tokens")
@@ -595,11 +602,11 @@ def _check_features(report, checks, folder, expected, deep, sample_size, pool, l
     report.num_files_loaded = len(loaded)
 
 
-def _check_lengths(report, records, renderable, tokenizer_path, max_length, rows, use_vid_start_end, pool,
-                   stage=None) -> None:
+def _check_lengths(
+    report, records, renderable, tokenizer_path, max_length, rows, use_vid_start_end, pool, stage=None
+) -> None:
     from video_chatgpt.data.conversation import render_sample, training_template
     from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
-
     from video_chatgpt.weights.check import require_tokenizer
 
     require_tokenizer(tokenizer_path, "--model_name_or_path")  # one line instead of transformers' hints

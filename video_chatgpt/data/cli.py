@@ -57,13 +57,16 @@ def build_check_parser() -> argparse.ArgumentParser:
     values = p.add_mutually_exclusive_group()
     values.add_argument("--quick", action="store_true", help="read the values of a sample of 16 files, not all")
     values.add_argument("--deep", action="store_true", help="read the values of every file (the default)")
-    p.add_argument("--stage", choices=("pretrain", "finetune"), default=None,
-                   help="as in training: the template of the token lengths (pretrain: plain)")
+    p.add_argument(
+        "--stage",
+        choices=("pretrain", "finetune"),
+        default=None,
+        help="as in training: the template of the token lengths (pretrain: plain)",
+    )
     p.add_argument("--num_workers", type=int, default=None, help="threads (default: CPU count, at most 16)")
     p.add_argument("--max_listed", type=int, default=DEFAULT_MAX_LISTED, help="findings listed per kind")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     return p
-
 
 
 def model_settings(model_folder: str | None) -> tuple[int | None, str | None]:
@@ -79,7 +82,9 @@ def model_settings(model_folder: str | None) -> tuple[int | None, str | None]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path}: missing; --model_name_or_path must be a model folder (config.json, tokenizer)")
+        raise UserError(
+            f"{path}: missing; --model_name_or_path must be a model folder (config.json, tokenizer)"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); download the model folder again") from None
     if not isinstance(config, dict):

@@ -110,7 +110,7 @@ def _build_pieces(
     pieces = [_Piece(text=template.system + template.sep)]
     user, assistant = template.roles
     num_spans = 0
-    for k, (who, value) in enumerate(turns):
+    for who, value in turns:
         if who == "human":
             parts = str(value).split(VIDEO_PLACEHOLDER)
             num_spans += len(parts) - 1
@@ -323,8 +323,9 @@ def render_chat_sample(
     text += skeleton[pos:]
     real = [{"role": r, "content": c.replace(VIDEO_PLACEHOLDER, span_text)} for r, c in zip(roles, contents)]
     if tokenizer.apply_chat_template(real, tokenize=False, add_generation_prompt=generation) != text:
-        raise ValueError("the chat template changes message contents (not only around them); it cannot be rendered "
-                         "by segments")
+        raise ValueError(
+            "the chat template changes message contents (not only around them); it cannot be rendered by segments"
+        )
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
@@ -345,14 +346,15 @@ def render_chat_sample(
             new_ids = [as_text["input_ids"][i] for i in picked]
             new_offsets = [as_text["offset_mapping"][i] for i in picked]
         else:
-            alone = tokenizer(text[lo:hi], add_special_tokens=False, split_special_tokens=True,
-                              return_offsets_mapping=True)
+            alone = tokenizer(
+                text[lo:hi], add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+            )
             new_ids, new_offsets = alone["input_ids"], [(a + lo, b + lo) for a, b in alone["offset_mapping"]]
         ids[first : last + 1] = new_ids
         offsets[first : last + 1] = new_offsets
     # Supervised character ranges: each assistant content plus the end-of-turn token right after it.
     supervised = []
-    for kind, start, end, k in regions:
+    for _kind, start, end, k in regions:
         if roles[k] != "assistant":
             continue
         stop = end

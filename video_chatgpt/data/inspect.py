@@ -160,8 +160,13 @@ def inspect_record(
 
     template = training_template(model_name_or_path, tokenizer, stage)
     dataset = SupervisedVideoDataset(  # as train.py builds it: training_dataset(...) with the base's template
-        records, video_folder, SegmentEncoder(tokenizer), video_ids, feature_shape=shape,
-        max_length=model_max_length, template=template,
+        records,
+        video_folder,
+        SegmentEncoder(tokenizer),
+        video_ids,
+        feature_shape=shape,
+        max_length=model_max_length,
+        template=template,
     )
     rendered = dataset.render(index)  # truncation facts; raises ValueError when the span would be cut
     if array is not None or not record.get("video"):
@@ -311,13 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="record to show (0-based position in the JSON list)")
     p.add_argument("--model_max_length", type=int, default=DEFAULT_MODEL_MAX_LENGTH, help="as in training")
     # --mm_use_vid_start_end or --mm_use_vid_start_end True, as the training parser accepts it
-    p.add_argument("--mm_use_vid_start_end", type=parse_bool, nargs="?", const=True, default=False,
-                   help="bracket the video tokens with <vid_start> ... <vid_end>, as in training")
-    p.add_argument("--stage", choices=("pretrain", "finetune"), default=None,
-                   help="as in training: pretrain renders with the plain template (default: the document's)")
+    p.add_argument(
+        "--mm_use_vid_start_end",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="bracket the video tokens with <vid_start> ... <vid_end>, as in training",
+    )
+    p.add_argument(
+        "--stage",
+        choices=("pretrain", "finetune"),
+        default=None,
+        help="as in training: pretrain renders with the plain template (default: the document's)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the text view")
-    p.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto",
-                   help="highlight supervised tokens with ANSI colours (auto: when stdout is a terminal)")
+    p.add_argument(
+        "--color",
+        "--colour",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="highlight supervised tokens with ANSI colours (auto: when stdout is a terminal)",
+    )
     p.add_argument("--no_tokens", action="store_true", help="leave out the token-by-token table")
     return p
 

@@ -47,7 +47,10 @@ VCGBENCH_FILES = {  # file name -> (predict task, prediction name, the criteria 
     "temporal_qa.json": ("temporal", "temporal", ("temporal",)),
     "consistency_qa.json": ("consistency", "consistency", ("consistency",)),
 }
-QA_PAIR = (re.compile(r"^(?P<stem>.*)_q\.json$"), "_a.json"), (re.compile(r"^(?P<stem>.*)questions\.json$"), "answers.json")
+QA_PAIR = (
+    (re.compile(r"^(?P<stem>.*)_q\.json$"), "_a.json"),
+    (re.compile(r"^(?P<stem>.*)questions\.json$"), "answers.json"),
+)
 SUMMARY_JSON, SUMMARY_MD = "benchmark.json", "benchmark.md"
 
 
@@ -86,8 +89,11 @@ def find_sets(folder: Path, names: list[str], prefix: str = "") -> list[Benchmar
             base = _label(f"{prefix}_{stem}" if prefix else stem) if (prefix or stem) else "qa"
             label = base if base.endswith("qa") else f"{base}_qa"
             task = f"{dataset}_qa" if dataset else "activitynet_qa"  # all four share ActivityNet-QA's format
-            sets.append(BenchmarkSet(label, task, ("qa",), (folder / name, folder / f"{stem}{answer_suffix}"),
-                                     own_videos, dataset))
+            sets.append(
+                BenchmarkSet(
+                    label, task, ("qa",), (folder / name, folder / f"{stem}{answer_suffix}"), own_videos, dataset
+                )
+            )
     return sets
 
 
@@ -99,20 +105,24 @@ def discover(benchmark_dir: Path) -> list[BenchmarkSet]:
     for sub in sorted(p for p in benchmark_dir.iterdir() if p.is_dir() and p.name != "videos"):
         sets += find_sets(sub, [p.name for p in sub.iterdir() if p.is_file()], prefix=sub.name)
     if not sets:
-        raise UserError(f"--benchmark_dir {benchmark_dir}: no benchmark file found (expected generic_qa.json, "
-                        f"temporal_qa.json, consistency_qa.json, or QA pairs X_q.json + X_a.json / "
-                        f"Xquestions.json + Xanswers.json, there or one folder down)")
+        raise UserError(
+            f"--benchmark_dir {benchmark_dir}: no benchmark file found (expected generic_qa.json, "
+            f"temporal_qa.json, consistency_qa.json, or QA pairs X_q.json + X_a.json / "
+            f"Xquestions.json + Xanswers.json, there or one folder down)"
+        )
     labels = [s.label for s in sets]
     clashes = sorted({x for x in labels if labels.count(x) > 1})
     if clashes:
-        raise UserError(f"--benchmark_dir {benchmark_dir}: two sets would write the same files ({', '.join(clashes)}); "
-                        f"rename one")
+        raise UserError(
+            f"--benchmark_dir {benchmark_dir}: two sets would write the same files ({', '.join(clashes)}); rename one"
+        )
     return sets
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="video-chatgpt benchmark", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="video-chatgpt benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--benchmark_dir", type=Path, required=True, help="folder of question files (see above)")
     p.add_argument("--output_dir", type=Path, required=True)
     p.add_argument("--video_dir", type=Path, help="the videos (a set's subfolder 'videos' wins for that set)")
@@ -151,26 +161,59 @@ def _flags(args, names: tuple[str, ...]) -> list[str]:
     return out
 
 
-MODEL_FLAGS = ("model_name", "projection_path", "lora_path", "vision_tower", "num_frames", "conv_mode", "prompt_ids",
-               "temperature", "max_new_tokens", "seed", "device")
+MODEL_FLAGS = (
+    "model_name",
+    "projection_path",
+    "lora_path",
+    "vision_tower",
+    "num_frames",
+    "conv_mode",
+    "prompt_ids",
+    "temperature",
+    "max_new_tokens",
+    "seed",
+    "device",
+)
 JUDGE_FLAGS = ("judge_model", "api_base", "api_key_env", "num_workers", "max_retries", "timeout", "seed")
 
 
 def predict_argv(args, s: BenchmarkSet) -> list[str]:
     video_dir = s.video_dir if s.video_dir is not None and s.video_dir.is_dir() else args.video_dir
-    files = (["--gt_file", str(s.files[0])] if len(s.files) == 1 else
-             ["--gt_file_question", str(s.files[0]), "--gt_file_answers", str(s.files[1])])
-    sources = (["--video_dir", str(video_dir)] if video_dir else []) + \
-              (["--features_dir", str(args.features_dir)] if args.features_dir else [])
-    return ["--task", s.task, *files, *sources, "--output_dir", str(args.output_dir / "preds"),
-            "--output_name", s.label, *_flags(args, MODEL_FLAGS)]
+    files = (
+        ["--gt_file", str(s.files[0])]
+        if len(s.files) == 1
+        else ["--gt_file_question", str(s.files[0]), "--gt_file_answers", str(s.files[1])]
+    )
+    sources = (["--video_dir", str(video_dir)] if video_dir else []) + (
+        ["--features_dir", str(args.features_dir)] if args.features_dir else []
+    )
+    return [
+        "--task",
+        s.task,
+        *files,
+        *sources,
+        "--output_dir",
+        str(args.output_dir / "preds"),
+        "--output_name",
+        s.label,
+        *_flags(args, MODEL_FLAGS),
+    ]
 
 
 def evaluate_argv(args, s: BenchmarkSet, criterion: str) -> list[str]:
     dataset = ["--dataset", s.dataset] if s.dataset else []
-    return ["--task", criterion, "--pred_path", str(args.output_dir / "preds" / f"{s.label}.json"), *dataset,
-            "--output_dir", str(args.output_dir / "eval" / s.label), "--temperature", str(args.judge_temperature),
-            *_flags(args, JUDGE_FLAGS)]
+    return [
+        "--task",
+        criterion,
+        "--pred_path",
+        str(args.output_dir / "preds" / f"{s.label}.json"),
+        *dataset,
+        "--output_dir",
+        str(args.output_dir / "eval" / s.label),
+        "--temperature",
+        str(args.judge_temperature),
+        *_flags(args, JUDGE_FLAGS),
+    ]
 
 
 def summary_rows(sets: list[BenchmarkSet], results: dict[str, dict]) -> list[dict]:
@@ -183,12 +226,23 @@ def summary_rows(sets: list[BenchmarkSet], results: dict[str, dict]) -> list[dic
             if r is None:
                 rows.append({"set": s.label, "criterion": criterion, "missing": True})
                 continue
-            row = {"set": s.label, "criterion": criterion, "mean": r["mean"], "mean_int": r["mean_int"],
-                   "judged": r["judged"], "failed": r["failed"], "total": r["total"]}
+            row = {
+                "set": s.label,
+                "criterion": criterion,
+                "mean": r["mean"],
+                "mean_int": r["mean_int"],
+                "judged": r["judged"],
+                "failed": r["failed"],
+                "total": r["total"],
+            }
             if criterion == "qa":
                 published = PUBLISHED_QA.get(s.dataset or "", (None, None))
-                row.update(accuracy=r["accuracy"], dataset=s.dataset, published_accuracy=published[0],
-                           published_score=published[1])
+                row.update(
+                    accuracy=r["accuracy"],
+                    dataset=s.dataset,
+                    published_accuracy=published[0],
+                    published_score=published[1],
+                )
             else:
                 row["published"] = PUBLISHED_VCGBENCH.get(criterion)
             rows.append(row)
@@ -199,19 +253,29 @@ def render_summary(rows: list[dict], judge: str) -> str:
     def num(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
 
-    lines = ["# Benchmark", "", f"Judge `{judge}`. Per set: `eval/<set>/results.md` (95% intervals, failures).", "",
-             "| set | criterion | ours | int() | published | accuracy (%) | published acc. | judged | failed | total |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Benchmark",
+        "",
+        f"Judge `{judge}`. Per set: `eval/<set>/results.md` (95% intervals, failures).",
+        "",
+        "| set | criterion | ours | int() | published | accuracy (%) | published acc. | judged | failed | total |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if r.get("missing"):
             lines.append(f"| {r['set']} | {r['criterion']} | not judged | | | | | | | |")
             continue
-        title = "QA" + (f" ({r['dataset']})" if r.get("dataset") else "") if r["criterion"] == "qa" \
+        title = (
+            "QA" + (f" ({r['dataset']})" if r.get("dataset") else "")
+            if r["criterion"] == "qa"
             else CRITERIA[r["criterion"]].title
+        )
         published = r.get("published_score") if r["criterion"] == "qa" else r.get("published")
-        lines.append(f"| {r['set']} | {title} | {num(r['mean'])} | {num(r['mean_int'])} | {num(published)} | "
-                     f"{num(r.get('accuracy'), 1)} | {num(r.get('published_accuracy'), 1)} | {r['judged']} | "
-                     f"{r['failed']} | {r['total']} |")
+        lines.append(
+            f"| {r['set']} | {title} | {num(r['mean'])} | {num(r['mean_int'])} | {num(published)} | "
+            f"{num(r.get('accuracy'), 1)} | {num(r.get('published_accuracy'), 1)} | {r['judged']} | "
+            f"{r['failed']} | {r['total']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -242,15 +306,23 @@ def main(argv: list[str] | None = None) -> int:
         if results_file.is_file():
             results[s.label] = json.loads(results_file.read_text(encoding="utf-8"))
     rows = summary_rows(sets, results)
-    summary = {"benchmark_dir": str(args.benchmark_dir), "model_name": args.model_name,
-               "judge_model": args.judge_model, "sets": [s.label for s in sets], "rows": rows}
+    summary = {
+        "benchmark_dir": str(args.benchmark_dir),
+        "model_name": args.model_name,
+        "judge_model": args.judge_model,
+        "sets": [s.label for s in sets],
+        "rows": rows,
+    }
     atomic_write_bytes(args.output_dir / SUMMARY_JSON, json.dumps(summary, indent=1).encode())
     markdown = render_summary(rows, args.judge_model)
     atomic_write_bytes(args.output_dir / SUMMARY_MD, markdown.encode())
     print("\n" + markdown)
     if status or any(r.get("missing") for r in rows):
-        print("video-chatgpt benchmark: some answers or judgements are missing (see above); run the same command "
-              "again to fill them in", file=sys.stderr)
+        print(
+            "video-chatgpt benchmark: some answers or judgements are missing (see above); run the same command "
+            "again to fill them in",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

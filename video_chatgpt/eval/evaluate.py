@@ -42,8 +42,17 @@ from video_chatgpt.cli import parse_args_or_status
 from video_chatgpt.errors import UserError
 from video_chatgpt.eval.judge import Judge, JudgeRefused, JudgeSettings
 from video_chatgpt.eval.protocol import (
-    CRITERIA, PROMPTS_FILE, PUBLISHED_QA, QA, VCGBENCH, build_messages, guess_qa_dataset, load_prompts,
-    prompts_sha256, qa_items, request_sha256, summarize,
+    CRITERIA,
+    PROMPTS_FILE,
+    PUBLISHED_QA,
+    QA,
+    build_messages,
+    guess_qa_dataset,
+    load_prompts,
+    prompts_sha256,
+    qa_items,
+    request_sha256,
+    summarize,
 )
 from video_chatgpt.eval.report import render_markdown
 from video_chatgpt.features.store import atomic_write_bytes
@@ -57,17 +66,23 @@ TASKS = (*CRITERIA, "vcgbench")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="video-chatgpt evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="video-chatgpt evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--pred_path", help="prediction file of `video-chatgpt predict` (every task but vcgbench)")
     p.add_argument("--pred_general", help="vcgbench: predictions on the general QA file (correctness/detail/context)")
     p.add_argument("--pred_temporal", help="vcgbench: predictions on the temporal QA file")
     p.add_argument("--pred_consistency", help="vcgbench: predictions on the consistency QA file")
-    p.add_argument("--dataset", choices=sorted(PUBLISHED_QA),
-                   help="qa: which published numbers to show (default: guessed from the file name)")
+    p.add_argument(
+        "--dataset",
+        choices=sorted(PUBLISHED_QA),
+        help="qa: which published numbers to show (default: guessed from the file name)",
+    )
     p.add_argument("--output_dir", type=Path, required=True)
-    p.add_argument("--output_json", type=Path, help="the combined file (default <output_dir>/<criterion>_combined.json)")
+    p.add_argument(
+        "--output_json", type=Path, help="the combined file (default <output_dir>/<criterion>_combined.json)"
+    )
     p.add_argument("--judge_model", default=DEFAULT_JUDGE)
     p.add_argument("--api_base", default=DEFAULT_API_BASE, help="any OpenAI-compatible /v1 endpoint")
     p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="name of the environment variable holding the key")
@@ -93,17 +108,24 @@ def api_host(api_base: str) -> str:
 
 def resolve_api_key(args) -> str:
     if args.api_key:
-        print("video-chatgpt evaluate: warning: --api_key is visible to other users of this machine (ps, shell "
-              f"history); put the key in an environment variable and name it with --api_key_env", file=sys.stderr)
+        print(
+            "video-chatgpt evaluate: warning: --api_key is visible to other users of this machine (ps, shell "
+            "history); put the key in an environment variable and name it with --api_key_env",
+            file=sys.stderr,
+        )
         return args.api_key
     key = os.environ.get(args.api_key_env, "")
     if key:
         return key
     if api_host(args.api_base) == OPENAI_HOST:
-        raise UserError(f"no API key: set the environment variable {args.api_key_env} (or name another one with "
-                        f"--api_key_env) before judging with {OPENAI_HOST}")
-    print(f"video-chatgpt evaluate: ${args.api_key_env} is not set; sending no key (fine for a local server)",
-          file=sys.stderr)
+        raise UserError(
+            f"no API key: set the environment variable {args.api_key_env} (or name another one with "
+            f"--api_key_env) before judging with {OPENAI_HOST}"
+        )
+    print(
+        f"video-chatgpt evaluate: ${args.api_key_env} is not set; sending no key (fine for a local server)",
+        file=sys.stderr,
+    )
     return NO_KEY
 
 
@@ -113,14 +135,23 @@ def jobs_of(args) -> list[tuple[str, Path]]:
         files = {"general": args.pred_general, "temporal": args.pred_temporal, "consistency": args.pred_consistency}
         missing = [f"--pred_{k}" for k, v in files.items() if not v]
         if missing:
-            raise UserError(f"--task vcgbench needs {', '.join(missing)} (the prediction files of the general, "
-                            f"temporal and consistency runs of `video-chatgpt predict`)")
+            raise UserError(
+                f"--task vcgbench needs {', '.join(missing)} (the prediction files of the general, "
+                f"temporal and consistency runs of `video-chatgpt predict`)"
+            )
         if args.output_json:
-            raise UserError("--output_json names one file; with --task vcgbench each criterion's combined file is "
-                            "<output_dir>/<criterion>_combined.json")
+            raise UserError(
+                "--output_json names one file; with --task vcgbench each criterion's combined file is "
+                "<output_dir>/<criterion>_combined.json"
+            )
         general = Path(files["general"])
-        return [("correctness", general), ("detail", general), ("context", general),
-                ("temporal", Path(files["temporal"])), ("consistency", Path(files["consistency"]))]
+        return [
+            ("correctness", general),
+            ("detail", general),
+            ("context", general),
+            ("temporal", Path(files["temporal"])),
+            ("consistency", Path(files["consistency"])),
+        ]
     if not args.pred_path:
         raise UserError(f"--task {args.task} needs --pred_path (a prediction file of `video-chatgpt predict`)")
     return [(args.task, Path(args.pred_path))]
@@ -173,15 +204,18 @@ class JudgeCache:
             raise UserError(f"{self.path}: not a judge cache (no header line); delete it or use another --output_dir")
         if header != self.header:
             changed = describe_changes(header, self.header)
-            raise UserError(f"{self.path} was judged with other settings ({changed}); use another --output_dir, or "
-                            f"delete the file to judge everything again")
+            raise UserError(
+                f"{self.path} was judged with other settings ({changed}); use another --output_dir, or "
+                f"delete the file to judge everything again"
+            )
         for number, line in enumerate(lines[1:], start=2):
             try:
                 outcome = json.loads(line)
                 self.outcomes[outcome["key"]] = outcome
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{self.path}: line {number} is not a judge record; delete the file to judge "
-                                f"everything again") from None
+                raise UserError(
+                    f"{self.path}: line {number} is not a judge record; delete the file to judge everything again"
+                ) from None
 
     def append(self, outcome: dict) -> None:
         self._file.write(json.dumps(outcome, ensure_ascii=False) + "\n")
@@ -192,8 +226,9 @@ class JudgeCache:
         self._file.close()
 
 
-def judge_all(judge: Judge, todo: list[tuple[str, dict, list, str]], kind: str, cache: JudgeCache,
-              num_workers: int, desc: str) -> None:
+def judge_all(
+    judge: Judge, todo: list[tuple[str, dict, list, str]], kind: str, cache: JudgeCache, num_workers: int, desc: str
+) -> None:
     """Judge ``(key, qa_set, messages, request_sha)`` items with ``num_workers`` threads; each outcome is cached as
     it arrives (in this thread). The first item goes alone: a server that cannot be reached stops the run there."""
     from tqdm import tqdm
@@ -208,8 +243,10 @@ def judge_all(judge: Judge, todo: list[tuple[str, dict, list, str]], kind: str, 
         if todo:
             first = one(todo[0])
             if not first["ok"] and first["reason"].startswith("connection failed"):
-                raise UserError(f"cannot reach the judge at {judge.settings.api_base}: {first['reason']}; check "
-                                f"--api_base and that the server runs")
+                raise UserError(
+                    f"cannot reach the judge at {judge.settings.api_base}: {first['reason']}; check "
+                    f"--api_base and that the server runs"
+                )
             cache.append(first)
             failed += not first["ok"]
             bar.update(1)
@@ -242,25 +279,39 @@ def main(argv: list[str] | None = None) -> int:
     jobs = jobs_of(args)
     host = api_host(args.api_base)
     api_key = resolve_api_key(args)
-    settings = JudgeSettings(args.judge_model, args.api_base, args.temperature, args.seed, args.timeout,
-                             args.max_retries, args.backoff, args.max_backoff)
+    settings = JudgeSettings(
+        args.judge_model,
+        args.api_base,
+        args.temperature,
+        args.seed,
+        args.timeout,
+        args.max_retries,
+        args.backoff,
+        args.max_backoff,
+    )
     judge = Judge(settings, api_key, jitter_seed=args.seed)
     prompts, prompt_sha = load_prompts(), prompts_sha256()
     judge_info = {"model": args.judge_model, "api_host": host, "temperature": args.temperature, "seed": args.seed}
     results_path = args.output_dir / RESULTS_JSON
-    results = {"judge": {**judge_info, "reported_models": []},
-               "prompts": {"file": PROMPTS_FILE, "sha256": prompt_sha}, "criteria": {}}
+    results = {
+        "judge": {**judge_info, "reported_models": []},
+        "prompts": {"file": PROMPTS_FILE, "sha256": prompt_sha},
+        "criteria": {},
+    }
     if results_path.is_file():
         try:
             previous = json.loads(results_path.read_text(encoding="utf-8"))
             before = {**{k: previous["judge"][k] for k in judge_info}, "prompts_sha256": previous["prompts"]["sha256"]}
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"{results_path}: not a results file of `video-chatgpt evaluate`; delete it or use "
-                            f"another --output_dir") from None
+            raise UserError(
+                f"{results_path}: not a results file of `video-chatgpt evaluate`; delete it or use another --output_dir"
+            ) from None
         now = {**judge_info, "prompts_sha256": prompt_sha}
         if before != now:
-            raise UserError(f"{results_path} holds results judged with other settings "
-                            f"({describe_changes(before, now)}); use another --output_dir")
+            raise UserError(
+                f"{results_path} holds results judged with other settings "
+                f"({describe_changes(before, now)}); use another --output_dir"
+            )
         results["criteria"] = previous["criteria"]
         results["judge"]["reported_models"] = previous["judge"].get("reported_models", [])
 
@@ -274,18 +325,29 @@ def main(argv: list[str] | None = None) -> int:
         header = {"criterion": name, "prompt_key": criterion.prompt_key, "prompts_sha256": prompt_sha, **judge_info}
         cache = JudgeCache(args.output_dir / f"{name}.cache.jsonl", header)
         try:
-            prepared = [(key, qa_set, msgs, request_sha256(msgs))
-                        for key, qa_set in items for msgs in [build_messages(prompt, criterion.kind, qa_set)]]
-            cached = {key for key, _, _, sha in prepared
-                      if cache.outcomes.get(key, {}).get("ok") and cache.outcomes[key].get("request_sha256") == sha}
+            prepared = [
+                (key, qa_set, msgs, request_sha256(msgs))
+                for key, qa_set in items
+                for msgs in [build_messages(prompt, criterion.kind, qa_set)]
+            ]
+            cached = {
+                key
+                for key, _, _, sha in prepared
+                if cache.outcomes.get(key, {}).get("ok") and cache.outcomes[key].get("request_sha256") == sha
+            }
             todo = [p for p in prepared if p[0] not in cached]
             reused += len(cached)
-            print(f"{name}: {len(items)} records in {pred_path}: {len(cached)} already judged, {len(todo)} to judge",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{name}: {len(items)} records in {pred_path}: {len(cached)} already judged, {len(todo)} to judge",
+                file=sys.stderr,
+                flush=True,
+            )
             judge_all(judge, todo, criterion.kind, cache, num_workers, name)
         except JudgeRefused as exc:
-            raise UserError(f"{exc}; check --judge_model, --api_base and the key in ${args.api_key_env} (the records "
-                            f"judged so far are kept in {cache.path})") from None
+            raise UserError(
+                f"{exc}; check --judge_model, --api_base and the key in ${args.api_key_env} (the records "
+                f"judged so far are kept in {cache.path})"
+            ) from None
         finally:
             cache.close()
         outcomes = [cache.outcomes[key] for key, _ in items]
@@ -295,22 +357,35 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(criterion.kind, outcomes, seed=args.seed)
         if criterion.kind == QA:
             summary["dataset"] = args.dataset or guess_qa_dataset(str(pred_path))
-        summary.update(pred_path=str(pred_path), pred_sha256=pred_sha, combined_json=str(combined_path),
-                       requests=judge.requests - requests0, wall_time_s=round(time.perf_counter() - t0, 3))
+        summary.update(
+            pred_path=str(pred_path),
+            pred_sha256=pred_sha,
+            combined_json=str(combined_path),
+            requests=judge.requests - requests0,
+            wall_time_s=round(time.perf_counter() - t0, 3),
+        )
         results["criteria"][name] = summary
 
     results["judge"]["reported_models"] = sorted(set(results["judge"]["reported_models"]) | judge.reported_models)
-    results["run"] = {"requests": judge.requests, "reused": reused, "num_workers": num_workers,
-                      "max_retries": args.max_retries, "timeout_s": args.timeout,
-                      "wall_time_s": round(time.perf_counter() - start, 3)}
+    results["run"] = {
+        "requests": judge.requests,
+        "reused": reused,
+        "num_workers": num_workers,
+        "max_retries": args.max_retries,
+        "timeout_s": args.timeout,
+        "wall_time_s": round(time.perf_counter() - start, 3),
+    }
     atomic_write_bytes(results_path, json.dumps(results, indent=1, ensure_ascii=False).encode())
     markdown = render_markdown(results)
     atomic_write_bytes(args.output_dir / RESULTS_MD, markdown.encode())
     print(markdown)
     failed = sum(results["criteria"][name]["failed"] for name, _ in jobs)
     if failed:
-        print(f"video-chatgpt evaluate: {failed} records have no valid judgement (listed under 'failures' in "
-              f"{results_path}); run the same command again to retry them", file=sys.stderr)
+        print(
+            f"video-chatgpt evaluate: {failed} records have no valid judgement (listed under 'failures' in "
+            f"{results_path}); run the same command again to retry them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -38,10 +38,10 @@ class JudgeSettings:
     api_base: str
     temperature: float = 0.0
     seed: int | None = 0
-    timeout: float = 60.0       # seconds per request
-    max_retries: int = 5        # retries after the first attempt, for any reason
-    backoff: float = 1.0        # seconds before the first retry of a transient error
-    max_backoff: float = 60.0   # longest wait between attempts, Retry-After included
+    timeout: float = 60.0  # seconds per request
+    max_retries: int = 5  # retries after the first attempt, for any reason
+    backoff: float = 1.0  # seconds before the first retry of a transient error
+    max_backoff: float = 60.0  # longest wait between attempts, Retry-After included
 
 
 def retry_after_seconds(headers) -> float | None:
@@ -78,13 +78,13 @@ class Judge:
         self._client = OpenAI(api_key=api_key, base_url=settings.api_base, max_retries=0, timeout=settings.timeout)
         self._lock = threading.Lock()
         self._rng = random.Random(jitter_seed)
-        self.requests = 0               # HTTP requests sent (every attempt)
+        self.requests = 0  # HTTP requests sent (every attempt)
         self.reported_models: set[str] = set()
 
     def _backoff(self, attempt: int) -> float:
         with self._lock:
             factor = self._rng.uniform(0.5, 1.5)
-        return min(self.settings.max_backoff, self.settings.backoff * 2 ** attempt * factor)
+        return min(self.settings.max_backoff, self.settings.backoff * 2**attempt * factor)
 
     def judge(self, messages: list[dict[str, str]], kind: str) -> dict:
         """``{"ok", "reply", "reason", "raw", "attempts", "model"}`` for one record; never raises but ``JudgeRefused``."""
@@ -101,7 +101,8 @@ class Judge:
             try:
                 kwargs = {"seed": s.seed} if s.seed is not None else {}
                 response = self._client.chat.completions.create(
-                    model=s.model, messages=messages, temperature=s.temperature, timeout=s.timeout, **kwargs)
+                    model=s.model, messages=messages, temperature=s.temperature, timeout=s.timeout, **kwargs
+                )
             except openai.APITimeoutError:
                 reason, wait = f"no reply within --timeout {s.timeout:g} s", self._backoff(attempt)
             except openai.APIConnectionError as exc:
@@ -110,7 +111,9 @@ class Judge:
                 code = exc.status_code
                 raw = _body_text(exc)
                 if code in FATAL_STATUS:
-                    raise JudgeRefused(f"the judge server answered HTTP {code} for model {s.model!r}: {raw[:200]}") from None
+                    raise JudgeRefused(
+                        f"the judge server answered HTTP {code} for model {s.model!r}: {raw[:200]}"
+                    ) from None
                 reason = f"HTTP {code}"
                 if code not in RETRY_STATUS and code < 500:
                     break  # a request the server will never accept as it is
@@ -124,7 +127,14 @@ class Judge:
                 raw = response.choices[0].message.content if response.choices else None
                 reply, problem = parse_reply(raw, kind)
                 if reply is not None:
-                    return {"ok": True, "reply": reply, "reason": None, "raw": raw, "attempts": attempts, "model": model}
+                    return {
+                        "ok": True,
+                        "reply": reply,
+                        "reason": None,
+                        "raw": raw,
+                        "attempts": attempts,
+                        "model": model,
+                    }
                 reason = f"unparseable reply: {problem}"
             if attempt < s.max_retries and wait > 0:
                 time.sleep(wait)

@@ -45,20 +45,23 @@ SLOTS = {
 
 @dataclass(frozen=True)
 class Criterion:
-    name: str        # what --task calls it
+    name: str  # what --task calls it
     prompt_key: str  # its entry in vcgbench_judge_prompts.json
-    kind: str        # PAIR, CONSISTENCY or QA
-    title: str       # row label of the results table
+    kind: str  # PAIR, CONSISTENCY or QA
+    title: str  # row label of the results table
 
 
-CRITERIA: dict[str, Criterion] = {c.name: c for c in (
-    Criterion("correctness", "evaluate_benchmark_1_correctness", PAIR, "Correctness of information"),
-    Criterion("detail", "evaluate_benchmark_2_detailed_orientation", PAIR, "Detail orientation"),
-    Criterion("context", "evaluate_benchmark_3_context", PAIR, "Contextual understanding"),
-    Criterion("temporal", "evaluate_benchmark_4_temporal", PAIR, "Temporal understanding"),
-    Criterion("consistency", "evaluate_benchmark_5_consistency", CONSISTENCY, "Consistency"),
-    Criterion("qa", "evaluate_activitynet_qa", QA, "Zero-shot QA"),
-)}
+CRITERIA: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("correctness", "evaluate_benchmark_1_correctness", PAIR, "Correctness of information"),
+        Criterion("detail", "evaluate_benchmark_2_detailed_orientation", PAIR, "Detail orientation"),
+        Criterion("context", "evaluate_benchmark_3_context", PAIR, "Contextual understanding"),
+        Criterion("temporal", "evaluate_benchmark_4_temporal", PAIR, "Temporal understanding"),
+        Criterion("consistency", "evaluate_benchmark_5_consistency", CONSISTENCY, "Consistency"),
+        Criterion("qa", "evaluate_activitynet_qa", QA, "Zero-shot QA"),
+    )
+}
 VCGBENCH = ("correctness", "detail", "context", "temporal", "consistency")
 
 # The original's published numbers (Video-ChatGPT README), judged by gpt-3.5-turbo in 2023.
@@ -99,8 +102,13 @@ def fill(template: str, values: dict[str, str]) -> str:
 
 def slot_values(kind: str, qa_set: dict) -> dict[str, str]:
     if kind == CONSISTENCY:
-        return {"question1": qa_set["q1"], "question2": qa_set["q2"], "answer": qa_set["a"],
-                "pred1": qa_set["pred1"], "pred2": qa_set["pred2"]}
+        return {
+            "question1": qa_set["q1"],
+            "question2": qa_set["q2"],
+            "answer": qa_set["a"],
+            "pred1": qa_set["pred1"],
+            "pred2": qa_set["pred2"],
+        }
     return {"question": qa_set["q"], "answer": qa_set["a"], "pred": qa_set["pred"]}
 
 
@@ -133,8 +141,10 @@ def _field(record: dict, field: str, where: str) -> str:
         if name in record and record[name] is not None:
             return str(record[name])
     names = " or ".join(repr(n) for n in _FIELDS[field])
-    raise UserError(f"{where} has no {names} (keys: {', '.join(map(str, record))}); is it a prediction file of "
-                    f"'video-chatgpt predict' for this task?")
+    raise UserError(
+        f"{where} has no {names} (keys: {', '.join(map(str, record))}); is it a prediction file of "
+        f"'video-chatgpt predict' for this task?"
+    )
 
 
 def qa_items(kind: str, records: list, source: str) -> list[tuple[str, dict]]:
@@ -192,8 +202,9 @@ def parse_reply(text: str | None, kind: str) -> tuple[dict | None, str | None]:
 
 
 # -------------------------------------------------------------------------------------------------- aggregation
-def bootstrap_ci(values: list[float], seed: int, resamples: int = BOOTSTRAP_RESAMPLES,
-                 level: float = CONFIDENCE) -> list[float] | None:
+def bootstrap_ci(
+    values: list[float], seed: int, resamples: int = BOOTSTRAP_RESAMPLES, level: float = CONFIDENCE
+) -> list[float] | None:
     """Percentile bootstrap interval of the mean (None without values)."""
     if not values:
         return None
@@ -217,8 +228,8 @@ def summarize(kind: str, outcomes: list[dict], seed: int) -> dict:
         "total": len(outcomes),
         "judged": len(judged),
         "failed": len(outcomes) - len(judged),
-        "mean": _mean(scores),                          # mean of the scores as the judge gave them
-        "mean_int": _mean([int(s) for s in scores]),    # the original's mean of int(score): 4.8 counts as 4
+        "mean": _mean(scores),  # mean of the scores as the judge gave them
+        "mean_int": _mean([int(s) for s in scores]),  # the original's mean of int(score): 4.8 counts as 4
         "ci95": bootstrap_ci(scores, seed),
         "failures": [{k: o.get(k) for k in ("key", "reason", "raw", "attempts")} for o in outcomes if not o["ok"]],
     }

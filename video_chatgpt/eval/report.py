@@ -19,8 +19,11 @@ def render_markdown(results: dict) -> str:
         "# Evaluation results",
         "",
         f"Judge `{judge['model']}`"
-        + (f" (the server reported {', '.join(f'`{m}`' for m in judge['reported_models'])})"
-           if judge.get("reported_models") else "")
+        + (
+            f" (the server reported {', '.join(f'`{m}`' for m in judge['reported_models'])})"
+            if judge.get("reported_models")
+            else ""
+        )
         + f" at `{judge['api_host']}`, temperature {judge['temperature']:g}, seed {judge['seed']}; "
         f"prompt set sha256 `{results['prompts']['sha256'][:16]}...`.",
         "",
@@ -32,24 +35,33 @@ def render_markdown(results: dict) -> str:
     ]
     vcg = {name: s for name, s in results["criteria"].items() if CRITERIA[name].kind != QA}
     if vcg:
-        lines += ["| criterion | ours | 95% CI | int() | published | judged | failed | total |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| criterion | ours | 95% CI | int() | published | judged | failed | total |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for name, s in vcg.items():
-            lines.append(f"| {CRITERIA[name].title} | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | "
-                         f"{_num(PUBLISHED_VCGBENCH.get(name))} | {s['judged']} | {s['failed']} | {s['total']} |")
+            lines.append(
+                f"| {CRITERIA[name].title} | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | "
+                f"{_num(PUBLISHED_VCGBENCH.get(name))} | {s['judged']} | {s['failed']} | {s['total']} |"
+            )
         lines.append("")
     qa = {name: s for name, s in results["criteria"].items() if CRITERIA[name].kind == QA}
-    for name, s in qa.items():
+    for s in qa.values():
         dataset = s.get("dataset")
         published = PUBLISHED_QA.get(dataset, (None, None))
-        lines += [f"Zero-shot QA{f' ({dataset})' if dataset else ''}:", "",
-                  "| | ours | 95% CI | int() | published | judged | failed | total |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|",
-                  f"| accuracy (%) | {_num(s['accuracy'], 1)} | {_ci(s['accuracy_ci95'], 1)} | - | "
-                  f"{_num(published[0], 1)} | {s['judged']} | {s['failed']} | {s['total']} |",
-                  f"| score | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | {_num(published[1], 1)} | "
-                  f"{s['judged']} | {s['failed']} | {s['total']} |", ""]
+        lines += [
+            f"Zero-shot QA{f' ({dataset})' if dataset else ''}:",
+            "",
+            "| | ours | 95% CI | int() | published | judged | failed | total |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            f"| accuracy (%) | {_num(s['accuracy'], 1)} | {_ci(s['accuracy_ci95'], 1)} | - | "
+            f"{_num(published[0], 1)} | {s['judged']} | {s['failed']} | {s['total']} |",
+            f"| score | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | {_num(published[1], 1)} | "
+            f"{s['judged']} | {s['failed']} | {s['total']} |",
+            "",
+        ]
     run = results["run"]
-    lines.append(f"{run['requests']} requests in {run['wall_time_s']:.1f} s "
-                 f"({run['reused']} records reused from the cache).")
+    lines.append(
+        f"{run['requests']} requests in {run['wall_time_s']:.1f} s ({run['reused']} records reused from the cache)."
+    )
     return "\n".join(lines) + "\n"

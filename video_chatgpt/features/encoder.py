@@ -39,6 +39,7 @@ from video_chatgpt.features.pooling import pool_video_features, pooled_grid_toke
 from video_chatgpt.features.sampling import frame_indices
 from video_chatgpt.features.towers import TowerSpec, load_tower_model, load_tower_processor, resolve_tower
 
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """float16 on CUDA (as the original), float32 on CPU (where float16 matmuls are slow)."""
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
@@ -50,8 +51,16 @@ def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> t
         return name
     if name in (None, "auto"):
         return default_dtype(device)
-    aliases = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
-               "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    aliases = {
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float": torch.float32,
+    }
     if name not in aliases:
         raise ValueError(f"unknown dtype {name!r}; expected one of auto, {', '.join(aliases)}")
     return aliases[name]

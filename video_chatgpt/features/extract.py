@@ -67,10 +67,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-
-import numpy as np
 
 import video_chatgpt
 from video_chatgpt.constants import DEFAULT_NUM_FRAMES, DEFAULT_VISION_TOWER
@@ -147,14 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video_dir_path", required=True, help="folder of videos")
     p.add_argument("--clip_feat_path", required=True, help="output folder of feature files (created)")
     p.add_argument("--infer_batch", type=int, default=32, help="frames per encoder forward (default 32)")
-    p.add_argument("--vision_tower", "--clip_model", dest="vision_tower", default=DEFAULT_VISION_TOWER,
-                   help="CLIP or SigLIP tower folder, LLaVA-1.5/NeXT folder (its tower), or cached hub id")
+    p.add_argument(
+        "--vision_tower",
+        "--clip_model",
+        dest="vision_tower",
+        default=DEFAULT_VISION_TOWER,
+        help="CLIP or SigLIP tower folder, LLaVA-1.5/NeXT folder (its tower), or cached hub id",
+    )
     p.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames sampled per video")
     p.add_argument("--spatial_pool", type=int, default=1, help="k x k average of the patch grid (default 1: none)")
-    p.add_argument("--select_layer", type=int, default=None,
-                   help="hidden state to take (default -2, or the LLaVA folder's vision_feature_layer)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="extract every video again, even into a folder made with other settings")
+    p.add_argument(
+        "--select_layer",
+        type=int,
+        default=None,
+        help="hidden state to take (default -2, or the LLaVA folder's vision_feature_layer)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="extract every video again, even into a folder made with other settings",
+    )
     p.add_argument("--feature_format", choices=FEATURE_FORMATS, default="pkl", help="pkl (default) or npy")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (float16 on CUDA, float32 on CPU), float16, bfloat16, float32")

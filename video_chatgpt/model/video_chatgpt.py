@@ -320,7 +320,8 @@ class VideoMixin:
         """The saved artefact ``mm_projector.bin``, fp32 on CPU: ``model.mm_projector.*`` (for ``linear`` the
         original's ``weight``/``bias``) and the full ``model.embed_tokens.weight`` with the trained rows folded in."""
         state = {
-            PROJECTOR_PREFIX + k: v.detach().float().cpu().clone() for k, v in self.model.mm_projector.state_dict().items()
+            PROJECTOR_PREFIX + k: v.detach().float().cpu().clone()
+            for k, v in self.model.mm_projector.state_dict().items()
         }
         state[EMBED_TOKENS_KEY] = self.full_input_embedding().cpu()
         return state
@@ -340,7 +341,7 @@ class VideoMixin:
             if tuple(state[key].shape) != tuple(param.shape):
                 raise ValueError(f"{source}: {key} has shape {tuple(state[key].shape)}, model has {tuple(param.shape)}")
         with torch.no_grad():
-            proj.load_state_dict({k[len(PROJECTOR_PREFIX):]: state[k].to(v.dtype) for k, v in own.items()})
+            proj.load_state_dict({k[len(PROJECTOR_PREFIX) :]: state[k].to(v.dtype) for k, v in own.items()})
             if EMBED_TOKENS_KEY in state:
                 emb = self.get_input_embeddings().weight
                 src = state[EMBED_TOKENS_KEY]
@@ -441,7 +442,7 @@ class VideoLanguageModel(VideoMixin, nn.Module):
         self.config.video_chatgpt_base_kind = "causal_lm"  # the folder written is a causal LM, not a LLaVA-1.5 one
         if state_dict is not None:
             prefix = "language_model."
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         self.language_model.save_pretrained(folder, state_dict=state_dict, **kwargs)
 
     @property
@@ -504,8 +505,10 @@ def load_llava_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) 
     if getattr(projector, "linear_1", None) is None or getattr(projector, "linear_2", None) is None:
         raise ValueError(f"{folder}: its multi_modal_projector has no linear_1/linear_2 (not LLaVA-1.5/NeXT's)")
     state = {
-        "0.weight": projector.linear_1.weight.detach(), "0.bias": projector.linear_1.bias.detach(),
-        "2.weight": projector.linear_2.weight.detach(), "2.bias": projector.linear_2.bias.detach(),
+        "0.weight": projector.linear_1.weight.detach(),
+        "0.bias": projector.linear_1.bias.detach(),
+        "2.weight": projector.linear_2.weight.detach(),
+        "2.bias": projector.linear_2.bias.detach(),
     }
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
@@ -513,8 +516,10 @@ def load_llava_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) 
     lm_state["lm_head.weight"] = full.lm_head.weight
     missing, unexpected = lm.load_state_dict(lm_state, strict=False, assign=True)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
-        raise ValueError(f"{folder}: its language model does not fit {type(lm).__name__}: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
+        raise ValueError(
+            f"{folder}: its language model does not fit {type(lm).__name__}: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}"
+        )
     # Buffers that are not in a state dict (rotary inv_freq) were built on the meta device: take the loaded ones.
     for name, buffer in full.model.language_model.named_buffers():
         module_name, _, attr = name.rpartition(".")
@@ -574,8 +579,10 @@ def load_video_model(
     # from_pretrained's keyword arguments for the document's base and a causal LM.
     load_kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     if quantization_config is not None and kind == "llava_hf":
-        raise ValueError(f"{folder}: --bits 4|8 is not supported for a LLaVA-1.5/NeXT folder (its language model is "
-                         f"split out of the full model); train it with --bits 16 (LoRA or the projector alone)")
+        raise ValueError(
+            f"{folder}: --bits 4|8 is not supported for a LLaVA-1.5/NeXT folder (its language model is "
+            f"split out of the full model); train it with --bits 16 (LoRA or the projector alone)"
+        )
     if quantization_config is not None:
         load_kwargs["quantization_config"] = quantization_config
     if kind == "llava_v1":
@@ -592,12 +599,17 @@ def load_video_model(
     if kind == "llava_hf":
         parts = load_llava_hf_parts(folder, dtype)
         if projector_type not in (None, "mlp2x_gelu"):
-            raise ValueError(f"{folder}: a LLaVA-1.5/NeXT projector is mlp2x_gelu, not --mm_projector_type {projector_type}")
+            raise ValueError(
+                f"{folder}: a LLaVA-1.5/NeXT projector is mlp2x_gelu, not --mm_projector_type {projector_type}"
+            )
         if mm_hidden_size is not None and mm_hidden_size != parts.mm_hidden_size:
-            raise ValueError(f"feature width {mm_hidden_size} != {folder}'s projector input width {parts.mm_hidden_size}")
+            raise ValueError(
+                f"feature width {mm_hidden_size} != {folder}'s projector input width {parts.mm_hidden_size}"
+            )
         config_fields.setdefault("mm_vision_tower", str(Path(folder).resolve()))
-        model = VideoLanguageModel(parts.language_model, "mlp2x_gelu", parts.mm_hidden_size,
-                                   video_chatgpt_base_kind=kind, **config_fields)
+        model = VideoLanguageModel(
+            parts.language_model, "mlp2x_gelu", parts.mm_hidden_size, video_chatgpt_base_kind=kind, **config_fields
+        )
         with torch.no_grad():
             model.model.mm_projector.load_state_dict(parts.projector_state)
         model.base_embedding_key = _checkpoint_key(folder, "embed_tokens.weight")
@@ -605,19 +617,23 @@ def load_video_model(
     from transformers import AutoModelForCausalLM
 
     if mm_hidden_size is None:
-        raise ValueError(f"{folder}: a plain causal LM has no projector yet; the feature width (mm_hidden_size) is needed")
+        raise ValueError(
+            f"{folder}: a plain causal LM has no projector yet; the feature width (mm_hidden_size) is needed"
+        )
     lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **load_kwargs)
     for key in ("use_cache",):
         if key in config_fields:
             setattr(lm.config, key, config_fields.pop(key))
-    model = VideoLanguageModel(lm, projector_type or "linear", mm_hidden_size, video_chatgpt_base_kind=kind,
-                               **config_fields)
+    model = VideoLanguageModel(
+        lm, projector_type or "linear", mm_hidden_size, video_chatgpt_base_kind=kind, **config_fields
+    )
     model.model.to(dtype)
     return model, kind
 
 
-def projector_state_from_state_dict(state: dict[str, torch.Tensor], trainable_row_ids: list[int] | None,
-                                    embedding_key: str = EMBED_TOKENS_KEY) -> dict:
+def projector_state_from_state_dict(
+    state: dict[str, torch.Tensor], trainable_row_ids: list[int] | None, embedding_key: str = EMBED_TOKENS_KEY
+) -> dict:
     """The ``mm_projector.bin`` artefact from a (gathered) model state dict, e.g. DeepSpeed ZeRO-3's consolidated one:
     every ``model.mm_projector.*`` tensor (``linear``: the original's weight/bias; ``mlp2x_gelu``: ``0.*``/``2.*``)
     and the full input embedding, saved as ``model.embed_tokens.weight`` whatever its name in ``state``

@@ -45,17 +45,30 @@ def benchmark_files(truths: list[dict]) -> dict[str, list[dict]]:
     general, temporal, consistency, questions, answers = [], [], [], [], []
     for t in truths:
         v, c, s, d = t["video_id"], t["colour"], t["shape"], t["direction"]
-        general += [{"video_name": v, "Q": COLOUR_QUESTIONS[0], "A": colour_answer(c)},
-                    {"video_name": v, "Q": "What shape is shown in the video?", "A": f"The video shows a {c} {s}."}]
-        temporal.append({"video_name": v, "Q": "In which direction does the object move?", "A": f"The {c} {s} moves {d}."})
-        consistency.append({"video_name": v, "Q1": COLOUR_QUESTIONS[0], "Q2": COLOUR_QUESTIONS[1], "A": colour_answer(c)})
-        for key, question, answer in (("colour", "What colour is the moving object in the video?", c),
-                                      ("shape", "What shape is shown in the video?", s)):
+        general += [
+            {"video_name": v, "Q": COLOUR_QUESTIONS[0], "A": colour_answer(c)},
+            {"video_name": v, "Q": "What shape is shown in the video?", "A": f"The video shows a {c} {s}."},
+        ]
+        temporal.append(
+            {"video_name": v, "Q": "In which direction does the object move?", "A": f"The {c} {s} moves {d}."}
+        )
+        consistency.append(
+            {"video_name": v, "Q1": COLOUR_QUESTIONS[0], "Q2": COLOUR_QUESTIONS[1], "A": colour_answer(c)}
+        )
+        for key, question, answer in (
+            ("colour", "What colour is the moving object in the video?", c),
+            ("shape", "What shape is shown in the video?", s),
+        ):
             qid = f"{v}_{key}"
             questions.append({"video_name": v, "question": question, "question_id": qid})
             answers.append({"answer": answer, "question_id": qid})
-    return {"generic_qa.json": general, "temporal_qa.json": temporal, "consistency_qa.json": consistency,
-            "qa_questions.json": questions, "qa_answers.json": answers}
+    return {
+        "generic_qa.json": general,
+        "temporal_qa.json": temporal,
+        "consistency_qa.json": consistency,
+        "qa_questions.json": questions,
+        "qa_answers.json": answers,
+    }
 
 
 def make_sample_benchmark(world: str | Path) -> dict[str, Path]:
@@ -106,7 +119,10 @@ def rule_judgement(user_prompt: str) -> str:
     """The reply (a Python dict string, as the prompts ask) for one judge prompt of the shipped prompt set."""
     answer = _line(user_prompt, "Correct Answer")
     if "Predicted Answer to Question 1" in user_prompt:
-        p1, p2 = _line(user_prompt, "Predicted Answer to Question 1"), _line(user_prompt, "Predicted Answer to Question 2")
+        p1, p2 = (
+            _line(user_prompt, "Predicted Answer to Question 1"),
+            _line(user_prompt, "Predicted Answer to Question 2"),
+        )
         f1 = min(overlap_f1(answer, p1), overlap_f1(answer, p2), overlap_f1(p1, p2))
         return str({"score": round(MAX_SCORE * f1)})
     pred = _line(user_prompt, "Predicted Answer")
@@ -148,12 +164,23 @@ class _JudgeHandler(BaseHTTPRequestHandler):
             return self._send(400, {"error": {"message": "expected a chat-completions body with a user message"}})
         if self.delay:
             time.sleep(self.delay)
-        self._send(200, {
-            "id": "chatcmpl-sample", "object": "chat.completion", "created": 0, "model": JUDGE_MODEL,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": rule_judgement(user)}}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        })
+        self._send(
+            200,
+            {
+                "id": "chatcmpl-sample",
+                "object": "chat.completion",
+                "created": 0,
+                "model": JUDGE_MODEL,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": rule_judgement(user)},
+                    }
+                ],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            },
+        )
 
 
 def make_judge_server(host: str = "127.0.0.1", port: int = 0, delay: float = 0.0) -> ThreadingHTTPServer:
@@ -167,8 +194,9 @@ def make_judge_server(host: str = "127.0.0.1", port: int = 0, delay: float = 0.0
 
 def main(argv: list[str] | None = None) -> int:
     """``video-chatgpt sample benchmark --out WORLD`` | ``video-chatgpt sample judge-server [--host H] [--port N]``."""
-    p = argparse.ArgumentParser(prog="video-chatgpt sample", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="video-chatgpt sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("what", choices=["benchmark", "judge-server"])
     p.add_argument("--out", help="benchmark: the sample world folder")
     p.add_argument("--host", default="127.0.0.1", help="judge-server: address to listen on")
@@ -183,8 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     server = make_judge_server(args.host, args.port, args.delay)
     host, port = server.server_address[:2]
-    print(f"sample rule-based judge (a test stand-in, not an LLM) on http://{host}:{port}/v1 as model "
-          f"{JUDGE_MODEL!r}; Ctrl-C stops it", flush=True)
+    print(
+        f"sample rule-based judge (a test stand-in, not an LLM) on http://{host}:{port}/v1 as model "
+        f"{JUDGE_MODEL!r}; Ctrl-C stops it",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,10 +1,10 @@
 """``video-chatgpt sample models|world|awkward --out DIR``: make the tiny offline sample.
 
-    video-chatgpt sample models --out runs/sample/models      # tiny LLaVA-like LM + tiny CLIP tower
-    video-chatgpt sample world --out runs/sample/world        # synthetic videos, VideoInstruct JSON, test QA
-    video-chatgpt sample awkward --out runs/sample/awkward    # short / odd-size / corrupt / empty / non-video files
-    video-chatgpt sample benchmark --out runs/sample/world    # benchmark question files on the held-out videos
-    video-chatgpt sample judge-server --port 8765             # rule-based OpenAI-compatible TEST judge (not an LLM)
+video-chatgpt sample models --out runs/sample/models      # tiny LLaVA-like LM + tiny CLIP tower
+video-chatgpt sample world --out runs/sample/world        # synthetic videos, VideoInstruct JSON, test QA
+video-chatgpt sample awkward --out runs/sample/awkward    # short / odd-size / corrupt / empty / non-video files
+video-chatgpt sample benchmark --out runs/sample/world    # benchmark question files on the held-out videos
+video-chatgpt sample judge-server --port 8765             # rule-based OpenAI-compatible TEST judge (not an LLM)
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
         from video_chatgpt.sample.benchmark import main as benchmark_main
 
         return benchmark_main(argv)
-    parser = argparse.ArgumentParser(prog="video-chatgpt sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="video-chatgpt sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=["models", "world", "awkward"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--safetensors", action="store_true", help="models: write safetensors shards, not .bin")

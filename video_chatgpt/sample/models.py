@@ -461,9 +461,7 @@ QWEN2_CHAT_TEMPLATE = (
 
 
 # The pre-tokenizer split pattern of Llama-3 and Qwen2 (their tokenizer.json), shared by both byte-level families.
-BYTE_LEVEL_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+BYTE_LEVEL_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 @dataclass(frozen=True)
@@ -485,19 +483,39 @@ class ChatFamily:
 
 CHAT_FAMILIES: dict[str, ChatFamily] = {
     "llama3": ChatFamily(
-        "llama3", "LlamaConfig",
+        "llama3",
+        "LlamaConfig",
         ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-        bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, unk=None, byte_level=True,
+        bos="<|begin_of_text|>",
+        eos="<|eot_id|>",
+        pad=None,
+        unk=None,
+        byte_level=True,
         chat_template=LLAMA3_CHAT_TEMPLATE,
     ),
     "mistral": ChatFamily(
-        "mistral", "MistralConfig", ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
-        bos="<s>", eos="</s>", pad=None, unk="<unk>", byte_level=False, chat_template=MISTRAL_CHAT_TEMPLATE,
+        "mistral",
+        "MistralConfig",
+        ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
+        bos="<s>",
+        eos="</s>",
+        pad=None,
+        unk="<unk>",
+        byte_level=False,
+        chat_template=MISTRAL_CHAT_TEMPLATE,
     ),
     "qwen2": ChatFamily(
-        "qwen2", "Qwen2Config", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-        bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, byte_level=True,
-        chat_template=QWEN2_CHAT_TEMPLATE, tie_word_embeddings=True, pad_vocab_to=64,
+        "qwen2",
+        "Qwen2Config",
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        bos=None,
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+        unk=None,
+        byte_level=True,
+        chat_template=QWEN2_CHAT_TEMPLATE,
+        tie_word_embeddings=True,
+        pad_vocab_to=64,
     ),
 }
 
@@ -522,8 +540,15 @@ class TinyChatSpec:
 # The quickstart's chat base (``--base qwen2``): the tiny LLaVA's width and depth (hidden 64, 2 layers), the usual
 # 0.02 init (it is taught the language by ``pretrain_language``, so it needs no large init to react to its input),
 # and room for the 356-token video span plus the chat template's turns (~450 tokens).
-SAMPLE_CHAT_SPEC = TinyChatSpec(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, max_position_embeddings=2048, initializer_range=0.02)
+SAMPLE_CHAT_SPEC = TinyChatSpec(
+    hidden_size=64,
+    intermediate_size=172,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    initializer_range=0.02,
+)
 
 
 def tokenizer_corpus() -> list[str]:
@@ -532,8 +557,12 @@ def tokenizer_corpus() -> list[str]:
 
     conversations, captions = language_corpus(n=200, seed=0)
     lines = [str(t["value"]).replace("<video>", "") for conv in conversations for t in conv] + list(captions)
-    lines += ["Café naïve déjà vu, 日本語のテキスト, Ünïcödé ✓ — “quotes”.", "user assistant system USER: ASSISTANT:",
-              "The object is red. The object is green. The object is blue. The object is yellow.", "\n\n  \t"]
+    lines += [
+        "Café naïve déjà vu, 日本語のテキスト, Ünïcödé ✓ — “quotes”.",
+        "user assistant system USER: ASSISTANT:",
+        "The object is red. The object is green. The object is blue. The object is yellow.",
+        "\n\n  \t",
+    ]
     return lines
 
 
@@ -545,10 +574,12 @@ def train_chat_tokenizer(family: ChatFamily, spec: TinyChatSpec = TinyChatSpec()
     if family.byte_level:
         tok = Tokenizer(models.BPE())
         # Llama-3's / Qwen2's split pattern (newline runs are one piece: "\n\n" before an answer stays one token).
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(BYTE_LEVEL_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(BYTE_LEVEL_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         tok.decoder = decoders.ByteLevel()
         alphabet = pre_tokenizers.ByteLevel.alphabet()
     else:
@@ -556,12 +587,18 @@ def train_chat_tokenizer(family: ChatFamily, spec: TinyChatSpec = TinyChatSpec()
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
         tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
         alphabet = sorted(set("".join(tokenizer_corpus())) | {chr(c) for c in range(33, 127)} | {"▁"})
-    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=list(family.specials),
-                                  initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size, special_tokens=list(family.specials), initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=family.bos, eos_token=family.eos, pad_token=family.pad,
-        unk_token=family.unk, chat_template=family.chat_template, padding_side="right",
+        tokenizer_object=tok,
+        bos_token=family.bos,
+        eos_token=family.eos,
+        pad_token=family.pad,
+        unk_token=family.unk,
+        chat_template=family.chat_template,
+        padding_side="right",
         clean_up_tokenization_spaces=False,
     )
 
@@ -577,11 +614,18 @@ def make_tiny_chat_lm(path: str | Path, family: str, spec: TinyChatSpec = TinyCh
     tokenizer = train_chat_tokenizer(fam, spec)
     vocab = -(-len(tokenizer) // fam.pad_vocab_to) * fam.pad_vocab_to
     config = getattr(transformers, fam.config_class)(
-        vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=spec.max_position_embeddings,
-        tie_word_embeddings=fam.tie_word_embeddings, initializer_range=spec.initializer_range,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=fam.tie_word_embeddings,
+        initializer_range=spec.initializer_range,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(spec.seed)
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
@@ -608,15 +652,31 @@ def make_tiny_siglip(path: str | Path, spec: TinySiglipSpec = TinySiglipSpec()) 
 
     path = Path(path)
     torch.manual_seed(spec.seed)
-    config = SiglipVisionConfig(hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-                                num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-                                image_size=spec.image_size, patch_size=spec.patch_size)
+    config = SiglipVisionConfig(
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
     SiglipVisionModel(config).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor", "resample": 3,
-        "rescale_factor": 1 / 255, "size": {"height": spec.image_size, "width": spec.image_size},
-    }, indent=2))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_normalize": True,
+                "do_rescale": True,
+                "do_resize": True,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "image_processor_type": "SiglipImageProcessor",
+                "resample": 3,
+                "rescale_factor": 1 / 255,
+                "size": {"height": spec.image_size, "width": spec.image_size},
+            },
+            indent=2,
+        )
+    )
     return path
 
 
@@ -628,22 +688,44 @@ def make_tiny_llava_hf(path: str | Path, spec: TinyChatSpec = TinyChatSpec(), cl
 
     path = Path(path)
     clip = clip or TinyClipSpec(image_size=56, patch_size=14)
-    vision = CLIPVisionConfig(hidden_size=clip.hidden_size, intermediate_size=clip.intermediate_size,
-                              num_hidden_layers=clip.num_hidden_layers, num_attention_heads=clip.num_attention_heads,
-                              image_size=clip.image_size, patch_size=clip.patch_size, projection_dim=clip.hidden_size)
+    vision = CLIPVisionConfig(
+        hidden_size=clip.hidden_size,
+        intermediate_size=clip.intermediate_size,
+        num_hidden_layers=clip.num_hidden_layers,
+        num_attention_heads=clip.num_attention_heads,
+        image_size=clip.image_size,
+        patch_size=clip.patch_size,
+        projection_dim=clip.hidden_size,
+    )
     # Vocabulary: LLaMA's 32000 + <image> (32000) + <pad> (32001), as llava-hf/llava-1.5-7b-hf.
-    text = LlamaConfig(vocab_size=32002, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-                       num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
-                       num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=2048,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=32001, tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    text = LlamaConfig(
+        vocab_size=32002,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=32001,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=32000,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     torch.manual_seed(spec.seed)
     LlavaForConditionalGeneration(config).save_pretrained(path)
     write_llava_tokenizer(path)
     (path / "added_tokens.json").write_text(json.dumps({"<image>": 32000, "<pad>": 32001}, indent=2))
     special = json.loads((path / "special_tokens_map.json").read_text())
     (path / "special_tokens_map.json").write_text(json.dumps({**special, "pad_token": "<pad>"}, indent=2))
-    (path / "preprocessor_config.json").write_text(json.dumps(
-        {**CLIP_PREPROCESSOR_CONFIG, "crop_size": clip.image_size, "size": clip.image_size}, indent=2))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps({**CLIP_PREPROCESSOR_CONFIG, "crop_size": clip.image_size, "size": clip.image_size}, indent=2)
+    )
     return path

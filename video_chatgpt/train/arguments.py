@@ -55,20 +55,26 @@ class ModelArguments:
     # Other bases (issue 13): any AutoModelForCausalLM + any CLIP/SigLIP tower, or a LLaVA-1.5/NeXT folder.
     vision_tower: str | None = field(
         default=None,
-        metadata={"help": "the tower the features were made with (recorded as mm_vision_tower for chat/predict); "
-                          "default: the base config's mm_vision_tower (a LLaVA-1.5 folder: the folder itself)"},
+        metadata={
+            "help": "the tower the features were made with (recorded as mm_vision_tower for chat/predict); "
+            "default: the base config's mm_vision_tower (a LLaVA-1.5 folder: the folder itself)"
+        },
     )
     mm_projector_type: str | None = field(
         default=None,
-        metadata={"help": "linear (the original) | mlp2x_gelu (LLaVA-1.5: Linear-GELU-Linear); default: the base's "
-                          "(linear for the document's LLaVA, mlp2x_gelu for a LLaVA-1.5 folder, linear otherwise)"},
+        metadata={
+            "help": "linear (the original) | mlp2x_gelu (LLaVA-1.5: Linear-GELU-Linear); default: the base's "
+            "(linear for the document's LLaVA, mlp2x_gelu for a LLaVA-1.5 folder, linear otherwise)"
+        },
     )
     stage: str | None = field(
         default=None,
-        metadata={"help": "pretrain: the projector alone on video-caption pairs with the plain '<video>caption' "
-                          "template (LLaVA's stage 1); finetune: the instruction data with the base's template, "
-                          "starting from --pretrain_mm_mlp_adapter <stage-1 mm_projector.bin>; default: the "
-                          "document's single stage"},
+        metadata={
+            "help": "pretrain: the projector alone on video-caption pairs with the plain '<video>caption' "
+            "template (LLaVA's stage 1); finetune: the instruction data with the base's template, "
+            "starting from --pretrain_mm_mlp_adapter <stage-1 mm_projector.bin>; default: the "
+            "document's single stage"
+        },
     )
 
 
@@ -82,7 +88,9 @@ class DataArguments:
     sep_video_conv_front: bool = field(default=False, metadata={"help": "not supported (rejected if True)"})
     video_token_len: int = field(default=0, metadata={"help": "accepted and ignored: read from the features"})
     video_folder: str | None = field(default=None, metadata={"help": "folder of <video_id>.pkl / .npy features"})
-    frame_aspect_ratio: str = field(default="square", metadata={"help": "accepted and ignored: features are precomputed"})
+    frame_aspect_ratio: str = field(
+        default="square", metadata={"help": "accepted and ignored: features are precomputed"}
+    )
     skip_data_check: bool = field(
         default=False, metadata={"help": "do not run the data check before training (not recommended)"}
     )
@@ -113,8 +121,10 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     lora_target_modules: str | None = field(
         default=None,
-        metadata={"help": "comma-separated linear layer names of the LLM (e.g. q_proj,v_proj); default: all of "
-                          "its linear layers (never lm_head, the projector or the vision side)"},
+        metadata={
+            "help": "comma-separated linear layer names of the LLM (e.g. q_proj,v_proj); default: all of "
+            "its linear layers (never lm_head, the projector or the vision side)"
+        },
     )
     lora_weight_path: str = field(default="", metadata={"help": "accepted as in LLaVA; unused"})
     lora_bias: str = field(default="none", metadata={"help": "none (the only supported value)"})
@@ -173,12 +183,11 @@ def ignored_flag_notes(argv: list[str]) -> list[str]:
     return [f"--{flag} has no effect: {why}" for flag, why in IGNORED_FLAGS.items() if flag in given]
 
 
-def precision_fallback_note(argv: list[str], training_args: "TrainingArguments") -> str | None:
+def precision_fallback_note(argv: list[str], training_args: TrainingArguments) -> str | None:
     """The sentence for the report when ``--bf16``/``--fp16`` was asked for but the run computes in fp32 (CPU)."""
     parser = argparse.ArgumentParser(add_help=False)
     for flag in ("bf16", "fp16"):
-        parser.add_argument(f"--{flag}", type=string_to_bool, nargs="?", const=True,
-                            default=False)
+        parser.add_argument(f"--{flag}", type=string_to_bool, nargs="?", const=True, default=False)
     asked, _ = parser.parse_known_args(argv)
     wanted = [flag for flag in ("bf16", "fp16") if getattr(asked, flag)]
     if not wanted or training_args.bf16 or training_args.fp16:
@@ -189,7 +198,7 @@ def precision_fallback_note(argv: list[str], training_args: "TrainingArguments")
     )
 
 
-def cpu_fsdp_note(training_args: "TrainingArguments") -> str | None:
+def cpu_fsdp_note(training_args: TrainingArguments) -> str | None:
     """The sentence for the log and the report when ``--fsdp`` is given on the CPU, where it does not shard.
 
     accelerate builds an FSDP run only for GPU-family devices; on the CPU (``use_cpu``) it silently wraps the model
@@ -197,9 +206,11 @@ def cpu_fsdp_note(training_args: "TrainingArguments") -> str | None:
     """
     if not training_args.fsdp or not training_args.use_cpu:
         return None
-    return ("--fsdp has no effect on the CPU: accelerate shards with FSDP only on GPUs and runs plain "
-            "DistributedDataParallel here (every process holds the whole model); use --deepspeed configs/zero3.json "
-            "to partition the parameters on the CPU")
+    return (
+        "--fsdp has no effect on the CPU: accelerate shards with FSDP only on GPUs and runs plain "
+        "DistributedDataParallel here (every process holds the whole model); use --deepspeed configs/zero3.json "
+        "to partition the parameters on the CPU"
+    )
 
 
 def cpu_has_fast_bf16() -> bool:

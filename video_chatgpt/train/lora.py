@@ -62,12 +62,13 @@ class LoraSettings:
     quant_type: str = "nf4"
 
     @classmethod
-    def from_training_args(cls, args) -> "LoraSettings":
+    def from_training_args(cls, args) -> LoraSettings:
         targets = None
         if args.lora_target_modules:
             targets = tuple(t.strip() for t in args.lora_target_modules.split(",") if t.strip()) or None
-        return cls(args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.bits, args.double_quant,
-                   args.quant_type)
+        return cls(
+            args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.bits, args.double_quant, args.quant_type
+        )
 
 
 def check_flags(args) -> None:
@@ -91,8 +92,10 @@ def check_quantisation_available(bits: int) -> None:
     if bits == 16:
         return
     if not torch.cuda.is_available():
-        raise UserError(f"--bits {bits} (QLoRA) quantises the base with bitsandbytes, which needs a CUDA GPU; none "
-                        f"is available here: train with --bits 16 (plain LoRA) or on a GPU machine")
+        raise UserError(
+            f"--bits {bits} (QLoRA) quantises the base with bitsandbytes, which needs a CUDA GPU; none "
+            f"is available here: train with --bits 16 (plain LoRA) or on a GPU machine"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError(f"--bits {bits} needs the PyPI package 'bitsandbytes': pip install 'video-chatgpt[qlora]'")
 
@@ -105,9 +108,12 @@ def quantisation_config(settings: LoraSettings, compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=settings.bits == 4, load_in_8bit=settings.bits == 8,
-        llm_int8_skip_modules=list(EXCLUDED), bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_use_double_quant=settings.double_quant, bnb_4bit_quant_type=settings.quant_type,
+        load_in_4bit=settings.bits == 4,
+        load_in_8bit=settings.bits == 8,
+        llm_int8_skip_modules=list(EXCLUDED),
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=settings.double_quant,
+        bnb_4bit_quant_type=settings.quant_type,
     )
 
 
@@ -145,11 +151,19 @@ def add_lora(model: nn.Module, settings: LoraSettings):
     targets = list(settings.targets or available)
     unknown = [t for t in targets if t not in available]
     if unknown:
-        raise UserError(f"--lora_target_modules {','.join(unknown)}: not linear layers of this language model; "
-                        f"its linear layers are {','.join(available)}")
+        raise UserError(
+            f"--lora_target_modules {','.join(unknown)}: not linear layers of this language model; "
+            f"its linear layers are {','.join(available)}"
+        )
     trainable_before = [p for p in model.parameters() if p.requires_grad]
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=target_pattern(targets), bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=target_pattern(targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     lm = language_model(model)
     inject_adapter_in_model(config, lm, adapter_name=ADAPTER_NAME)
     if getattr(lm, "is_quantized", False):
@@ -181,14 +195,15 @@ def adapter_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | N
         state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
     # save_embedding_layers=False: peft would add the whole (resized) embedding and lm_head; the trained token
     # rows are in mm_projector.bin, the frozen ones in the base.
-    state = get_peft_model_state_dict(lm, state_dict=state_dict, adapter_name=ADAPTER_NAME,
-                                      save_embedding_layers=False)
+    state = get_peft_model_state_dict(lm, state_dict=state_dict, adapter_name=ADAPTER_NAME, save_embedding_layers=False)
     # Each LoRA matrix is (r, in) or (out, r); a ZeRO-3 shard is (0,) and a save without gathered weights has none.
     expected = sum(".lora_" in n for n, _ in lm.named_parameters())
     if len(state) != expected or any(v.dim() != 2 or v.numel() == 0 for v in state.values()):
-        raise UserError(f"the LoRA adapter to save has {len(state)} of its {expected} tensors whole (the others are "
-                        f"ZeRO-3 shards): set \"stage3_gather_16bit_weights_on_model_save\": true in the --deepspeed "
-                        f"config (configs/zero3.json has it)")
+        raise UserError(
+            f"the LoRA adapter to save has {len(state)} of its {expected} tensors whole (the others are "
+            f'ZeRO-3 shards): set "stage3_gather_16bit_weights_on_model_save": true in the --deepspeed '
+            f"config (configs/zero3.json has it)"
+        )
     return {f"{PEFT_PREFIX}{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
 
@@ -202,24 +217,30 @@ def save_adapter(model: nn.Module, folder: str | Path, state_dict: dict[str, tor
     lm = language_model(model)
     config = lm.peft_config[ADAPTER_NAME]
     state = adapter_state_dict(model, state_dict)
-    write_atomically(Path(folder, ADAPTER_WEIGHTS_FILE),
-                     lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    write_atomically(
+        Path(folder, ADAPTER_WEIGHTS_FILE), lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
+    )
     write_text_atomically(Path(folder, ADAPTER_CONFIG_FILE), json.dumps(config.to_dict(), indent=2, default=str))
 
 
-def projector_parameter_groups(model: nn.Module, lr: float, projector_lr: float, weight_decay: float,
-                               decay_names: set[str]) -> list[dict]:
+def projector_parameter_groups(
+    model: nn.Module, lr: float, projector_lr: float, weight_decay: float, decay_names: set[str]
+) -> list[dict]:
     """Optimizer groups (``--mm_projector_lr``, LLaVA's): the projector and the token rows at ``projector_lr``,
     every other trainable (the LoRA adapters) at ``lr``; weight decay only on ``decay_names`` (the Trainer's)."""
-    groups: dict[tuple[str, bool], list] = {("proj", True): [], ("proj", False): [], ("rest", True): [],
-                                            ("rest", False): []}
+    groups: dict[tuple[str, bool], list] = {
+        ("proj", True): [],
+        ("proj", False): [],
+        ("rest", True): [],
+        ("rest", False): [],
+    }
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         kind = "proj" if ("mm_projector" in name or "video_token_embeds" in name) else "rest"
         groups[(kind, name in decay_names)].append(p)
     return [
-        {"params": params, "lr": projector_lr if kind == "proj" else lr,
-         "weight_decay": weight_decay if decay else 0.0}
-        for (kind, decay), params in groups.items() if params
+        {"params": params, "lr": projector_lr if kind == "proj" else lr, "weight_decay": weight_decay if decay else 0.0}
+        for (kind, decay), params in groups.items()
+        if params
     ]

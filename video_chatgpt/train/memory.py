@@ -84,7 +84,7 @@ class ModelShape:
     video_tokens: int | None = None  # config.video_token_len (a trained run folder has it)
 
     @classmethod
-    def from_config(cls, raw: dict, source: str = "config.json") -> "ModelShape":
+    def from_config(cls, raw: dict, source: str = "config.json") -> ModelShape:
         """A LLaVA-v1 / Video-ChatGPT config (flat LLaMA keys + ``mm_*``), a causal LM's, or a LLaVA-1.5 one
         (``text_config`` + ``vision_config``)."""
         text = raw.get("text_config") or raw
@@ -109,11 +109,12 @@ class ModelShape:
         return shape
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "ModelShape":
+    def from_folder(cls, folder: str | Path) -> ModelShape:
         path = Path(folder) / "config.json"
         if not path.is_file():
-            raise UserError(f"{folder}: no config.json; --model_name_or_path must be a model folder (only its "
-                            f"config.json is read)")
+            raise UserError(
+                f"{folder}: no config.json; --model_name_or_path must be a model folder (only its config.json is read)"
+            )
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -124,8 +125,15 @@ class ModelShape:
         """(in, out) of each linear layer of one decoder layer."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         h, i = self.hidden, self.intermediate
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     def layer_linear_params(self) -> int:
         return sum(a * b for a, b in self.linear_shapes().values())
@@ -184,11 +192,15 @@ class StepSettings:
             raise ValueError(f"device {self.device!r}: expected cuda or cpu")
         unknown = [t for t in self.lora_targets if t not in LLM_LINEARS]
         if unknown:
-            raise ValueError(f"--lora_target_modules {','.join(unknown)}: not linear layers of a LLaMA-family "
-                             f"decoder layer ({', '.join(LLM_LINEARS)})")
+            raise ValueError(
+                f"--lora_target_modules {','.join(unknown)}: not linear layers of a LLaMA-family "
+                f"decoder layer ({', '.join(LLM_LINEARS)})"
+            )
         if min(self.batch, self.tokens) < 1 or not 0 <= self.supervised <= self.tokens:
-            raise ValueError(f"batch {self.batch}, tokens {self.tokens}, supervised {self.supervised}: need batch >= "
-                             f"1, tokens >= 1 and 0 <= supervised <= tokens")
+            raise ValueError(
+                f"batch {self.batch}, tokens {self.tokens}, supervised {self.supervised}: need batch >= "
+                f"1, tokens >= 1 and 0 <= supervised <= tokens"
+            )
 
     @property
     def c(self) -> int:
@@ -267,13 +279,17 @@ def frozen_weight_bytes(shape: ModelShape, s: StepSettings) -> list[Part]:
     """The frozen (or, in full fine-tuning, all) weights of the LLM by dtype; trainables are counted apart."""
     w = DTYPE_BYTES[s.weight_dtype]
     if s.train == "full":
-        return [Part(f"weights fp32 (all {shape.llm_params():,} LLM parameters train)", 0.0,
-                     "counted with the trainable parameters")]
+        return [
+            Part(
+                f"weights fp32 (all {shape.llm_params():,} LLM parameters train)",
+                0.0,
+                "counted with the trainable parameters",
+            )
+        ]
     linear = shape.layers * shape.layer_linear_params()
     other = shape.embedding_params() + shape.norm_params()
     if s.bits == 16:
-        return [Part(f"weights {s.weight_dtype} (frozen LLM, {shape.llm_params():,} params)",
-                     (linear + other) * w)]
+        return [Part(f"weights {s.weight_dtype} (frozen LLM, {shape.llm_params():,} params)", (linear + other) * w)]
     if s.bits == 4:
         # packed 4-bit codes + absmax per block (8-bit codes + fp32 per 256 blocks when double-quantised)
         constants = (1 / NF4_BLOCK + FP32 / (NF4_BLOCK * DOUBLE_QUANT_BLOCK)) if s.double_quant else FP32 / NF4_BLOCK
@@ -366,16 +382,23 @@ def plan_step(shape: ModelShape, s: StepSettings) -> MemoryPlan:
     kept = act_on if s.gradient_checkpointing else act_off
     proj_in = (shape.mm_hidden or 0) * video
     weight_parts = frozen_weight_bytes(shape, s)
-    batch_part = Part("batch: ids/labels/mask int64, fp16 features + their fp32 copy for the projector",
-                      3 * 8 * t + (2 + FP32) * proj_in)
+    batch_part = Part(
+        "batch: ids/labels/mask int64, fp16 features + their fp32 copy for the projector",
+        3 * 8 * t + (2 + FP32) * proj_in,
+    )
     parts = weight_parts + [
         Part(f"trainable weights fp32 ({trainable:,} params)", FP32 * trainable),
         Part("AdamW moments (2 x fp32 per trainable param)", ADAMW_STATE_BYTES * trainable),
         Part("gradients fp32 of the trainables", FP32 * trainable),
-        Part(f"activations kept for backward ({'checkpointed' if s.gradient_checkpointing else 'all layers'}, "
-             f"{t:,} tokens)", kept),
-        Part("backward working set (one layer" + (", recomputed" if s.gradient_checkpointing else "") + ")",
-             backward_working_bytes(shape, s, s.gradient_checkpointing)),
+        Part(
+            f"activations kept for backward ({'checkpointed' if s.gradient_checkpointing else 'all layers'}, "
+            f"{t:,} tokens)",
+            kept,
+        ),
+        Part(
+            "backward working set (one layer" + (", recomputed" if s.gradient_checkpointing else "") + ")",
+            backward_working_bytes(shape, s, s.gradient_checkpointing),
+        ),
         # log-softmax output, its gradient and the logits' gradient, fp32, at the M supervised positions only
         Part(f"loss at {m:,} supervised positions (M x V fp32, x3)", 3 * FP32 * m * shape.vocab),
         batch_part,
@@ -389,7 +412,9 @@ def plan_step(shape: ModelShape, s: StepSettings) -> MemoryPlan:
     if s.device == "cuda":
         allocated = max(sum(p.bytes for p in parts), step_peak)
         overhead = [
-            Part(f"CUDA allocator reserve ({ALLOCATOR_RESERVE:.0%} of the allocated peak)", ALLOCATOR_RESERVE * allocated),
+            Part(
+                f"CUDA allocator reserve ({ALLOCATOR_RESERVE:.0%} of the allocated peak)", ALLOCATOR_RESERVE * allocated
+            ),
             Part("CUDA context, kernels, cuBLAS workspace", CUDA_CONTEXT_GIB * GIB),
         ]
     return MemoryPlan(shape, s, parts, step_peak, trainable, act_off, act_on, overhead)
@@ -418,16 +443,20 @@ class PlanArguments:
     gpu_memory: float = field(default=24.0, metadata={"help": "GiB of the accelerator to fit (default 24)"})
     tokens_per_sample: int | None = field(
         default=None,
-        metadata={"help": f"padded tokens per sample, video tokens included (default: video tokens + "
-                          f"{DEFAULT_TEXT_TOKENS} text tokens, at most --model_max_length)"},
+        metadata={
+            "help": f"padded tokens per sample, video tokens included (default: video tokens + "
+            f"{DEFAULT_TEXT_TOKENS} text tokens, at most --model_max_length)"
+        },
     )
     supervised_tokens: int = field(
         default=DEFAULT_SUPERVISED_TOKENS, metadata={"help": "supervised (answer) tokens per sample"}
     )
     video_tokens: int | None = field(
         default=None,
-        metadata={"help": "video tokens per sample (default: the config's video_token_len, else the vision "
-                          "tower's count when its config can be read)"},
+        metadata={
+            "help": "video tokens per sample (default: the config's video_token_len, else the vision "
+            "tower's count when its config can be read)"
+        },
     )
     device: str = field(default="cuda", metadata={"help": "cuda (default) or cpu: the device the plan is for"})
 
@@ -458,8 +487,10 @@ def _video_tokens(shape: ModelShape, folder: str, given: int | None, tower: str 
             return video_tokens(resolve_tower(name), DEFAULT_NUM_FRAMES)
         except (UserError, OSError, ValueError, KeyError):
             pass
-    raise UserError(f"{folder}: the number of video tokens is unknown (no video_token_len in config.json and "
-                    f"vision tower {name!r} not readable offline); pass --video_tokens N (356 for CLIP-L/14-224)")
+    raise UserError(
+        f"{folder}: the number of video tokens is unknown (no video_token_len in config.json and "
+        f"vision tower {name!r} not readable offline); pass --video_tokens N (356 for CLIP-L/14-224)"
+    )
 
 
 def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, PlanArguments]:
@@ -478,7 +509,8 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model_args, _data, targs, plan_args, rest = parser.parse_args_into_dataclasses(
-                args=argv, return_remaining_strings=True)
+                args=argv, return_remaining_strings=True
+            )
     except ValueError as exc:  # a TrainingArguments check (e.g. --warmup_ratio out of range)
         raise UserError(str(exc)) from exc
     finally:
@@ -494,19 +526,37 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
     video = _video_tokens(shape, model_args.model_name_or_path, plan_args.video_tokens, model_args.vision_tower)
     tokens = plan_args.tokens_per_sample or min(targs.model_max_length, video + DEFAULT_TEXT_TOKENS)
     compute = "bf16" if _asked(argv, "bf16") else "fp16" if _asked(argv, "fp16") else "fp32"
-    train = "lora" if targs.lora_enable else "projector" if (model_args.tune_mm_mlp_adapter or
-                                                             model_args.freeze_backbone) else "full"
-    targets = LLM_LINEARS if not targs.lora_target_modules else tuple(
-        t.strip() for t in targs.lora_target_modules.split(",") if t.strip())
+    train = (
+        "lora"
+        if targs.lora_enable
+        else "projector"
+        if (model_args.tune_mm_mlp_adapter or model_args.freeze_backbone)
+        else "full"
+    )
+    targets = (
+        LLM_LINEARS
+        if not targs.lora_target_modules
+        else tuple(t.strip() for t in targs.lora_target_modules.split(",") if t.strip())
+    )
     rows = 2 if model_args.mm_use_vid_start_end and train != "full" else 0
     try:
         settings = StepSettings(
-            batch=targs.per_device_train_batch_size, tokens=tokens,
-            supervised=min(plan_args.supervised_tokens, tokens), video_tokens=video, compute=compute,
-            gradient_checkpointing=bool(targs.activation_checkpointing), train=train, token_rows=rows,
-            train_projector=not targs.freeze_mm_mlp_adapter, lora_r=targs.lora_r, lora_targets=targets,
-            lora_dropout=targs.lora_dropout, bits=targs.bits, double_quant=targs.double_quant,
-            attn=model_args.attn_implementation, device=plan_args.device,
+            batch=targs.per_device_train_batch_size,
+            tokens=tokens,
+            supervised=min(plan_args.supervised_tokens, tokens),
+            video_tokens=video,
+            compute=compute,
+            gradient_checkpointing=bool(targs.activation_checkpointing),
+            train=train,
+            token_rows=rows,
+            train_projector=not targs.freeze_mm_mlp_adapter,
+            lora_r=targs.lora_r,
+            lora_targets=targets,
+            lora_dropout=targs.lora_dropout,
+            bits=targs.bits,
+            double_quant=targs.double_quant,
+            attn=model_args.attn_implementation,
+            device=plan_args.device,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -532,8 +582,10 @@ def format_plan(plan: MemoryPlan, gpu_gib: float, best_batch: int, best_batch_ot
     for part in plan.parts:
         lines.append(f"{part.name:<{width}} {part.gib:>8.3f}")
     lines.append(f"{'= forward/backward peak (allocated)':<{width}} {plan.backward_peak_bytes / GIB:>8.3f}")
-    lines.append(f"{'  optimizer-step peak (allocated; activations freed, AdamW temporary)':<{width}} "
-                 f"{plan.step_peak_bytes / GIB:>8.3f}")
+    lines.append(
+        f"{'  optimizer-step peak (allocated; activations freed, AdamW temporary)':<{width}} "
+        f"{plan.step_peak_bytes / GIB:>8.3f}"
+    )
     for part in plan.overhead:
         lines.append(f"{'+ ' + part.name:<{width}} {part.gib:>8.3f}")
     lines.append(f"{'= planned peak of the device':<{width}} {plan.total_gib:>8.3f}")
@@ -558,8 +610,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     plan = plan_step(shape, settings)
     best = max_batch_size(shape, settings, plan_args.gpu_memory)
-    other = max_batch_size(shape, replace(settings, gradient_checkpointing=not settings.gradient_checkpointing),
-                           plan_args.gpu_memory)
+    other = max_batch_size(
+        shape, replace(settings, gradient_checkpointing=not settings.gradient_checkpointing), plan_args.gpu_memory
+    )
     print(format_plan(plan, plan_args.gpu_memory, best, other))
     return 0
 

@@ -42,8 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def merge_run(run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_size: str = "5GB",
-              overwrite: bool = False) -> Path:
+def merge_run(
+    run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_size: str = "5GB", overwrite: bool = False
+) -> Path:
     import torch
 
     from video_chatgpt.inference.engine import load_engine
@@ -76,8 +77,9 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_s
         if (run / name).is_file():
             shutil.copyfile(run / name, tmp / name)
     shutil.copyfile(run / PROJECTOR_FILE, tmp / PROJECTOR_FILE)
-    (tmp / BASE_POINTER_FILE).write_text(json.dumps(
-        {"base_model": str(out.resolve()), "projector": PROJECTOR_FILE, "merged_from": str(run.resolve())}))
+    (tmp / BASE_POINTER_FILE).write_text(
+        json.dumps({"base_model": str(out.resolve()), "projector": PROJECTOR_FILE, "merged_from": str(run.resolve())})
+    )
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -207,8 +207,13 @@ def plot_curves(run: Run, path: str | Path) -> Path | None:
     window = smoothing_window(len(points))
     if window:
         ax_loss.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss (each logged step)")
-        ax_loss.plot(steps, moving_average(losses, window), color="tab:blue", linewidth=2.2,
-                     label=f"moving average ({window} points)")
+        ax_loss.plot(
+            steps,
+            moving_average(losses, window),
+            color="tab:blue",
+            linewidth=2.2,
+            label=f"moving average ({window} points)",
+        )
     else:
         ax_loss.plot(steps, losses, "o-", color="tab:blue", linewidth=1.8, markersize=5, label="loss")
     evals = run.eval_points
@@ -217,8 +222,15 @@ def plot_curves(run: Run, path: str | Path) -> Path | None:
     for step, name in run.resume_steps:
         for ax in (ax_loss, ax_lr):
             ax.axvline(step, color="0.45", linestyle="--", linewidth=1)
-        ax_loss.annotate(f"resumed from {name}", (step, 1), xycoords=("data", "axes fraction"),
-                         xytext=(4, -14), textcoords="offset points", fontsize=8, color="0.3")
+        ax_loss.annotate(
+            f"resumed from {name}",
+            (step, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, -14),
+            textcoords="offset points",
+            fontsize=8,
+            color="0.3",
+        )
     final = next((v for v in reversed(losses) if math.isfinite(v)), None)
     where = f"step {steps[-1]}" + (f" of {run.state.get('max_steps')}" if run.state.get("max_steps") else "")
     title = f"{run.output_dir.resolve().name}: training loss"
@@ -230,8 +242,15 @@ def plot_curves(run: Run, path: str | Path) -> Path | None:
 
     lr = [(p.step, p.learning_rate) for p in points if p.learning_rate is not None]
     if lr:
-        ax_lr.plot([s for s, _ in lr], [v for _, v in lr], "-", color="tab:green", linewidth=1.8,
-                   marker="o" if len(lr) < 20 else None, markersize=4)
+        ax_lr.plot(
+            [s for s, _ in lr],
+            [v for _, v in lr],
+            "-",
+            color="tab:green",
+            linewidth=1.8,
+            marker="o" if len(lr) < 20 else None,
+            markersize=4,
+        )
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     else:
         ax_lr.text(0.5, 0.5, f"learning rate {NOT_RECORDED}", transform=ax_lr.transAxes, ha="center", va="center")
@@ -278,6 +297,7 @@ def _rate(values: list[float]) -> str:
     """Median over the logged intervals (the first interval of a segment includes start-up, so not the mean)."""
     if not values:
         return NOT_RECORDED
+
     def show(x: float) -> str:
         return _fmt(round(x) if x >= 100 else x)
 
@@ -331,8 +351,10 @@ def _health(run: Run) -> list[str]:
 def _data_section(data) -> list[str]:
     """The data check's summary: the usual keys in words, any other key as it is."""
     if not isinstance(data, dict) or not data:
-        return [f"Data summary: {NOT_RECORDED} (the data check was skipped with --skip_data_check, or did not "
-                "return a summary)."]
+        return [
+            f"Data summary: {NOT_RECORDED} (the data check was skipped with --skip_data_check, or did not "
+            "return a summary)."
+        ]
     rows = []
     named = {
         "data_path": "training JSON",
@@ -383,14 +405,17 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
     points = run.points
     segments = run.segments
     lines = [f"# Training report: {run.output_dir.resolve().name}", ""]
-    lines.append(f"Run folder: `{run.output_dir.resolve()}`; report written "
-                 f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.")
+    lines.append(
+        f"Run folder: `{run.output_dir.resolve()}`; report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
+    )
     if run.state_path is None:
         lines.append(f"Trainer state: {NOT_RECORDED} (no `{STATE_FILE}` at the top level or in a `checkpoint-N`).")
     elif run.from_checkpoint:
         rel = run.state_path.relative_to(run.output_dir)
-        lines.append(f"Trainer state: `{rel}`, **a run read from its checkpoints** (the run has not finished, was "
-                     "stopped, or its final state was not saved); steps after that checkpoint are not shown.")
+        lines.append(
+            f"Trainer state: `{rel}`, **a run read from its checkpoints** (the run has not finished, was "
+            "stopped, or its final state was not saved); steps after that checkpoint are not shown."
+        )
     else:
         lines.append(f"Trainer state: `{STATE_FILE}` (the run finished).")
     lines += [f"Warning: {p}" for p in run.problems]
@@ -414,8 +439,10 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
     rows = [
         ["steps", steps],
         ["last logged loss", NOT_RECORDED if last is None else f"{_fmt(last.loss, 5)} (step {last.step})"],
-        ["train loss (Trainer's mean over the last segment)",
-         _fmt(_number(segments[-1].get("train_loss")), 5) if segments else NOT_RECORDED],
+        [
+            "train loss (Trainer's mean over the last segment)",
+            _fmt(_number(segments[-1].get("train_loss")), 5) if segments else NOT_RECORDED,
+        ],
         ["tokens/s", _rate([p.tokens_per_second for p in points if p.tokens_per_second is not None])],
         ["samples/s", _rate([p.samples_per_second for p in points if p.samples_per_second is not None])],
         ["wall time", wall_text],
@@ -429,8 +456,13 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
     if lora:  # --lora_enable (issue 14): the adapters apart from the projector, with peft's settings
         adapter = _lora_settings(run.output_dir)
         leaves = sorted({str(p["name"]).split(".lora_")[0].rsplit(".", 1)[-1] for p in lora})
-        rows.append(["LoRA adapters", f"{_fmt(int(sum(_number(p.get('count')) or 0 for p in lora)))} parameters "
-                                      f"in {len(lora)} tensors on {', '.join(leaves)}{adapter}"])
+        rows.append(
+            [
+                "LoRA adapters",
+                f"{_fmt(int(sum(_number(p.get('count')) or 0 for p in lora)))} parameters "
+                f"in {len(lora)} tensors on {', '.join(leaves)}{adapter}",
+            ]
+        )
     if state.get("train_batch_size") is not None:
         rows.append(["batch size per device", _fmt(state.get("train_batch_size"))])
     lines += ["", "## Summary", "", *_table(["", "value"], rows)]
@@ -451,8 +483,18 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
             lines.append("")
         lines += _table(
             ["step", "epoch", "loss", "learning rate", "grad norm", "tokens/s", "samples/s"],
-            [[str(p.step), _fmt(p.epoch, 3), _fmt(p.loss, 5), _fmt(p.learning_rate, 3), _fmt(p.grad_norm, 3),
-              _fmt(p.tokens_per_second), _fmt(p.samples_per_second)] for p in shown],
+            [
+                [
+                    str(p.step),
+                    _fmt(p.epoch, 3),
+                    _fmt(p.loss, 5),
+                    _fmt(p.learning_rate, 3),
+                    _fmt(p.grad_norm, 3),
+                    _fmt(p.tokens_per_second),
+                    _fmt(p.samples_per_second),
+                ]
+                for p in shown
+            ],
         )
 
     # ---- segments
@@ -463,17 +505,20 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
         rows = []
         for k, s in enumerate(segments, 1):
             resumed = s.get("resumed_from")
-            rows.append([
-                str(k),
-                f"`{Path(str(resumed)).name}`" if resumed else "start",
-                _fmt(s.get("global_step")),
-                _duration(_number(s.get("wall_time_s"))),
-                _fmt(_number(s.get("train_loss")), 5),
-                _fmt(_number(s.get("peak_gpu_memory_gb"))),
-                _fmt(_number(s.get("peak_rss_gb"))),
-            ])
-        lines += _table(["#", "resumed from", "reached step", "wall time", "train loss", "peak GPU GB", "peak RSS GB"],
-                        rows)
+            rows.append(
+                [
+                    str(k),
+                    f"`{Path(str(resumed)).name}`" if resumed else "start",
+                    _fmt(s.get("global_step")),
+                    _duration(_number(s.get("wall_time_s"))),
+                    _fmt(_number(s.get("train_loss")), 5),
+                    _fmt(_number(s.get("peak_gpu_memory_gb"))),
+                    _fmt(_number(s.get("peak_rss_gb"))),
+                ]
+            )
+        lines += _table(
+            ["#", "resumed from", "reached step", "wall time", "train loss", "peak GPU GB", "peak RSS GB"], rows
+        )
 
     # ---- notes (train.py: flags accepted but without effect, the bf16 -> fp32 fallback on CPU, ...)
     lines += ["", "## Notes", ""]
@@ -489,9 +534,14 @@ def format_report(run: Run, plot: Path | None, plot_error: str | None = None) ->
         lines.append(f"Trainable parameters: {NOT_RECORDED}.")
     else:
         total = sum(counts)
-        rows = [[f"`{p.get('name')}`", _fmt(p.get("count")),
-                 f"{100 * p['count'] / total:.1f}%" if total and _number(p.get("count")) is not None else ""]
-                for p in params]
+        rows = [
+            [
+                f"`{p.get('name')}`",
+                _fmt(p.get("count")),
+                f"{100 * p['count'] / total:.1f}%" if total and _number(p.get("count")) is not None else "",
+            ]
+            for p in params
+        ]
         rows.append(["**total**", f"**{_fmt(int(total))}**", "100%"])
         lines += _table(["name", "count", "share"], rows)
 

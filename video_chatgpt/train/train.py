@@ -52,27 +52,24 @@ from pathlib import Path
 import torch
 import transformers
 
+from video_chatgpt.data.conversation import TRAIN_TEMPLATE, training_template
 from video_chatgpt.data.dataset import (
+    SupervisedVideoDataset,
     VideoDataCollator,
     check_record_paths,
     first_feature_shape,
     load_records,
     load_training_tokenizer,
-    training_dataset,
 )
-from video_chatgpt.data.conversation import TRAIN_TEMPLATE, training_template
-from video_chatgpt.data.dataset import SupervisedVideoDataset
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.model.video_chatgpt import (
-    PROJECTOR_PREFIX,
     VideoChatGPTForCausalLM,
     base_kind,
     load_config,
     load_projector_file,
     load_video_model,
 )
-from video_chatgpt.train.report import RUN_INFO_FILE
 from video_chatgpt.train.arguments import (
     DataArguments,
     ModelArguments,
@@ -83,6 +80,7 @@ from video_chatgpt.train.arguments import (
     precision_fallback_note,
 )
 from video_chatgpt.train.atomic import remove_leftover_temporaries, write_text_atomically
+from video_chatgpt.train.report import RUN_INFO_FILE
 from video_chatgpt.train.trainer import TRAINABLE_FILE, VideoChatGPTTrainer
 
 logger = logging.getLogger("video_chatgpt.train")
@@ -115,8 +113,10 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_
     if _is_main(training_args):
         print(report.format(), flush=True)
     if report.fatal:
-        raise SystemExit(f"data check failed for {data_args.data_path}; fix the data (see above) or convert it with "
-                         f"--clip_feature_path to drop records without features")
+        raise SystemExit(
+            f"data check failed for {data_args.data_path}; fix the data (see above) or convert it with "
+            f"--clip_feature_path to drop records without features"
+        )
     return report
 
 
@@ -163,7 +163,12 @@ def checkpoint_problem(ckpt: str | Path) -> str | None:
     kill (or a full disk) while the weights were written leaves ``trainable.safetensors`` / ``model*.safetensors``
     shorter than their header says.
     """
-    from video_chatgpt.weights.checkpoint import WeightsError, find_checkpoint, read_safetensors_header, read_tensor_infos
+    from video_chatgpt.weights.checkpoint import (
+        WeightsError,
+        find_checkpoint,
+        read_safetensors_header,
+        read_tensor_infos,
+    )
 
     ckpt = Path(ckpt)
     state_file = ckpt / "trainer_state.json"
@@ -221,8 +226,9 @@ def _gathered_embeddings(model, training_args: TrainingArguments):
     return deepspeed.zero.GatheredParameters(tables, modifier_rank=0)
 
 
-def fit_embedding_rows(model, training_args: TrainingArguments, vocabulary_size: int,
-                       new_rows_from: int | None) -> None:
+def fit_embedding_rows(
+    model, training_args: TrainingArguments, vocabulary_size: int, new_rows_from: int | None
+) -> None:
     """``model.fit_vocabulary`` for any base, also under ZeRO-3, where each process holds a shard of the tables (an
     empty local shape): ``resize_token_embeddings`` gathers by itself, and the mean rows are set on the gathered
     tables (rank 0's edits kept)."""
@@ -263,8 +269,12 @@ def base_video_settings(model_args: ModelArguments) -> dict:
     else:
         raw = json.loads((folder / "config.json").read_text())
         tower, width, tokens = raw.get("mm_vision_tower"), raw.get("mm_hidden_size"), raw.get("video_token_len")
-    return {"kind": kind, "mm_vision_tower": model_args.vision_tower or tower, "mm_hidden_size": width,
-            "video_token_len": tokens}
+    return {
+        "kind": kind,
+        "mm_vision_tower": model_args.vision_tower or tower,
+        "mm_hidden_size": width,
+        "video_token_len": tokens,
+    }
 
 
 def conversation_template(model_args: ModelArguments, tokenizer) -> str:
@@ -272,8 +282,14 @@ def conversation_template(model_args: ModelArguments, tokenizer) -> str:
     return training_template(model_args.model_name_or_path, tokenizer, model_args.stage)
 
 
-def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tokens: int, feature_shape,
-                template: str = TRAIN_TEMPLATE):
+def build_model(
+    model_args,
+    training_args,
+    video_ids: VideoTokenIds,
+    num_new_tokens: int,
+    feature_shape,
+    template: str = TRAIN_TEMPLATE,
+):
     """Load the base, add the video token rows, set what is trainable. ``video_ids``: already in the tokenizer."""
     kind = base_kind(model_args.model_name_or_path)
     if kind != "llava_v1":
@@ -294,8 +310,9 @@ def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tok
         )
     from video_chatgpt.train.lora import LoraSettings, quantisation_config
 
-    quantisation = quantisation_config(LoraSettings.from_training_args(training_args),
-                                       model_dtype(model_args, training_args))  # --bits 4|8 (QLoRA), else None
+    quantisation = quantisation_config(
+        LoraSettings.from_training_args(training_args), model_dtype(model_args, training_args)
+    )  # --bits 4|8 (QLoRA), else None
     model = VideoChatGPTForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         config=config,
@@ -308,8 +325,9 @@ def build_model(model_args, training_args, video_ids: VideoTokenIds, num_new_tok
     if num_new_tokens:
         weight = model.get_input_embeddings().weight
         rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3: the local shape is an empty shard
-        fit_embedding_rows(model, training_args, rows + num_new_tokens,
-                           new_rows_from=video_ids.start if num_new_tokens >= 2 else None)
+        fit_embedding_rows(
+            model, training_args, rows + num_new_tokens, new_rows_from=video_ids.start if num_new_tokens >= 2 else None
+        )
     model.config.video_patch_token_id = video_ids.patch
     model.config.video_start_token_id = video_ids.start
     model.config.video_end_token_id = video_ids.end
@@ -327,26 +345,36 @@ def build_other_base(model_args, training_args, video_ids, num_new_tokens, featu
             f"{model_args.model_name_or_path}: --stage finetune on a causal LM needs the stage-1 projector: "
             f"--pretrain_mm_mlp_adapter <stage-1 output_dir>/mm_projector.bin (run --stage pretrain first)"
         )
-    fields = {"use_cache": False, "mm_use_vid_start_end": model_args.mm_use_vid_start_end,
-              "video_token_len": feature_shape[0], "conv_template": template}
+    fields = {
+        "use_cache": False,
+        "mm_use_vid_start_end": model_args.mm_use_vid_start_end,
+        "video_token_len": feature_shape[0],
+        "conv_template": template,
+    }
     if model_args.vision_tower:
         fields["mm_vision_tower"] = model_args.vision_tower
     from video_chatgpt.train.lora import LoraSettings, quantisation_config
 
-    quantisation = quantisation_config(LoraSettings.from_training_args(training_args),
-                                       model_dtype(model_args, training_args))  # --bits 4|8 (QLoRA), else None
+    quantisation = quantisation_config(
+        LoraSettings.from_training_args(training_args), model_dtype(model_args, training_args)
+    )  # --bits 4|8 (QLoRA), else None
     try:
         model, _ = load_video_model(
-            model_args.model_name_or_path, dtype=model_dtype(model_args, training_args),
-            projector_type=model_args.mm_projector_type, mm_hidden_size=feature_shape[1],
-            attn_implementation=model_args.attn_implementation, quantization_config=quantisation, **fields,
+            model_args.model_name_or_path,
+            dtype=model_dtype(model_args, training_args),
+            projector_type=model_args.mm_projector_type,
+            mm_hidden_size=feature_shape[1],
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantisation,
+            **fields,
         )
     except ValueError as exc:
         raise UserError(f"{model_args.model_name_or_path}: {exc}") from exc
     # <vid_start>/<vid_end> rows start at the mean of the earlier rows; the table grows only if it is too small.
     vocabulary_size = max(x for x in (video_ids.patch, video_ids.start, video_ids.end) if x is not None) + 1
-    fit_embedding_rows(model, training_args, vocabulary_size,
-                       new_rows_from=video_ids.start if num_new_tokens >= 2 else None)
+    fit_embedding_rows(
+        model, training_args, vocabulary_size, new_rows_from=video_ids.start if num_new_tokens >= 2 else None
+    )
     return set_trainable(model, model_args, training_args, video_ids)
 
 
@@ -397,9 +425,11 @@ def load_pretrained_adapter(model: VideoChatGPTForCausalLM, path: str, row_ids: 
     # Any prefix ending in "mm_projector." (ours and LLaVA's "model.mm_projector.", DeepSpeed's "module.model...").
     found = {k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k}
     if set(found) != set(own):
-        raise KeyError(f"{path}: projector tensors {sorted(found)} do not match this model's "
-                       f"{getattr(model.config, 'mm_projector_type', 'linear')!r} projector {sorted(own)} "
-                       f"(see --mm_projector_type); keys present: {sorted(state)[:8]}")
+        raise KeyError(
+            f"{path}: projector tensors {sorted(found)} do not match this model's "
+            f"{getattr(model.config, 'mm_projector_type', 'linear')!r} projector {sorted(own)} "
+            f"(see --mm_projector_type); keys present: {sorted(state)[:8]}"
+        )
     for name, tensor in own.items():
         if tuple(found[name].shape) != tuple(tensor.shape):
             raise ValueError(f"{path}: projector {name} {tuple(found[name].shape)} != model {tuple(tensor.shape)}")
@@ -414,7 +444,9 @@ def load_pretrained_adapter(model: VideoChatGPTForCausalLM, path: str, row_ids: 
                 rows = embed
             else:
                 raise ValueError(f"{path}: embed_tokens has {embed.shape[0]} rows; expected {vocab} or {len(row_ids)}")
-            model.get_input_embeddings().weight[torch.tensor(row_ids)] = rows.to(model.get_input_embeddings().weight.dtype)
+            model.get_input_embeddings().weight[torch.tensor(row_ids)] = rows.to(
+                model.get_input_embeddings().weight.dtype
+            )
             if getattr(model.model, "video_token_embeds", None) is not None:
                 model.model.video_token_embeds.copy_(rows.float())
 
@@ -424,7 +456,9 @@ def trainable_summary(model) -> tuple[str, list[tuple[str, int]]]:
     named = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(c for _, c in named)
-    shown = ", ".join(f"{n} ({c:,})" for n, c in named[:6]) + (f", ... ({len(named)} tensors)" if len(named) > 6 else "")
+    shown = ", ".join(f"{n} ({c:,})" for n, c in named[:6]) + (
+        f", ... ({len(named)} tensors)" if len(named) > 6 else ""
+    )
     return f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%): {shown}", named
 
 
@@ -434,7 +468,11 @@ def write_run_info(training_args, argv, named, data_report, extra: dict) -> None
     info = {
         "command": shlex.join(sys.argv if sys.argv[1:] == argv else ["video-chatgpt", "train", *argv]),
         "argv": argv,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": sys.version.split()[0],
+        },
         "world_size": training_args.world_size,
         "trainable_parameters": [{"name": n, "count": c} for n, c in named],
         "data": data_report.summary() if data_report is not None and hasattr(data_report, "summary") else None,
@@ -510,11 +548,17 @@ def train(argv: list[str] | None = None) -> Path:
     """Run the recipe; returns the output folder. ``argv`` defaults to ``sys.argv[1:]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     model_args, data_args, training_args = parse_arguments(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if _is_main(training_args) else logging.WARNING)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if _is_main(training_args) else logging.WARNING,
+    )
     if model_args.version not in ("v1", "vicuna_v1_1") and base_kind(model_args.model_name_or_path) == "llava_v1":
-        logger.warning("--version %s: training always uses the vicuna_v1_1 template (as the original)", model_args.version)
-    notes = ignored_flag_notes(argv) + [n for n in [precision_fallback_note(argv, training_args),
-                                                   cpu_fsdp_note(training_args)] if n]
+        logger.warning(
+            "--version %s: training always uses the vicuna_v1_1 template (as the original)", model_args.version
+        )
+    notes = ignored_flag_notes(argv) + [
+        n for n in [precision_fallback_note(argv, training_args), cpu_fsdp_note(training_args)] if n
+    ]
     if _is_main(training_args):
         for note in notes:
             logger.warning("%s", note)
@@ -543,8 +587,14 @@ def train(argv: list[str] | None = None) -> Path:
         print(summary, flush=True)
 
     dataset = SupervisedVideoDataset(  # training_dataset(...), with the base's template
-        records, data_args.video_folder, SegmentEncoder(tokenizer), video_ids, feature_shape=feature_shape,
-        max_length=training_args.model_max_length, lazy=data_args.lazy_preprocess, template=template,
+        records,
+        data_args.video_folder,
+        SegmentEncoder(tokenizer),
+        video_ids,
+        feature_shape=feature_shape,
+        max_length=training_args.model_max_length,
+        lazy=data_args.lazy_preprocess,
+        template=template,
     )
     trainer = VideoChatGPTTrainer(
         model=model,
@@ -571,8 +621,9 @@ def train(argv: list[str] | None = None) -> Path:
     wall = time.perf_counter() - start
     checksums = replica_checksums(trainer.accelerator.unwrap_model(trainer.model), training_args)
     if checksums is not None and len(set(checksums)) > 1:
-        logger.warning("the processes ended with different trainable weights (sha256 %s); only rank 0's are saved",
-                       checksums)
+        logger.warning(
+            "the processes ended with different trainable weights (sha256 %s); only rank 0's are saved", checksums
+        )
     trainer.save_state()
     trainer.save_model(training_args.output_dir)
     if _is_main(training_args):
@@ -584,7 +635,9 @@ def train(argv: list[str] | None = None) -> Path:
                 "global_step": trainer.state.global_step,
                 "train_loss": result.training_loss,
                 "metrics": result.metrics,
-                "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+                "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                if torch.cuda.is_available()
+                else None,
                 "peak_rss_gb": _peak_rss_gb(),
                 "replica_checksums": checksums,
             },

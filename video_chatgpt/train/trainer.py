@@ -99,8 +99,13 @@ class VideoChatGPTTrainer(Trainer):
 
             opt_model = self.model if model is None else model
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            groups = projector_parameter_groups(opt_model, self.args.learning_rate, self.args.mm_projector_lr,
-                                                self.args.weight_decay, set(self.get_decay_parameter_names(opt_model)))
+            groups = projector_parameter_groups(
+                opt_model,
+                self.args.learning_rate,
+                self.args.mm_projector_lr,
+                self.args.weight_decay,
+                set(self.get_decay_parameter_names(opt_model)),
+            )
             self.optimizer = cls(groups, **kwargs)
             return self.optimizer
         return super().create_optimizer(model)
@@ -212,7 +217,9 @@ class VideoChatGPTTrainer(Trainer):
         with torch.no_grad():
             for name, tensor in state.items():
                 if tuple(tensor.shape) != tuple(params[name].shape):
-                    raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)}, model has {tuple(params[name].shape)}")
+                    raise UserError(
+                        f"{path}: {name} has shape {tuple(tensor.shape)}, model has {tuple(params[name].shape)}"
+                    )
                 params[name].copy_(tensor.to(params[name].dtype))
 
     def _load_full_composed_checkpoint(self, model: VideoLanguageModel, folder: Path) -> None:
@@ -229,6 +236,10 @@ class VideoChatGPTTrainer(Trainer):
         with torch.no_grad():
             missing, unexpected = lm.load_state_dict(state, strict=False)
         if unexpected or set(missing) - tied:
-            raise UserError(f"{folder}: its weights do not fit {type(lm).__name__}: missing {sorted(set(missing) - tied)[:4]}, "
-                            f"unexpected {unexpected[:4]}; resume with the same base")
-        model.load_projector_state_dict(load_projector_file(folder / PROJECTOR_FILE), source=str(folder / PROJECTOR_FILE))
+            raise UserError(
+                f"{folder}: its weights do not fit {type(lm).__name__}: missing {sorted(set(missing) - tied)[:4]}, "
+                f"unexpected {unexpected[:4]}; resume with the same base"
+            )
+        model.load_projector_state_dict(
+            load_projector_file(folder / PROJECTOR_FILE), source=str(folder / PROJECTOR_FILE)
+        )

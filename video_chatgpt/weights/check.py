@@ -34,8 +34,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from video_chatgpt.constants import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
 from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.constants import (
+    EMBED_TOKENS_KEY,
+    IMAGE_END_TOKEN,
+    IMAGE_PATCH_TOKEN,
+    IMAGE_START_TOKEN,
+    PROJECTOR_BIAS_KEY,
+    PROJECTOR_WEIGHT_KEY,
+)
 from video_chatgpt.errors import run_main
 from video_chatgpt.weights.checkpoint import (
     TensorInfo,
@@ -46,7 +53,6 @@ from video_chatgpt.weights.checkpoint import (
     read_shard_infos,
 )
 from video_chatgpt.weights.delta import LM_HEAD_KEY, PROJECTOR_PREFIX
-from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_BIAS_KEY, PROJECTOR_WEIGHT_KEY
 
 IMAGE_TOKENS = (IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN)
 REQUIRED_INT_KEYS = ("mm_hidden_size", "hidden_size", "vocab_size")
@@ -193,8 +199,11 @@ def check_tensors(config: dict, infos: dict[str, TensorInfo], folder: Path, repo
             report.problems.append(f"{folder}: tensor {name!r} ({what}) is not in the checkpoint")
         elif ints and info.shape != shape:
             why = (
-                "(hidden_size, mm_hidden_size)" if name == PROJECTOR_WEIGHT_KEY else
-                "(hidden_size,)" if name == PROJECTOR_BIAS_KEY else "(vocab_size, hidden_size)"
+                "(hidden_size, mm_hidden_size)"
+                if name == PROJECTOR_WEIGHT_KEY
+                else "(hidden_size,)"
+                if name == PROJECTOR_BIAS_KEY
+                else "(vocab_size, hidden_size)"
             )
             report.problems.append(
                 f"{info.file}: tensor {name!r} has shape {info.shape}, but config.json says {shape} {why}"

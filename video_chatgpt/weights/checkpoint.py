@@ -34,9 +34,9 @@ import struct
 import sys
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -462,7 +462,7 @@ class TensorReader:
         while self._open:
             self._open.popitem()[1].close()
 
-    def __enter__(self) -> "TensorReader":
+    def __enter__(self) -> TensorReader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -34,10 +34,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -454,8 +454,9 @@ def combine_folders(
         check_output_path(output_dir, [source_dir, base_dir], output_flag, overwrite)
         parent = Path(os.path.abspath(output_dir)).parent
         if not os.access(parent, os.W_OK):
-            raise WeightsError(f"{output_flag} {output_dir}: cannot write into {parent} (read-only or not yours); "
-                               f"write elsewhere")
+            raise WeightsError(
+                f"{output_flag} {output_dir}: cannot write into {parent} (read-only or not yours); write elsewhere"
+            )
         free = shutil.disk_usage(parent).free
         if free < total + sum(map(len, side.values())):
             raise WeightsError(

@@ -36,8 +36,22 @@ DEFAULT_MAX_SHARD_SIZE = "2GB"
 INDEX_NAME = "model.safetensors.index.json"
 
 # Decimal units as transformers' max_shard_size ("2GB" = 2e9 bytes); binary ones with "i"; a bare "G" means GB.
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9, "T": 10**12,
-          "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 10**3,
+    "KB": 10**3,
+    "M": 10**6,
+    "MB": 10**6,
+    "G": 10**9,
+    "GB": 10**9,
+    "T": 10**12,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -177,7 +191,7 @@ class ShardedSafetensorsWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "ShardedSafetensorsWriter":
+    def __enter__(self) -> ShardedSafetensorsWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

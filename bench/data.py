@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when the package is not installed
 
+from video_chatgpt.bases import open_base  # noqa: E402
 from video_chatgpt.data.check import check_training_data  # noqa: E402
 from video_chatgpt.data.convert import main as convert_main  # noqa: E402
 from video_chatgpt.features.store import load_features  # noqa: E402
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
         r_tok = clock(
             "check + token lengths, filtered",
-            check_training_data, out_kept, feats, tokenizer_path=tok, model_max_length=2048, **workers,
+            check_training_data, out_kept, feats, base=open_base(tok), model_max_length=2048, **workers,
         )  # fmt: skip
         print(f"\n--- data check of the filtered JSON with token lengths (phases, wall s: {r_tok.timings}):")
         print(r_tok.format(max_listed=3))

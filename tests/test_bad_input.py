@@ -166,59 +166,73 @@ def s(*parts) -> list[str]:
     return [str(p) for p in parts]
 
 
-DELTA = lambda w, base, target: s(
-    "apply-delta",
-    "--base-model-path",
-    base,
-    "--delta-path",
-    w["delta"],  # noqa: E731
-    "--target-model-path",
-    target,
-)
-MAKE = lambda w, base, target, out: s(
-    "make-delta",
-    "--base-model-path",
-    base,  # noqa: E731
-    "--target-model-path",
-    target,
-    "--delta-path",
-    out,
-)
-CHAT = lambda w, *extra: s(
-    "chat",
-    "--model-name",
-    w["llava"],
-    "--question",
-    "What colour?",  # noqa: E731
-    "--temperature",
-    "0",
-    "--max_new_tokens",
-    "2",
-    "--device",
-    "cpu",
-    *extra,
-)
-CHECK = lambda data, feats, *extra: s(
-    "data",
-    "check",
-    "--data_path",
-    data,
-    "--video_folder",
-    feats,  # noqa: E731
-    "--num_workers",
-    "1",
-    *extra,
-)
-INSPECT = lambda w, *extra: s(
-    "data",
-    "inspect",
-    "--data_path",
-    w["data"],
-    "--video_folder",  # noqa: E731
-    w["features"],
-    "--model_name_or_path",
-    *extra,
-)
+def DELTA(w, base, target):
+    return s(
+        "apply-delta",
+        "--base-model-path",
+        base,
+        "--delta-path",
+        w["delta"],
+        "--target-model-path",
+        target,
+    )
+
+
+def MAKE(w, base, target, out):
+    return s(
+        "make-delta",
+        "--base-model-path",
+        base,
+        "--target-model-path",
+        target,
+        "--delta-path",
+        out,
+    )
+
+
+def CHAT(w, *extra):
+    return s(
+        "chat",
+        "--model-name",
+        w["llava"],
+        "--question",
+        "What colour?",
+        "--temperature",
+        "0",
+        "--max_new_tokens",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    )
+
+
+def CHECK(data, feats, *extra):
+    return s(
+        "data",
+        "check",
+        "--data_path",
+        data,
+        "--video_folder",
+        feats,
+        "--num_workers",
+        "1",
+        *extra,
+    )
+
+
+def INSPECT(w, *extra):
+    return s(
+        "data",
+        "inspect",
+        "--data_path",
+        w["data"],
+        "--video_folder",
+        w["features"],
+        "--model_name_or_path",
+        *extra,
+    )
+
 
 CASES: dict[str, Case] = {
     # ---- apply-delta

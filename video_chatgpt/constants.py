@@ -34,3 +34,41 @@ EMBED_TOKENS_KEY = "model.embed_tokens.weight"
 
 # Written into a training output folder: names the base model folder the trained projector belongs to.
 BASE_POINTER_FILE = "video_chatgpt_base.json"
+PROJECTOR_PREFIX = "model.mm_projector."  # every projector tensor's name starts so, for every base
+
+# Keys of a LLaVA / Video-ChatGPT config.json that are not LLaMA fields but are kept on our config (the first four
+# tell a June-2023 LLaVA folder from a plain LLaMA one).
+MM_CONFIG_KEYS = (
+    "mm_vision_tower",
+    "mm_hidden_size",
+    "use_mm_proj",
+    "mm_use_im_start_end",
+    "mm_vision_select_layer",
+    "mm_use_vid_start_end",
+    "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter",
+    "sep_video_conv_front",
+    "video_token_len",
+    "num_video_frames",
+    "video_patch_token_id",
+    "video_start_token_id",
+    "video_end_token_id",
+    "mm_projector_type",
+    "conv_template",
+)
+
+# peft's file names of a LoRA adapter (a LoRA run folder holds them).
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+# The Trainer's state file in a checkpoint folder (written last: its presence means the save finished).
+TRAINER_STATE_FILE = "trainer_state.json"
+
+# Token ids of a prompt at inference: ours (the ids training uses) or the original inference's (2 tokens more).
+PROMPT_IDS = ("ours", "original")
+
+# Video files the commands find by name (predict's video folder, the demo's examples).
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+
+# The original train.py's default --model_max_length (its dataclass; the document's command passes 2048).
+DEFAULT_MODEL_MAX_LENGTH = 512

@@ -166,7 +166,13 @@ def test_bits_with_a_llava_hf_folder_is_refused_before_reading_it(llava_hf):
     full model after loading): checked here with the BitsAndBytesConfig the run would pass."""
     from transformers import BitsAndBytesConfig
 
-    from video_chatgpt.model.video_chatgpt import load_video_model
+    from video_chatgpt.bases import open_base
+    from video_chatgpt.data.tokenizer import VideoTokenIds
+    from video_chatgpt.errors import UserError
+    from video_chatgpt.model.loading import load_model
 
-    with pytest.raises(ValueError, match=re.escape("--bits 4|8 is not supported for a LLaVA-1.5/NeXT folder")):
-        load_video_model(llava_hf, quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    with pytest.raises(UserError, match=re.escape("--bits 4|8 is not supported for a LLaVA-1.5/NeXT folder")):
+        load_model(
+            open_base(llava_hf), VideoTokenIds(5, None, None), 0,
+            quantization_config=BitsAndBytesConfig(load_in_4bit=True),
+        )  # fmt: skip

@@ -16,10 +16,13 @@ from video_chatgpt.constants import PROJECTOR_FILE
 def test_llava_hf_folder_gives_its_language_model_and_projector(llava_hf):
     from transformers import LlavaForConditionalGeneration
 
-    from video_chatgpt.model.video_chatgpt import base_kind, load_video_model
+    from video_chatgpt.bases import open_base
+    from video_chatgpt.data.tokenizer import VideoTokenIds
+    from video_chatgpt.model.loading import load_model
 
-    assert base_kind(llava_hf) == "llava_hf"
-    model, kind = load_video_model(llava_hf)
+    base = open_base(llava_hf)
+    assert base.kind == "llava_hf"
+    model = load_model(base, VideoTokenIds(patch=5, start=None, end=None), 0)
     full = LlavaForConditionalGeneration.from_pretrained(llava_hf).eval()
     proj = full.model.multi_modal_projector
     assert model.config.mm_projector_type == "mlp2x_gelu" and model.config.mm_hidden_size == proj.linear_1.in_features

@@ -14,6 +14,7 @@ import pytest
 
 from tests.features.test_store import FORGED
 from video_chatgpt import cli
+from video_chatgpt.bases import open_base
 from video_chatgpt.data.check import DataReport, check_training_data, read_feature_header
 from video_chatgpt.data.cli import main as data_main
 from video_chatgpt.data.conversation import render_sample
@@ -304,13 +305,13 @@ def test_token_lengths_are_the_trainers_and_truncation_is_counted(tmp_path, tiny
     enc, ids = encoder
     lengths = [render_sample(r["conversations"], enc, ids, ROWS).full_length for r in records]
     limit = sorted(lengths)[-2]  # only the long record is over
-    report = check_training_data(data, folder, tokenizer_path=tiny_llava, model_max_length=limit, num_workers=2)
+    report = check_training_data(data, folder, base=open_base(tiny_llava), model_max_length=limit, num_workers=2)
     t = report.token_lengths
     assert (t.count, t.min, t.max, t.num_video_tokens, t.num_truncated) == (12, min(lengths), max(lengths), ROWS, 1)
     assert t.median == int(np.quantile(lengths, 0.5, method="nearest"))
     assert [p.index for p in report.problems["truncated"]] == [5] and not report.fatal
     assert f"1 over model_max_length {limit}" in report.format()
-    one_thread = check_training_data(data, folder, tokenizer_path=tiny_llava, model_max_length=limit, num_workers=1)
+    one_thread = check_training_data(data, folder, base=open_base(tiny_llava), model_max_length=limit, num_workers=1)
     assert one_thread.token_lengths == t
 
 
@@ -470,10 +471,10 @@ def test_token_lengths_use_the_template_training_uses_for_the_base(tmp_path):
     video_ids, _ = add_video_tokens(tokenizer, use_start_end=True)
     encoder = SegmentEncoder(tokenizer)
     for stage in (None, "pretrain"):
-        template = training_template(model, tokenizer, stage)
+        template = training_template(open_base(model), tokenizer, stage)
         assert template != TRAIN_TEMPLATE
         want = [render_sample(r["conversations"], encoder, video_ids, ROWS, template).full_length for r in records]
-        report = check_training_data(data, folder, tokenizer_path=model, stage=stage, num_workers=1)
+        report = check_training_data(data, folder, base=open_base(model), stage=stage, num_workers=1)
         assert (report.token_lengths.min, report.token_lengths.max) == (min(want), max(want))
         vicuna = [
             render_sample(r["conversations"], encoder, video_ids, ROWS, TRAIN_TEMPLATE).full_length for r in records

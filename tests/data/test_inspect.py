@@ -138,7 +138,7 @@ def test_plain_rendering_marks_exactly_the_supervised_tokens(capsys, data, tiny_
     assert prompt.startswith("<s> A chat between")
     assert "<vid_start><vid_patch>x356<vid_end>" in prompt
     assert f"{n} total: 356 video (358 with start/end), {sum(lab != -100 for lab in got['labels'])} supervised" in text
-    assert "not truncated (model_max_length 2048)" in text
+    assert "not truncated (model_max_length 512)" in text  # the default is training's (512)
     assert f"shape (356, {data['width']}) float16" in text
 
 

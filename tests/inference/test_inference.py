@@ -253,11 +253,12 @@ def test_activitynet_qa_records_have_the_evaluators_keys(trained, sample_world, 
 def test_chat_loads_a_projector_saved_the_way_the_original_trainer_saves_it(language_llava, tmp_path):
     """The original's ``_save``: the fp32 model's state dict filtered to keys holding ``mm_projector``,
     ``embed_tokens`` or ``embed_in``, ``torch.save``d as ``mm_projector.bin`` (spec 4.8)."""
+    from video_chatgpt.bases import read_config
     from video_chatgpt.inference.engine import load_engine
-    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config
+    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, video_config
 
     torch.manual_seed(1)
-    original = VideoChatGPTForCausalLM(load_config(language_llava)).float()
+    original = VideoChatGPTForCausalLM(video_config(read_config(language_llava))).float()
     original.resize_token_embeddings(32006, mean_resizing=False)  # their tokenizer: + <vid_patch>/<vid_start>/<vid_end>
     saved = {
         k: v.detach().clone()

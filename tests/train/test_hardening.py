@@ -77,12 +77,15 @@ def _nan_copy(data, tmp_path):
 
 
 def test_dataset_refuses_nan_features_naming_the_file(data, tiny_llava, tmp_path):
-    from video_chatgpt.data.dataset import load_training_tokenizer, training_dataset
+    from video_chatgpt.data.dataset import SupervisedVideoDataset
+    from video_chatgpt.data.tokenizer import SegmentEncoder, load_video_tokenizer
 
     folder, victim = _nan_copy(data, tmp_path)
-    tokenizer, ids, _ = load_training_tokenizer(tiny_llava, 2048, True)
+    tokenizer, ids, _ = load_video_tokenizer(tiny_llava, True, 2048)
     records = data["records"]
-    dataset = training_dataset(records, folder, tokenizer, ids, (356, data["width"]), max_length=2048)
+    dataset = SupervisedVideoDataset(
+        records, folder, SegmentEncoder(tokenizer), ids, feature_shape=(356, data["width"]), max_length=2048
+    )
     index = next(i for i, r in enumerate(records) if r["video"] == victim.name)
     dataset[index - 1 if index else index + 1]  # a clean file still loads
     with pytest.raises(UserError, match=rf"{victim}: 1 non-finite value\(s\) \(first at row 5, column 7"):

@@ -44,12 +44,14 @@ LORA_FLAGS = [
 
 
 def tiny_model(folder):
-    from video_chatgpt.model.video_chatgpt import load_video_model
+    from video_chatgpt.bases import open_base
+    from video_chatgpt.data.tokenizer import VideoTokenIds
+    from video_chatgpt.model.loading import load_model
 
-    model, _ = load_video_model(
-        folder, dtype=torch.float32, video_token_len=8, mm_use_vid_start_end=False, video_patch_token_id=5
-    )
-    return model
+    return load_model(
+        open_base(folder), VideoTokenIds(5, None, None), 0, dtype=torch.float32, video_token_len=8,
+        mm_use_vid_start_end=False,
+    )  # fmt: skip
 
 
 def video_batch(model, n=8, length=20, seed=0):
@@ -298,16 +300,18 @@ def test_lora_under_torchrun_two_processes(data, tiny_llava, tmp_path):
 def test_lora_on_other_bases_wraps_the_language_model(family, tmp_path):
     """Any causal LM base (VideoLanguageModel): the adapter sits on ``language_model`` (its own names, as peft's
     PeftModel would name them), the projector in ``model`` trains beside it, the base stays bit-identical."""
-    from video_chatgpt.model.video_chatgpt import load_video_model
+    from video_chatgpt.bases import open_base
+    from video_chatgpt.data.tokenizer import VideoTokenIds
+    from video_chatgpt.model.loading import load_model
     from video_chatgpt.sample.models import make_tiny_chat_lm
     from video_chatgpt.train.lora import adapter_state_dict
 
-    folder = make_tiny_chat_lm(tmp_path / family, family)
-    model, kind = load_video_model(
-        folder, dtype=torch.float32, mm_hidden_size=16, video_token_len=8, mm_use_vid_start_end=False
-    )
-    assert kind == "causal_lm"
-    model.config.video_patch_token_id = 5
+    base = open_base(make_tiny_chat_lm(tmp_path / family, family))
+    assert base.kind == "causal_lm"
+    model = load_model(
+        base, VideoTokenIds(5, None, None), 0, dtype=torch.float32, mm_hidden_size=16, video_token_len=8,
+        mm_use_vid_start_end=False,
+    )  # fmt: skip
     model.requires_grad_(False)
     model.model.mm_projector.requires_grad_(True)
     add_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0))

@@ -127,16 +127,20 @@ def test_adapter_from_gathered_weights_or_a_clear_error(family, tiny_llava, tmp_
     document's base and for a composed one, whose keys sit under ``language_model.``); a save with no whole
     adapter tensors (ZeRO-3 without ``stage3_gather_16bit_weights_on_model_save``) is one clear error."""
     from tests.train.test_lora import tiny_model
+    from video_chatgpt.bases import open_base
+    from video_chatgpt.data.tokenizer import VideoTokenIds
     from video_chatgpt.errors import UserError
-    from video_chatgpt.model.video_chatgpt import load_video_model
+    from video_chatgpt.model.loading import load_model
     from video_chatgpt.sample.models import make_tiny_chat_lm
     from video_chatgpt.train.lora import LoraSettings, adapter_state_dict, add_lora
 
     if family == "llava_v1":
         model = tiny_model(tiny_llava)
     else:
-        model, _ = load_video_model(
-            make_tiny_chat_lm(tmp_path / family, family),
+        model = load_model(
+            open_base(make_tiny_chat_lm(tmp_path / family, family)),
+            VideoTokenIds(5, None, None),
+            0,
             dtype=torch.float32,
             mm_hidden_size=16,
             video_token_len=8,

@@ -416,10 +416,15 @@ def test_arguments_keep_the_documents_flags_working():
 
 
 def test_model_checks_show_both_counts(tiny_llava):
-    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config
+    from video_chatgpt.bases import read_config
+    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, video_config
 
-    cfg = load_config(
-        tiny_llava, mm_use_vid_start_end=True, video_patch_token_id=7, video_start_token_id=8, video_end_token_id=9
+    cfg = video_config(
+        read_config(tiny_llava),
+        mm_use_vid_start_end=True,
+        video_patch_token_id=7,
+        video_start_token_id=8,
+        video_end_token_id=9,
     )
     model = VideoChatGPTForCausalLM(cfg)
     ids = torch.tensor([[1, 8, 7, 7, 7, 9, 5]])
@@ -434,10 +439,11 @@ def test_model_checks_show_both_counts(tiny_llava):
 
 
 def test_loss_on_supervised_positions_equals_full_vocabulary_loss(tiny_llava):
-    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, load_config
+    from video_chatgpt.bases import read_config
+    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, video_config
 
     torch.manual_seed(0)
-    model = VideoChatGPTForCausalLM(load_config(tiny_llava)).eval()
+    model = VideoChatGPTForCausalLM(video_config(read_config(tiny_llava))).eval()
     ids = torch.randint(3, 1000, (2, 12))
     labels = ids.clone()
     labels[:, :7] = -100

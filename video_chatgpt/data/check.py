@@ -7,7 +7,7 @@ Run::
 
 From Python (the trainer calls this before step 1 and stops with ``report.format()`` when ``report.fatal``)::
 
-    report = check_training_data("video_chatgpt_training.json", "clip_features/", tokenizer_path=model_dir,
+    report = check_training_data("video_chatgpt_training.json", "clip_features/", base=open_base(model_dir),
                                  model_max_length=2048, deep=True)
 
 What is reported, and whether training would fail on it (``fatal``) or only learn less well (a warning):
@@ -54,11 +54,15 @@ from types import MappingProxyType
 
 import numpy as np
 
+from video_chatgpt.bases import Base
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
+from video_chatgpt.data.conversation import render_sample, training_template
 from video_chatgpt.data.paths import unsafe_video_reason
+from video_chatgpt.data.tokenizer import SegmentEncoder, load_video_tokenizer
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import FeatureFileError, check_features_match, index_feature_folder, load_features
 from video_chatgpt.features.store import read_feature_header as store_read_feature_header
+from video_chatgpt.weights.check import require_tokenizer
 
 # The dtype the original wrote and the official downloads hold.
 DEFAULT_FEATURE_DTYPE = "float16"
@@ -426,7 +430,7 @@ def _spread(items: Sequence, k: int) -> list:
 def check_training_data(
     data_path: str | Path,
     video_folder: str | Path,
-    tokenizer_path: str | Path | None = None,
+    base: Base | None = None,
     model_max_length: int | None = None,
     expected_width: int | None = None,
     deep: bool = False,
@@ -441,7 +445,7 @@ def check_training_data(
 ) -> DataReport:
     """Check a training JSON and its feature folder; see the module docstring for what is reported.
 
-    ``tokenizer_path``: a model folder; gives the token-length distribution (and truncation against
+    ``base``: the model folder (``bases.open_base``); gives the token-length distribution (and truncation against
     ``model_max_length``). ``expected_width``: the feature width the projector reads (``mm_hidden_size``).
     ``num_video_tokens``: rows per feature file the model expects (default: what the files hold).
     ``expected_dtype``: None accepts any dtype that all files share. ``deep``: read every feature file's values
@@ -480,7 +484,7 @@ def check_training_data(
         _check_manifest(report, Path(video_folder), vision_tower, expected_width, num_video_tokens)
     with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         _check_features(report, checks, Path(video_folder), expected, deep, sample_size, pool, lap)
-        if tokenizer_path is not None:
+        if base is not None:
             rows = report.num_video_tokens or num_video_tokens
             if rows is None:
                 report.notes.append(
@@ -491,7 +495,7 @@ def check_training_data(
                     report,
                     records,
                     renderable,
-                    tokenizer_path,
+                    base,
                     model_max_length,
                     rows,
                     use_vid_start_end,
@@ -602,18 +606,11 @@ def _check_features(report, checks, folder, expected, deep, sample_size, pool, l
     report.num_files_loaded = len(loaded)
 
 
-def _check_lengths(
-    report, records, renderable, tokenizer_path, max_length, rows, use_vid_start_end, pool, stage=None
-) -> None:
-    from video_chatgpt.data.conversation import render_sample, training_template
-    from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
-    from video_chatgpt.weights.check import require_tokenizer
-
-    require_tokenizer(tokenizer_path, "--model_name_or_path")  # one line instead of transformers' hints
-    tokenizer = load_hf_tokenizer(tokenizer_path, model_max_length=max_length)
-    video_ids, _ = add_video_tokens(tokenizer, use_start_end=use_vid_start_end)
+def _check_lengths(report, records, renderable, base, max_length, rows, use_vid_start_end, pool, stage=None) -> None:
+    require_tokenizer(base.folder, "--model_name_or_path")  # one line instead of transformers' hints
+    tokenizer, video_ids, _ = load_video_tokenizer(base.folder, use_vid_start_end, max_length)
     encoder = SegmentEncoder(tokenizer)
-    template = training_template(tokenizer_path, tokenizer, stage)  # the one training renders with
+    template = training_template(base, tokenizer, stage)  # the one training renders with
 
     def one(i: int) -> tuple[int, int | None, Problem | None]:
         conv = records[i]["conversations"]

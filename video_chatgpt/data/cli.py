@@ -26,12 +26,13 @@ import json
 import sys
 from pathlib import Path
 
+from video_chatgpt.bases import Base, open_base
 from video_chatgpt.cli import parse_args_or_status, parse_bool
+from video_chatgpt.constants import DEFAULT_MODEL_MAX_LENGTH
 from video_chatgpt.data.check import DEFAULT_FEATURE_DTYPE, DEFAULT_MAX_LISTED, check_training_data
 from video_chatgpt.errors import UserError, run_main
 
 # The original's default for --model_max_length (train.py); the check only uses it with a tokenizer.
-DEFAULT_MODEL_MAX_LENGTH = 2048
 USAGE = "usage: video-chatgpt data {check,inspect} [flags]   (video-chatgpt data check --help)"
 
 
@@ -69,48 +70,33 @@ def build_check_parser() -> argparse.ArgumentParser:
     return p
 
 
-def model_settings(model_folder: str | None) -> tuple[int | None, str | None]:
-    """(``mm_hidden_size``, ``mm_vision_tower``) from a model folder's config.json (plain JSON: no model code).
-
-    Raises ``UserError`` naming the file when the folder or its config.json cannot be used.
-    """
+def open_model_folder(model_folder: str | None) -> Base | None:
+    """The ``--model_name_or_path`` folder as training resolves it (None when not given)."""
     if model_folder is None:
-        return None, None
-    path = Path(model_folder) / "config.json"
+        return None
     if not Path(model_folder).is_dir():
         raise UserError(f"--model_name_or_path {model_folder}: no such folder; pass the base model folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(
-            f"{path}: missing; --model_name_or_path must be a model folder (config.json, tokenizer)"
-        ) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); download the model folder again") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: not a model config (a JSON object)")
-    width = config.get("mm_hidden_size")
-    return (width if isinstance(width, int) else None), config.get("mm_vision_tower")
+    return open_base(model_folder)
 
 
 def check_main(argv: list[str]) -> int:
     args = parse_args_or_status(build_check_parser(), argv)
     if isinstance(args, int):  # --help (0) or bad flags (2)
         return args
-    width, tower = model_settings(args.model_name_or_path)
+    base = open_model_folder(args.model_name_or_path)
     try:
         report = check_training_data(
             args.data_path,
             args.video_folder,
-            tokenizer_path=args.model_name_or_path,
+            base=base,
             model_max_length=args.model_max_length if args.model_name_or_path else None,
-            expected_width=args.expected_width if args.expected_width is not None else width,
+            expected_width=args.expected_width if args.expected_width is not None else base and base.feature_width,
             deep=not args.quick,
             num_workers=args.num_workers,
             num_video_tokens=args.num_video_tokens,
             expected_dtype=None if args.expected_dtype == "any" else args.expected_dtype,
             use_vid_start_end=args.mm_use_vid_start_end,
-            vision_tower=tower,
+            vision_tower=base and base.vision_tower,
             stage=args.stage,
         )
     except UserError:  # already one line naming the file

@@ -20,7 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from video_chatgpt.constants import IGNORE_INDEX, VIDEO_PLACEHOLDER
+from video_chatgpt.bases import Base
+from video_chatgpt.constants import (
+    IGNORE_INDEX,
+    VIDEO_END_TOKEN,
+    VIDEO_PATCH_TOKEN,
+    VIDEO_PLACEHOLDER,
+    VIDEO_START_TOKEN,
+)
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 
 
@@ -232,26 +239,16 @@ TEMPLATE_NAMES = (*TEMPLATES, CHAT_TEMPLATE, PLAIN_TEMPLATE)
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
 
 
-def training_template(model_folder, tokenizer, stage: str | None = None) -> str:
-    """The template training uses for a base folder: ``plain`` for ``--stage pretrain``; the tokenizer's own chat
-    template for a chat model (and a LLaVA-NeXT folder on a non-LLaMA LM); else the document's ``vicuna_v1_1`` (its
-    LLaVA, and a LLaVA-1.5 folder: Vicuna-1.5, trained with LLaVA's v1 template). ``data inspect``/``check`` and
-    training call this one function, so they render alike."""
-    import json
-    from pathlib import Path
-
-    from video_chatgpt.model.video_chatgpt import base_kind
-
+def training_template(base: Base, tokenizer, stage: str | None = None) -> str:
+    """The template training uses for a base: ``plain`` for ``--stage pretrain``; the tokenizer's own chat template
+    for a chat model (and a LLaVA-NeXT folder on a non-LLaMA LM); else the document's ``vicuna_v1_1`` (its LLaVA, and
+    a LLaVA-1.5 folder: Vicuna-1.5, trained with LLaVA's v1 template). ``data inspect``/``check``, training and the
+    sample call this one function, so they render alike."""
     if stage == "pretrain":
         return PLAIN_TEMPLATE
-    kind = base_kind(model_folder)
     has_chat = bool(getattr(tokenizer, "chat_template", None))
-    if kind == "causal_lm" and has_chat:
+    if has_chat and (base.is_causal_lm or (base.is_llava_hf and base.text_model_type != "llama")):
         return CHAT_TEMPLATE
-    if kind == "llava_hf" and has_chat:
-        raw = json.loads(Path(model_folder, "config.json").read_text())
-        if raw["text_config"].get("model_type", "llama") != "llama":
-            return CHAT_TEMPLATE
     return TRAIN_TEMPLATE
 
 
@@ -262,8 +259,6 @@ def inference_template(train_template: str) -> str:
 
 
 def _span_text(video_ids: VideoTokenIds) -> str:
-    from video_chatgpt.constants import VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
-
     return f"{VIDEO_START_TOKEN}{VIDEO_PATCH_TOKEN}{VIDEO_END_TOKEN}" if video_ids.use_start_end else VIDEO_PATCH_TOKEN
 
 

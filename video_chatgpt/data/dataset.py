@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from video_chatgpt.constants import IGNORE_INDEX
 from video_chatgpt.data.conversation import TRAIN_TEMPLATE, RenderedSample, render_sample
 from video_chatgpt.data.paths import feature_path
-from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import load_features
 
@@ -160,44 +160,9 @@ class VideoDataCollator:
 
 
 # The construction train.py uses (and data inspect, so that it shows exactly what is trained).
-def load_training_tokenizer(
-    model_name_or_path: str | Path, model_max_length: int | None, use_start_end: bool
-) -> tuple[object, VideoTokenIds, int]:
-    """The tokenizer as training uses it: the folder's tokenizer plus the video tokens.
-
-    Returns ``(tokenizer, video token ids, number of tokens that were new)``; the model needs the last to add its
-    embedding rows, so call this once, before building the model.
-    """
-    tokenizer = load_hf_tokenizer(model_name_or_path, model_max_length=model_max_length)
-    video_ids, num_new = add_video_tokens(tokenizer, use_start_end)
-    return tokenizer, video_ids, num_new
-
-
 def first_feature_shape(records: list[dict], video_folder: str | Path) -> tuple[int, int]:
     """``(video tokens, width)`` of the first record's feature file: what training uses without the data check."""
     first = next((r for r in records if isinstance(r, dict) and r.get("video")), None)
     if first is None:
         raise ValueError("no record has a 'video' feature file")
     return tuple(load_features(feature_path(video_folder, first["video"])).shape)
-
-
-def training_dataset(
-    records: list[dict],
-    video_folder: str | Path,
-    tokenizer,
-    video_ids: VideoTokenIds,
-    feature_shape: tuple[int, int],
-    max_length: int | None,
-    lazy: bool = True,
-) -> SupervisedVideoDataset:
-    """The training dataset, constructed as ``train.py`` constructs it (template, encoder, truncation)."""
-    return SupervisedVideoDataset(
-        records,
-        video_folder,
-        SegmentEncoder(tokenizer),
-        video_ids,
-        feature_shape=feature_shape,
-        max_length=max_length,
-        lazy=lazy,
-        template=TRAIN_TEMPLATE,
-    )

@@ -9,7 +9,7 @@ Run (the flags that training also has mean the same here)::
 
 What is shown comes from the training dataset itself: ids and labels from ``SupervisedVideoDataset.__getitem__``,
 truncation from ``SupervisedVideoDataset.render``, built by the same calls as ``train.py``
-(``load_training_tokenizer``, ``training_template`` for the base and ``--stage``, ``SupervisedVideoDataset`` below).
+(``load_video_tokenizer``, ``training_template`` for the base and ``--stage``, ``SupervisedVideoDataset`` below).
 There is no second renderer, so what you see is what is trained. Supervised tokens (those with a loss: each answer and its ``</s>``) are green on a terminal; without a
 terminal they sit between ``{+`` and ``+}`` (git's word-diff markers) in the prompt and carry ``[+]`` in the token
 table. The video span is shown compactly, e.g. ``<vid_start><vid_patch>x356<vid_end>``.
@@ -28,24 +28,24 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from video_chatgpt.bases import open_base
 from video_chatgpt.cli import parse_args_or_status, parse_bool
-from video_chatgpt.constants import IGNORE_INDEX, VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
-from video_chatgpt.data.conversation import training_template
-from video_chatgpt.data.dataset import (
-    SupervisedVideoDataset,
-    first_feature_shape,
-    load_records,
-    load_training_tokenizer,
+from video_chatgpt.constants import (
+    DEFAULT_MODEL_MAX_LENGTH,
+    IGNORE_INDEX,
+    VIDEO_END_TOKEN,
+    VIDEO_PATCH_TOKEN,
+    VIDEO_START_TOKEN,
 )
+from video_chatgpt.data.conversation import training_template
+from video_chatgpt.data.dataset import SupervisedVideoDataset, first_feature_shape, load_records
 from video_chatgpt.data.paths import feature_path
-from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_video_tokenizer
 from video_chatgpt.errors import UserError, error_message, run_main, wants_debug
 from video_chatgpt.features.store import FeatureFileError, load_features
 from video_chatgpt.weights.check import require_tokenizer
 
 PROG = "video-chatgpt data inspect"
-# The original's --model_max_length in the document's training command (the Trainer's own default is 512).
-DEFAULT_MODEL_MAX_LENGTH = 2048
 
 GREEN, CYAN, DIM, RESET = "\x1b[1;32m", "\x1b[36m", "\x1b[2m", "\x1b[0m"
 PLAIN_OPEN, PLAIN_CLOSE = "{+", "+}"
@@ -132,7 +132,8 @@ def inspect_record(
     record = records[index]
     if not isinstance(record, dict):
         raise ValueError(f"record {index} is a {type(record).__name__}, not an object")
-    tokenizer, video_ids, _ = load_training_tokenizer(model_name_or_path, model_max_length, mm_use_vid_start_end)
+    base = open_base(model_name_or_path)
+    tokenizer, video_ids, _ = load_video_tokenizer(base.folder, mm_use_vid_start_end, model_max_length)
 
     problems: list[str] = []
     feature_file = array = None
@@ -158,7 +159,7 @@ def inspect_record(
             f"when the data check is off: training fails on this record"
         )
 
-    template = training_template(model_name_or_path, tokenizer, stage)
+    template = training_template(base, tokenizer, stage)
     dataset = SupervisedVideoDataset(  # as train.py builds it: training_dataset(...) with the base's template
         records,
         video_folder,

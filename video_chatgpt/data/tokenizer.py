@@ -78,6 +78,19 @@ def add_video_tokens(tokenizer, use_start_end: bool) -> tuple[VideoTokenIds, int
     return ids, len(tokenizer) - before
 
 
+def load_video_tokenizer(
+    folder: str | Path, use_start_end: bool, model_max_length: int | None = None
+) -> tuple[object, VideoTokenIds, int]:
+    """The folder's tokenizer with the video tokens, as training and inference use it.
+
+    Returns ``(tokenizer, video token ids, number of tokens that were new)``; the model needs the last to fit its
+    embedding rows (``model.loading.load_model``), so call this once, before building the model.
+    """
+    tokenizer = load_hf_tokenizer(folder, model_max_length=model_max_length)
+    video_ids, num_new = add_video_tokens(tokenizer, use_start_end)
+    return tokenizer, video_ids, num_new
+
+
 class SegmentEncoder:
     """Encodes text chunks to ids as the original's slow LLaMA tokenizer did (one chunk = one ``sp.encode``).
 

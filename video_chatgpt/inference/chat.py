@@ -19,7 +19,6 @@ their width is not the projector's or their row count is not the model's video t
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 import zipfile
@@ -28,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from video_chatgpt.bases import open_base
 from video_chatgpt.cli import parse_args_or_status
-from video_chatgpt.constants import BASE_POINTER_FILE
+from video_chatgpt.constants import ADAPTER_WEIGHTS_FILE
 from video_chatgpt.data.conversation import TEMPLATES
 from video_chatgpt.errors import UserError, run_main
 
@@ -97,9 +97,7 @@ def check_model_inputs(
     unreadable ``video_chatgpt_base.json``, a base without tokenizer or weights (or with Git LFS pointers instead),
     and a missing, LFS-pointer or unreadable projector file, and a ``lora_path`` without an adapter.
     """
-    from video_chatgpt.inference.engine import resolve_model_folders
-    from video_chatgpt.model.lora import ADAPTER_WEIGHTS_FILE
-    from video_chatgpt.model.video_chatgpt import load_projector_file
+    from video_chatgpt.model.loading import read_projector_file
     from video_chatgpt.weights.check import require_tokenizer
     from video_chatgpt.weights.checkpoint import find_checkpoint, is_lfs_pointer, lfs_pointer_message
 
@@ -114,12 +112,8 @@ def check_model_inputs(
             f"--model-name {folder}: is a file, not a model folder (a projector such as video_chatgpt-7B.bin goes "
             f"to --projection_path)"
         )
-    try:
-        base, projector = resolve_model_folders(folder, projection_path)
-    except FileNotFoundError as exc:  # the pointer names a base that is not here
-        raise UserError(f"{exc}; fix base_model in that file or pass the base as --model-name") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{folder / BASE_POINTER_FILE}: not readable ({type(exc).__name__}: {exc})") from None
+    resolved = open_base(folder, projection_path)
+    base, projector = resolved.folder, resolved.projector_file
     require_tokenizer(base, "--model-name")
     find_checkpoint(base, "--model-name")  # weight shards present, complete, not LFS pointers
     if projector is not None:
@@ -127,7 +121,7 @@ def check_model_inputs(
         if is_lfs_pointer(projector):
             raise UserError(lfs_pointer_message(projector))
         try:
-            state = load_projector_file(projector)
+            state = read_projector_file(projector)
         except _PROJECTOR_LOAD_ERRORS as exc:  # torch's own text is a paragraph about weights_only: not shown
             raise UserError(
                 f"--projection_path {projector}: cannot be read as a PyTorch projector file (torch.load raised "

@@ -25,7 +25,6 @@ training ids; ``original`` is for reproducing published numbers of the released 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from video_chatgpt.constants import BASE_POINTER_FILE, DEFAULT_NUM_FRAMES, PROJECTOR_FILE
+from video_chatgpt.bases import open_base
+from video_chatgpt.constants import PROMPT_IDS
 from video_chatgpt.data.conversation import (
     INFERENCE_TEMPLATE,
     TEMPLATES,
@@ -42,18 +42,16 @@ from video_chatgpt.data.conversation import (
     inference_template,
     render_sample,
 )
-from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_video_tokenizer
 from video_chatgpt.errors import UserError
-from video_chatgpt.model.lora import ADAPTER_WEIGHTS_FILE, load_adapter
-from video_chatgpt.model.video_chatgpt import (
-    VideoChatGPTForCausalLM,
-    base_kind,
-    load_config,
-    load_projector_file,
-    load_video_model,
-)
+from video_chatgpt.model.loading import load_model, load_projector, read_projector_file
+from video_chatgpt.model.lora import load_adapter
+from video_chatgpt.model.video_chatgpt import VideoMixin
 
-PROMPT_IDS = ("ours", "original")
+ORIGINAL_IDS_NEED = (
+    "--prompt_ids original reproduces the original's LLaMA prompts: it needs the document's base (a SentencePiece "
+    "tokenizer.model) and the <vid_start>/<vid_end> tokens"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,23 +65,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def resolve_model_folders(model_name: str | Path, projection_path: str | Path | None) -> tuple[Path, Path | None]:
-    """(base folder, projector file) for a base folder + projector, or for one of our training output folders."""
-    folder = Path(model_name)
-    base_file = folder / BASE_POINTER_FILE
-    if base_file.is_file():
-        info = json.loads(base_file.read_text())
-        base = Path(info["base_model"])
-        if not base.is_dir():
-            raise FileNotFoundError(f"{base_file} names the base model {base}, which is not a folder here")
-        projector = Path(projection_path) if projection_path else folder / info.get("projector", PROJECTOR_FILE)
-        return base, projector
-    return folder, Path(projection_path) if projection_path else None
-
-
 @dataclass
 class Engine:
-    model: VideoChatGPTForCausalLM
+    model: VideoMixin  # VideoChatGPTForCausalLM or VideoLanguageModel
     tokenizer: object
     encoder: SegmentEncoder
     video_ids: VideoTokenIds
@@ -215,10 +199,7 @@ def original_inference_ids(ids: list[int], encoder: SegmentEncoder, video_ids: V
 
     Only for the document's templates on a SentencePiece (LLaMA) tokenizer, with the start/end tokens."""
     if not encoder.exact or not video_ids.use_start_end:
-        raise UserError(
-            "--prompt_ids original reproduces the original's LLaMA prompts: it needs the document's "
-            "base (a SentencePiece tokenizer.model) and the <vid_start>/<vid_end> tokens"
-        )
+        raise UserError(ORIGINAL_IDS_NEED)
     newline, space = encoder.encode("\n")[-1], encoder.sp_piece_id("▁")  # 13 and 29871 in LLaMA's vocabulary
     start, end = ids.index(video_ids.start), ids.index(video_ids.end)
     return [*ids[:start], newline, *ids[start : end + 1], space, *ids[end + 1 :]]
@@ -235,118 +216,54 @@ def load_engine(
     prompt_ids: str = "ours",
     lora_path: str | Path | None = None,
 ) -> Engine:
-    """Load base + projector (see the module docstring) in ``dtype`` on ``device``, ready to answer.
+    """Load a trained model (see the module docstring) in ``dtype`` on ``device``, ready to answer.
 
-    ``conv_mode`` applies to the document's base; a model trained with a chat or plain template uses that one.
-    ``prompt_ids``: ``ours`` (the training ids) or ``original`` (the original inference's, see the module doc).
+    The run folder is the truth for the tower, the frames, the template and the token count; ``vision_tower`` and
+    ``num_frames`` override it. ``conv_mode`` applies to a model trained with the document's template; a model
+    trained with a chat or plain template uses that one. ``prompt_ids``: ``ours`` (the training ids) or
+    ``original`` (the original inference's, see the module doc).
     """
     if prompt_ids not in PROMPT_IDS:
         raise UserError(f"--prompt_ids {prompt_ids!r}: expected one of {', '.join(PROMPT_IDS)}")
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    base, projector = resolve_model_folders(model_name, projection_path)
-    # A LoRA run folder carries its adapter (issue 14); --lora_path adds one to any base.
-    adapter = lora_path or (model_name if Path(model_name, ADAPTER_WEIGHTS_FILE).is_file() else None)
-    run_config_file = Path(model_name) / "config.json"
-    is_run = (Path(model_name) / BASE_POINTER_FILE).is_file() and run_config_file.is_file()
-    run_config = json.loads(run_config_file.read_text()) if is_run else {}
-    if base_kind(base) != "llava_v1":
-        engine = _load_other_base(base, projector, run_config, device, dtype, vision_tower, num_frames, conv_mode)
-        engine.prompt_ids_style = prompt_ids
-        if adapter is not None:
-            load_adapter(engine.model, adapter)
-        if prompt_ids == "original":
-            original_inference_ids([], engine.encoder, VideoTokenIds(0, None, None))  # refuses: not the document's
-        return engine
-    tokenizer = load_hf_tokenizer(base)
-    video_ids, num_new = add_video_tokens(tokenizer, use_start_end=True)
-    config = load_config(base, use_cache=True, mm_use_vid_start_end=True)
-    trained_config = Path(model_name) / "config.json"
-    if (Path(model_name) / BASE_POINTER_FILE).is_file() and trained_config.is_file():
-        trained = json.loads(trained_config.read_text())
-        config.video_token_len = trained.get("video_token_len")
-    model = VideoChatGPTForCausalLM.from_pretrained(base, config=config, dtype=dtype)
-    model.add_video_token_rows(num_new, new_rows_from=video_ids.start if num_new >= 2 else None)
-    # Set after the resize: transformers checks token ids against the vocabulary size.
-    model.config.video_patch_token_id = video_ids.patch
-    model.config.video_start_token_id = video_ids.start
-    model.config.video_end_token_id = video_ids.end
-    if projector is not None:
-        model.load_projector_state_dict(load_projector_file(projector), source=str(projector))
-    else:
-        logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
-    if adapter is not None:
-        load_adapter(model, adapter)
-    model.to(device).eval()
-    return Engine(
-        model,
-        tokenizer,
-        SegmentEncoder(tokenizer),
-        video_ids,
-        device,
-        vision_tower or config.mm_vision_tower,
-        num_frames or DEFAULT_NUM_FRAMES,
-        conv_mode,
-        prompt_ids,
-    )
-
-
-def _load_other_base(
-    base: Path, projector: Path | None, run_config: dict, device, dtype, vision_tower, num_frames, conv_mode: str
-) -> Engine:
-    """A run folder on any base, or a LLaVA-1.5/NeXT folder: the model as its training run built it."""
-    kind = base_kind(base)
-    tokenizer = load_hf_tokenizer(base)
-    use_start_end = bool(run_config.get("mm_use_vid_start_end", True))
-    video_ids, num_new = add_video_tokens(tokenizer, use_start_end=use_start_end)
-    trained_template = run_config.get("conv_template") or TRAIN_TEMPLATE
-    template = inference_template(trained_template)
-    if trained_template in TEMPLATES:
-        template = conv_mode
-    elif conv_mode != INFERENCE_TEMPLATE:
+    base = open_base(model_name, projection_path, lora_path)
+    tokenizer, video_ids, num_new = load_video_tokenizer(base.folder, use_start_end=base.use_start_end)
+    trained_template = base.trained_template or TRAIN_TEMPLATE
+    template = conv_mode if trained_template in TEMPLATES else inference_template(trained_template)
+    if trained_template not in TEMPLATES and conv_mode != INFERENCE_TEMPLATE:
         logger.warning("--conv_mode %s ignored: this model was trained with the %r template", conv_mode, template)
-    if kind == "causal_lm" and not run_config.get("mm_hidden_size"):
+    if not base.has_projector and base.feature_width is None:
         raise UserError(
-            f"{base}: a causal LM without a video projector; pass a training output folder as "
-            f"--model-name (its mm_projector.bin and config.json say how the projector looks)"
+            f"{base.folder}: a causal LM without a video projector; pass a training output folder as --model-name "
+            f"(its mm_projector.bin and config.json say how the projector looks)"
         )
-    try:
-        model, _ = load_video_model(
-            base,
-            dtype=dtype,
-            projector_type=run_config.get("mm_projector_type"),
-            mm_hidden_size=run_config.get("mm_hidden_size"),
-            use_cache=True,
-            mm_use_vid_start_end=use_start_end,
-            video_token_len=run_config.get("video_token_len"),
-            conv_template=trained_template,
-            **({"mm_vision_tower": run_config["mm_vision_tower"]} if run_config.get("mm_vision_tower") else {}),
+    fields = {"use_cache": True, "mm_use_vid_start_end": base.use_start_end, "video_token_len": base.video_token_len}
+    if not base.is_llava_v1:
+        fields["conv_template"] = trained_template
+    if base.run_config.get("mm_vision_tower"):
+        fields["mm_vision_tower"] = base.run_config["mm_vision_tower"]
+    model = load_model(
+        base, video_ids, num_new, dtype=dtype, projector_type=base.run_config.get("mm_projector_type"),
+        mm_hidden_size=base.run_config.get("mm_hidden_size"), **fields,
+    )  # fmt: skip
+    if base.projector_file is not None:
+        rows = [video_ids.start, video_ids.end] if video_ids.use_start_end else []
+        load_projector(
+            model, read_projector_file(base.projector_file), str(base.projector_file), rows, whole_table=True
         )
-    except ValueError as exc:
-        raise UserError(f"{base}: {exc}") from exc
-    top = max(x for x in (video_ids.patch, video_ids.start, video_ids.end) if x is not None)
-    model.fit_vocabulary(top + 1, new_rows_from=video_ids.start if num_new >= 2 else None)
-    model.config.video_patch_token_id = video_ids.patch
-    model.config.video_start_token_id = video_ids.start
-    model.config.video_end_token_id = video_ids.end
-    if projector is not None:
-        try:
-            model.load_projector_state_dict(load_projector_file(projector), source=str(projector))
-        except (KeyError, ValueError) as exc:
-            raise UserError(str(exc).strip("'\"")) from exc
     else:
         logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
+    if base.adapter is not None:
+        load_adapter(model, base.adapter)
     model.to(device).eval()
-    return Engine(
-        model,
-        tokenizer,
-        SegmentEncoder(tokenizer),
-        video_ids,
-        device,
-        vision_tower or model.config.mm_vision_tower,
-        num_frames or DEFAULT_NUM_FRAMES,
-        template,
-    )
+    engine = Engine(
+        model, tokenizer, SegmentEncoder(tokenizer), video_ids, device, vision_tower or base.vision_tower,
+        num_frames or base.num_frames, template, prompt_ids,
+    )  # fmt: skip
+    if prompt_ids == "original" and not base.is_llava_v1:
+        raise UserError(ORIGINAL_IDS_NEED)
+    return engine
 
 
-__all__ = ["Engine", "load_engine", "resolve_model_folders"]
+__all__ = ["Engine", "load_engine"]

@@ -20,11 +20,10 @@ from pathlib import Path
 
 from torch import nn
 
+from video_chatgpt.constants import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 from video_chatgpt.errors import UserError
 
 ADAPTER_NAME = "default"  # peft's name for a model's single adapter
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."  # how PeftModel.save_pretrained prefixes the causal LM's tensor names
 
 

@@ -14,16 +14,12 @@
   ``projector_state_dict`` folds them back into a full ``model.embed_tokens.weight`` for the saved artefact.
 * Loss: logits only at supervised positions (labels != -100), so the (B, L, V) logits tensor is never built.
 
-Other bases (``load_video_model``; issue 13). ``base_kind(folder)`` tells three kinds of folder apart:
+Two model classes, one per kind of base (``video_chatgpt.bases``; built by ``model/loading.py``):
 
-* ``"llava_v1"``: the document's base (June-2023 LLaVA / Video-ChatGPT config with ``mm_*`` keys):
-  ``VideoChatGPTForCausalLM`` below, a ``LlamaForCausalLM`` subclass, so checkpoints, ``trainable.safetensors`` names
-  and ``mm_projector.bin`` stay exactly the original's;
-* ``"llava_hf"``: a LLaVA-1.5/NeXT folder in the transformers layout (nested ``text_config``/``vision_config``):
-  its language model and its image projector (``multi_modal_projector.linear_1 -> GELU -> linear_2``, which maps
-  the tower's width to the LM's hidden size as ours does) initialise a ``VideoLanguageModel``;
-* ``"causal_lm"``: any ``AutoModelForCausalLM`` folder (Llama-3.x, Mistral, Qwen2.5, ...): a ``VideoLanguageModel``
-  with a randomly initialised projector (train it with ``--stage pretrain`` first).
+* the document's base (``llava_v1``): ``VideoChatGPTForCausalLM`` below, a ``LlamaForCausalLM`` subclass, so
+  checkpoints, ``trainable.safetensors`` names and ``mm_projector.bin`` stay exactly the original's;
+* any other base (``llava_hf``: a LLaVA-1.5/NeXT folder's language model and projector; ``causal_lm``: Llama-3.x,
+  Mistral, Qwen2.5, ...): ``VideoLanguageModel``.
 
 ``VideoLanguageModel`` composes: ``.language_model`` is the causal LM untouched (its own class and weights; LoRA /
 peft goes there), ``.model`` holds the video parts (``mm_projector`` and the trainable token rows), so the projector's
@@ -34,9 +30,6 @@ state-dict keys are ``model.mm_projector.*`` for every base, as LLaVA writes the
 
 from __future__ import annotations
 
-import json
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,35 +39,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, LlamaPreTrai
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
-from video_chatgpt.constants import (
-    EMBED_TOKENS_KEY,
-    IGNORE_INDEX,
-)
-
-logger = logging.getLogger(__name__)
-
-# Keys of a LLaVA / Video-ChatGPT config.json that are not LLaMA fields but are kept on our config.
-MM_CONFIG_KEYS = (
-    "mm_vision_tower",
-    "mm_hidden_size",
-    "use_mm_proj",
-    "mm_use_im_start_end",
-    "mm_vision_select_layer",
-    "mm_use_vid_start_end",
-    "tune_mm_mlp_adapter",
-    "freeze_mm_mlp_adapter",
-    "sep_video_conv_front",
-    "video_token_len",
-    "num_video_frames",
-    "video_patch_token_id",
-    "video_start_token_id",
-    "video_end_token_id",
-    "mm_projector_type",
-    "conv_template",
-)
+from video_chatgpt.constants import EMBED_TOKENS_KEY, IGNORE_INDEX, MM_CONFIG_KEYS, PROJECTOR_PREFIX
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
-PROJECTOR_PREFIX = "model.mm_projector."
+# config.json keys that describe the file, not the model (transformers sets them itself).
+_NOT_CONFIG_FIELDS = ("model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
 
 
 def build_projector(projector_type: str, in_width: int, out_width: int) -> nn.Module:
@@ -122,23 +91,10 @@ class VideoChatGPTConfig(LlamaConfig):
         super().__init__(**kwargs)
 
 
-def load_config(folder: str | Path, **overrides) -> VideoChatGPTConfig:
-    """Read a LLaVA / Video-ChatGPT / LLaMA ``config.json`` as a ``VideoChatGPTConfig`` (never via AutoConfig).
-
-    Raises ``ValueError`` for a current-transformers nested ``LlavaConfig`` (``text_config``/``vision_config``),
-    which is a different model family.
-    """
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no config.json; expected a model folder such as LLaVA-7B-Lightening-v1-1")
-    raw = json.loads(path.read_text())
-    if "text_config" in raw:
-        raise ValueError(
-            f"{path}: a nested (text_config/vision_config) LLaVA-1.5+ config; load it with load_video_model "
-            f"(load_config reads June-2023 LLaVA-7B-Lightening-v1-1-style folders: a LLaMA config with mm_* keys)"
-        )
-    for key in ("model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype"):
-        raw.pop(key, None)
+def video_config(raw: dict, **overrides) -> VideoChatGPTConfig:
+    """A LLaVA / Video-ChatGPT / LLaMA ``config.json`` (as a dict) as a ``VideoChatGPTConfig`` (never via AutoConfig,
+    which would map LLaVA's ``model_type: "llava"`` to an unrelated nested config). ``overrides`` go on top."""
+    raw = {k: v for k, v in raw.items() if k not in _NOT_CONFIG_FIELDS}
     raw.update(overrides)
     return VideoChatGPTConfig(**raw)
 
@@ -161,33 +117,6 @@ class VideoMixin:
     ``_decoder()`` (the LM body: embeddings in, hidden states out) and ``_generate(inputs_embeds=...)``."""
 
     # ----------------------------------------------------------------------------------------------------- tokens
-    def add_video_token_rows(self, num_new_tokens: int, new_rows_from: int | None = None) -> None:
-        """Resize the embeddings to ``len(tokenizer)``-many rows after new tokens were added.
-
-        ``new_rows_from``: first row index (e.g. ``<vid_start>``) whose input and output rows are set to the mean
-        of all earlier rows, as the original did; rows before it keep the resize init (``<vid_patch>``, which is
-        always replaced by video features).
-        """
-        if num_new_tokens == 0:
-            return
-        old = self.get_input_embeddings().weight.shape[0]
-        self.resize_token_embeddings(old + num_new_tokens, mean_resizing=False)
-        self._set_mean_rows(new_rows_from)
-
-    def fit_vocabulary(self, vocabulary_size: int, new_rows_from: int | None = None) -> None:
-        """Make the embeddings hold ``vocabulary_size`` (``len(tokenizer)``) rows, for bases whose embedding may be
-        larger than the tokenizer (Qwen2 pads its table): resized only when too small; ``new_rows_from`` as above."""
-        if self.get_input_embeddings().weight.shape[0] < vocabulary_size:
-            self.resize_token_embeddings(vocabulary_size, mean_resizing=False)
-        self._set_mean_rows(new_rows_from)
-
-    def _set_mean_rows(self, new_rows_from: int | None) -> None:
-        if new_rows_from is not None:
-            with torch.no_grad():
-                for w in (self.get_input_embeddings().weight, self.get_output_embeddings().weight):
-                    w[new_rows_from:] = w[:new_rows_from].float().mean(dim=0, keepdim=True).to(w.dtype)
-        self.config.vocab_size = self.get_input_embeddings().weight.shape[0]
-
     def train_token_rows(self, token_ids: list[int]) -> None:
         """Make only the input-embedding rows ``token_ids`` trainable, as a separate fp32 parameter (k, H)."""
         ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
@@ -326,39 +255,6 @@ class VideoMixin:
         state[EMBED_TOKENS_KEY] = self.full_input_embedding().cpu()
         return state
 
-    def load_projector_state_dict(self, state: dict[str, torch.Tensor], source: str = "projector file") -> None:
-        """Load an ``mm_projector.bin`` (ours or the released ``video_chatgpt-7B.bin``), checking every shape."""
-        proj = self.model.mm_projector
-        own = {PROJECTOR_PREFIX + k: v for k, v in proj.state_dict().items()}
-        missing = [k for k in own if k not in state]
-        if missing:
-            kind = getattr(self.config, "mm_projector_type", "linear")
-            raise KeyError(
-                f"{source}: missing {missing} for a {kind!r} projector; keys present: {sorted(state)[:8]} "
-                f"(a projector of another --mm_projector_type?)"
-            )
-        for key, param in own.items():
-            if tuple(state[key].shape) != tuple(param.shape):
-                raise ValueError(f"{source}: {key} has shape {tuple(state[key].shape)}, model has {tuple(param.shape)}")
-        with torch.no_grad():
-            proj.load_state_dict({k[len(PROJECTOR_PREFIX) :]: state[k].to(v.dtype) for k, v in own.items()})
-            if EMBED_TOKENS_KEY in state:
-                emb = self.get_input_embeddings().weight
-                src = state[EMBED_TOKENS_KEY]
-                if tuple(src.shape) != tuple(emb.shape):
-                    raise ValueError(
-                        f"{source}: {EMBED_TOKENS_KEY} has shape {tuple(src.shape)}, model embedding has "
-                        f"{tuple(emb.shape)} (did the tokenizer get the video tokens?)"
-                    )
-                emb.copy_(src.to(emb.dtype))
-                trainable = self._trainable_rows()
-                if trainable is not None:
-                    ids, rows = trainable
-                    rows.copy_(src[ids.cpu()].to(rows.dtype))
-        unexpected = sorted(set(state) - set(own) - {EMBED_TOKENS_KEY})
-        if unexpected:
-            logger.warning("%s: ignored unexpected keys %s", source, unexpected[:8])
-
 
 class VideoChatGPTForCausalLM(VideoMixin, LlamaForCausalLM):
     """The document's base: LLaMA with the video projector (``VideoMixin``), checkpoints exactly the original's."""
@@ -462,196 +358,3 @@ class VideoLanguageModel(VideoMixin, nn.Module):
 
     def activation_checkpointing_disable(self) -> None:
         self.language_model.activation_checkpointing_disable()
-
-
-# ----------------------------------------------------------------------------------------------------- loading
-def base_kind(folder: str | Path) -> str:
-    """``"llava_v1"`` (the document's June-2023 LLaVA / Video-ChatGPT layout: ``mm_*`` keys or its model types),
-    ``"llava_hf"`` (LLaVA-1.5/NeXT in the transformers layout: nested ``text_config``) or ``"causal_lm"``."""
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no config.json; expected a model folder (LLaVA, LLaVA-1.5 or a causal LM)")
-    raw = json.loads(path.read_text())
-    if "text_config" in raw:
-        return "llava_hf"
-    if raw.get("model_type") in ("llava", "VideoChatGPT", "video_chatgpt") or any(k in raw for k in MM_CONFIG_KEYS[:4]):
-        if raw.get("video_chatgpt_base_kind") not in (None, "llava_v1"):  # a run folder of another base
-            return raw["video_chatgpt_base_kind"]
-        return "llava_v1"
-    return "causal_lm"
-
-
-@dataclass
-class LlavaHfParts:
-    """What a LLaVA-1.5/NeXT folder gives the video model: the LM, the projector weights and the tower settings."""
-
-    language_model: nn.Module
-    projector_state: dict[str, torch.Tensor]  # mlp2x_gelu layout: "0.weight", "0.bias", "2.weight", "2.bias"
-    mm_hidden_size: int
-    vision_feature_layer: int | list[int]
-
-
-def load_llava_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) -> LlavaHfParts:
-    """Split a ``LlavaForConditionalGeneration``/``LlavaNextForConditionalGeneration`` folder into a plain causal LM
-    (``AutoModelForCausalLM`` of its ``text_config``, sharing the loaded tensors) and its GELU projector."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    config = AutoConfig.from_pretrained(str(folder))
-    act = getattr(config, "projector_hidden_act", "gelu")
-    if act != "gelu":
-        raise ValueError(f"{folder}: projector_hidden_act is {act!r}; only LLaVA's 'gelu' projector is supported")
-    full = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
-    projector = full.model.multi_modal_projector
-    if getattr(projector, "linear_1", None) is None or getattr(projector, "linear_2", None) is None:
-        raise ValueError(f"{folder}: its multi_modal_projector has no linear_1/linear_2 (not LLaVA-1.5/NeXT's)")
-    state = {
-        "0.weight": projector.linear_1.weight.detach(),
-        "0.bias": projector.linear_1.bias.detach(),
-        "2.weight": projector.linear_2.weight.detach(),
-        "2.bias": projector.linear_2.bias.detach(),
-    }
-    with torch.device("meta"):
-        lm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
-    lm_state = {f"model.{k}": v for k, v in full.model.language_model.state_dict().items()}
-    lm_state["lm_head.weight"] = full.lm_head.weight
-    missing, unexpected = lm.load_state_dict(lm_state, strict=False, assign=True)
-    if unexpected or [k for k in missing if k != "lm_head.weight"]:
-        raise ValueError(
-            f"{folder}: its language model does not fit {type(lm).__name__}: missing {missing[:4]}, "
-            f"unexpected {unexpected[:4]}"
-        )
-    # Buffers that are not in a state dict (rotary inv_freq) were built on the meta device: take the loaded ones.
-    for name, buffer in full.model.language_model.named_buffers():
-        module_name, _, attr = name.rpartition(".")
-        setattr(lm.model.get_submodule(module_name), attr, buffer)
-    if getattr(config.text_config, "tie_word_embeddings", False):
-        lm.tie_weights()
-    left = [n for n, t in [*lm.named_parameters(), *lm.named_buffers()] if t.device.type == "meta"]
-    if left:
-        raise ValueError(f"{folder}: {left[:4]} of its language model were not loaded")
-    lm.generation_config.eos_token_id = getattr(config.text_config, "eos_token_id", None)
-    return LlavaHfParts(lm, state, projector.linear_1.in_features, config.vision_feature_layer)
-
-
-def _checkpoint_key(folder: str | Path, suffix: str) -> str:
-    """The one tensor name ending in ``suffix`` in a safetensors folder (LLaVA-1.5 folders: the LM's embedding is
-    ``model.language_model.embed_tokens.weight`` or, saved by older transformers, ``language_model.model...``)."""
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    index = next(folder.glob("*.safetensors.index.json"), None)
-    if index is not None:
-        names = list(json.loads(index.read_text())["weight_map"])
-    else:
-        names = []
-        for shard in sorted(folder.glob("*.safetensors")):
-            with safe_open(str(shard), framework="pt") as f:
-                names += list(f.keys())
-    found = [n for n in names if n.endswith(suffix) and "vision" not in n]
-    if len(found) != 1:
-        raise ValueError(f"{folder}: expected one tensor named *{suffix} in its checkpoint, found {found[:4]}")
-    return found[0]
-
-
-def load_video_model(
-    folder: str | Path,
-    dtype: torch.dtype = torch.float32,
-    projector_type: str | None = None,
-    mm_hidden_size: int | None = None,
-    attn_implementation: str | None = None,
-    quantization_config=None,
-    **config_fields,
-) -> tuple[nn.Module, str]:
-    """The video model for any base folder, and its kind (``base_kind``).
-
-    * ``llava_v1``: ``VideoChatGPTForCausalLM`` (the document's path, as before; ``projector_type`` defaults to the
-      original's ``linear``, whose weights LLaVA's image projector gives);
-    * ``llava_hf``: a ``VideoLanguageModel`` over the folder's LM, projector ``mlp2x_gelu`` from LLaVA's;
-    * ``causal_lm``: a ``VideoLanguageModel`` over ``AutoModelForCausalLM.from_pretrained(folder)``, projector
-      (``projector_type``, default ``linear``) randomly initialised; ``mm_hidden_size`` (the features' width) needed.
-
-    ``config_fields`` (e.g. ``video_token_len``, ``mm_use_vid_start_end``, ``use_cache``) go onto the config.
-    ``quantization_config`` (``--bits 4|8``: a ``BitsAndBytesConfig``) quantises a causal LM as it loads; a
-    LLaVA-1.5/NeXT folder is refused with it (its LM is split out of the full model after loading, which a
-    quantised checkpoint does not allow), before anything is read.
-    """
-    kind = base_kind(folder)
-    # from_pretrained's keyword arguments for the document's base and a causal LM.
-    load_kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    if quantization_config is not None and kind == "llava_hf":
-        raise ValueError(
-            f"{folder}: --bits 4|8 is not supported for a LLaVA-1.5/NeXT folder (its language model is "
-            f"split out of the full model); train it with --bits 16 (LoRA or the projector alone)"
-        )
-    if quantization_config is not None:
-        load_kwargs["quantization_config"] = quantization_config
-    if kind == "llava_v1":
-        fields = dict(config_fields)
-        if projector_type is not None:
-            fields["mm_projector_type"] = projector_type
-        config = load_config(folder, **fields)
-        if config.mm_hidden_size is None:
-            config.mm_hidden_size = mm_hidden_size
-        if mm_hidden_size is not None and config.mm_hidden_size != mm_hidden_size:
-            raise ValueError(f"feature width {mm_hidden_size} != config mm_hidden_size {config.mm_hidden_size}")
-        model = VideoChatGPTForCausalLM.from_pretrained(str(folder), config=config, dtype=dtype, **load_kwargs)
-        return model, kind
-    if kind == "llava_hf":
-        parts = load_llava_hf_parts(folder, dtype)
-        if projector_type not in (None, "mlp2x_gelu"):
-            raise ValueError(
-                f"{folder}: a LLaVA-1.5/NeXT projector is mlp2x_gelu, not --mm_projector_type {projector_type}"
-            )
-        if mm_hidden_size is not None and mm_hidden_size != parts.mm_hidden_size:
-            raise ValueError(
-                f"feature width {mm_hidden_size} != {folder}'s projector input width {parts.mm_hidden_size}"
-            )
-        config_fields.setdefault("mm_vision_tower", str(Path(folder).resolve()))
-        model = VideoLanguageModel(
-            parts.language_model, "mlp2x_gelu", parts.mm_hidden_size, video_chatgpt_base_kind=kind, **config_fields
-        )
-        with torch.no_grad():
-            model.model.mm_projector.load_state_dict(parts.projector_state)
-        model.base_embedding_key = _checkpoint_key(folder, "embed_tokens.weight")
-        return model, kind
-    from transformers import AutoModelForCausalLM
-
-    if mm_hidden_size is None:
-        raise ValueError(
-            f"{folder}: a plain causal LM has no projector yet; the feature width (mm_hidden_size) is needed"
-        )
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **load_kwargs)
-    for key in ("use_cache",):
-        if key in config_fields:
-            setattr(lm.config, key, config_fields.pop(key))
-    model = VideoLanguageModel(
-        lm, projector_type or "linear", mm_hidden_size, video_chatgpt_base_kind=kind, **config_fields
-    )
-    model.model.to(dtype)
-    return model, kind
-
-
-def projector_state_from_state_dict(
-    state: dict[str, torch.Tensor], trainable_row_ids: list[int] | None, embedding_key: str = EMBED_TOKENS_KEY
-) -> dict:
-    """The ``mm_projector.bin`` artefact from a (gathered) model state dict, e.g. DeepSpeed ZeRO-3's consolidated one:
-    every ``model.mm_projector.*`` tensor (``linear``: the original's weight/bias; ``mlp2x_gelu``: ``0.*``/``2.*``)
-    and the full input embedding, saved as ``model.embed_tokens.weight`` whatever its name in ``state``
-    (``embedding_key``: ``VideoMixin.input_embedding_key``, ``language_model.model.embed_tokens.weight`` for a
-    composed model).
-
-    ``trainable_row_ids``: the ids whose rows live in ``model.video_token_embeds`` and are folded into the embedding.
-    """
-    embed = state[embedding_key].detach().float().cpu().clone()
-    rows = state.get("model.video_token_embeds")
-    if rows is not None and trainable_row_ids:
-        embed[torch.tensor(sorted(set(trainable_row_ids)))] = rows.detach().float().cpu()
-    projector = {k: v.detach().float().cpu().clone() for k, v in state.items() if k.startswith(PROJECTOR_PREFIX)}
-    if not projector:
-        raise KeyError(f"no {PROJECTOR_PREFIX}* tensors in the state dict (keys: {sorted(state)[:8]})")
-    return {**projector, EMBED_TOKENS_KEY: embed}
-
-
-def load_projector_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an ``mm_projector.bin`` safely (``weights_only``: tensors only, no code)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)

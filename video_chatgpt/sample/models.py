@@ -27,7 +27,12 @@ from pathlib import Path
 
 import torch
 
-from video_chatgpt.constants import IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+from video_chatgpt.bases import open_base
+from video_chatgpt.constants import IGNORE_INDEX, IMAGE_END_TOKEN, IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN
+from video_chatgpt.data.conversation import inference_template, render_sample, training_template
+from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
+from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, video_config
+from video_chatgpt.sample.world import language_corpus
 
 # The real ViT-L/14 preprocessor_config.json (openai/clip-vit-large-patch14), verbatim in content.
 CLIP_PREPROCESSOR_CONFIG = {
@@ -305,7 +310,7 @@ def pretrain_language(
     thus learns the answers' wording and to find the facts anywhere in the span; it never sees a video or a video
     feature: turning the features into something it reads there is what the video projector learns in training.
 
-    ``folder`` is either base the training code takes (``model.video_chatgpt.base_kind``):
+    ``folder`` is either base the training code takes (``bases.open_base``):
 
     * a LLaVA-v1 folder (``make_tiny_llava``): the document's training and inference templates (``vicuna_v1_1``,
       ``video-chatgpt_v1``: the chat uses the other system prompt);
@@ -321,23 +326,20 @@ def pretrain_language(
     """
     from transformers import AutoModelForCausalLM
 
-    from video_chatgpt.constants import IGNORE_INDEX
-    from video_chatgpt.data.conversation import inference_template, render_sample, training_template
-    from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
-    from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, base_kind, load_config
-
     folder = Path(folder)
-    kind = base_kind(folder)
-    if kind not in ("llava_v1", "causal_lm"):
-        raise ValueError(f"{folder}: language pretraining takes a LLaVA-v1 folder or a causal LM, not a {kind} folder")
+    base = open_base(folder)
+    if base.is_llava_hf:
+        raise ValueError(
+            f"{folder}: language pretraining takes a LLaVA-v1 folder or a causal LM, not a llava_hf folder"
+        )
     tokenizer = load_hf_tokenizer(folder)
     # The ids training gives <vid_patch>/<vid_start>/<vid_end> (the document's --mm_use_vid_start_end). They may lie
     # beyond the embedding table; their positions are never looked up (span and brackets are put in directly).
     span_ids, _ = add_video_tokens(tokenizer, use_start_end=True)
     encoder = SegmentEncoder(tokenizer)
     # A causal LM trains in two stages (--stage pretrain, then finetune: build_other_base); LLaVA in the document's one.
-    stages = ("pretrain", None) if kind == "causal_lm" else (None,)
-    trained = [training_template(folder, tokenizer, stage) for stage in stages]
+    stages = ("pretrain", None) if base.is_causal_lm else (None,)
+    trained = [training_template(base, tokenizer, stage) for stage in stages]
     templates = tuple(dict.fromkeys(t for train in trained for t in (train, inference_template(train))))
     gen = torch.Generator().manual_seed(seed)
     samples = []
@@ -347,8 +349,8 @@ def pretrain_language(
         if r.num_video_spans != 1:
             raise ValueError(f"a pretraining conversation must hold one <video>, got {r.num_video_spans}: {conv}")
         samples.append((torch.tensor(r.input_ids), torch.tensor(r.labels), torch.tensor(encoder.encode(caption))))
-    if kind == "llava_v1":
-        model = VideoChatGPTForCausalLM.from_pretrained(folder, config=load_config(folder), dtype=torch.float32)
+    if base.is_llava_v1:
+        model = VideoChatGPTForCausalLM.from_pretrained(folder, config=video_config(base.config), dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     stored_dtype = {k: v.dtype for k, v in _read_folder_state(folder).items()}
@@ -553,7 +555,6 @@ SAMPLE_CHAT_SPEC = TinyChatSpec(
 
 def tokenizer_corpus() -> list[str]:
     """Text the tiny BPE tokenizers are trained on: the sample world's language plus unicode and role words."""
-    from video_chatgpt.sample.world import language_corpus
 
     conversations, captions = language_corpus(n=200, seed=0)
     lines = [str(t["value"]).replace("<video>", "") for conv in conversations for t in conv] + list(captions)

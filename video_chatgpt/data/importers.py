@@ -183,7 +183,7 @@ def _turns(record: Mapping, key: str, role_key: str, text_key: str) -> list[tupl
         raise ConversionError(f"is a JSON {_json_type(turns)}, expected a list of turns", key=key)
     out = []
     for k, turn in enumerate(turns):
-        if not isinstance(turn, Mapping):
+        if not isinstance(turn, dict):
             raise ConversionError(f"turn {k} is a JSON {_json_type(turn)}, expected an object", key=key)
         for inner in (role_key, text_key):
             if inner not in turn:
@@ -244,7 +244,7 @@ def _qwen_content(content: object, k: int) -> tuple[str, list[str | list], int]:
     for j, item in enumerate(content):
         where = f"turn {k}'s content item {j}"
         kind = None
-        if isinstance(item, Mapping):
+        if isinstance(item, dict):
             kind = item.get("type") or next((t for t in ("video", "image", "image_url", "text") if t in item), None)
         if kind == "text":
             parts.append(_string(item.get("text"), "messages", f"{where}'s 'text'"))
@@ -389,7 +389,7 @@ def import_records(
     records = []
     for i, item in enumerate(items):
         try:
-            if not isinstance(item, Mapping):
+            if not isinstance(item, dict):
                 raise ConversionError(f"is a JSON {_json_type(item)}, expected an object (one record)")
             sample = parse(item)
             reason = refusal(sample)
@@ -415,8 +415,9 @@ def import_records(
         if name is None:
             stats.refused["no_feature_file"] += 1
             continue
-        first = first_video.setdefault(name, _same_video_key(video))
-        if first != _same_video_key(video):
+        key = _same_video_key(video)
+        first = first_video.setdefault(name, key)
+        if first != key:
             # Two different videos would share one feature file: the extractor keeps only one of them.
             stats.refused["same_feature_name"] += 1
             stats.note(f"Refused item {i}: its video {video!r} and {first!r} both map to {name}; rename one of them")

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check that a folder is a usable LLaVA-7B-Lightening-v1-1 base",
     ),
     "convert": ("video_chatgpt.data.convert:main", "VideoInstruct JSON -> training JSON"),
-    "data": ("video_chatgpt.data.cli:main", "data check | data inspect: look at the training data before training"),
+    "data": ("video_chatgpt.data.cli:main", "data check | inspect | import: look at the training data; import LLaVA, ShareGPT, Qwen-VL data"),
     "extract-features": ("video_chatgpt.features.extract:main", "videos -> spatio-temporal CLIP feature files"),
     "train": ("video_chatgpt.train.train:main", "train Video-ChatGPT (same flags as video_chatgpt/train/train_mem.py)"),
     "report": ("video_chatgpt.train.report:main", "write training_report.md and loss.png for a run folder"),

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     step = Step()
 
     from video_chatgpt.constants import DEFAULT_NUM_FRAMES
-    from video_chatgpt.features.pooling import num_video_tokens
+    from video_chatgpt.features.encoder import video_tokens
+    from video_chatgpt.features.towers import resolve_tower
     from video_chatgpt.sample.models import make_sample_models, pretrain_language
     from video_chatgpt.sample.world import language_corpus, make_sample_world
 
@@ -168,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     step(f"sample models: tiny {base_name} base + tiny CLIP tower; base taught the language (no video)")
     models = make_sample_models(work / "models")
     conversations, captions = language_corpus(seed=args.seed + 100)
-    tower_config = json.loads((models["vision_tower"] / "config.json").read_text())
-    span = num_video_tokens(tower_config, DEFAULT_NUM_FRAMES)  # the length of the video span the base learns to read
+    span = video_tokens(resolve_tower(models["vision_tower"]), DEFAULT_NUM_FRAMES)  # the length of the video span the base learns to read
     if args.base == "qwen2":  # another base: a tiny chat LM with its own BPE tokenizer and <|im_start|> template
         from video_chatgpt.sample.models import SAMPLE_CHAT_SPEC, make_tiny_chat_lm
 

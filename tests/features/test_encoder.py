@@ -12,7 +12,7 @@ from tests.features.reference import (
     reference_pixels,
     write_h264,
 )
-from video_chatgpt.features import VideoFeatureExtractor, num_video_tokens
+from video_chatgpt.features import VideoFeatureExtractor, resolve_tower, video_tokens
 from video_chatgpt.features.decode import resize_nearest
 from video_chatgpt.sample.videos import VideoTruth, make_synthetic_video, real_sample_videos, render_frames
 
@@ -29,7 +29,7 @@ def test_geometry_comes_from_the_tower_config(extractor, tiny_clip):
     assert extractor.image_size == cfg.image_size == 224
     assert extractor.num_patches == (cfg.image_size // cfg.patch_size) ** 2 == 256
     assert extractor.width == cfg.hidden_size
-    assert extractor.num_tokens == num_video_tokens(cfg, 100) == 356
+    assert extractor.num_tokens == video_tokens(resolve_tower(tiny_clip), 100) == 356
     assert extractor.encoder.uses_table  # the real ViT-L/14 preprocessor config: resize and crop are no-ops
 
 

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from tests.features.reference import reference_indices
-from video_chatgpt.features.pooling import num_patches, num_video_tokens, pool_video_features
+from video_chatgpt.features.encoder import video_tokens
+from video_chatgpt.features.pooling import pool_video_features
 from video_chatgpt.features.sampling import frame_indices
+from video_chatgpt.features.towers import TowerSpec, resolve_tower
 
 
 def test_index_rule_examples_from_the_spec():
@@ -52,8 +54,11 @@ def test_pooling_rejects_more_frames_than_tokens():
 def test_token_counts_come_from_the_config(tiny_clip):
     from transformers import CLIPVisionConfig
 
-    assert num_video_tokens({"image_size": 224, "patch_size": 14}, 100) == 356  # ViT-L/14, the original's 356
-    assert num_video_tokens({"image_size": 336, "patch_size": 14}, 100) == 100 + 24 * 24
-    cfg = CLIPVisionConfig.from_pretrained(tiny_clip)
-    assert num_patches(cfg) == 256 and num_video_tokens(cfg, 8) == 264
-    assert num_patches({"vision_config": {"image_size": 32, "patch_size": 8}}) == 16
+    def clip(image_size: int, patch_size: int) -> TowerSpec:
+        config = CLIPVisionConfig(image_size=image_size, patch_size=patch_size)
+        return TowerSpec("clip", tiny_clip, "clip", "tower", config, -2, "default")
+
+    assert video_tokens(clip(224, 14), 100) == 356  # ViT-L/14, the original's 356
+    assert video_tokens(clip(336, 14), 100) == 100 + 24 * 24
+    assert video_tokens(clip(32, 8), 8) == 8 + 16
+    assert video_tokens(resolve_tower(tiny_clip), 8) == 264  # the tiny tower's config: 16 x 16 patches

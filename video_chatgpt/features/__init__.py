@@ -8,7 +8,7 @@ folder's manifest), ``extract`` (the job behind ``scripts/save_spatio_temporal_c
 
 The public names below are imported lazily, so ``import video_chatgpt.features.store`` stays light.
 
-    >>> from video_chatgpt.features import VideoFeatureExtractor, num_video_tokens
+    >>> from video_chatgpt.features import VideoFeatureExtractor, video_tokens
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ _PUBLIC = {
     "VideoFeatureExtractor": "video_chatgpt.features.encoder",
     "VideoDecodeError": "video_chatgpt.features.decode",
     "frame_indices": "video_chatgpt.features.sampling",
-    "num_patches": "video_chatgpt.features.pooling",
-    "num_video_tokens": "video_chatgpt.features.pooling",
     "pool_video_features": "video_chatgpt.features.pooling",
     "load_features": "video_chatgpt.features.store",
     "save_features": "video_chatgpt.features.store",

@@ -66,16 +66,6 @@ def parse_dtype(name: str | torch.dtype | None, device: str | torch.device) -> t
     return aliases[name]
 
 
-def load_image_processor(vision_tower: str | Path):
-    """The tower's image processor (``towers.load_tower_processor``): CLIP's or SigLIP's PIL processor."""
-    return load_tower_processor(resolve_tower(vision_tower))
-
-
-def load_vision_tower(vision_tower: str | Path, device: str | torch.device, dtype: torch.dtype):
-    """The tower (CLIP / SigLIP / a LLaVA folder's) truncated after its select layer, in eval mode."""
-    return load_tower_model(resolve_tower(vision_tower), device, dtype)
-
-
 def _size_field(size: object, key: str) -> int | None:
     value = size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
     return None if value is None else int(value)

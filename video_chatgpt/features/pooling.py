@@ -24,7 +24,6 @@ CLS token, ``leading=1``) are averaged over frames and kept as they are.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import torch
 
@@ -70,30 +69,3 @@ def pooled_grid_tokens(grid: int, spatial_pool: int) -> int:
     """Spatial tokens of a ``grid x grid`` patch grid after ``spatial_pool``: ``ceil(grid / k) ** 2``."""
     side = -(-grid // spatial_pool)
     return side * side
-
-
-def _field(vision_config: object, name: str) -> int:
-    if isinstance(vision_config, Mapping):
-        return int(vision_config[name])
-    return int(getattr(vision_config, name))
-
-
-def num_patches(vision_config: object) -> int:
-    """Patch tokens per frame (CLS excluded): ``(image_size // patch_size) ** 2``, e.g. 16 x 16 = 256 for ViT-L/14.
-
-    ``vision_config`` is a ``CLIPVisionConfig``, a ``CLIPConfig`` (its ``vision_config`` is used) or a dict with
-    ``image_size`` and ``patch_size``.
-    """
-    if isinstance(vision_config, Mapping):
-        inner = vision_config.get("vision_config")
-    else:
-        inner = getattr(vision_config, "vision_config", None)
-    if inner is not None:
-        vision_config = inner
-    grid = _field(vision_config, "image_size") // _field(vision_config, "patch_size")
-    return grid * grid
-
-
-def num_video_tokens(vision_config: object, num_frames: int) -> int:
-    """Video tokens per video: ``num_frames`` temporal + the patch grid spatial, e.g. 100 + 256 = 356."""
-    return num_frames + num_patches(vision_config)

@@ -6,7 +6,6 @@ Every command is ``module:main(argv) -> exit status``; modules are imported only
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
@@ -24,7 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check that a folder is a usable LLaVA-7B-Lightening-v1-1 base",
     ),
     "convert": ("video_chatgpt.data.convert:main", "VideoInstruct JSON -> training JSON"),
-    "data": ("video_chatgpt.data.cli:main", "data check | inspect | import: look at the training data; import LLaVA, ShareGPT, Qwen-VL data"),
+    "data": (
+        "video_chatgpt.data.cli:main",
+        "data check | inspect | import: look at the training data; import LLaVA, ShareGPT, Qwen-VL data",
+    ),
     "extract-features": ("video_chatgpt.features.extract:main", "videos -> spatio-temporal CLIP feature files"),
     "train": ("video_chatgpt.train.train:main", "train Video-ChatGPT (same flags as video_chatgpt/train/train_mem.py)"),
     "report": ("video_chatgpt.train.report:main", "write training_report.md and loss.png for a run folder"),
@@ -44,24 +46,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("video_chatgpt.sample.cli:main", "sample models | sample world: the tiny offline sample"),
     "quickstart": ("video_chatgpt.quickstart:main", "the whole pipeline on the bundled sample"),
 }
-
-
-def parse_bool(text: str) -> bool:
-    """``True``/``False`` as the training flags spell them (``--mm_use_vid_start_end False``), for argparse."""
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "y"):
-        return True
-    if value in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-
-
-def parse_args_or_status(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
-    """Parsed flags, or the exit status argparse chose (0 for --help, 2 for bad flags) instead of exiting."""
-    try:
-        return parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
 
 
 def _usage() -> str:

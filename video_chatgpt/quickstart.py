@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     step(f"sample models: tiny {base_name} base + tiny CLIP tower; base taught the language (no video)")
     models = make_sample_models(work / "models")
     conversations, captions = language_corpus(seed=args.seed + 100)
-    span = video_tokens(resolve_tower(models["vision_tower"]), DEFAULT_NUM_FRAMES)  # the length of the video span the base learns to read
+    span = video_tokens(
+        resolve_tower(models["vision_tower"]), DEFAULT_NUM_FRAMES
+    )  # the length of the video span the base learns to read
     if args.base == "qwen2":  # another base: a tiny chat LM with its own BPE tokenizer and <|im_start|> template
         from video_chatgpt.sample.models import SAMPLE_CHAT_SPEC, make_tiny_chat_lm
 

@@ -27,8 +27,8 @@ import json
 import sys
 from pathlib import Path
 
+from video_chatgpt.args import parse_args_or_status, parse_bool
 from video_chatgpt.bases import Base, open_base
-from video_chatgpt.cli import parse_args_or_status, parse_bool
 from video_chatgpt.constants import DEFAULT_MODEL_MAX_LENGTH
 from video_chatgpt.data.check import DEFAULT_FEATURE_DTYPE, DEFAULT_MAX_LISTED, check_training_data
 from video_chatgpt.data.importers import main as import_main

@@ -57,7 +57,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
 from video_chatgpt.data.convert import ConversionError, _json_type, atomic_write_json, read_items, same_file
 from video_chatgpt.errors import UserError, error_message, run_main

@@ -28,8 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from video_chatgpt.args import parse_args_or_status, parse_bool
 from video_chatgpt.bases import open_base
-from video_chatgpt.cli import parse_args_or_status, parse_bool
 from video_chatgpt.constants import (
     DEFAULT_MODEL_MAX_LENGTH,
     IGNORE_INDEX,

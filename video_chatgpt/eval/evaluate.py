@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from urllib.parse import urlparse
 
-from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.errors import UserError
 from video_chatgpt.eval.judge import Judge, JudgeRefused, JudgeSettings
 from video_chatgpt.eval.protocol import (

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> ExtractArgs | int:
     """The settings, or the exit status of a usage error / ``--help`` (argparse's: 2 / 0), without exiting."""
-    from video_chatgpt.cli import parse_args_or_status
+    from video_chatgpt.args import parse_args_or_status
 
     parser = build_parser()
     ns = parse_args_or_status(parser, argv)

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.bases import open_base
-from video_chatgpt.cli import parse_args_or_status
 from video_chatgpt.constants import ADAPTER_WEIGHTS_FILE
 from video_chatgpt.data.conversation import TEMPLATES
 from video_chatgpt.errors import UserError, run_main

@@ -546,7 +546,7 @@ def flag_problem(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from video_chatgpt.cli import parse_args_or_status
+    from video_chatgpt.args import parse_args_or_status
 
     parser = build_parser()
     args = parse_args_or_status(parser, argv)

@@ -39,7 +39,7 @@ import logging
 import sys
 from pathlib import Path
 
-from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.data.conversation import TEMPLATES
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import FEATURE_SUFFIXES, FeatureFileError, atomic_write_bytes, load_features

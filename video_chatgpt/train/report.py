@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.train.atomic import write_atomically, write_text_atomically
 

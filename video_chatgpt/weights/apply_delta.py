@@ -28,7 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.errors import run_main
 from video_chatgpt.weights.delta import DeltaResult, Log, combine_folders
 from video_chatgpt.weights.hub import resolve_model_folder

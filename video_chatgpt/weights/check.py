@@ -34,7 +34,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from video_chatgpt.cli import parse_args_or_status
+from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.constants import (
     EMBED_TOKENS_KEY,
     IMAGE_END_TOKEN,

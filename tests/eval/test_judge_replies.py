@@ -55,7 +55,7 @@ ODD_REPLIES = {
     ),
     "content parts without text": (Reply(content=[{"type": "image_url"}, 5]), "'content' is a list without text"),
     "content parts with a number as text": (Reply(content=[{"type": "text", "text": 4}]), "without text parts"),
-    "5000-digit score": (ok("{'score': " + "1" * 5000 + "}"), "unparseable reply: not a Python or JSON dict"),
+    "5000-digit score": (ok('{"score": ' + "1" * 5000 + "}"), "unparseable reply: not a Python or JSON dict"),
     "400-digit score": (ok("{'score': " + "1" * 400 + "}"), "is outside 0..5"),
     "deeply nested score": (ok('{"score": ' + NESTED + "}"), "unparseable reply: not a Python or JSON dict"),
     "score inf": (ok("{'score': 1e999}"), "'score' inf is outside 0..5"),

@@ -5,14 +5,13 @@ import json
 import os
 import pickle
 import sys
-import time
 import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.features.test_store import FORGED
+from tests.features.test_store import FORGED, run_bounded
 from video_chatgpt import cli
 from video_chatgpt.bases import open_base
 from video_chatgpt.data.check import DataReport, check_training_data, read_feature_header
@@ -216,15 +215,40 @@ def test_header_check_agrees_with_a_full_load(tmp_path, name):
     assert got == expected
 
 
-@pytest.mark.parametrize("kind", sorted(FORGED))
-def test_a_tiny_forged_pickle_is_an_unreadable_file_not_gigabytes(tmp_path, kind):
-    """data check's header mode reached 18.8 GB on a few dozen bytes: now every length is bounded by the file."""
-    data, folder, _ = make_data(tmp_path, num_videos=3, per_video=1)
-    (folder / "v_001.pkl").write_bytes(FORGED[kind])
-    start = time.perf_counter()
-    report = check_training_data(data, folder, deep=True, num_workers=1)
-    assert time.perf_counter() - start < 5
-    assert [p.file for p in report.problems["unreadable_feature"]] == ["v_001.pkl"] and report.fatal
+def forged_check(data: str, folder: str, deep: bool) -> dict:
+    """``data check`` (header mode or ``deep``) as a JSON-able summary, for ``run_bounded``'s child."""
+    report = check_training_data(data, folder, deep=deep, num_workers=1)
+    problems = {kind: [[p.file, p.message] for p in found] for kind, found in report.problems.items()}
+    return {"fatal": report.fatal, "problems": problems, "shape": list(report.feature_shape or [])}
+
+
+@pytest.fixture(scope="module")
+def forged_checks(tmp_path_factory) -> dict[tuple[str, bool], dict]:
+    """(kind, deep) -> the data check of a folder whose v_001.pkl is that forged file, all in one bounded child."""
+    jobs, keys = [], []
+    for kind, (forged, _) in FORGED.items():
+        root = tmp_path_factory.mktemp("forged")
+        data, folder, _ = make_data(root, num_videos=3, per_video=1)
+        (folder / "v_001.pkl").write_bytes(forged)
+        for deep in (False, True):
+            jobs.append({"call": "tests.data.test_check:forged_check", "args": [str(data), str(folder), deep]})
+            keys.append((kind, deep))
+    return dict(zip(keys, run_bounded(jobs)))
+
+
+@pytest.mark.parametrize("deep", [False, True], ids=["headers", "deep"])
+@pytest.mark.parametrize("kind", list(FORGED))
+def test_a_tiny_forged_pickle_is_an_unreadable_file_not_gigabytes(forged_checks, kind, deep):
+    """data check reached 18.8 GB (header mode) and 950 MB on a few dozen bytes, and passed a forged all-zero file as
+    valid: now the forged file is the one unreadable file, refused by its guard, with the allocation bounded (a
+    child whose address space may grow by 512 MiB; tracemalloc peak under 16 MB)."""
+    got = forged_checks[(kind, deep)]
+    assert "result" in got and got["peak_mb"] < 16, got
+    summary = got["result"]
+    assert summary["fatal"] and list(summary["problems"]) == ["unreadable_feature"], summary
+    ((name, message),) = summary["problems"]["unreadable_feature"]
+    assert name == "v_001.pkl" and FORGED[kind][1] in message and "out of memory" not in message
+    assert summary["shape"] == [ROWS, WIDTH]  # the good files still give the folder's shape
 
 
 def test_bad_records_are_reported(tmp_path):

@@ -4,6 +4,10 @@
 (0-based, over the whole server), the record the request is about (the ``Question:`` line of the user message, or
 ``Question 1:`` for consistency) and the JSON body, and returns a :class:`Reply`. Every request is logged (time,
 record, Authorization header) so tests count them.
+
+Besides well-formed completions, a reply can be any body with any content type (``body``), sent one byte at a time
+(``drip``, the status line and headers too with ``drip_headers``), or ``stream_size`` bytes of a completion whose
+content is padded out (with or without a Content-Length), written until the client hangs up.
 """
 
 from __future__ import annotations
@@ -25,10 +29,40 @@ class Reply:
     headers: dict = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering
     block: threading.Event | None = None  # wait for this event before answering (a request left in flight)
+    body: bytes | None = None  # sent as it is instead of a completion holding ``content``
+    content_type: str = "application/json"
+    model: object = "scripted-judge-1"  # the completion's "model" field, any JSON value
+    drip: float = 0.0  # seconds between single bytes of the body (and of the status line and headers, see below)
+    drip_headers: bool = False
+    stream_size: int = 0  # a completion of this many bytes, written in 64 KB pieces until the client hangs up
+    declare_size: bool = True  # whether a ``stream_size`` reply has a Content-Length (else: read until close)
 
 
 def ok(content: str, delay: float = 0.0) -> Reply:
     return Reply(content=content, delay=delay)
+
+
+def completion(content: object, model: object = "scripted-judge-1", n: int = 0) -> dict:
+    """The JSON object of a chat completion whose message holds ``content`` (any JSON value)."""
+    return {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+_PIECE = 64 * 1024
+
+
+def _padded_completion(size: int) -> tuple[bytes, bytes, int]:
+    """``(head, tail, pad)``: head + pad x b"x" + tail is a ``size``-byte completion whose content ends in a verdict."""
+    marker = "@@PAD@@"
+    text = json.dumps(completion(marker + " {'score': 3}"))
+    head, tail = (part.encode() for part in text.split(marker))
+    return head, tail, size - len(head) - len(tail)
 
 
 @dataclass
@@ -62,45 +96,55 @@ class ScriptedServer:
                     n = len(server.log)
                     server.log.append(Logged(time.monotonic(), record, self.headers.get("Authorization"), body))
                 if not self.path.endswith("/chat/completions"):
-                    return self._send(404, {"error": {"message": f"no route {self.path}"}}, {})
+                    return self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}).encode(), {})
                 reply = server.script(n, record, body)
                 if reply.block is not None:
                     reply.block.wait()
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.status != 200:
-                    return self._send(reply.status, {"error": {"message": f"scripted {reply.status}"}}, reply.headers)
-                self._send(
-                    200,
-                    {
-                        "id": f"chatcmpl-{n}",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": "scripted-judge-1",
-                        "choices": [
-                            {
-                                "index": 0,
-                                "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": reply.content},
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    },
-                    reply.headers,
-                )
+                    payload = {"error": {"message": f"scripted {reply.status}"}}
+                    return self._send(reply.status, json.dumps(payload).encode(), reply.headers)
+                if reply.stream_size:
+                    return self._stream(reply)
+                body = reply.body if reply.body is not None else json.dumps(completion(reply.content, reply.model, n))
+                self._send(200, body if isinstance(body, bytes) else body.encode(), reply.headers, reply)
 
-            def _send(self, status, payload, headers):
-                data = json.dumps(payload).encode()
+            def _head(self, status: int, headers: dict, content_type: str, length: int | None) -> bytes:
+                lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('Scripted',))[0]}"]
+                lines.append(f"Content-Type: {content_type}")
+                lines += [f"Content-Length: {length}"] if length is not None else ["Connection: close"]
+                lines += [f"{k}: {v}" for k, v in headers.items()]
+                return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+            def _send(self, status, body: bytes, headers, reply: Reply | None = None):
+                content_type = reply.content_type if reply is not None else "application/json"
+                head = self._head(status, headers, content_type, len(body))
+                drip = reply.drip if reply is not None else 0.0
                 try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in headers.items():
-                        self.send_header(k, str(v))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                    if not drip:
+                        self.wfile.write(head + body)
+                        return
+                    data, start = head + body, 0 if reply.drip_headers else len(head)
+                    self.wfile.write(data[:start])
+                    for i in range(start, len(data)):
+                        time.sleep(drip)
+                        self.wfile.write(data[i : i + 1])
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout and size tests)
                     pass
+
+            def _stream(self, reply: Reply):
+                head, tail, pad = _padded_completion(reply.stream_size)
+                piece = b"x" * _PIECE
+                length = reply.stream_size if reply.declare_size else None
+                try:
+                    self.wfile.write(self._head(200, reply.headers, reply.content_type, length) + head)
+                    for _ in range(pad // _PIECE):
+                        self.wfile.write(piece)
+                    self.wfile.write(piece[: pad % _PIECE] + tail)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

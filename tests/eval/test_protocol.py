@@ -89,6 +89,13 @@ def test_valid_replies(text, kind, expected):
         ("{'score': 3}", P.QA, "'pred' is not yes or no"),
         ("{'pred': 'maybe', 'score': 3}", P.QA, "'pred' is not yes or no"),
         (None, P.PAIR, "no {...}"),
+        (3, P.PAIR, "the reply is a int, not text"),
+        ('{"score": ' + "1" * 5000 + "}", P.PAIR, "not a Python or JSON dict"),  # over Python's 4300 digits
+        ("{'score': " + "1" * 400 + "}", P.PAIR, "(400 characters) is outside 0..5"),  # no float(): no overflow
+        ('{"score": ' + "[" * 100_000 + "]" * 100_000 + "}", P.PAIR, "not a Python or JSON dict"),  # too deep
+        ("{'score': [[3]]}", P.PAIR, "'score' is not a number: a list"),
+        ("{'score': 1e999}", P.PAIR, "'score' inf is outside 0..5"),
+        ("{'pred': '" + "y" * 500 + "', 'score': 3}", P.QA, "(502 characters)"),
     ],
 )
 def test_invalid_replies(text, kind, reason):

@@ -1,11 +1,12 @@
 """The feature store: numpy-1-loadable pickles, bounded safe reading of forged files, headers, the manifest API."""
 
+import io
+import json
+import os
 import pickle
-import resource
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from video_chatgpt.features.store import (
 )
 
 SHAPE = (356, 32)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _array(shape=SHAPE, seed=0) -> np.ndarray:
@@ -53,65 +55,218 @@ def test_written_pickle_is_what_pickle_writes_apart_from_the_module_name(tmp_pat
     np.testing.assert_array_equal(load_features(tmp_path / "v.pkl", expected_shape=SHAPE), array)
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# ----------------------------------------------------------------------------------------------------------------
+# Forged files: a few dozen bytes that ask for gigabytes, or for an array the file holds no bytes of. Built opcode by
+# opcode (pickle's own opcode constants), each a different route to the allocation.
 
 
-# Forged pickles of a few dozen bytes asking for gigabytes, each a different route to the allocation.
-_RECONSTRUCT = (
-    b"\x8c\x15numpy.core.multiarray\x94\x8c\x0c_reconstruct\x94\x93\x94"  # numpy.core.multiarray._reconstruct
-    b"\x8c\x05numpy\x94\x8c\x07ndarray\x94\x93\x94"  # STACK_GLOBAL numpy.ndarray
-)
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return pickle.SHORT_BINUNICODE + bytes([len(data)]) + data
+
+
+def _int(value: int) -> bytes:
+    data = value.to_bytes(value.bit_length() // 8 + 1, "little", signed=True)
+    return pickle.LONG1 + bytes([len(data)]) + data
+
+
+def _tuple(*items: bytes) -> bytes:
+    return pickle.MARK + b"".join(items) + pickle.TUPLE
+
+
+def _short_bytes(data: bytes) -> bytes:
+    return pickle.SHORT_BINBYTES + bytes([len(data)]) + data
+
+
+def _call(function: bytes, *args: bytes) -> bytes:
+    return function + _tuple(*args) + pickle.REDUCE
+
+
+def _global(module: str, name: str) -> bytes:
+    return _text(module) + _text(name) + pickle.STACK_GLOBAL
+
+
+P4 = pickle.PROTO + b"\x04"
+NDARRAY = _global("numpy", "ndarray")
+F2 = _call(_global("numpy", "dtype"), _text("f2"))
+EMPTY = _call(_global("numpy.core.multiarray", "_reconstruct"), NDARRAY, _tuple(_int(0)), _short_bytes(b"b"))
+
+
+def _filled(shape: tuple[int, ...], data: bytes) -> bytes:
+    """numpy's own layout: an empty array, then BUILD with (version, shape, dtype, fortran, data)."""
+    state = _tuple(_int(1), _tuple(*map(_int, shape)), F2, pickle.NEWFALSE, _short_bytes(data))
+    return P4 + EMPTY + state + pickle.BUILD + pickle.STOP
+
+
+# kind -> (file bytes, words of the one guard that must refuse it)
 FORGED = {
-    # _reconstruct(ndarray, (2**33,), b"b"): numpy would allocate 8 GiB for the empty array
-    "array shape": b"\x80\x04" + _RECONSTRUCT + b"\x8a\x05\x00\x00\x00\x00\x02\x85\x94C\x01b\x94\x87\x94R\x94.",
+    # _reconstruct(ndarray, (2**33,), b"b"): numpy would allocate 8 GiB for the "empty" array
+    "array shape": (
+        P4 + _call(_global("numpy.core.multiarray", "_reconstruct"), NDARRAY, _tuple(_int(2**33)), _short_bytes(b"b"))
+        + pickle.STOP,
+        "asks _reconstruct for an array of shape (8589934592,)",
+    ),
     # BINBYTES8 claiming 16 GiB of data: the C unpickler allocates the bytes object before reading
-    "bytes length": b"\x80\x04\x8e" + struct.pack("<Q", 2**34) + b"xx.",
+    "bytes length": (P4 + pickle.BINBYTES8 + struct.pack("<Q", 2**34) + b"xx.", "BINBYTES8 asks for 17179869184"),
     # a FRAME of 16 GiB: read into one buffer
-    "frame length": b"\x80\x04\x95" + struct.pack("<Q", 2**34) + b"N.",
+    "frame length": (P4 + pickle.FRAME + struct.pack("<Q", 2**34) + b"N.", "a frame of 17179869184 bytes"),
     # LONG_BINPUT at index 2**31: the memo table is grown to hold it
-    "memo index": b"\x80\x04Nr" + struct.pack("<I", 2**31) + b".",
+    "memo index": (P4 + b"N" + pickle.LONG_BINPUT + struct.pack("<I", 2**31) + b".", "index 2147483648 is beyond"),
+    # numpy.ndarray((2**30, 1), "f2"): 2 GiB of uninitialised memory (data check's values pass: 950 MB RSS)
+    "ndarray call, gigabytes": (
+        P4 + _call(NDARRAY, _tuple(_int(2**30), _int(1)), _text("f2")) + pickle.STOP,
+        "calls numpy.ndarray",
+    ),
+    # numpy.ndarray((356, 1024), "f2"): a feature-shaped array of whatever memory held (zeros, or "2 NaN values")
+    "ndarray call, feature shape": (
+        P4 + _call(NDARRAY, _tuple(_int(356), _int(1024)), _text("f2")) + pickle.STOP,
+        "calls numpy.ndarray",
+    ),
+    # the same through protocol 2's GLOBAL opcode and a numpy.dtype object: what a header-only check reads
+    "ndarray call, header only": (
+        pickle.PROTO + b"\x02" + pickle.GLOBAL + b"numpy\nndarray\n"
+        + _tuple(_tuple(_int(356), _int(1024)), F2) + pickle.REDUCE + pickle.STOP,
+        "calls numpy.ndarray",
+    ),
+    # numpy's own layout, but 8 bytes of data for a 2 GiB shape
+    "data shorter than the shape": (_filled((2**30, 1), bytes(8)), "buffer size does not match array size"),
+    # numpy's own layout with no data bytes at all
+    "no data bytes": (_filled((356, 1024), b""), "buffer size does not match array size"),
+    # protocol 5's _frombuffer over 8 bytes for a (356, 1024) shape
+    "frombuffer short": (
+        P4 + _call(_global("numpy._core.numeric", "_frombuffer"), _short_bytes(bytes(8)), F2,
+                   _tuple(_int(356), _int(1024)), _text("C")) + pickle.STOP,
+        "cannot reshape array of size 4",
+    ),
+}  # fmt: skip
+
+
+def _npy_header_only() -> bytes:
+    """A valid .npy header asking for 2**33 float16 values, and no data."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f2", "fortran_order": False, "shape": (2**33, 1)})
+    return buf.getvalue()
+
+
+FORGED_NPY = _npy_header_only()
+
+# The child's address space may grow by this much past what its imports took; every forged file asks for more.
+HEADROOM_BYTES = 512 * 2**20
+_BOUNDED_CHILD = r"""
+import importlib, json, resource, sys, tracemalloc
+
+jobs = json.loads(sys.stdin.read())
+calls = [getattr(importlib.import_module(job["call"].split(":")[0]), job["call"].split(":")[1]) for job in jobs]
+size = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + HEADROOM, size + HEADROOM))
+
+
+def run(job, call):  # in a function, so that what one job returned is freed before the next one runs
+    try:
+        result = call(*job["args"], **job.get("kwargs", {}))
+        return {"result": result if isinstance(result, (dict, list, str, type(None))) else repr(result)[:300]}
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc)[:1000]}
+
+
+tracemalloc.start()
+for job, call in zip(jobs, calls):
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]  # numpy leaves a failed allocation traced: count from here
+    out = run(job, call)
+    out["peak_mb"] = (tracemalloc.get_traced_memory()[1] - before) / 2**20
+    print(json.dumps(out), flush=True)
+"""
+
+
+def run_bounded(jobs: list[dict]) -> list[dict]:
+    """Run ``{"call": "module:function", "args": [...], "kwargs": {...}}`` jobs in one child Python whose address
+    space may grow by ``HEADROOM_BYTES`` past its imports (RLIMIT_AS: an allocation beyond fails at once, even one
+    the kernel would grant lazily). Per job: ``{"result"}`` or ``{"error", "message"}``, and ``"peak_mb"``, how far
+    the tracemalloc peak (numpy's and Python's allocations, a failed one included) rose while it ran."""
+    code = _BOUNDED_CHILD.replace("HEADROOM", str(HEADROOM_BYTES))
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(jobs).encode(), capture_output=True, timeout=120,
+        cwd=REPO, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    results = [json.loads(line) for line in out.stdout.decode().splitlines()]
+    assert len(results) == len(jobs), out.stderr.decode()[-3000:]
+    return results
+
+
+STORE = "video_chatgpt.features.store"
+READERS = {  # how each reader of feature files is called on a forged file
+    "load_features": (f"{STORE}:load_features", {}),
+    "load_features(expected_shape)": (f"{STORE}:load_features", {"expected_shape": [356, 1024]}),
+    "read_feature_header": (f"{STORE}:read_feature_header", {}),
 }
 
 
-@pytest.mark.parametrize("kind", sorted(FORGED))
-def test_a_tiny_forged_pickle_fails_fast_without_allocating(tmp_path, kind):
+@pytest.fixture(scope="module")
+def forged_results(tmp_path_factory) -> dict[tuple[str, str], dict]:
+    """(kind, reader) -> what that reader did with the forged file, in one bounded child for all of them."""
+    folder = tmp_path_factory.mktemp("forged")
+    files = {kind: (folder / f"v_{k}.pkl", data) for k, (kind, (data, _)) in enumerate(FORGED.items())}
+    files["npy header"] = (folder / "v_npy.npy", FORGED_NPY)
+    jobs, keys = [], []
+    for kind, (path, data) in files.items():
+        path.write_bytes(data)
+        for reader, (call, kwargs) in READERS.items():
+            jobs.append({"call": call, "args": [str(path)], "kwargs": kwargs})
+            keys.append((kind, reader))
+    return dict(zip(keys, run_bounded(jobs)))
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+@pytest.mark.parametrize("kind", [*FORGED, "npy header"])
+def test_a_tiny_forged_file_is_refused_by_its_guard_without_allocating(forged_results, kind, reader):
+    """Each forged file ends as one FeatureFileError naming it, from the guard meant for it (not from running out of
+    memory later), while the child's tracemalloc peak stays under 16 MB and its address space within 512 MiB."""
+    data, words = FORGED[kind] if kind in FORGED else (FORGED_NPY, "truncated")
+    assert len(data) < 160
+    got = forged_results[(kind, reader)]
+    assert got.get("error") == "FeatureFileError", got
+    assert "v_" in got["message"] and words in got["message"], got
+    assert "out of memory" not in got["message"] and got["peak_mb"] < 16, got
+
+
+def test_the_forged_files_really_allocate_in_a_plain_unpickler(tmp_path):
+    # The control for the test above: under the same limit, a plain pickle.load of the files asking for gigabytes
+    # runs out of memory, and the feature-shaped ndarray call returns an array the file holds no bytes of.
+    kinds = ["array shape", "bytes length", "frame length", "memo index", "ndarray call, gigabytes",
+             "ndarray call, feature shape"]  # fmt: skip
+    jobs = []
+    for k, kind in enumerate(kinds):
+        path = tmp_path / f"v_{k}.pkl"
+        path.write_bytes(FORGED[kind][0])
+        jobs.append({"call": "tests.features.test_store:plain_load", "args": [str(path)]})
+    *huge, feature_shaped = run_bounded(jobs)
+    assert [r.get("error") for r in huge] == ["MemoryError"] * len(huge), huge
+    size = len(FORGED["ndarray call, feature shape"][0])
+    assert feature_shaped["result"] == f"(356, 1024) float16 from {size} bytes", feature_shaped
+
+
+def plain_load(path: str) -> str:
+    """``pickle.load`` as the original reads feature files; the array's shape and dtype and the file's size."""
+    with open(path, "rb") as f:
+        array = pickle.load(f)
+    return f"{array.shape} {array.dtype} from {Path(path).stat().st_size} bytes"
+
+
+@pytest.mark.parametrize("kind", ["ndarray call, feature shape", "ndarray call, header only", "no data bytes"])
+def test_extraction_does_not_count_a_forged_file_as_done(tmp_path, kind):
+    # A rerun of the extraction skips the videos whose feature file reads as done: it asks the same validating
+    # header reader, so a forged file of the expected shape is extracted again, with the reason naming it.
+    from video_chatgpt.features.extract import existing_file_problem
+
     path = tmp_path / "v_forged.pkl"
-    path.write_bytes(FORGED[kind])
-    assert path.stat().st_size < 100
-    before, start = _maxrss_mb(), time.perf_counter()
-    for bound in (None, SHAPE):  # with and without an expected shape
-        with pytest.raises(FeatureFileError, match="v_forged.pkl"):
-            load_features(path, expected_shape=bound)
-        with pytest.raises(FeatureFileError, match="v_forged.pkl"):
-            read_feature_header(path)
-    assert time.perf_counter() - start < 1.0
-    assert _maxrss_mb() - before < 64, f"peak RSS grew by {_maxrss_mb() - before:.0f} MB"
-
-
-def test_a_tiny_forged_npy_header_fails_fast_without_allocating(tmp_path):
-    import numpy.lib.format as fmt
-
-    path = tmp_path / "v_forged.npy"
-    with open(path, "wb") as f:  # a valid .npy header asking for 2**33 float16 values, and no data
-        fmt.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": (2**33, 1)})
-    before, start = _maxrss_mb(), time.perf_counter()
-    for read in (load_features, read_feature_header):
-        with pytest.raises(FeatureFileError, match="truncated"):
-            read(path)
-    assert time.perf_counter() - start < 1.0 and _maxrss_mb() - before < 64
-
-
-def test_the_forged_pickles_really_ask_for_gigabytes_from_a_plain_unpickler(tmp_path):
-    # The control for the test above: a plain pickle.loads of the "array shape" file does allocate 8 GiB (address
-    # space; run in a child limited to 2 GiB of it, so the allocation fails there instead of succeeding lazily).
-    code = (
-        "import pickle, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**31, 2**31)); "
-        "data = sys.stdin.buffer.read()\n"
-        "try:\n    pickle.loads(data)\nexcept MemoryError:\n    print('MemoryError')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], input=FORGED["array shape"], capture_output=True, timeout=60)
-    assert out.stdout.decode().strip() == "MemoryError", out.stderr.decode()[-2000:]
+    path.write_bytes(FORGED[kind][0])
+    problem = existing_file_problem(path, (356, 1024))
+    assert problem is not None and "v_forged.pkl" in problem and FORGED[kind][1] in problem
+    save_features(path, _array((356, 1024)))
+    assert existing_file_problem(path, (356, 1024)) is None
 
 
 def test_a_file_larger_than_the_expected_shape_allows_is_refused_before_reading(tmp_path):

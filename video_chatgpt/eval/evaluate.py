@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0, help="sent to the judge; also seeds the bootstrap and the jitter")
     p.add_argument("--max_retries", type=int, default=5, help="retries per record (HTTP errors, timeouts, bad replies)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per request in total: connect, wait, read the whole reply"
+    )
     p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry; doubles each time")
     p.add_argument("--max_backoff", type=float, default=60.0, help="longest wait between attempts")
     return p
@@ -275,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "max_retries" else 1):
             raise UserError(f"--{name} must be >= {0 if name == 'max_retries' else 1}, got {value}")
+    if not 0 < args.timeout < float("inf"):
+        raise UserError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
     num_workers = args.num_workers or args.num_tasks or 8
     jobs = jobs_of(args)
     host = api_host(args.api_base)
@@ -366,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["criteria"][name] = summary
 
-    results["judge"]["reported_models"] = sorted(set(results["judge"]["reported_models"]) | judge.reported_models)
+    earlier = results["judge"]["reported_models"]
+    earlier = {m for m in earlier if isinstance(m, str)} if isinstance(earlier, list) else set()  # text only
+    results["judge"]["reported_models"] = sorted(earlier | judge.reported_models)
     results["run"] = {
         "requests": judge.requests,
         "reused": reused,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -174,6 +173,8 @@ def parse_reply(text: str | None, kind: str) -> tuple[dict | None, str | None]:
 
     ``reply`` is ``{"score": s}`` (``{"pred": "yes"|"no", "score": s}`` for QA), ``s`` the number as given.
     """
+    if text is not None and not isinstance(text, str):
+        return None, f"the reply is a {type(text).__name__}, not text"
     match = _FIRST_DICT.search(text or "")
     if match is None:
         return None, "no {...} in the reply"
@@ -183,22 +184,31 @@ def parse_reply(text: str | None, kind: str) -> tuple[dict | None, str | None]:
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         try:
             value = json.loads(source)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer of > 4300 digits, nested too deep
             return None, f"not a Python or JSON dict: {source[:120]!r}"
     if not isinstance(value, dict):
         return None, f"not a dict: {source[:120]!r}"
     score = value.get("score")
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-        return None, f"'score' is not a number: {score!r}"
+    # No float() of an int: a 400-digit one overflows. NaN is the one value unequal to itself; inf is out of range.
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
+        return None, f"'score' is not a number: {_short(score)}"
     if not SCORE_RANGE[0] <= score <= SCORE_RANGE[1]:
-        return None, f"'score' {score} is outside {SCORE_RANGE[0]}..{SCORE_RANGE[1]}"
+        return None, f"'score' {_short(score)} is outside {SCORE_RANGE[0]}..{SCORE_RANGE[1]}"
     if kind != QA:
         return {"score": score}, None
     pred = value.get("pred")
     verdict = pred.strip().lower() if isinstance(pred, str) else None
     if verdict not in QA_VERDICTS:
-        return None, f"'pred' is not yes or no: {pred!r}"
+        return None, f"'pred' is not yes or no: {_short(pred)}"
     return {"pred": verdict, "score": score}, None
+
+
+def _short(value: object) -> str:
+    """A parsed value for a message, at most ~60 characters (a 4000-digit score, a deeply nested list)."""
+    if isinstance(value, (list, tuple, dict, set)):
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}... ({len(text)} characters)"
 
 
 # -------------------------------------------------------------------------------------------------- aggregation

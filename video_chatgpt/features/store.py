@@ -12,8 +12,10 @@ numeric ndarray; anything else raises ``FeatureFileError`` naming the file.
 
 A pickle of a few dozen bytes can ask for gigabytes (a bytes length, a frame length, a memo index, an array shape):
 before the unpickler runs, ``scan_pickle`` walks the opcodes and checks every length and memo index against the
-file's size, and the array constructors the unpickler may call check the shape and dtype they are given against the
-bytes the file really holds. So nothing larger than the file is ever allocated.
+file's size. And every array is backed by its bytes in the file: the unpickler builds arrays only from a bytes
+payload of exactly shape x itemsize (``ndarray.__setstate__`` or ``_frombuffer``, as numpy writes them), never from
+a shape alone (``ndarray(shape)`` and a non-empty ``_reconstruct`` are refused). So nothing larger than the file is
+ever allocated, and no array holds memory the file did not fill.
 
 Pickles are written with the module path numpy 1.x knows (``numpy.core.multiarray._reconstruct``; numpy 2 still
 resolves it without a warning), byte for byte what numpy 1.x and the original wrote, so the original's
@@ -135,47 +137,58 @@ def _checked_dtype(spec, *args):
     return dtype
 
 
-class _NdarrayUnpickler(pickle.Unpickler):
-    """Unpickler that can build a numpy ndarray and nothing else (no code can run), of at most ``max_bytes``.
+class _NdarrayClass:
+    """What the global ``numpy.ndarray`` stands for in a feature pickle: a name, not a callable.
 
-    ``max_bytes`` bounds the data of any array the pickle asks the numpy constructors for (default: unbounded; the
-    callers pass the file size, since an array's data has to be in the file). Call ``scan_pickle`` first: it bounds
-    what the unpickler itself allocates (payload and frame lengths, memo indices).
+    numpy's pickles name ``ndarray`` only as ``_reconstruct``'s first argument. Calling it (``ndarray(shape)``)
+    would hand back uninitialised memory of any shape, backed by no byte of the file, so the call is refused.
     """
 
-    def __init__(self, file, *, max_bytes: int | None = None):
-        super().__init__(file)
-        self.max_bytes = max_bytes
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError(
+            "the pickle calls numpy.ndarray(...) directly: an array whose data is not in the file is not allowed"
+        )
 
-    def _check_size(self, shape, itemsize: int) -> None:
-        dims = tuple(int(d) for d in (shape if isinstance(shape, tuple) else (shape,)))
-        if any(d < 0 for d in dims):
-            raise pickle.UnpicklingError(f"negative array shape {dims}")
-        need = math.prod(dims) * itemsize
-        if self.max_bytes is not None and need > self.max_bytes:
-            raise pickle.UnpicklingError(
-                f"the pickle asks for an array of shape {dims} ({need} bytes) but the file holds {self.max_bytes}"
-            )
+
+_NDARRAY_CLASS = _NdarrayClass()
+
+
+class _NdarrayUnpickler(pickle.Unpickler):
+    """Unpickler that can build a numpy ndarray and nothing else (no code can run), from the file's own bytes.
+
+    Every array it builds holds bytes read from the file: ``_reconstruct`` may only make the empty array numpy's
+    pickles start from, which ``ndarray.__setstate__`` (the BUILD opcode) then fills from a bytes payload, and
+    numpy refuses a payload whose length differs from shape x itemsize; ``_frombuffer`` (protocol 5) views a bytes
+    payload, and numpy refuses one shorter than the shape. ``ndarray`` itself cannot be called. Call ``scan_pickle``
+    first: it bounds every payload by the file's size, and what the unpickler itself allocates (frames, memo).
+    """
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a feature file")
+        if name == "ndarray":
+            return _NDARRAY_CLASS
         target = super().find_class(module, name)
         if name == "_reconstruct":
 
             def reconstruct(subtype, shape, dtype):
                 # numpy's pickles call _reconstruct(ndarray, (0,), b"b"): an empty array, filled by BUILD.
-                if subtype is not np.ndarray:
+                if subtype is not _NDARRAY_CLASS:
                     raise pickle.UnpicklingError("only a plain numpy.ndarray is allowed in a feature file")
-                self._check_size(shape, _checked_dtype(dtype).itemsize)
-                return target(subtype, shape, dtype)
+                dims = tuple(int(d) for d in (shape if isinstance(shape, tuple) else (shape,)))
+                if math.prod(dims) != 0 or any(d < 0 for d in dims):
+                    raise pickle.UnpicklingError(
+                        f"the pickle asks _reconstruct for an array of shape {dims}: its data would not come from "
+                        f"the file (numpy writes an empty array and fills it from the file's bytes)"
+                    )
+                return target(np.ndarray, dims, _checked_dtype(dtype))
 
             return reconstruct
         if name == "_frombuffer":
 
             def frombuffer(buf, dtype, shape, order):
-                self._check_size(shape, _checked_dtype(dtype).itemsize)
-                return target(buf, dtype, shape, order)
+                # A view of a bytes payload; numpy refuses a shape the payload does not fill exactly.
+                return target(buf, _checked_dtype(dtype), shape, order)
 
             return frombuffer
         if name == "dtype":
@@ -192,7 +205,7 @@ def _load_pickle(path: Path, max_bytes: int | None = None) -> object:
             )
         scan_pickle(f, size)
         f.seek(0)
-        return _NdarrayUnpickler(f, max_bytes=size).load()
+        return _NdarrayUnpickler(f).load()
 
 
 class _HeaderReader:
@@ -235,7 +248,7 @@ def read_feature_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
             else:
                 segments = scan_pickle(f, size)
                 f.seek(0)
-                array = _NdarrayUnpickler(_HeaderReader(f, segments), max_bytes=size).load()
+                array = _NdarrayUnpickler(_HeaderReader(f, segments)).load()
                 if not isinstance(array, np.ndarray):
                     raise FeatureFileError(f"{path}: holds a {type(array).__name__}, expected a bare numpy ndarray")
                 shape, dtype = array.shape, array.dtype
@@ -266,6 +279,8 @@ def _check_array_kind(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> No
         raise FeatureFileError(f"{path}: dtype {dtype} is not numeric (expected float16)")
     if len(shape) != 2:
         raise FeatureFileError(f"{path}: has shape {shape}, expected 2 dimensions (tokens, width)")
+    if math.prod(shape) == 0:
+        raise FeatureFileError(f"{path}: has shape {shape}, which holds no values")
 
 
 # Errors a malformed or hostile file can raise while it is parsed.

@@ -17,7 +17,7 @@ $(VENV)/.created:
 
 $(VENV)/.setup: $(VENV)/.created pyproject.toml
 	$(if $(strip $(TORCH)),$(PIP) install -q "$(TORCH)")
-	$(PIP) install -q -e ".[sample,demo]"
+	$(PIP) install -q -e ".[sample,demo,eval]"
 	touch $@
 
 $(VENV)/.setup-test: $(VENV)/.setup pyproject.toml

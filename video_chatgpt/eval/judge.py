@@ -176,7 +176,7 @@ class ChatClient:
             import httpx2
         except ImportError:
             raise UserError(
-                'the LLM client needs the httpx2 package: pip install -e ".[eval]" (it comes with openai)'
+                'the LLM client needs the httpx2 package: pip install -e ".[eval]" (or pip install httpx2)'
             ) from None
         if not api_key.isascii():  # said without the key itself
             raise UserError("the API key holds non-ASCII characters, which an HTTP header cannot carry; check the key")

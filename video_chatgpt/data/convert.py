@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
 from video_chatgpt.errors import UserError, error_message, run_main
 from video_chatgpt.features.store import index_feature_folder
+from video_chatgpt.files import write_text_atomically
 
 REQUIRED_KEYS = ("video_id", "q", "a")
 # How many dropped video ids the filter summary names (the full count is always printed).
@@ -150,36 +150,6 @@ def training_json_text(records: list[dict]) -> str:
     return json.dumps(records)
 
 
-def atomic_write_json(path: str | Path, records: list[dict]) -> Path:
-    """Write the training JSON to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    An error at any point (including KeyboardInterrupt) removes the temporary file and leaves an existing ``path``
-    as it was. ``store.atomic_write_bytes`` is not used because ``mkstemp`` creates files readable by the owner
-    only; a training JSON is often shared, so the temporary file is created with the usual umask-based mode, as
-    the original's ``open(path, "w")`` did.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:  # O_EXCL: a fresh, unguessable name; retry on the (astronomically rare) collision
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(training_json_text(records))
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def same_file(a: str | Path, b: str | Path) -> bool:
     """True when ``a`` and ``b`` name one file: the same path after resolving links, or the same inode."""
     if Path(a).resolve() == Path(b).resolve():
@@ -240,7 +210,7 @@ def convert_file(
             f"the first item's video_id is {stats.dropped_videos[0]!r}",
             source=str(clip_feature_path),
         )
-    atomic_write_json(output_json_file, records)
+    write_text_atomically(output_json_file, training_json_text(records))
     return stats
 
 

@@ -59,9 +59,10 @@ from pathlib import Path
 
 from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
-from video_chatgpt.data.convert import ConversionError, _json_type, atomic_write_json, read_items, same_file
+from video_chatgpt.data.convert import ConversionError, _json_type, read_items, same_file, training_json_text
 from video_chatgpt.errors import UserError, error_message, run_main
 from video_chatgpt.features.store import index_feature_folder, video_id_of
+from video_chatgpt.files import write_text_atomically
 
 FORMATS = ("llava", "sharegpt", "qwen")
 IMAGE_TAG = "<image>"
@@ -514,7 +515,7 @@ def import_file(
             f"none of the {stats.num_records} records can be imported as --format {fmt} ({refused_text(stats)})",
             source=str(input_path),
         )
-    atomic_write_json(output_json, records)
+    write_text_atomically(output_json, training_json_text(records))
     return stats
 
 

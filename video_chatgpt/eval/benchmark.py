@@ -40,7 +40,7 @@ from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.errors import UserError
 from video_chatgpt.eval.evaluate import DEFAULT_API_BASE, DEFAULT_JUDGE, RESULTS_JSON
 from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBENCH, guess_qa_dataset
-from video_chatgpt.features.store import atomic_write_bytes
+from video_chatgpt.files import write_bytes_atomically
 
 VCGBENCH_FILES = {  # file name -> (predict task, prediction name, the criteria judged on its answers)
     "generic_qa.json": ("general", "generic", ("correctness", "detail", "context")),
@@ -313,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         "sets": [s.label for s in sets],
         "rows": rows,
     }
-    atomic_write_bytes(args.output_dir / SUMMARY_JSON, json.dumps(summary, indent=1).encode())
+    write_bytes_atomically(args.output_dir / SUMMARY_JSON, json.dumps(summary, indent=1).encode())
     markdown = render_summary(rows, args.judge_model)
-    atomic_write_bytes(args.output_dir / SUMMARY_MD, markdown.encode())
+    write_bytes_atomically(args.output_dir / SUMMARY_MD, markdown.encode())
     print("\n" + markdown)
     if status or any(r.get("missing") for r in rows):
         print(

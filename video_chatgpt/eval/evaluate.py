@@ -55,7 +55,7 @@ from video_chatgpt.eval.protocol import (
     summarize,
 )
 from video_chatgpt.eval.report import render_markdown
-from video_chatgpt.features.store import atomic_write_bytes
+from video_chatgpt.files import write_bytes_atomically
 
 DEFAULT_JUDGE = "gpt-3.5-turbo"  # the original's judge (the model named in the prompt file)
 DEFAULT_API_BASE = "https://api.openai.com/v1"
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = [cache.outcomes[key] for key, _ in items]
         combined = {o["key"]: [o["reply"], o["qa_set"]] for o in outcomes if o["ok"]}
         combined_path = args.output_json or args.output_dir / f"{name}_combined.json"
-        atomic_write_bytes(combined_path, json.dumps(combined, indent=1, ensure_ascii=False).encode())
+        write_bytes_atomically(combined_path, json.dumps(combined, indent=1, ensure_ascii=False).encode())
         summary = summarize(criterion.kind, outcomes, seed=args.seed)
         if criterion.kind == QA:
             summary["dataset"] = args.dataset or guess_qa_dataset(str(pred_path))
@@ -381,9 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         "timeout_s": args.timeout,
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
-    atomic_write_bytes(results_path, json.dumps(results, indent=1, ensure_ascii=False).encode())
+    write_bytes_atomically(results_path, json.dumps(results, indent=1, ensure_ascii=False).encode())
     markdown = render_markdown(results)
-    atomic_write_bytes(args.output_dir / RESULTS_MD, markdown.encode())
+    write_bytes_atomically(args.output_dir / RESULTS_MD, markdown.encode())
     print(markdown)
     failed = sum(results["criteria"][name]["failed"] for name, _ in jobs)
     if failed:

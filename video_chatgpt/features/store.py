@@ -34,12 +34,12 @@ import math
 import os
 import pickle
 import pickletools
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from video_chatgpt.errors import UserError
+from video_chatgpt.files import write_bytes_atomically
 
 FEATURE_SUFFIXES = (".pkl", ".npy")
 
@@ -340,38 +340,6 @@ def load_features(
     return array
 
 
-def _current_umask() -> int:
-    """The process umask, read without changing it (``os.umask`` can only be read by setting it, racing threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask), so feature
-        # folders stay readable by others as the original's files were.
-        os.fchmod(fd, 0o666 & ~_current_umask())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def serialize_features(array: np.ndarray, fmt: str) -> bytes:
     """Bytes of a feature file: ``pkl`` = ``pickle.dumps(ndarray)`` as the original wrote, ``npy`` = ``np.save``."""
     if fmt == "pkl":
@@ -412,7 +380,7 @@ def save_features(path: str | Path, array: np.ndarray) -> Path:
     """Write ``array`` atomically to ``path``; the format follows the suffix (``.pkl`` or ``.npy``)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".")
-    return atomic_write_bytes(path, serialize_features(array, fmt))
+    return write_bytes_atomically(path, serialize_features(array, fmt))
 
 
 def video_id_of(file_name: str) -> str:
@@ -473,7 +441,7 @@ def read_manifest(folder: str | Path) -> dict | None:
 def write_manifest(folder: str | Path, manifest: dict) -> Path:
     """Write ``manifest`` as the folder's ``features_manifest.json`` (atomically, keys sorted: reruns compare it)."""
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    return atomic_write_bytes(Path(folder) / MANIFEST_NAME, text.encode())
+    return write_bytes_atomically(Path(folder) / MANIFEST_NAME, text.encode())
 
 
 def manifest_differences(old: dict, new: dict) -> list[str]:

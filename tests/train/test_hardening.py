@@ -191,7 +191,8 @@ def test_record_paths_inside_the_folder_are_fine(data):
 
 
 def test_damaged_checkpoints_are_not_resumed_from(data, tiny_llava, tmp_path, caplog):
-    from video_chatgpt.train.train import last_complete_checkpoint, train
+    from video_chatgpt.train.checkpoints import last_complete_checkpoint
+    from video_chatgpt.train.train import train
 
     out = tmp_path / "run"
     train([*paths(data, tiny_llava, out), *TINY, "--max_steps", "4", "--save_steps", "1", "--save_total_limit", "5"])

@@ -254,6 +254,23 @@ def test_plan_memory_command(tmp_path, capsys):
     assert main(["plan-memory", "--no_such_flag"]) == 2
 
 
+def test_plan_memory_plans_the_mode_training_runs(tmp_path):
+    """plan-memory reads the training mode as train.py does (--stage pretrain: the projector alone)."""
+    from video_chatgpt.train.arguments import parse_arguments, training_mode
+
+    folder = write_config(tmp_path / "LLaVA-7B", LLAMA_7B)
+    common = ["--model_name_or_path", str(folder), "--data_path", "d", "--video_folder", "v", "--output_dir", "o"]
+    for flags, mode in [
+        ([], "full"),
+        (["--tune_mm_mlp_adapter", "True"], "projector"),
+        (["--stage", "pretrain"], "projector"),
+        (["--lora_enable", "True"], "lora"),
+    ]:
+        _, settings, _ = memory.settings_from_flags([*common, "--video_tokens", "356", *flags])
+        model_args, _, args = parse_arguments(common + flags)
+        assert settings.train == training_mode(model_args, args) == mode, flags
+
+
 def test_from_config_reads_other_layouts():
     nested = {
         "text_config": {

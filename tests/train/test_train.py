@@ -150,7 +150,7 @@ def test_throughput_is_logged(trained):
 def test_a_half_written_checkpoint_is_skipped(tmp_path):
     from safetensors.torch import save_file
 
-    from video_chatgpt.train.train import last_complete_checkpoint
+    from video_chatgpt.train.checkpoints import last_complete_checkpoint
 
     for step, complete in ((2, True), (4, True), (6, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -413,6 +413,27 @@ def test_arguments_keep_the_documents_flags_working():
     assert args.warmup_steps == pytest.approx(0.03)
     assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
     assert args.model_max_length == 512 and model.version == "v0"  # the original's defaults
+
+
+@pytest.mark.parametrize(
+    "flags, mode, frozen",
+    [
+        ([], "full", False),
+        (["--freeze_backbone", "True"], "full", True),  # the LLM body frozen inside the full mode
+        (["--tune_mm_mlp_adapter", "True"], "projector", True),
+        (["--stage", "pretrain"], "projector", True),  # stage 1: the projector alone, whatever the tuning flag says
+        (["--stage", "finetune"], "full", False),
+        (["--lora_enable", "True"], "lora", True),
+        (["--lora_enable", "True", "--tune_mm_mlp_adapter", "True"], "lora", True),
+    ],
+)
+def test_training_mode_is_one_setting_read_from_the_flags(flags, mode, frozen):
+    from video_chatgpt.train.arguments import backbone_frozen, parse_arguments, training_mode
+
+    argv = ["--data_path", "d", "--video_folder", "v", "--output_dir", "/tmp/x", *flags]
+    model_args, _, args = parse_arguments(argv)
+    assert training_mode(model_args, args) == mode and backbone_frozen(model_args, args) == frozen
+    assert model_args.tune_mm_mlp_adapter == ("--tune_mm_mlp_adapter" in flags)  # derived, the settings not rewritten
 
 
 def test_model_checks_show_both_counts(tiny_llava):

@@ -20,10 +20,13 @@ import argparse
 import logging
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 import transformers
 from transformers.hf_argparser import string_to_bool
+
+from video_chatgpt.train.lora import check_flags
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +167,35 @@ class TrainingArguments(transformers.TrainingArguments):
         super().__post_init__()
 
 
+# What a run trains; train.py (load dtype, trainable tensors) and plan-memory both read it from ``training_mode``.
+TrainingMode = Literal["projector", "lora", "full"]
+TRAINING_MODES: tuple[TrainingMode, ...] = get_args(TrainingMode)
+
+
+def tunes_projector(model_args: ModelArguments) -> bool:
+    """``--tune_mm_mlp_adapter True``, or ``--stage pretrain`` (stage 1 trains the projector alone, whatever the
+    tuning flag says)."""
+    return model_args.tune_mm_mlp_adapter or model_args.stage == "pretrain"
+
+
+def training_mode(model_args: ModelArguments, training_args: TrainingArguments) -> TrainingMode:
+    """What trains, from the flags:
+
+    * ``lora`` (``--lora_enable True``): the LoRA adapters on the LLM, the projector and the start/end rows;
+    * ``projector`` (``--tune_mm_mlp_adapter True`` or ``--stage pretrain``): the projector and the start/end rows;
+    * ``full`` (neither): the whole model, less what ``--freeze_backbone`` / ``--freeze_mm_mlp_adapter`` freeze.
+    """
+    if training_args.lora_enable:
+        return "lora"
+    return "projector" if tunes_projector(model_args) else "full"
+
+
+def backbone_frozen(model_args: ModelArguments, training_args: TrainingArguments) -> bool:
+    """Whether the LLM's weights stay frozen: in the projector and lora modes, and with ``--freeze_backbone True``
+    (the original's flag: the LLM body frozen inside the full mode)."""
+    return training_mode(model_args, training_args) != "full" or model_args.freeze_backbone
+
+
 # Flags of the original's commands that are accepted (so its commands run unchanged) and do nothing here, and why.
 IGNORED_FLAGS = {
     "is_multimodal": "training is always multimodal (every record with a 'video' gets its features)",
@@ -229,11 +261,7 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
         raise ValueError(f"--stage {model_args.stage!r}: expected pretrain or finetune")
     if model_args.mm_projector_type not in (None, "linear", "mlp2x_gelu"):
         raise ValueError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
-    if model_args.stage == "pretrain":
-        model_args.tune_mm_mlp_adapter = True  # stage 1 trains the projector alone, whatever the other flags say
     if data_args.data_path is None or data_args.video_folder is None:
         raise ValueError("--data_path and --video_folder are required")
-    from video_chatgpt.train.lora import check_flags
-
     check_flags(training_args)  # --lora_* / --bits (issue 14)
     return model_args, data_args, training_args

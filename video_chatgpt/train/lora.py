@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
+from transformers import BitsAndBytesConfig
 
 from video_chatgpt.errors import UserError
 from video_chatgpt.model.lora import (
@@ -44,6 +46,7 @@ from video_chatgpt.model.lora import (
     PEFT_PREFIX,
     language_model,
 )
+from video_chatgpt.train.atomic import write_atomically, write_text_atomically
 
 # Modules LoRA never wraps: the output layer and the video projector (the vision tower is not in the model).
 EXCLUDED = ("lm_head", "mm_projector")
@@ -105,8 +108,6 @@ def quantisation_config(settings: LoraSettings, compute_dtype: torch.dtype):
     projector and ``lm_head`` stay unquantised."""
     if settings.bits == 16:
         return None
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(
         load_in_4bit=settings.bits == 4,
         load_in_8bit=settings.bits == 8,
@@ -210,10 +211,6 @@ def adapter_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor] | N
 def save_adapter(model: nn.Module, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """``adapter_model.safetensors`` + ``adapter_config.json`` into ``folder`` (each written atomically);
     ``state_dict``: DeepSpeed's gathered weights, as for ``adapter_state_dict``."""
-    from safetensors.torch import save_file
-
-    from video_chatgpt.train.atomic import write_atomically, write_text_atomically
-
     lm = language_model(model)
     config = lm.peft_config[ADAPTER_NAME]
     state = adapter_state_dict(model, state_dict)

@@ -36,7 +36,21 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from video_chatgpt.errors import UserError
+import transformers
+from transformers.hf_argparser import string_to_bool
+
+from video_chatgpt.constants import DEFAULT_NUM_FRAMES
+from video_chatgpt.errors import UserError, run_main
+from video_chatgpt.features.encoder import video_tokens
+from video_chatgpt.features.towers import resolve_tower
+from video_chatgpt.train.arguments import (
+    TRAINING_MODES,
+    DataArguments,
+    ModelArguments,
+    TrainingArguments,
+    TrainingMode,
+    training_mode,
+)
 
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -57,7 +71,6 @@ DOUBLE_QUANT_BLOCK = 256
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
 LLM_LINEARS = ATTENTION_LINEARS + MLP_LINEARS
-TRAIN_MODES = ("projector", "lora", "full")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
 DEVICES = ("cuda", "cpu")
 # Plan defaults for the token count of a sample when it is not given: the text around the video in the
@@ -166,7 +179,7 @@ class StepSettings:
     video_tokens: int = 356  # feature rows per sample (projector input)
     compute: str = "bf16"  # fp32 | bf16 | fp16 (--bf16 / --fp16)
     gradient_checkpointing: bool = False
-    train: str = "projector"  # projector (--tune_mm_mlp_adapter) | lora (--lora_enable) | full
+    train: TrainingMode = "projector"  # arguments.training_mode: projector | lora | full
     token_rows: int = 2  # trainable embedding rows (<vid_start>/<vid_end> with --mm_use_vid_start_end)
     train_projector: bool = True  # False with --freeze_mm_mlp_adapter
     lora_r: int = 64
@@ -180,8 +193,8 @@ class StepSettings:
     def __post_init__(self):
         if self.compute not in DTYPE_BYTES:
             raise ValueError(f"compute dtype {self.compute!r}: expected one of {', '.join(DTYPE_BYTES)}")
-        if self.train not in TRAIN_MODES:
-            raise ValueError(f"train mode {self.train!r}: expected one of {', '.join(TRAIN_MODES)}")
+        if self.train not in TRAINING_MODES:
+            raise ValueError(f"train mode {self.train!r}: expected one of {', '.join(TRAINING_MODES)}")
         if self.bits not in (4, 8, 16):
             raise ValueError(f"--bits {self.bits}: expected 4, 8 or 16")
         if self.bits != 16 and self.train != "lora":
@@ -464,8 +477,6 @@ class PlanArguments:
 def _asked(argv: list[str], flag: str) -> bool:
     """Whether ``--flag`` / ``--flag True`` was given (TrainingArguments drops --bf16 on a CPU-only machine, but
     the plan is for the accelerator)."""
-    from transformers.hf_argparser import string_to_bool
-
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument(f"--{flag}", type=string_to_bool, nargs="?", const=True, default=False)
     return bool(parser.parse_known_args(argv)[0].__dict__[flag])
@@ -479,10 +490,6 @@ def _video_tokens(shape: ModelShape, folder: str, given: int | None, tower: str 
     raw = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
     name = tower or raw.get("mm_vision_tower")
     if name:
-        from video_chatgpt.constants import DEFAULT_NUM_FRAMES
-        from video_chatgpt.features.encoder import video_tokens
-        from video_chatgpt.features.towers import resolve_tower
-
         try:
             return video_tokens(resolve_tower(name), DEFAULT_NUM_FRAMES)
         except (UserError, OSError, ValueError, KeyError):
@@ -495,10 +502,6 @@ def _video_tokens(shape: ModelShape, folder: str, given: int | None, tower: str 
 
 def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, PlanArguments]:
     """Parse the training flags (``train.arguments``' parser) plus ``PlanArguments``."""
-    import transformers
-
-    from video_chatgpt.train.arguments import DataArguments, ModelArguments, TrainingArguments
-
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PlanArguments))
     parser.prog = "video-chatgpt plan-memory"
     # TrainingArguments warns about this machine (no CUDA: CPU training, bf16 -> fp32); the plan is for the device.
@@ -526,13 +529,11 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
     video = _video_tokens(shape, model_args.model_name_or_path, plan_args.video_tokens, model_args.vision_tower)
     tokens = plan_args.tokens_per_sample or min(targs.model_max_length, video + DEFAULT_TEXT_TOKENS)
     compute = "bf16" if _asked(argv, "bf16") else "fp16" if _asked(argv, "fp16") else "fp32"
-    train = (
-        "lora"
-        if targs.lora_enable
-        else "projector"
-        if (model_args.tune_mm_mlp_adapter or model_args.freeze_backbone)
-        else "full"
-    )
+    train = training_mode(model_args, targs)
+    if train == "full" and model_args.freeze_backbone:
+        # --freeze_backbone alone (the LLM body frozen, lm_head still trains) is planned as the projector mode: the
+        # frozen weights in the compute dtype (as train.model_dtype loads them); lm_head's training is not counted.
+        train = "projector"
     targets = (
         LLM_LINEARS
         if not targs.lora_target_modules
@@ -618,6 +619,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from video_chatgpt.errors import run_main
-
     sys.exit(run_main(main, None, "plan-memory"))

@@ -26,8 +26,12 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE
-from video_chatgpt.errors import UserError
+from video_chatgpt.errors import UserError, run_main
+from video_chatgpt.inference.engine import load_engine
+from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
 
 DTYPES = ("fp16", "bf16", "fp32")
 
@@ -45,11 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def merge_run(
     run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_size: str = "5GB", overwrite: bool = False
 ) -> Path:
-    import torch
-
-    from video_chatgpt.inference.engine import load_engine
-    from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
-
     run, out = Path(run), Path(out)
     for name in (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, PROJECTOR_FILE, BASE_POINTER_FILE):
         if not (run / name).is_file():
@@ -94,6 +93,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from video_chatgpt.errors import run_main
-
     sys.exit(run_main(main, None, "merge-lora"))

@@ -348,6 +348,194 @@ def _health(run: Run) -> list[str]:
     return out
 
 
+def format_report(run: Run, plot: Path | None, plot_error: str | None = None) -> str:
+    """The markdown text of the report: the header, then one section per function below, in this order."""
+    info = run.run_info or {}
+    params = _trainable_parameters(info)
+    sections = [
+        ("Summary", _summary_section(run, info, params)),
+        ("Loss and learning rate", _curves_section(run, plot, plot_error)),
+        ("Run segments", _segments_section(run.segments)),
+        ("Notes", _notes_section(info)),
+        ("Trainable parameters", _parameters_section(params)),
+        ("Data", _data_section(info.get("data"))),
+        ("Command and versions", _command_section(info)),
+    ]
+    lines = _header(run)
+    for title, body in sections:
+        lines += ["", f"## {title}", "", *body]
+    return "\n".join(lines) + "\n"
+
+
+def _header(run: Run) -> list[str]:
+    """Title, folder, the time of writing, which trainer state was read, and any file that could not be read."""
+    lines = [f"# Training report: {run.output_dir.resolve().name}", ""]
+    lines.append(
+        f"Run folder: `{run.output_dir.resolve()}`; report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
+    )
+    if run.state_path is None:
+        lines.append(f"Trainer state: {NOT_RECORDED} (no `{STATE_FILE}` at the top level or in a `checkpoint-N`).")
+    elif run.from_checkpoint:
+        rel = run.state_path.relative_to(run.output_dir)
+        lines.append(
+            f"Trainer state: `{rel}`, **a run read from its checkpoints** (the run has not finished, was "
+            "stopped, or its final state was not saved); steps after that checkpoint are not shown."
+        )
+    else:
+        lines.append(f"Trainer state: `{STATE_FILE}` (the run finished).")
+    return lines + [f"Warning: {p}" for p in run.problems]
+
+
+def _trainable_parameters(info: dict) -> list[dict]:
+    """run_info.json's ``trainable_parameters`` entries that are objects (``{"name", "count"}``)."""
+    return [p for p in info.get("trainable_parameters") or [] if isinstance(p, dict)]
+
+
+def _counts(params: list[dict]) -> list[float]:
+    return [c for c in (_number(p.get("count")) for p in params) if c is not None]
+
+
+def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
+    """One table: steps, loss, throughput, wall time, peak memory, trainables, world size, shapes, LoRA, batch."""
+    state = run.state or {}
+    points = run.points
+    segments = run.segments
+    step, max_steps = _number(state.get("global_step")), _number(state.get("max_steps"))
+    steps = NOT_RECORDED if step is None else _fmt(step) + (f" of {_fmt(max_steps)}" if max_steps else "")
+    if step is not None and _number(state.get("epoch")) is not None:
+        steps += f" (epoch {_fmt(state['epoch'], 3)})"
+    last = next((p for p in reversed(points) if p.loss is not None), None)
+    wall = [_number(s.get("wall_time_s")) for s in segments]
+    wall_s = sum(w for w in wall if w is not None) if any(w is not None for w in wall) else None
+    wall_text = _duration(wall_s)
+    if wall_s is not None and len(segments) > 1:
+        wall_text += f", summed over {len(segments)} run segments (listed below)"
+    gpu = [p.peak_memory_gb for p in points if p.peak_memory_gb is not None]
+    gpu += [v for v in (_number(s.get("peak_gpu_memory_gb")) for s in segments) if v is not None]
+    rss = [v for v in (_number(s.get("peak_rss_gb")) for s in segments) if v is not None]
+    rows = [
+        ["steps", steps],
+        ["last logged loss", NOT_RECORDED if last is None else f"{_fmt(last.loss, 5)} (step {last.step})"],
+        [
+            "train loss (Trainer's mean over the last segment)",
+            _fmt(_number(segments[-1].get("train_loss")), 5) if segments else NOT_RECORDED,
+        ],
+        ["tokens/s", _rate([p.tokens_per_second for p in points if p.tokens_per_second is not None])],
+        ["samples/s", _rate([p.samples_per_second for p in points if p.samples_per_second is not None])],
+        ["wall time", wall_text],
+        ["peak GPU memory", f"{max(gpu):.2f} GB (torch max allocated)" if gpu else NOT_RECORDED],
+        ["peak host memory (RSS)", f"{max(rss):.2f} GB" if rss else NOT_RECORDED],
+        [
+            "trainable parameters",
+            f"{_fmt(int(sum(_counts(params))))} in {len(params)} tensors" if params else NOT_RECORDED,
+        ],
+        ["world size (processes)", _fmt(info.get("world_size"))],
+        ["feature shape (video tokens, width)", _fmt(info.get("feature_shape"))],
+    ]
+    lora = [p for p in params if ".lora_" in str(p.get("name", ""))]
+    if lora:  # --lora_enable (issue 14): the adapters apart from the projector, with peft's settings
+        adapter = _lora_settings(run.output_dir)
+        leaves = sorted({str(p["name"]).split(".lora_")[0].rsplit(".", 1)[-1] for p in lora})
+        rows.append(
+            [
+                "LoRA adapters",
+                f"{_fmt(int(sum(_number(p.get('count')) or 0 for p in lora)))} parameters "
+                f"in {len(lora)} tensors on {', '.join(leaves)}{adapter}",
+            ]
+        )
+    if state.get("train_batch_size") is not None:
+        rows.append(["batch size per device", _fmt(state.get("train_batch_size"))])
+    return _table(["", "value"], rows)
+
+
+def _lora_settings(folder: Path) -> str:
+    """``" (r 64, alpha 16, dropout 0.05)"`` from the run's adapter_config.json, or "" when it is not there yet."""
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    return f" (r {cfg.get('r')}, alpha {cfg.get('lora_alpha')}, dropout {cfg.get('lora_dropout')})"
+
+
+def _curves_section(run: Run, plot: Path | None, plot_error: str | None) -> list[str]:
+    """The plot (or why it is missing), observations about the curve, and a table of (at most 25) logged steps."""
+    points = run.points
+    lines = []
+    if plot is not None:
+        lines += [f"![loss and learning rate over steps]({plot.name})", ""]
+    elif plot_error:
+        lines += [f"`{PLOT_FILE}` not written: {plot_error}", ""]
+    if not points:
+        lines.append(f"Loss: {NOT_RECORDED} (nothing logged yet; `--logging_steps` sets how often the loss is logged).")
+        return lines
+    lines += [f"- {h}" for h in _health(run)] + [""]
+    shown = _evenly(points, _MAX_TABLE_ROWS)
+    if len(shown) < len(points):
+        lines.append(f"{len(shown)} of {len(points)} logged steps, evenly spaced:")
+        lines.append("")
+    return lines + _table(
+        ["step", "epoch", "loss", "learning rate", "grad norm", "tokens/s", "samples/s"],
+        [
+            [
+                str(p.step),
+                _fmt(p.epoch, 3),
+                _fmt(p.loss, 5),
+                _fmt(p.learning_rate, 3),
+                _fmt(p.grad_norm, 3),
+                _fmt(p.tokens_per_second),
+                _fmt(p.samples_per_second),
+            ]
+            for p in shown
+        ],
+    )
+
+
+def _segments_section(segments: list[dict]) -> list[str]:
+    """One row per run segment (a start or a resume): where it resumed from, the step reached, time, loss, memory."""
+    if not segments:
+        return [f"Wall time per segment: {NOT_RECORDED} (`{RUN_INFO_FILE}` lists a segment when a run ends)."]
+    rows = []
+    for k, s in enumerate(segments, 1):
+        resumed = s.get("resumed_from")
+        rows.append(
+            [
+                str(k),
+                f"`{Path(str(resumed)).name}`" if resumed else "start",
+                _fmt(s.get("global_step")),
+                _duration(_number(s.get("wall_time_s"))),
+                _fmt(_number(s.get("train_loss")), 5),
+                _fmt(_number(s.get("peak_gpu_memory_gb"))),
+                _fmt(_number(s.get("peak_rss_gb"))),
+            ]
+        )
+    return _table(["#", "resumed from", "reached step", "wall time", "train loss", "peak GPU GB", "peak RSS GB"], rows)
+
+
+def _notes_section(info: dict) -> list[str]:
+    """train.py's notes: flags accepted but without effect, the bf16 -> fp32 fallback on a CPU, ..."""
+    notes = info.get("notes")
+    if not isinstance(notes, list):
+        return [f"Notes: {NOT_RECORDED}." if "notes" not in info else f"Notes: not readable ({_fmt(notes)})."]
+    return [f"- {n}" for n in notes] if notes else ["None: every flag had its effect, in the dtype asked for."]
+
+
+def _parameters_section(params: list[dict]) -> list[str]:
+    """The trainable tensors by name, with their count and share of the total."""
+    if not params:
+        return [f"Trainable parameters: {NOT_RECORDED}."]
+    total = sum(_counts(params))
+    rows = [
+        [
+            f"`{p.get('name')}`",
+            _fmt(p.get("count")),
+            f"{100 * p['count'] / total:.1f}%" if total and _number(p.get("count")) is not None else "",
+        ]
+        for p in params
+    ]
+    rows.append(["**total**", f"**{_fmt(int(total))}**", "100%"])
+    return _table(["name", "count", "share"], rows)
+
+
 def _data_section(data) -> list[str]:
     """The data check's summary: the usual keys in words, any other key as it is."""
     if not isinstance(data, dict) or not data:
@@ -398,178 +586,17 @@ def _command(info: dict) -> str | None:
     return command if isinstance(command, str) else None
 
 
-def format_report(run: Run, plot: Path | None, plot_error: str | None = None) -> str:
-    """The markdown text of the report."""
-    info = run.run_info or {}
-    state = run.state or {}
-    points = run.points
-    segments = run.segments
-    lines = [f"# Training report: {run.output_dir.resolve().name}", ""]
-    lines.append(
-        f"Run folder: `{run.output_dir.resolve()}`; report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
-    )
-    if run.state_path is None:
-        lines.append(f"Trainer state: {NOT_RECORDED} (no `{STATE_FILE}` at the top level or in a `checkpoint-N`).")
-    elif run.from_checkpoint:
-        rel = run.state_path.relative_to(run.output_dir)
-        lines.append(
-            f"Trainer state: `{rel}`, **a run read from its checkpoints** (the run has not finished, was "
-            "stopped, or its final state was not saved); steps after that checkpoint are not shown."
-        )
-    else:
-        lines.append(f"Trainer state: `{STATE_FILE}` (the run finished).")
-    lines += [f"Warning: {p}" for p in run.problems]
-
-    # ---- summary
-    step, max_steps = _number(state.get("global_step")), _number(state.get("max_steps"))
-    steps = NOT_RECORDED if step is None else _fmt(step) + (f" of {_fmt(max_steps)}" if max_steps else "")
-    if step is not None and _number(state.get("epoch")) is not None:
-        steps += f" (epoch {_fmt(state['epoch'], 3)})"
-    last = next((p for p in reversed(points) if p.loss is not None), None)
-    wall = [_number(s.get("wall_time_s")) for s in segments]
-    wall_s = sum(w for w in wall if w is not None) if any(w is not None for w in wall) else None
-    wall_text = _duration(wall_s)
-    if wall_s is not None and len(segments) > 1:
-        wall_text += f", summed over {len(segments)} run segments (listed below)"
-    gpu = [p.peak_memory_gb for p in points if p.peak_memory_gb is not None]
-    gpu += [v for v in (_number(s.get("peak_gpu_memory_gb")) for s in segments) if v is not None]
-    rss = [v for v in (_number(s.get("peak_rss_gb")) for s in segments) if v is not None]
-    params = [p for p in info.get("trainable_parameters") or [] if isinstance(p, dict)]
-    counts = [c for c in (_number(p.get("count")) for p in params) if c is not None]
-    rows = [
-        ["steps", steps],
-        ["last logged loss", NOT_RECORDED if last is None else f"{_fmt(last.loss, 5)} (step {last.step})"],
-        [
-            "train loss (Trainer's mean over the last segment)",
-            _fmt(_number(segments[-1].get("train_loss")), 5) if segments else NOT_RECORDED,
-        ],
-        ["tokens/s", _rate([p.tokens_per_second for p in points if p.tokens_per_second is not None])],
-        ["samples/s", _rate([p.samples_per_second for p in points if p.samples_per_second is not None])],
-        ["wall time", wall_text],
-        ["peak GPU memory", f"{max(gpu):.2f} GB (torch max allocated)" if gpu else NOT_RECORDED],
-        ["peak host memory (RSS)", f"{max(rss):.2f} GB" if rss else NOT_RECORDED],
-        ["trainable parameters", f"{_fmt(int(sum(counts)))} in {len(params)} tensors" if params else NOT_RECORDED],
-        ["world size (processes)", _fmt(info.get("world_size"))],
-        ["feature shape (video tokens, width)", _fmt(info.get("feature_shape"))],
-    ]
-    lora = [p for p in params if ".lora_" in str(p.get("name", ""))]
-    if lora:  # --lora_enable (issue 14): the adapters apart from the projector, with peft's settings
-        adapter = _lora_settings(run.output_dir)
-        leaves = sorted({str(p["name"]).split(".lora_")[0].rsplit(".", 1)[-1] for p in lora})
-        rows.append(
-            [
-                "LoRA adapters",
-                f"{_fmt(int(sum(_number(p.get('count')) or 0 for p in lora)))} parameters "
-                f"in {len(lora)} tensors on {', '.join(leaves)}{adapter}",
-            ]
-        )
-    if state.get("train_batch_size") is not None:
-        rows.append(["batch size per device", _fmt(state.get("train_batch_size"))])
-    lines += ["", "## Summary", "", *_table(["", "value"], rows)]
-
-    # ---- curves
-    lines += ["", "## Loss and learning rate", ""]
-    if plot is not None:
-        lines += [f"![loss and learning rate over steps]({plot.name})", ""]
-    elif plot_error:
-        lines += [f"`{PLOT_FILE}` not written: {plot_error}", ""]
-    if not points:
-        lines.append(f"Loss: {NOT_RECORDED} (nothing logged yet; `--logging_steps` sets how often the loss is logged).")
-    else:
-        lines += [f"- {h}" for h in _health(run)] + [""]
-        shown = _evenly(points, _MAX_TABLE_ROWS)
-        if len(shown) < len(points):
-            lines.append(f"{len(shown)} of {len(points)} logged steps, evenly spaced:")
-            lines.append("")
-        lines += _table(
-            ["step", "epoch", "loss", "learning rate", "grad norm", "tokens/s", "samples/s"],
-            [
-                [
-                    str(p.step),
-                    _fmt(p.epoch, 3),
-                    _fmt(p.loss, 5),
-                    _fmt(p.learning_rate, 3),
-                    _fmt(p.grad_norm, 3),
-                    _fmt(p.tokens_per_second),
-                    _fmt(p.samples_per_second),
-                ]
-                for p in shown
-            ],
-        )
-
-    # ---- segments
-    lines += ["", "## Run segments", ""]
-    if not segments:
-        lines.append(f"Wall time per segment: {NOT_RECORDED} (`{RUN_INFO_FILE}` lists a segment when a run ends).")
-    else:
-        rows = []
-        for k, s in enumerate(segments, 1):
-            resumed = s.get("resumed_from")
-            rows.append(
-                [
-                    str(k),
-                    f"`{Path(str(resumed)).name}`" if resumed else "start",
-                    _fmt(s.get("global_step")),
-                    _duration(_number(s.get("wall_time_s"))),
-                    _fmt(_number(s.get("train_loss")), 5),
-                    _fmt(_number(s.get("peak_gpu_memory_gb"))),
-                    _fmt(_number(s.get("peak_rss_gb"))),
-                ]
-            )
-        lines += _table(
-            ["#", "resumed from", "reached step", "wall time", "train loss", "peak GPU GB", "peak RSS GB"], rows
-        )
-
-    # ---- notes (train.py: flags accepted but without effect, the bf16 -> fp32 fallback on CPU, ...)
-    lines += ["", "## Notes", ""]
-    notes = info.get("notes")
-    if not isinstance(notes, list):
-        lines.append(f"Notes: {NOT_RECORDED}." if "notes" not in info else f"Notes: not readable ({_fmt(notes)}).")
-    else:
-        lines += [f"- {n}" for n in notes] if notes else ["None: every flag had its effect, in the dtype asked for."]
-
-    # ---- parameters
-    lines += ["", "## Trainable parameters", ""]
-    if not params:
-        lines.append(f"Trainable parameters: {NOT_RECORDED}.")
-    else:
-        total = sum(counts)
-        rows = [
-            [
-                f"`{p.get('name')}`",
-                _fmt(p.get("count")),
-                f"{100 * p['count'] / total:.1f}%" if total and _number(p.get("count")) is not None else "",
-            ]
-            for p in params
-        ]
-        rows.append(["**total**", f"**{_fmt(int(total))}**", "100%"])
-        lines += _table(["name", "count", "share"], rows)
-
-    # ---- data
-    lines += ["", "## Data", "", *_data_section(info.get("data"))]
-
-    # ---- command and versions
-    lines += ["", "## Command and versions", ""]
+def _command_section(info: dict) -> list[str]:
+    """The command that started the run, and the versions of torch, transformers and Python."""
     command = _command(info)
-    lines += ["```", command, "```"] if command else [f"Command: {NOT_RECORDED}."]
+    lines = ["```", command, "```"] if command else [f"Command: {NOT_RECORDED}."]
     versions = info.get("versions")
     if isinstance(versions, dict) and versions:
-        lines += ["", ", ".join(f"{k} {v}" for k, v in versions.items())]
-    else:
-        lines += ["", f"Versions: {NOT_RECORDED}."]
-    return "\n".join(lines) + "\n"
+        return lines + ["", ", ".join(f"{k} {v}" for k, v in versions.items())]
+    return lines + ["", f"Versions: {NOT_RECORDED}."]
 
 
 # ------------------------------------------------------------------------------------------------- entry points
-def _lora_settings(folder: Path) -> str:
-    """``" (r 64, alpha 16, dropout 0.05)"`` from the run's adapter_config.json, or "" when it is not there yet."""
-    try:
-        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return ""
-    return f" (r {cfg.get('r')}, alpha {cfg.get('lora_alpha')}, dropout {cfg.get('lora_dropout')})"
-
-
 def write_report(output_dir: str | Path) -> list[Path]:
     """Write ``training_report.md`` (and ``loss.png`` when a loss was logged) in ``output_dir``; returns the paths.
 

@@ -33,8 +33,16 @@ from transformers import Trainer
 
 from video_chatgpt.constants import BASE_POINTER_FILE, EMBED_TOKENS_KEY, PROJECTOR_FILE
 from video_chatgpt.errors import UserError
-from video_chatgpt.model.video_chatgpt import PROJECTOR_PREFIX, VideoLanguageModel, projector_state_from_state_dict
+from video_chatgpt.model.lora import has_lora
+from video_chatgpt.model.video_chatgpt import (
+    PROJECTOR_PREFIX,
+    VideoLanguageModel,
+    load_projector_file,
+    projector_state_from_state_dict,
+)
 from video_chatgpt.train.atomic import write_atomically, write_text_atomically
+from video_chatgpt.train.lora import projector_parameter_groups, save_adapter
+from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint, read_tensor_infos
 
 TRAINABLE_FILE = "trainable.safetensors"
 
@@ -95,8 +103,6 @@ class VideoChatGPTTrainer(Trainer):
     def create_optimizer(self, model=None):
         # --mm_projector_lr (LLaVA's flag): the projector and token rows get their own learning rate.
         if self.optimizer is None and getattr(self.args, "mm_projector_lr", None) is not None:
-            from video_chatgpt.train.lora import projector_parameter_groups
-
             opt_model = self.model if model is None else model
             cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             groups = projector_parameter_groups(
@@ -133,9 +139,6 @@ class VideoChatGPTTrainer(Trainer):
                 Path(output_dir, TRAINABLE_FILE), lambda tmp: save_file(trainable, str(tmp), metadata={"format": "pt"})
             )
             write_atomically(Path(output_dir, "config.json"), model.config.to_json_file)
-            from video_chatgpt.model.lora import has_lora
-            from video_chatgpt.train.lora import save_adapter
-
             if has_lora(model):  # --lora_enable: peft's adapter_model.safetensors + adapter_config.json as well
                 save_adapter(model, output_dir, state_dict)
         elif isinstance(model, VideoLanguageModel):
@@ -180,8 +183,6 @@ class VideoChatGPTTrainer(Trainer):
         """
         if self.base_model_path is None:
             return embed
-        from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint
-
         with TensorReader(find_checkpoint(self.base_model_path)) as reader:
             # (V_base, H) in the stored dtype; a LLaVA-1.5 folder names it differently (the model says how)
             key = getattr(self.accelerator.unwrap_model(self.model), "base_embedding_key", EMBED_TOKENS_KEY)
@@ -225,9 +226,6 @@ class VideoChatGPTTrainer(Trainer):
     def _load_full_composed_checkpoint(self, model: VideoLanguageModel, folder: Path) -> None:
         """Resume a full fine-tune of another base: the causal LM from the checkpoint's model folder (only weights
         tied to another one, as Qwen2's ``lm_head``, may be absent), the projector from its ``mm_projector.bin``."""
-        from video_chatgpt.model.video_chatgpt import load_projector_file
-        from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint, read_tensor_infos
-
         ckpt = find_checkpoint(folder, role="checkpoint")
         with TensorReader(ckpt) as reader:
             state = {name: reader.get(name) for name in read_tensor_infos(ckpt)}

@@ -232,7 +232,7 @@ def test_final_files_survive_a_kill_while_written(data, tiny_llava, tmp_path):
     a kill aimed at the final name itself never fires (nothing writes there in place); the next run cleans up."""
     if shutil.which("strace") is None:
         pytest.fail("strace is needed for this test: apt-get install -y strace")
-    from video_chatgpt.train.atomic import temporary_path
+    from video_chatgpt.files import temporary_path
 
     out = tmp_path / "run"
     cmd = [

@@ -246,7 +246,7 @@ def test_plan_memory_command(tmp_path, capsys):
     assert "nf4" in out and "q_proj,v_proj" in out and "4-bit base" in out
 
     assert main(["plan-memory", "--model_name_or_path", str(tmp_path / "nowhere")]) == 1
-    assert "no config.json" in capsys.readouterr().err
+    assert "nowhere: no such model folder" in capsys.readouterr().err
     assert main(["plan-memory", "--model_name_or_path", str(folder)]) == 1  # tower unknown offline
     assert "--video_tokens" in capsys.readouterr().err
     assert main(["plan-memory", "--model_name_or_path", str(folder), "--video_tokens", "356", "--bits", "4"]) == 1

@@ -81,7 +81,6 @@ from video_chatgpt.features.store import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
     FeatureFileError,
-    atomic_write_bytes,
     index_feature_folder,
     manifest_differences,
     read_feature_header,
@@ -91,6 +90,7 @@ from video_chatgpt.features.store import (
     write_manifest,
 )
 from video_chatgpt.features.towers import TowerSpec, resolve_tower
+from video_chatgpt.files import temporary_path, write_bytes_atomically
 
 __all__ = ["ExtractArgs", "VideoFeatureExtractor", "main", "run"]  # VideoFeatureExtractor: the engine imports it here
 
@@ -312,12 +312,9 @@ def plan_videos(
         else:
             todo.append(path)
     mine = {video_id_of(p.name) for p in todo}
-    # store.atomic_write_bytes names its temporary files ".<final name>.<random>.tmp".
-    stale = [
-        out_dir / name
-        for name in out_names
-        if name.startswith(".") and name.endswith(".tmp") and name[1:].split(".")[0] in mine and f".{fmt}." in name
-    ]
+    # files.write_atomically names the temporary of "<id>.<fmt>" ".<id>.<fmt>.tmp".
+    temporaries = {temporary_path(f"{i}.{fmt}").name for i in mine}
+    stale = [out_dir / name for name in out_names if name in temporaries]
     return Plan(todo, skipped, failed, stale, damaged)
 
 
@@ -383,8 +380,8 @@ def prepare_folder(args: ExtractArgs, spec: TowerSpec, feature_shape: list[int])
     out = args.clip_feat_path
     new = build_manifest(spec, args, feature_shape, spec.sha256())
     old = read_manifest(out)
-    # Temporaries of the manifest and of the reports from a killed run (store.atomic_write_bytes names them
-    # ".<final name>.<random>.tmp"); the features' own are removed per rank (plan_videos).
+    # Temporaries of the manifest and of the reports from a killed run (files.write_atomically names them
+    # ".<final name>.tmp"); the features' own are removed per rank (plan_videos).
     for name in os.listdir(out):
         if name.startswith((f".{MANIFEST_NAME}.", ".extraction_report")) and name.endswith(".tmp"):
             (out / name).unlink(missing_ok=True)
@@ -707,7 +704,7 @@ def report_path(out_dir: Path, env: DistEnv) -> Path:
 
 
 def write_report(report: Report, path: Path) -> Path:
-    return atomic_write_bytes(path, (json.dumps(asdict(report), indent=2) + "\n").encode())
+    return write_bytes_atomically(path, (json.dumps(asdict(report), indent=2) + "\n").encode())
 
 
 def merge_reports(out_dir: Path, world_size: int) -> dict:
@@ -724,7 +721,7 @@ def merge_reports(out_dir: Path, world_size: int) -> dict:
         merged[key] = sum(part[key] for part in parts)
     merged["elapsed_s"] = max(part["elapsed_s"] for part in parts)
     merged["complete"] = all(part["complete"] for part in parts)
-    atomic_write_bytes(out_dir / REPORT_NAME, (json.dumps(merged, indent=2) + "\n").encode())
+    write_bytes_atomically(out_dir / REPORT_NAME, (json.dumps(merged, indent=2) + "\n").encode())
     return merged
 
 

@@ -42,10 +42,9 @@ from video_chatgpt.data.conversation import (
     inference_template,
     render_sample,
 )
-from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_video_tokenizer
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError
-from video_chatgpt.model.loading import load_model, load_projector, read_projector_file
-from video_chatgpt.model.lora import load_adapter
+from video_chatgpt.model.loading import load_trained_model
 from video_chatgpt.model.video_chatgpt import VideoMixin
 
 ORIGINAL_IDS_NEED = (
@@ -228,34 +227,11 @@ def load_engine(
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     base = open_base(model_name, projection_path, lora_path)
-    tokenizer, video_ids, num_new = load_video_tokenizer(base.folder, use_start_end=base.use_start_end)
     trained_template = base.trained_template or TRAIN_TEMPLATE
     template = conv_mode if trained_template in TEMPLATES else inference_template(trained_template)
     if trained_template not in TEMPLATES and conv_mode != INFERENCE_TEMPLATE:
         logger.warning("--conv_mode %s ignored: this model was trained with the %r template", conv_mode, template)
-    if not base.has_projector and base.feature_width is None:
-        raise UserError(
-            f"{base.folder}: a causal LM without a video projector; pass a training output folder as --model-name "
-            f"(its mm_projector.bin and config.json say how the projector looks)"
-        )
-    fields = {"use_cache": True, "mm_use_vid_start_end": base.use_start_end, "video_token_len": base.video_token_len}
-    if not base.is_llava_v1:
-        fields["conv_template"] = trained_template
-    if base.run_config.get("mm_vision_tower"):
-        fields["mm_vision_tower"] = base.run_config["mm_vision_tower"]
-    model = load_model(
-        base, video_ids, num_new, dtype=dtype, projector_type=base.run_config.get("mm_projector_type"),
-        mm_hidden_size=base.run_config.get("mm_hidden_size"), **fields,
-    )  # fmt: skip
-    if base.projector_file is not None:
-        rows = [video_ids.start, video_ids.end] if video_ids.use_start_end else []
-        load_projector(
-            model, read_projector_file(base.projector_file), str(base.projector_file), rows, whole_table=True
-        )
-    else:
-        logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
-    if base.adapter is not None:
-        load_adapter(model, base.adapter)
+    model, tokenizer, video_ids = load_trained_model(base, dtype)
     model.to(device).eval()
     engine = Engine(
         model, tokenizer, SegmentEncoder(tokenizer), video_ids, device, vision_tower or base.vision_tower,

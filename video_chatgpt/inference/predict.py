@@ -42,7 +42,8 @@ from pathlib import Path
 from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.data.conversation import TEMPLATES
 from video_chatgpt.errors import UserError
-from video_chatgpt.features.store import FEATURE_SUFFIXES, FeatureFileError, atomic_write_bytes, load_features
+from video_chatgpt.features.store import FEATURE_SUFFIXES, FeatureFileError, load_features
+from video_chatgpt.files import write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -190,7 +191,9 @@ class PredictionFiles:
                 f"--output_name, or pass --overwrite to predict again"
             )
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.sidecar, json.dumps({"made_from": made_from}, indent=1, ensure_ascii=False).encode())
+        write_bytes_atomically(
+            self.sidecar, json.dumps({"made_from": made_from}, indent=1, ensure_ascii=False).encode()
+        )
         return self.read_progress()
 
     def _refuse_other_inputs(self, before: dict, now: dict) -> None:
@@ -315,11 +318,11 @@ def main(argv: list[str] | None = None, *, get_engine=None) -> int:
         errors = predict(args, todo, files, get_engine)
         done = files.read_progress()
     ordered = [done[s["key"]]["record"] for s in samples if s["key"] in done]
-    atomic_write_bytes(files.output, json.dumps(ordered, indent=1, ensure_ascii=False).encode())
+    write_bytes_atomically(files.output, json.dumps(ordered, indent=1, ensure_ascii=False).encode())
     missing_keys = {s["key"] for s in samples if s["key"] not in done}
     errors = [e for e in errors if e["key"] in missing_keys]
     if errors:
-        atomic_write_bytes(files.errors, json.dumps(errors, indent=1, ensure_ascii=False).encode())
+        write_bytes_atomically(files.errors, json.dumps(errors, indent=1, ensure_ascii=False).encode())
         print(f"{len(errors)} samples have no readable video (listed in {files.errors}):", file=sys.stderr)
         for e in errors[:10]:
             print(f"  {e['video_name']}: {e['reason']}; tried {', '.join(e['tried'])}", file=sys.stderr)

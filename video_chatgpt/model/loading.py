@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,12 @@ from torch import nn
 
 from video_chatgpt.bases import Base
 from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_PREFIX
-from video_chatgpt.data.tokenizer import VideoTokenIds
+from video_chatgpt.data.tokenizer import VideoTokenIds, load_video_tokenizer
 from video_chatgpt.errors import UserError
+from video_chatgpt.model.lora import load_adapter
 from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, VideoLanguageModel, video_config
+
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ vocabulary
@@ -161,6 +165,38 @@ def _load_body(
     )
     model.model.to(dtype)
     return model
+
+
+def load_trained_model(base: Base, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object, VideoTokenIds]:
+    """A trained model as its run built it (inference, merge-lora): ``(model, tokenizer, video token ids)``.
+
+    The run's config says the projector type and width, the token count, the template and the tower; the
+    projector file is loaded whole (as the original's loader did); a LoRA adapter (the run's own or
+    ``--lora_path``) is added. On CPU, in ``dtype``, in training mode: the caller moves it and calls ``eval``.
+    """
+    if not base.has_projector and base.feature_width is None:
+        raise UserError(
+            f"{base.folder}: a causal LM without a video projector; pass a training output folder as --model-name "
+            f"(its mm_projector.bin and config.json say how the projector looks)"
+        )
+    tokenizer, video_ids, num_new = load_video_tokenizer(base.folder, use_start_end=base.use_start_end)
+    fields = {"use_cache": True, "mm_use_vid_start_end": base.use_start_end, "video_token_len": base.video_token_len}
+    for key in ("conv_template", "mm_vision_tower", "num_video_frames"):
+        if base.run_config.get(key) is not None:
+            fields[key] = base.run_config[key]
+    model = load_model(
+        base, video_ids, num_new, dtype=dtype, projector_type=base.run_config.get("mm_projector_type"),
+        mm_hidden_size=base.run_config.get("mm_hidden_size"), **fields,
+    )  # fmt: skip
+    if base.projector_file is not None:
+        rows = [video_ids.start, video_ids.end] if video_ids.use_start_end else []
+        state = read_projector_file(base.projector_file)
+        load_projector(model, state, str(base.projector_file), rows, whole_table=True)
+    else:
+        logger.warning("no --projection_path: the video projector is the base model's (untrained for video)")
+    if base.adapter is not None:
+        load_adapter(model, base.adapter)
+    return model, tokenizer, video_ids
 
 
 @dataclass

@@ -1,17 +1,15 @@
-"""Training across processes: DeepSpeed's communication set-up, ZeRO-3's gathered tensors, and the replica check.
+"""Training across processes: DeepSpeed's communication set-up and the replica check.
 
-Under ZeRO-3 each process holds a shard of every parameter (an empty local tensor; the full shape is ``ds_shape``),
-so code that edits whole tensors (new embedding rows, a projector loaded from a file) gathers them first and keeps
-rank 0's edits. Without DeepSpeed each helper does nothing. ``deepspeed`` is imported only where it is used.
+Under ZeRO-3 each process holds a shard of every parameter (an empty local tensor; the full shape is ``ds_shape``):
+code that edits whole tensors (new embedding rows, a projector loaded from a file) gathers them first with
+``model.loading.gathered``. ``deepspeed`` is imported only where it is used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 
 import torch.distributed as dist
-from transformers.integrations import is_deepspeed_zero3_enabled
 
 from video_chatgpt.train.arguments import TrainingArguments
 
@@ -28,43 +26,6 @@ def init_deepspeed_comm(training_args: TrainingArguments) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=dist.get_backend())
-
-
-def gathered_embeddings(model, training_args: TrainingArguments):
-    """Context: the full input/output embedding tables on every process (ZeRO-3), edits from rank 0 kept."""
-    if not (training_args.deepspeed and is_deepspeed_zero3_enabled()):
-        return contextlib.nullcontext()
-    import deepspeed
-
-    tables = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
-    return deepspeed.zero.GatheredParameters(tables, modifier_rank=0)
-
-
-def gathered_projector(model):
-    """Context: the projector's full tensors on every process when ZeRO-3 partitioned them (the LLaVA-v1 base
-    builds it inside ``from_pretrained``'s ``zero.Init``), edits from rank 0 kept; else nothing to do."""
-    params = [p for p in model.model.mm_projector.parameters() if hasattr(p, "ds_shape")]
-    if not params:
-        return contextlib.nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
-
-
-def fit_embedding_rows(
-    model, training_args: TrainingArguments, vocabulary_size: int, new_rows_from: int | None
-) -> None:
-    """``model.fit_vocabulary`` for any base, also under ZeRO-3, where each process holds a shard of the tables (an
-    empty local shape): ``resize_token_embeddings`` gathers by itself, and the mean rows are set on the gathered
-    tables (rank 0's edits kept)."""
-    weight = model.get_input_embeddings().weight
-    if not hasattr(weight, "ds_shape"):
-        model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
-        return
-    if weight.ds_shape[0] < vocabulary_size:
-        model.resize_token_embeddings(vocabulary_size, mean_resizing=False)
-    with gathered_embeddings(model, training_args):
-        model.fit_vocabulary(vocabulary_size, new_rows_from=new_rows_from)
 
 
 def replica_checksums(model, training_args: TrainingArguments) -> list[str] | None:

@@ -39,6 +39,7 @@ from torch import nn
 from transformers import BitsAndBytesConfig
 
 from video_chatgpt.errors import UserError
+from video_chatgpt.files import write_atomically, write_text_atomically
 from video_chatgpt.model.lora import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_NAME,
@@ -46,7 +47,6 @@ from video_chatgpt.model.lora import (
     PEFT_PREFIX,
     language_model,
 )
-from video_chatgpt.train.atomic import write_atomically, write_text_atomically
 
 # Modules LoRA never wraps: the output layer and the video projector (the vision tower is not in the model).
 EXCLUDED = ("lm_head", "mm_projector")

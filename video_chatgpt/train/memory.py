@@ -29,7 +29,6 @@ The optimizer step is a second candidate peak (activations gone, AdamW's tempora
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import warnings
@@ -39,7 +38,7 @@ from pathlib import Path
 import transformers
 from transformers.hf_argparser import string_to_bool
 
-from video_chatgpt.constants import DEFAULT_NUM_FRAMES
+from video_chatgpt.bases import Base, base_kind_of, open_base
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.features.encoder import video_tokens
 from video_chatgpt.features.towers import resolve_tower
@@ -100,6 +99,12 @@ class ModelShape:
     def from_config(cls, raw: dict, source: str = "config.json") -> ModelShape:
         """A LLaVA-v1 / Video-ChatGPT config (flat LLaMA keys + ``mm_*``), a causal LM's, or a LLaVA-1.5 one
         (``text_config`` + ``vision_config``)."""
+        return cls.from_base(Base(Path(source).parent, base_kind_of(raw), raw), source)
+
+    @classmethod
+    def from_base(cls, base: Base, source: str = "config.json") -> ModelShape:
+        """The sizes of a base: its language model's config, and the video settings the base object reads."""
+        raw = base.config
         text = raw.get("text_config") or raw
         try:
             hidden = int(text["hidden_size"])
@@ -112,27 +117,14 @@ class ModelShape:
                 head_dim=int(text.get("head_dim") or hidden // heads),
                 intermediate=int(text["intermediate_size"]),
                 vocab=int(text["vocab_size"]),
-                mm_hidden=raw.get("mm_hidden_size") or (raw.get("vision_config") or {}).get("hidden_size"),
-                projector_type=raw.get("mm_projector_type") or ("mlp2x_gelu" if "text_config" in raw else "linear"),
+                mm_hidden=base.feature_width,
+                projector_type=base.projector_type or "linear",
                 tied_embeddings=bool(text.get("tie_word_embeddings", False)),
-                video_tokens=raw.get("video_token_len") or None,
+                video_tokens=base.video_token_len,
             )
         except KeyError as exc:
             raise UserError(f"{source}: no {exc.args[0]!r}; plan-memory needs a LLaMA-family config.json") from exc
         return shape
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> ModelShape:
-        path = Path(folder) / "config.json"
-        if not path.is_file():
-            raise UserError(
-                f"{folder}: no config.json; --model_name_or_path must be a model folder (only its config.json is read)"
-            )
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: not readable JSON ({exc}); restore the model folder's config.json") from exc
-        return cls.from_config(raw, str(path))
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer."""
@@ -482,20 +474,21 @@ def _asked(argv: list[str], flag: str) -> bool:
     return bool(parser.parse_known_args(argv)[0].__dict__[flag])
 
 
-def _video_tokens(shape: ModelShape, folder: str, given: int | None, tower: str | None) -> int:
+def _video_tokens(shape: ModelShape, base: Base, given: int | None, tower: str | None) -> int:
+    """Video tokens per sample: ``--video_tokens``, the folder's ``video_token_len``, else the tower's count for the
+    base's frames (the original's 100)."""
     if given is not None:
         return given
     if shape.video_tokens:
         return int(shape.video_tokens)
-    raw = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
-    name = tower or raw.get("mm_vision_tower")
+    name = tower or base.vision_tower
     if name:
         try:
-            return video_tokens(resolve_tower(name), DEFAULT_NUM_FRAMES)
+            return video_tokens(resolve_tower(name), base.num_frames)
         except (UserError, OSError, ValueError, KeyError):
             pass
     raise UserError(
-        f"{folder}: the number of video tokens is unknown (no video_token_len in config.json and "
+        f"{base.folder}: the number of video tokens is unknown (no video_token_len in config.json and "
         f"vision tower {name!r} not readable offline); pass --video_tokens N (356 for CLIP-L/14-224)"
     )
 
@@ -520,13 +513,13 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
         quiet.setLevel(level)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")  # exit status 2, as argparse
-    shape = ModelShape.from_folder(model_args.model_name_or_path)
-    raw = json.loads(Path(model_args.model_name_or_path, "config.json").read_text(encoding="utf-8"))
-    if raw.get("video_patch_token_id") is None:  # a base: training adds <vid_patch> (+ <vid_start>, <vid_end>)
+    base = open_base(model_args.model_name_or_path)
+    shape = ModelShape.from_base(base, str(base.folder / "config.json"))
+    if base.config.get("video_patch_token_id") is None:  # a base: training adds <vid_patch> (+ <vid_start>, <vid_end>)
         shape = replace(shape, vocab=shape.vocab + 1 + (2 if model_args.mm_use_vid_start_end else 0))
     if model_args.mm_projector_type:
         shape = replace(shape, projector_type=model_args.mm_projector_type)
-    video = _video_tokens(shape, model_args.model_name_or_path, plan_args.video_tokens, model_args.vision_tower)
+    video = _video_tokens(shape, base, plan_args.video_tokens, model_args.vision_tower)
     tokens = plan_args.tokens_per_sample or min(targs.model_max_length, video + DEFAULT_TEXT_TOKENS)
     compute = "bf16" if _asked(argv, "bf16") else "fp16" if _asked(argv, "fp16") else "fp32"
     train = training_mode(model_args, targs)

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
+from video_chatgpt.bases import open_base
 from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE
 from video_chatgpt.errors import UserError, run_main
-from video_chatgpt.inference.engine import load_engine
+from video_chatgpt.model.loading import load_trained_model
 from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
 
 DTYPES = ("fp16", "bf16", "fp32")
@@ -58,8 +59,7 @@ def merge_run(
     if out.resolve() == run.resolve():
         raise UserError(f"{out} is the run folder itself; write the merged model elsewhere")
 
-    engine = load_engine(run, device="cpu", dtype=torch.float32)  # base + tokens + projector + adapter
-    model = engine.model
+    model, tokenizer, _ = load_trained_model(open_base(run), torch.float32)  # base + tokens + projector + adapter
     merge_adapter(model)
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     model.to(torch_dtype)
@@ -71,7 +71,7 @@ def merge_run(
     # VideoChatGPTForCausalLM saves itself; any other base saves its causal LM (whose config has the mm_* fields).
     saver = model if hasattr(model, "save_pretrained") else model.language_model
     saver.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
-    engine.tokenizer.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     for name in ("tokenizer.model",):
         if (run / name).is_file():
             shutil.copyfile(run / name, tmp / name)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.errors import UserError, run_main
-from video_chatgpt.train.atomic import write_atomically, write_text_atomically
+from video_chatgpt.files import write_atomically, write_text_atomically
 
 STATE_FILE = "trainer_state.json"
 RUN_INFO_FILE = "run_info.json"  # written by train.py
@@ -603,7 +603,7 @@ def write_report(output_dir: str | Path) -> list[Path]:
     Works for a finished run, a resumed run and an unfinished one (read from its newest checkpoint). Missing
     pieces are reported as "not recorded". Raises ``UserError`` (nothing written) when ``output_dir`` is not a
     folder or holds no trace of a run (no trainer state, no checkpoint, no run_info.json). Both files are written
-    atomically (``video_chatgpt.train.atomic``).
+    atomically (``video_chatgpt.files``).
     """
     out = Path(output_dir)
     if not out.exists():

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from video_chatgpt.files import write_text_atomically
 from video_chatgpt.train.arguments import TrainingArguments
-from video_chatgpt.train.atomic import write_text_atomically
 from video_chatgpt.train.report import RUN_INFO_FILE
 
 logger = logging.getLogger(__name__)

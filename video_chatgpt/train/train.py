@@ -45,7 +45,6 @@ Errors a user can fix are ``UserError`` (one line and exit status 1 from the com
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -55,26 +54,21 @@ from pathlib import Path
 import torch
 import transformers
 
+from video_chatgpt.bases import Base, open_base
 from video_chatgpt.data.check import check_training_data
-from video_chatgpt.data.conversation import TRAIN_TEMPLATE, training_template
+from video_chatgpt.data.conversation import training_template
 from video_chatgpt.data.dataset import (
     SupervisedVideoDataset,
     VideoDataCollator,
     check_record_paths,
     first_feature_shape,
     load_records,
-    load_training_tokenizer,
 )
-from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
+from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_video_tokenizer
 from video_chatgpt.errors import UserError, run_main
-from video_chatgpt.features.store import check_features_match
-from video_chatgpt.model.video_chatgpt import (
-    VideoChatGPTForCausalLM,
-    base_kind,
-    load_config,
-    load_projector_file,
-    load_video_model,
-)
+from video_chatgpt.features.store import check_features_match, read_manifest
+from video_chatgpt.files import remove_leftover_temporaries
+from video_chatgpt.model.loading import embedding_tables, gathered, load_model, load_projector, read_projector_file
 from video_chatgpt.train.arguments import (
     DataArguments,
     ModelArguments,
@@ -87,15 +81,8 @@ from video_chatgpt.train.arguments import (
     training_mode,
     tunes_projector,
 )
-from video_chatgpt.train.atomic import remove_leftover_temporaries
 from video_chatgpt.train.checkpoints import checkpoint_to_resume
-from video_chatgpt.train.distributed import (
-    fit_embedding_rows,
-    gathered_embeddings,
-    gathered_projector,
-    init_deepspeed_comm,
-    replica_checksums,
-)
+from video_chatgpt.train.distributed import init_deepspeed_comm, replica_checksums
 from video_chatgpt.train.lora import LoraSettings, add_lora, check_quantisation_available, quantisation_config
 from video_chatgpt.train.report import write_report
 from video_chatgpt.train.run_info import append_run, write_run_info
@@ -113,7 +100,8 @@ def train(argv: list[str] | None = None) -> Path:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING
     )
-    if model_args.version not in ("v1", "vicuna_v1_1") and base_kind(model_args.model_name_or_path) == "llava_v1":
+    base = open_base(model_args.model_name_or_path)
+    if model_args.version not in ("v1", "vicuna_v1_1") and base.is_llava_v1:
         logger.warning(
             "--version %s: training always uses the vicuna_v1_1 template (as the original)", model_args.version
         )
@@ -123,25 +111,27 @@ def train(argv: list[str] | None = None) -> Path:
     if is_main:
         for note in notes:
             logger.warning("%s", note)
-        remove_leftover_temporaries(training_args.output_dir)
+        output = Path(training_args.output_dir)  # a killed run's temporaries, in the run and its checkpoints
+        for place in (output, *output.glob("checkpoint-*")):
+            remove_leftover_temporaries(place)
 
     # Data checks. Record paths first: the data check and everything after it read the files the records name.
     records = load_records(data_args.data_path)
     check_record_paths(records, data_args.video_folder, data_args.data_path)
-    data_report = check_inputs(model_args, data_args, training_args)
+    data_report = check_inputs(base, model_args, data_args, training_args)
     feature_shape = feature_shape_of(data_args, records, data_report)  # (video tokens, feature width)
-    check_feature_manifest(model_args, data_args, training_args)
+    check_feature_manifest(base, model_args, data_args, training_args)
 
     # Tokenizer and model.
-    tokenizer, video_ids, num_new = load_training_tokenizer(
-        model_args.model_name_or_path, training_args.model_max_length, model_args.mm_use_vid_start_end
+    tokenizer, video_ids, num_new = load_video_tokenizer(
+        base.folder, model_args.mm_use_vid_start_end, training_args.model_max_length
     )
     check_quantisation_available(training_args.bits)  # --bits 4|8: CUDA + bitsandbytes, said before loading
     # Seed before building: the new <vid_patch> row gets a random init, the same on every process and every rerun.
     transformers.set_seed(training_args.seed)
     init_deepspeed_comm(training_args)
-    template = conversation_template(model_args, tokenizer)
-    model = build_model(model_args, training_args, video_ids, num_new, feature_shape, template)
+    template = training_template(base, tokenizer, model_args.stage)  # plain / the chat template / vicuna_v1_1
+    model = build_model(base, model_args, training_args, video_ids, num_new, feature_shape, template, data_args)
     summary, named = trainable_summary(model)
     if is_main:
         print(summary, flush=True)
@@ -163,7 +153,7 @@ def train(argv: list[str] | None = None) -> Path:
         train_dataset=dataset,
         data_collator=VideoDataCollator(pad_id=tokenizer.pad_token_id),
         processing_class=tokenizer,
-        base_model_path=model_args.model_name_or_path,
+        base_model_path=str(base.folder),
     )
     resume = checkpoint_to_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if is_main:
@@ -202,21 +192,21 @@ def _is_main(training_args: TrainingArguments) -> bool:
     return training_args.process_index == 0
 
 
-def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+def check_inputs(base: Base, model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
     """Check the model folder and the data before loading anything big. Returns the data report."""
-    if base_kind(model_args.model_name_or_path) == "llava_v1":  # check-weights knows the document's layout
-        check_weights(model_args.model_name_or_path).raise_if_bad()
-    settings = base_video_settings(model_args)
+    if base.is_llava_v1:  # check-weights knows the document's layout
+        check_weights(base.folder).raise_if_bad()
     if data_args.skip_data_check:
         return None
     # Token lengths (a SentencePiece pass over every record, ~30 CPU-s for 100K) only on the main process.
     report = check_training_data(
         data_args.data_path,
         data_args.video_folder,
-        tokenizer_path=model_args.model_name_or_path if _is_main(training_args) else None,
+        base=base if _is_main(training_args) else None,
         model_max_length=training_args.model_max_length,
-        expected_width=settings["mm_hidden_size"],
+        expected_width=base.feature_width,
         use_vid_start_end=model_args.mm_use_vid_start_end,
+        stage=model_args.stage,
     )
     if _is_main(training_args):
         print(report.format(), flush=True)
@@ -228,18 +218,19 @@ def check_inputs(model_args: ModelArguments, data_args: DataArguments, training_
     return report
 
 
-def check_feature_manifest(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+def check_feature_manifest(
+    base: Base, model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+):
     """Before step 1: refuse a feature folder whose manifest's width (or token count) differs from the model's; warn
-    when its tower differs from the config's ``mm_vision_tower``. A folder without a manifest passes (shapes are
-    checked per file)."""
-    settings = base_video_settings(model_args)
-    if settings["mm_hidden_size"] is None:  # a plain causal LM: the features decide the width
+    when its tower differs from the model's (``--vision_tower`` or the base's). A folder without a manifest passes
+    (shapes are checked per file)."""
+    if base.feature_width is None:  # a plain causal LM: the features decide the width
         return
     for warning in check_features_match(
         data_args.video_folder,
-        tower_name=settings["mm_vision_tower"],
-        width=settings["mm_hidden_size"],
-        num_tokens=settings["video_token_len"] or None,  # a LLaVA base has none: the features decide
+        tower_name=model_args.vision_tower or base.vision_tower,
+        width=base.feature_width,
+        num_tokens=base.video_token_len,  # a LLaVA base has none: the features decide
     ):
         if _is_main(training_args):
             logger.warning("%s", warning)
@@ -262,90 +253,19 @@ def model_dtype(model_args: ModelArguments, training_args: TrainingArguments) ->
     return torch.float32
 
 
-def base_video_settings(model_args: ModelArguments) -> dict:
-    """``kind``, ``mm_vision_tower``, ``mm_hidden_size`` (None: the features decide) and ``video_token_len`` of the
-    base folder, for any kind of base (``base_kind``), with ``--vision_tower`` taking precedence."""
-    folder = Path(model_args.model_name_or_path)
-    kind = base_kind(folder)
-    if kind == "llava_v1":
-        config = load_config(folder)
-        tower, width, tokens = config.mm_vision_tower, config.mm_hidden_size, config.video_token_len
-    elif kind == "llava_hf":
-        raw = json.loads((folder / "config.json").read_text())
-        tower, width, tokens = str(folder.resolve()), raw["vision_config"].get("hidden_size"), None
-    else:
-        raw = json.loads((folder / "config.json").read_text())
-        tower, width, tokens = raw.get("mm_vision_tower"), raw.get("mm_hidden_size"), raw.get("video_token_len")
-    return {
-        "kind": kind,
-        "mm_vision_tower": model_args.vision_tower or tower,
-        "mm_hidden_size": width,
-        "video_token_len": tokens,
-    }
-
-
-def conversation_template(model_args: ModelArguments, tokenizer) -> str:
-    """The training template (``data.conversation.training_template``: plain / the chat template / vicuna_v1_1)."""
-    return training_template(model_args.model_name_or_path, tokenizer, model_args.stage)
-
-
 def build_model(
-    model_args,
-    training_args,
+    base: Base,
+    model_args: ModelArguments,
+    training_args: TrainingArguments,
     video_ids: VideoTokenIds,
     num_new_tokens: int,
-    feature_shape,
-    template: str = TRAIN_TEMPLATE,
+    feature_shape: tuple[int, int],
+    template: str,
+    data_args: DataArguments | None = None,
 ):
-    """Load the base, add the video token rows, set what is trainable. ``video_ids``: already in the tokenizer."""
-    kind = base_kind(model_args.model_name_or_path)
-    if kind != "llava_v1":
-        return build_other_base(model_args, training_args, video_ids, num_new_tokens, feature_shape, template, kind)
-    config = load_config(
-        model_args.model_name_or_path,
-        use_cache=False,
-        mm_use_vid_start_end=model_args.mm_use_vid_start_end,
-        video_token_len=feature_shape[0],
-        **({"mm_projector_type": model_args.mm_projector_type} if model_args.mm_projector_type else {}),
-    )
-    if config.mm_hidden_size is None:
-        config.mm_hidden_size = feature_shape[1]
-    if config.mm_hidden_size != feature_shape[1]:
-        raise UserError(
-            f"{model_args.model_name_or_path}: config mm_hidden_size is {config.mm_hidden_size}, but the feature "
-            f"files are {feature_shape[1]} wide; extract the features with the base's vision tower"
-        )
-    quantisation = quantisation_config(
-        LoraSettings.from_training_args(training_args), model_dtype(model_args, training_args)
-    )  # --bits 4|8 (QLoRA), else None
-    model = VideoChatGPTForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        dtype=model_dtype(model_args, training_args),
-        cache_dir=training_args.cache_dir,
-        attn_implementation=model_args.attn_implementation,
-        **({"quantization_config": quantisation} if quantisation is not None else {}),
-    )
-    # <vid_start>/<vid_end> rows start at the mean of all earlier rows (input and output), as in the original.
-    if num_new_tokens:
-        weight = model.get_input_embeddings().weight
-        rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3: the local shape is an empty shard
-        fit_embedding_rows(
-            model, training_args, rows + num_new_tokens, new_rows_from=video_ids.start if num_new_tokens >= 2 else None
-        )
-    model.config.video_patch_token_id = video_ids.patch
-    model.config.video_start_token_id = video_ids.start
-    model.config.video_end_token_id = video_ids.end
-    if model_args.vision_tower:
-        model.config.mm_vision_tower = model_args.vision_tower
-    if template != TRAIN_TEMPLATE:
-        model.config.conv_template = template
-    return set_trainable(model, model_args, training_args, video_ids)
-
-
-def build_other_base(model_args, training_args, video_ids, num_new_tokens, feature_shape, template, kind):
-    """Any causal LM (random projector of ``--mm_projector_type``) or a LLaVA-1.5/NeXT folder (its projector)."""
-    if kind == "causal_lm" and model_args.stage == "finetune" and not model_args.pretrain_mm_mlp_adapter:
+    """Load the base with its video tokens fitted (``model.loading.load_model``) for features of ``feature_shape``
+    (N tokens, width), record what it trains with (template, tower, frames), then set what is trainable."""
+    if base.is_causal_lm and model_args.stage == "finetune" and not model_args.pretrain_mm_mlp_adapter:
         raise UserError(
             f"{model_args.model_name_or_path}: --stage finetune on a causal LM needs the stage-1 projector: "
             f"--pretrain_mm_mlp_adapter <stage-1 output_dir>/mm_projector.bin (run --stage pretrain first)"
@@ -358,25 +278,21 @@ def build_other_base(model_args, training_args, video_ids, num_new_tokens, featu
     }
     if model_args.vision_tower:
         fields["mm_vision_tower"] = model_args.vision_tower
-    quantisation = quantisation_config(
-        LoraSettings.from_training_args(training_args), model_dtype(model_args, training_args)
-    )  # --bits 4|8 (QLoRA), else None
-    try:
-        model, _ = load_video_model(
-            model_args.model_name_or_path,
-            dtype=model_dtype(model_args, training_args),
-            projector_type=model_args.mm_projector_type,
-            mm_hidden_size=feature_shape[1],
-            attn_implementation=model_args.attn_implementation,
-            quantization_config=quantisation,
-            **fields,
-        )
-    except ValueError as exc:
-        raise UserError(f"{model_args.model_name_or_path}: {exc}") from exc
-    # <vid_start>/<vid_end> rows start at the mean of the earlier rows; the table grows only if it is too small.
-    vocabulary_size = max(x for x in (video_ids.patch, video_ids.start, video_ids.end) if x is not None) + 1
-    fit_embedding_rows(
-        model, training_args, vocabulary_size, new_rows_from=video_ids.start if num_new_tokens >= 2 else None
+    manifest = read_manifest(data_args.video_folder) if data_args is not None else None
+    if manifest and isinstance(manifest.get("num_frames"), int):
+        fields["num_video_frames"] = manifest["num_frames"]  # chat/predict sample as many frames
+    dtype = model_dtype(model_args, training_args)
+    model = load_model(
+        base,
+        video_ids,
+        num_new_tokens,
+        dtype=dtype,
+        mm_hidden_size=feature_shape[1],
+        projector_type=model_args.mm_projector_type,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantisation_config(LoraSettings.from_training_args(training_args), dtype),  # --bits
+        cache_dir=training_args.cache_dir,
+        **fields,
     )
     return set_trainable(model, model_args, training_args, video_ids)
 
@@ -399,54 +315,21 @@ def set_trainable(model, model_args, training_args, video_ids: VideoTokenIds):
         model.requires_grad_(False)
         model.model.mm_projector.requires_grad_(True)
         if row_ids:
-            with gathered_embeddings(model, training_args):
+            with gathered(embedding_tables(model)):
                 model.train_token_rows(row_ids)
     if mode == "lora":  # train/lora.py: peft adapters on the LLM's linear layers
         add_lora(model, LoraSettings.from_training_args(training_args))
     if training_args.freeze_mm_mlp_adapter:
         model.model.mm_projector.requires_grad_(False)
-    if model_args.pretrain_mm_mlp_adapter:
-        with gathered_embeddings(model, training_args), gathered_projector(model):
-            load_pretrained_adapter(model, model_args.pretrain_mm_mlp_adapter, row_ids)
+    if model_args.pretrain_mm_mlp_adapter:  # the stage-1 projector (and its start/end rows)
+        path = model_args.pretrain_mm_mlp_adapter
+        with gathered(embedding_tables(model)), gathered(list(model.model.mm_projector.parameters())):
+            load_projector(model, read_projector_file(path), f"--pretrain_mm_mlp_adapter {path}", row_ids)
     # Trainable tensors are kept in fp32 whatever the backbone dtype (autocast does the bf16 compute).
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     return model
-
-
-def load_pretrained_adapter(model: VideoChatGPTForCausalLM, path: str, row_ids: list[int]) -> None:
-    """Start from an ``mm_projector.bin``: the projector, and the start/end rows if present (full table or 2 rows)."""
-    state = load_projector_file(path)
-    proj = model.model.mm_projector
-    own = proj.state_dict()  # linear: weight, bias; mlp2x_gelu: 0.weight, 0.bias, 2.weight, 2.bias
-    # Any prefix ending in "mm_projector." (ours and LLaVA's "model.mm_projector.", DeepSpeed's "module.model...").
-    found = {k.split("mm_projector.", 1)[1]: v for k, v in state.items() if "mm_projector." in k}
-    if set(found) != set(own):
-        raise KeyError(
-            f"{path}: projector tensors {sorted(found)} do not match this model's "
-            f"{getattr(model.config, 'mm_projector_type', 'linear')!r} projector {sorted(own)} "
-            f"(see --mm_projector_type); keys present: {sorted(state)[:8]}"
-        )
-    for name, tensor in own.items():
-        if tuple(found[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"{path}: projector {name} {tuple(found[name].shape)} != model {tuple(tensor.shape)}")
-    with torch.no_grad():
-        proj.load_state_dict({k: v.to(own[k].dtype) for k, v in found.items()})
-        embed = state.get("model.embed_tokens.weight")
-        if embed is not None and row_ids:
-            vocab = model.get_input_embeddings().weight.shape[0]
-            if embed.shape[0] == vocab:
-                rows = embed[torch.tensor(row_ids)]
-            elif embed.shape[0] == len(row_ids):
-                rows = embed
-            else:
-                raise ValueError(f"{path}: embed_tokens has {embed.shape[0]} rows; expected {vocab} or {len(row_ids)}")
-            model.get_input_embeddings().weight[torch.tensor(row_ids)] = rows.to(
-                model.get_input_embeddings().weight.dtype
-            )
-            if getattr(model.model, "video_token_embeds", None) is not None:
-                model.model.video_token_embeds.copy_(rows.float())
 
 
 def trainable_summary(model) -> tuple[str, list[tuple[str, int]]]:

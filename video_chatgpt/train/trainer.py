@@ -13,7 +13,7 @@ Saved frozen rows are the base's own: a frozen backbone is loaded in bf16 with `
 bf16-rounded copies of the 32,003 frozen embedding rows; ``mm_projector.bin`` takes those rows from the base
 checkpoint instead (bit for bit, as fp32 of the stored fp16 values), and only the trained rows from the model.
 
-Each of these files is written to ``.<name>.tmp`` and renamed (``train/atomic.py``): a kill while saving leaves
+Each of these files is written to ``.<name>.tmp`` and renamed (``video_chatgpt/files.py``): a kill while saving leaves
 the previous file. A step whose loss or gradient norm is not finite stops the run with a ``UserError`` before the
 optimizer step, so a NaN never reaches the weights or a saved file.
 """
@@ -31,16 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
-from video_chatgpt.constants import BASE_POINTER_FILE, EMBED_TOKENS_KEY, PROJECTOR_FILE
+from video_chatgpt.constants import BASE_POINTER_FILE, EMBED_TOKENS_KEY, PROJECTOR_FILE, PROJECTOR_PREFIX
 from video_chatgpt.errors import UserError
+from video_chatgpt.files import write_atomically, write_text_atomically
+from video_chatgpt.model.loading import load_projector, projector_state_from_state_dict, read_projector_file
 from video_chatgpt.model.lora import has_lora
-from video_chatgpt.model.video_chatgpt import (
-    PROJECTOR_PREFIX,
-    VideoLanguageModel,
-    load_projector_file,
-    projector_state_from_state_dict,
-)
-from video_chatgpt.train.atomic import write_atomically, write_text_atomically
+from video_chatgpt.model.video_chatgpt import VideoLanguageModel
 from video_chatgpt.train.lora import projector_parameter_groups, save_adapter
 from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint, read_tensor_infos
 
@@ -238,6 +234,5 @@ class VideoChatGPTTrainer(Trainer):
                 f"{folder}: its weights do not fit {type(lm).__name__}: missing {sorted(set(missing) - tied)[:4]}, "
                 f"unexpected {unexpected[:4]}; resume with the same base"
             )
-        model.load_projector_state_dict(
-            load_projector_file(folder / PROJECTOR_FILE), source=str(folder / PROJECTOR_FILE)
-        )
+        projector = folder / PROJECTOR_FILE  # the whole table too: a full fine-tune trains every row
+        load_projector(model, read_projector_file(projector), str(projector), token_rows=[], whole_table=True)

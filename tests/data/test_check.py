@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.features.test_store import FORGED
+from tests.helpers.data import FORGED
 from video_chatgpt import cli
 from video_chatgpt.data.check import DataReport, check_training_data, read_feature_header
 from video_chatgpt.data.cli import main as data_main

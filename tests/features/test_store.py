@@ -2,7 +2,6 @@
 
 import pickle
 import resource
-import struct
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.data import FORGED
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import (
     MANIFEST_NAME,
@@ -55,23 +55,6 @@ def test_written_pickle_is_what_pickle_writes_apart_from_the_module_name(tmp_pat
 
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# Forged pickles of a few dozen bytes asking for gigabytes, each a different route to the allocation.
-_RECONSTRUCT = (
-    b"\x8c\x15numpy.core.multiarray\x94\x8c\x0c_reconstruct\x94\x93\x94"  # numpy.core.multiarray._reconstruct
-    b"\x8c\x05numpy\x94\x8c\x07ndarray\x94\x93\x94"  # STACK_GLOBAL numpy.ndarray
-)
-FORGED = {
-    # _reconstruct(ndarray, (2**33,), b"b"): numpy would allocate 8 GiB for the empty array
-    "array shape": b"\x80\x04" + _RECONSTRUCT + b"\x8a\x05\x00\x00\x00\x00\x02\x85\x94C\x01b\x94\x87\x94R\x94.",
-    # BINBYTES8 claiming 16 GiB of data: the C unpickler allocates the bytes object before reading
-    "bytes length": b"\x80\x04\x8e" + struct.pack("<Q", 2**34) + b"xx.",
-    # a FRAME of 16 GiB: read into one buffer
-    "frame length": b"\x80\x04\x95" + struct.pack("<Q", 2**34) + b"N.",
-    # LONG_BINPUT at index 2**31: the memo table is grown to hold it
-    "memo index": b"\x80\x04Nr" + struct.pack("<I", 2**31) + b".",
-}
 
 
 @pytest.mark.parametrize("kind", sorted(FORGED))

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models and sample data built in code (no downloads), once per test session."""
+"""Shared fixtures: tiny models, sample data and one trained run, built in code (no downloads), once per test
+session. Helpers that test modules import are in the ``tests/helpers`` package."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import FAMILIES
+from tests.helpers.data import make_training_data
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +63,61 @@ def language_llava(tmp_path_factory, tiny_llava) -> Path:
     conversations, captions = language_corpus(n=400, seed=1)
     pretrain_language(folder, conversations, captions, steps=80)
     return folder
+
+
+@pytest.fixture(scope="session")
+def chat_bases(tmp_path_factory) -> dict[str, Path]:
+    """Tiny chat models of each family (Llama-3, Mistral, Qwen2 styles): a plain causal LM base each."""
+    from video_chatgpt.sample.models import make_tiny_chat_lm
+
+    root = tmp_path_factory.mktemp("chat_bases")
+    return {family: make_tiny_chat_lm(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def llava_hf(tmp_path_factory) -> Path:
+    """A tiny LLaVA-1.5 folder in the transformers layout (``LlavaForConditionalGeneration``)."""
+    from video_chatgpt.sample.models import make_tiny_llava_hf
+
+    return make_tiny_llava_hf(tmp_path_factory.mktemp("llava_hf") / "llava-1.5-tiny-hf")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, sample_world, language_llava) -> Path:
+    """A training output folder, quickstart-style: the language-pretrained tiny base, its projector (and video-token
+    rows) trained 4 steps on the sample world's instructions over random features. Read-only: the inference,
+    predict and demo tests all load it."""
+    from video_chatgpt.train.train import train
+
+    root = tmp_path_factory.mktemp("trained_run")
+    data = make_training_data(sample_world["instructions"], language_llava, root / "data")
+    out = root / "run"
+    train(
+        [
+            "--model_name_or_path",
+            str(language_llava),
+            "--data_path",
+            str(data["data_path"]),
+            "--video_folder",
+            str(data["video_folder"]),
+            "--output_dir",
+            str(out),
+            "--tune_mm_mlp_adapter",
+            "True",
+            "--mm_use_vid_start_end",
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "1e-2",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--skip_data_check",
+            "True",
+        ]
+    )
+    return out
 
 
 @pytest.fixture(autouse=True)

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
-from tests.weights.conftest import write_base
+from tests.helpers import REPO
+from tests.helpers.weights import write_base
 from video_chatgpt.cli import main as cli_main
 from video_chatgpt.features.store import save_features
 
@@ -166,31 +166,15 @@ def s(*parts) -> list[str]:
     return [str(p) for p in parts]
 
 
-def DELTA(w, base, target):
-    return s(
-        "apply-delta",
-        "--base-model-path",
-        base,
-        "--delta-path",
-        w["delta"],
-        "--target-model-path",
-        target,
-    )
+def apply_delta_argv(w, base, target) -> list[str]:
+    return s("apply-delta", "--base-model-path", base, "--delta-path", w["delta"], "--target-model-path", target)
 
 
-def MAKE(w, base, target, out):
-    return s(
-        "make-delta",
-        "--base-model-path",
-        base,
-        "--target-model-path",
-        target,
-        "--delta-path",
-        out,
-    )
+def make_delta_argv(w, base, target, out) -> list[str]:
+    return s("make-delta", "--base-model-path", base, "--target-model-path", target, "--delta-path", out)
 
 
-def CHAT(w, *extra):
+def chat_argv(w, *extra) -> list[str]:
     return s(
         "chat",
         "--model-name",
@@ -207,58 +191,47 @@ def CHAT(w, *extra):
     )
 
 
-def CHECK(data, feats, *extra):
-    return s(
-        "data",
-        "check",
-        "--data_path",
-        data,
-        "--video_folder",
-        feats,
-        "--num_workers",
-        "1",
-        *extra,
-    )
+def check_argv(data, feats, *extra) -> list[str]:
+    return s("data", "check", "--data_path", data, "--video_folder", feats, "--num_workers", "1", *extra)
 
 
-def INSPECT(w, *extra):
+def inspect_argv(w, *extra) -> list[str]:
     return s(
-        "data",
-        "inspect",
-        "--data_path",
-        w["data"],
-        "--video_folder",
-        w["features"],
-        "--model_name_or_path",
-        *extra,
+        "data", "inspect", "--data_path", w["data"], "--video_folder", w["features"], "--model_name_or_path", *extra
     )
 
 
 CASES: dict[str, Case] = {
     # ---- apply-delta
     "apply-delta: base is a LLaVA folder": Case(
-        lambda w, t: DELTA(w, w["llava"], t / "target"),
+        lambda w, t: apply_delta_argv(w, w["llava"], t / "target"),
         1,
         ("already a LLaVA model", "model.mm_projector", "LLaMA-7B"),
         both(nothing_in(), unchanged("llava")),
     ),
     "apply-delta: base is the delta": Case(
-        lambda w, t: DELTA(w, w["delta"], t / "target"), 1, ("are the same folder",), nothing_in()
+        lambda w, t: apply_delta_argv(w, w["delta"], t / "target"), 1, ("are the same folder",), nothing_in()
     ),
     "apply-delta: base missing": Case(
-        lambda w, t: DELTA(w, t / "nope", t / "target"), 1, ("--base-model-path", "nope"), nothing_in()
+        lambda w, t: apply_delta_argv(w, t / "nope", t / "target"), 1, ("--base-model-path", "nope"), nothing_in()
     ),
     "apply-delta: base is a file": Case(
-        lambda w, t: DELTA(w, w["a_file"], t / "target"), 1, ("is a file, not a model folder",), nothing_in()
+        lambda w, t: apply_delta_argv(w, w["a_file"], t / "target"), 1, ("is a file, not a model folder",), nothing_in()
     ),
     "apply-delta: target is a file": Case(
-        lambda w, t: DELTA(w, w["base"], w["a_file"]), 1, ("exists and is a file",), unchanged("a_file")
+        lambda w, t: apply_delta_argv(w, w["base"], w["a_file"]), 1, ("exists and is a file",), unchanged("a_file")
     ),
     "apply-delta: target's folder is a file": Case(
-        lambda w, t: DELTA(w, w["base"], w["a_file"] / "target"), 1, (str(Path("a_file.txt")),), unchanged("a_file")
+        lambda w, t: apply_delta_argv(w, w["base"], w["a_file"] / "target"),
+        1,
+        (str(Path("a_file.txt")),),
+        unchanged("a_file"),
     ),
     "apply-delta: target inside the delta": Case(
-        lambda w, t: DELTA(w, w["base"], w["delta"] / "out"), 1, ("overlaps the input folder",), unchanged("delta")
+        lambda w, t: apply_delta_argv(w, w["base"], w["delta"] / "out"),
+        1,
+        ("overlaps the input folder",),
+        unchanged("delta"),
     ),
     "apply-delta: tokenizer is an LFS pointer": Case(
         lambda w, t: s(
@@ -275,7 +248,7 @@ CASES: dict[str, Case] = {
         nothing_in(),
     ),
     "apply-delta: bad --max-shard-size": Case(
-        lambda w, t: DELTA(w, w["base"], t / "target") + ["--max-shard-size", "lots"],
+        lambda w, t: apply_delta_argv(w, w["base"], t / "target") + ["--max-shard-size", "lots"],
         2,
         ("--max-shard-size",),
         nothing_in(),
@@ -283,16 +256,22 @@ CASES: dict[str, Case] = {
     "apply-delta: missing flag": Case(lambda w, t: s("apply-delta", "--base-model-path", w["base"]), 2, ("required",)),
     # ---- make-delta
     "make-delta: base == target": Case(
-        lambda w, t: MAKE(w, w["llava"], w["llava"], t / "d"),
+        lambda w, t: make_delta_argv(w, w["llava"], w["llava"], t / "d"),
         1,
         ("are the same folder", "all zeros"),
         both(nothing_in(), unchanged("llava")),
     ),
     "make-delta: base is a LLaVA folder": Case(
-        lambda w, t: MAKE(w, w["llava_lfs_tokenizer"], w["llava"], t / "d"), 1, ("already a LLaVA model",), nothing_in()
+        lambda w, t: make_delta_argv(w, w["llava_lfs_tokenizer"], w["llava"], t / "d"),
+        1,
+        ("already a LLaVA model",),
+        nothing_in(),
     ),
     "make-delta: output is the target": Case(
-        lambda w, t: MAKE(w, w["base"], w["llava"], w["llava"]) + ["--overwrite"], 1, ("overlaps",), unchanged("llava")
+        lambda w, t: make_delta_argv(w, w["base"], w["llava"], w["llava"]) + ["--overwrite"],
+        1,
+        ("overlaps",),
+        unchanged("llava"),
     ),
     # ---- check-weights
     "check-weights: missing folder": Case(
@@ -335,41 +314,49 @@ CASES: dict[str, Case] = {
     ),
     # ---- data check
     "data check: one NaN in one file": Case(
-        lambda w, t: CHECK(w["data"], w["nan_features"]),
+        lambda w, t: check_argv(w["data"], w["nan_features"]),
         1,
         ("non_finite", "v_2.pkl", "NaN or inf"),
         unchanged("nan_features"),
         report=True,
     ),
     "data check: a record climbs out of the folder": Case(
-        lambda w, t: CHECK(w["unsafe_data"], w["features"]), 1, ("unsafe_path", "climbs out", "record 4"), report=True
+        lambda w, t: check_argv(w["unsafe_data"], w["features"]),
+        1,
+        ("unsafe_path", "climbs out", "record 4"),
+        report=True,
     ),
     "data check: video folder missing": Case(
-        lambda w, t: CHECK(w["data"], t / "nope"), 1, ("missing_feature", "does not exist"), report=True
+        lambda w, t: check_argv(w["data"], t / "nope"), 1, ("missing_feature", "does not exist"), report=True
     ),
     "data check: training JSON missing": Case(
-        lambda w, t: CHECK(t / "nope.json", w["features"]), 1, ("data_file", "nope.json", "cannot read"), report=True
+        lambda w, t: check_argv(t / "nope.json", w["features"]),
+        1,
+        ("data_file", "nope.json", "cannot read"),
+        report=True,
     ),
     "data check: model without tokenizer": Case(
-        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava_no_tokenizer"]),
+        lambda w, t: check_argv(w["data"], w["features"], "--model_name_or_path", w["llava_no_tokenizer"]),
         1,
         ("no tokenizer (tokenizer.model or tokenizer.json)",),
     ),
     "data check: tokenizer is an LFS pointer": Case(
-        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava_lfs_tokenizer"]),
+        lambda w, t: check_argv(w["data"], w["features"], "--model_name_or_path", w["llava_lfs_tokenizer"]),
         1,
         ("Git LFS pointer", "tokenizer.model"),
     ),
     "data check: model folder missing": Case(
-        lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", t / "nope"), 1, ("no such folder",)
+        lambda w, t: check_argv(w["data"], w["features"], "--model_name_or_path", t / "nope"), 1, ("no such folder",)
     ),
     # ---- data inspect
-    "data inspect: index out of range": Case(lambda w, t: INSPECT(w, w["llava"], "--index", "9"), 2, ("out of range",)),
+    "data inspect: index out of range": Case(
+        lambda w, t: inspect_argv(w, w["llava"], "--index", "9"), 2, ("out of range",)
+    ),
     "data inspect: model without tokenizer": Case(
-        lambda w, t: INSPECT(w, w["llava_no_tokenizer"]), 1, ("no tokenizer (tokenizer.model or tokenizer.json)",)
+        lambda w, t: inspect_argv(w, w["llava_no_tokenizer"]), 1, ("no tokenizer (tokenizer.model or tokenizer.json)",)
     ),
     "data inspect: tokenizer is an LFS pointer": Case(
-        lambda w, t: INSPECT(w, w["llava_lfs_tokenizer"]), 1, ("Git LFS pointer",)
+        lambda w, t: inspect_argv(w, w["llava_lfs_tokenizer"]), 1, ("Git LFS pointer",)
     ),
     "data inspect: a record climbs out of the folder": Case(
         lambda w, t: s(
@@ -433,45 +420,47 @@ CASES: dict[str, Case] = {
         ("Git LFS pointer",),
     ),
     "chat: projector missing": Case(
-        lambda w, t: CHAT(w, "--projection_path", t / "nope.bin", "--features_path", w["rows_300"]),
+        lambda w, t: chat_argv(w, "--projection_path", t / "nope.bin", "--features_path", w["rows_300"]),
         1,
         ("--projection_path", "no such file"),
     ),
     "chat: projector is garbage": Case(
-        lambda w, t: CHAT(w, "--projection_path", w["garbage"], "--features_path", w["rows_300"]),
+        lambda w, t: chat_argv(w, "--projection_path", w["garbage"], "--features_path", w["rows_300"]),
         1,
         ("cannot be read as a PyTorch projector",),
     ),
     "chat: projector is an LFS pointer": Case(
-        lambda w, t: CHAT(w, "--projection_path", w["projector_lfs"], "--features_path", w["rows_300"]),
+        lambda w, t: chat_argv(w, "--projection_path", w["projector_lfs"], "--features_path", w["rows_300"]),
         1,
         ("Git LFS pointer",),
     ),
-    "chat: video missing": Case(lambda w, t: CHAT(w, "--video_path", t / "nope.mp4"), 1, ("--video_path", "no such")),
-    "chat: video is not a video": Case(
-        lambda w, t: CHAT(w, "--video_path", w["not_a_video"]), 1, ("--video_path", "not a video")
+    "chat: video missing": Case(
+        lambda w, t: chat_argv(w, "--video_path", t / "nope.mp4"), 1, ("--video_path", "no such")
     ),
-    "chat: features missing": Case(lambda w, t: CHAT(w, "--features_path", t / "nope.pkl"), 1, ("no such file",)),
+    "chat: video is not a video": Case(
+        lambda w, t: chat_argv(w, "--video_path", w["not_a_video"]), 1, ("--video_path", "not a video")
+    ),
+    "chat: features missing": Case(lambda w, t: chat_argv(w, "--features_path", t / "nope.pkl"), 1, ("no such file",)),
     "chat: features are garbage": Case(
-        lambda w, t: CHAT(w, "--features_path", w["garbage"]), 1, ("cannot be read as a feature array",)
+        lambda w, t: chat_argv(w, "--features_path", w["garbage"]), 1, ("cannot be read as a feature array",)
     ),
     "chat: features with another row count": Case(
-        lambda w, t: CHAT(w, "--features_path", w["rows_300"]), 1, ("300 feature rows", "takes 356 video tokens")
+        lambda w, t: chat_argv(w, "--features_path", w["rows_300"]), 1, ("300 feature rows", "takes 356 video tokens")
     ),
     "chat: features of another width": Case(
-        lambda w, t: CHAT(w, "--features_path", w["wide_16"]), 1, ("(356, 16)", "projector reads (tokens, 32)")
+        lambda w, t: chat_argv(w, "--features_path", w["wide_16"]), 1, ("(356, 16)", "projector reads (tokens, 32)")
     ),
     "chat: no video flag": Case(lambda w, t: s("chat", "--model-name", w["llava"]), 2, ("required",)),
 }
 
 # The controls: the same world with good inputs succeeds (so each row fails because of its one mistake).
 GOOD = {
-    "apply-delta": lambda w, t: DELTA(w, w["base"], t / "target"),
+    "apply-delta": lambda w, t: apply_delta_argv(w, w["base"], t / "target"),
     "convert": lambda w, t: s("convert", "--input_json_file", w["instructions"], "--output_json_file", t / "o.json"),
-    "data check": lambda w, t: CHECK(w["data"], w["features"], "--model_name_or_path", w["llava"]),
-    "data inspect": lambda w, t: INSPECT(w, w["llava"], "--index", "1"),
-    "chat": lambda w, t: CHAT(w, "--features_path", w["features"] / "v_0.pkl"),
-    "chat --prompt_ids original": lambda w, t: CHAT(
+    "data check": lambda w, t: check_argv(w["data"], w["features"], "--model_name_or_path", w["llava"]),
+    "data inspect": lambda w, t: inspect_argv(w, w["llava"], "--index", "1"),
+    "chat": lambda w, t: chat_argv(w, "--features_path", w["features"] / "v_0.pkl"),
+    "chat --prompt_ids original": lambda w, t: chat_argv(
         w, "--features_path", w["features"] / "v_0.pkl", "--prompt_ids", "original"
     ),
 }
@@ -612,7 +601,7 @@ def test_report_on_a_full_disk_leaves_no_partial_file(world, tmp_path):
 def test_read_only_output_folder(world, tmp_path, command):
     disk = tmp_path / "ro"
     argv = (
-        DELTA(world, world["base"], disk / "target")
+        apply_delta_argv(world, world["base"], disk / "target")
         if command == "apply-delta"
         else s("convert", "--input_json_file", world["instructions"], "--output_json_file", disk / "train.json")
     )
@@ -678,7 +667,7 @@ def test_disk_full_while_applying_the_delta_leaves_no_partial_folder(world, tmp_
     tensor_bytes = sum(math.prod(i.shape) * 2 for i in infos.values())  # fp16 output
     side = sum((world["delta"] / n).stat().st_size for n in SIDE_FILES if (world["delta"] / n).is_file())
     disk = tmp_path / "disk"
-    argv = DELTA(world, world["base"], disk / "target") + ["--max-shard-size", "300KB"]
+    argv = apply_delta_argv(world, world["base"], disk / "target") + ["--max-shard-size", "300KB"]
     status, err, left = _in_small_filesystem(disk, f"size={tensor_bytes + side + 4096}", argv)
     assert status == 1 and "no space left on the device" in err and "Traceback" not in err, err
     assert left == []

@@ -1,5 +1,6 @@
 import importlib
 
+from tests.helpers import REPO
 from video_chatgpt.cli import COMMANDS, main
 
 
@@ -51,8 +52,6 @@ def test_documented_scripts_take_the_one_error_path(tmp_path):
     `video-chatgpt <command>`, the traceback only with --debug."""
     import subprocess
     import sys
-
-    from tests.conftest import REPO
 
     scripts = {
         "scripts/apply_delta.py": [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bases.conftest import FAMILIES
+from tests.helpers import FAMILIES
 from video_chatgpt.constants import IGNORE_INDEX, VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
 from video_chatgpt.data.conversation import CHAT_TEMPLATE, PLAIN_TEMPLATE, render_sample
 from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer

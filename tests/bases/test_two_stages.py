@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.bases.conftest import FAMILIES
 from tests.bases.world import COLOURS, NUM_TOKENS, SIGLIP_FRAMES, colour_features
+from tests.helpers import FAMILIES
 from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_FILE
 from video_chatgpt.sample.models import TinySiglipSpec
 

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+
+from tests.helpers import REPO
+from video_chatgpt.features.store import save_features
+from video_chatgpt.sample.models import make_tiny_siglip
+from video_chatgpt.sample.videos import VideoTruth, make_synthetic_video
 
 COLOURS = ("red", "green", "blue", "yellow")
 NUM_TOKENS = 8  # 4 frames + 2x2 spatial tokens: a small video span
@@ -28,8 +35,6 @@ def colour_features(colour: int, rng: np.random.Generator, tokens: int = NUM_TOK
 
 def make_world(folder: Path, num_videos: int = 16, seed: int = 0) -> dict[str, Path]:
     """``{"features", "captions", "instructions"}``: a feature folder and the two training JSONs."""
-    from video_chatgpt.features.store import save_features
-
     rng = np.random.default_rng(seed)
     features = folder / "features"
     features.mkdir(parents=True, exist_ok=True)
@@ -45,13 +50,6 @@ def make_siglip_world(folder: Path, num_videos: int = 8) -> dict[str, Path]:
     """The same records over real videos (a coloured square moving) whose features the document's script extracts
     with a tiny SigLIP tower (``make_tiny_siglip``: 64 px, patch 16, no CLS): ``{"features", "captions",
     "instructions", "tower", "held_out"}`` (one held-out video of each colour, ``held_out/h{colour}.mp4``)."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-    from video_chatgpt.sample.models import make_tiny_siglip
-    from video_chatgpt.sample.videos import VideoTruth, make_synthetic_video
-
     tower = make_tiny_siglip(folder / "siglip-tiny")
     videos, held_out = folder / "videos", folder / "held_out"
     for i in range(num_videos):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.features.test_store import FORGED, run_bounded
+from tests.helpers.forged import FORGED, run_bounded
 from video_chatgpt import cli
 from video_chatgpt.bases import open_base
 from video_chatgpt.data.check import DataReport, check_training_data, read_feature_header

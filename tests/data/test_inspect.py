@@ -6,41 +6,15 @@ import io
 import json
 import re
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import sentencepiece
 
+from tests.helpers.data import NUM_FRAMES, NUM_PATCHES, make_training_data
 from video_chatgpt.constants import IGNORE_INDEX
 from video_chatgpt.data.dataset import SupervisedVideoDataset
 from video_chatgpt.data.inspect import GREEN, PLAIN_CLOSE, PLAIN_OPEN, RESET, main
 from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
-from video_chatgpt.features.store import save_features
-
-NUM_FRAMES = 100  # temporal tokens; + the 16x16 patch grid of the tiny CLIP = 356 video tokens, as the real model
-NUM_PATCHES = 256
-
-
-def make_training_data(instructions: Path, model: Path, out: Path, num_frames: int = NUM_FRAMES) -> dict:
-    """Training JSON (the converter's record format) + random float16 features for every video of the instructions."""
-    width = json.loads((model / "config.json").read_text())["mm_hidden_size"]
-    items = json.loads(instructions.read_text())
-    records = [
-        {
-            "id": it["video_id"],
-            "video": it["video_id"] + ".pkl",
-            "conversations": [{"from": "human", "value": it["q"] + "\n<video>"}, {"from": "gpt", "value": it["a"]}],
-        }
-        for it in items
-    ]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.json").write_text(json.dumps(records))
-    rng = np.random.default_rng(0)
-    for vid in sorted({r["id"] for r in records}):
-        features = rng.standard_normal((num_frames + NUM_PATCHES, width)).astype(np.float16)
-        save_features(out / "features" / f"{vid}.pkl", features)
-    return {"data_path": out / "train.json", "video_folder": out / "features", "records": records, "width": width}
 
 
 @pytest.fixture(scope="module")

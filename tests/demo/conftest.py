@@ -1,9 +1,11 @@
-"""The web demo's fixtures: a quickstart-style tiny trained model, awkward inputs, and the demo server itself."""
+"""The web demo's fixtures: awkward inputs, the demo server itself (on the session's ``trained_run``), and the
+answer ``video-chatgpt chat`` gives on the same model, video and question."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,49 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.data.test_inspect import make_training_data
+from tests.helpers import MAX_NEW_TOKENS, QUESTION, REPO, free_port
 
-REPO = Path(__file__).resolve().parents[2]
-QUESTION = "What colour is the moving object in the video?"
-MAX_NEW_TOKENS = 24  # the answers stay short; the same value is given to the demo and to `chat`
 MAX_VIDEO_SECONDS = 10.0  # the sample videos are 2.4-6.4 s; the "long" one is 12 s
 SERVER_START_S = 180  # bounded wait for the server (model + tower + gradio on 2 busy cores)
-
-
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory, sample_world, language_llava) -> Path:
-    """A training output folder: the language-pretrained tiny base, projector trained 4 steps (as tests/inference)."""
-    from video_chatgpt.train.train import train
-
-    root = tmp_path_factory.mktemp("demo_model")
-    data = make_training_data(sample_world["instructions"], language_llava, root / "data")
-    out = root / "run"
-    train(
-        [
-            "--model_name_or_path",
-            str(language_llava),
-            "--data_path",
-            str(data["data_path"]),
-            "--video_folder",
-            str(data["video_folder"]),
-            "--output_dir",
-            str(out),
-            "--tune_mm_mlp_adapter",
-            "True",
-            "--mm_use_vid_start_end",
-            "--max_steps",
-            "4",
-            "--learning_rate",
-            "1e-2",
-            "--save_strategy",
-            "no",
-            "--report_to",
-            "none",
-            "--skip_data_check",
-            "True",
-        ]
-    )
-    return out
 
 
 def write_audio_only(path: Path, seconds: float = 1.0, rate: int = 16000) -> Path:
@@ -93,14 +56,8 @@ def demo_inputs(tmp_path_factory, sample_world, awkward_videos) -> dict[str, Pat
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def demo_server(demo_model, tiny_clip, sample_world, tmp_path_factory):
+def demo_server(trained_run, tiny_clip, sample_world, tmp_path_factory):
     """``video-chatgpt demo`` in a subprocess on a free 127.0.0.1 port; yields its URL; stopped at the end."""
     port = free_port()
     log = tmp_path_factory.mktemp("demo_server") / "server.log"
@@ -118,7 +75,7 @@ def demo_server(demo_model, tiny_clip, sample_world, tmp_path_factory):
         "video_chatgpt.cli",
         "demo",
         "--model-name",
-        str(demo_model),
+        str(trained_run),
         "--vision_tower",
         str(tiny_clip),
         "--port",
@@ -161,3 +118,40 @@ def demo_server(demo_model, tiny_clip, sample_world, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def chat_answer(model, tiny_clip, video, question=QUESTION) -> str:
+    """``video-chatgpt chat --temperature 0`` on the same model, video and question."""
+    from video_chatgpt.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert (
+            main(
+                [
+                    "chat",
+                    "--model-name",
+                    str(model),
+                    "--vision_tower",
+                    str(tiny_clip),
+                    "--video_path",
+                    str(video),
+                    "--question",
+                    question,
+                    "--temperature",
+                    "0",
+                    "--max_new_tokens",
+                    str(MAX_NEW_TOKENS),
+                ]
+            )
+            == 0
+        )
+    return out.getvalue().rstrip("\n")
+
+
+@pytest.fixture(scope="session")
+def expected_answer(trained_run, tiny_clip, demo_inputs) -> str:
+    """The chat command's greedy answer to ``QUESTION`` about the demo's video: what the demo must stream."""
+    answer = chat_answer(trained_run, tiny_clip, demo_inputs["video"])
+    assert answer  # an empty answer would make the comparisons below weak
+    return answer

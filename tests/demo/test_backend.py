@@ -8,15 +8,15 @@ import threading
 import numpy as np
 import pytest
 
-from tests.demo.conftest import MAX_NEW_TOKENS, QUESTION
+from tests.helpers import MAX_NEW_TOKENS, QUESTION
 
 
 @pytest.fixture(scope="module")
-def backend(demo_model, tiny_clip, tmp_path_factory):
+def backend(trained_run, tiny_clip, tmp_path_factory):
     from video_chatgpt.inference.demo import DemoBackend
     from video_chatgpt.inference.engine import load_engine
 
-    engine = load_engine(demo_model, None, device="cpu", vision_tower=str(tiny_clip))
+    engine = load_engine(trained_run, None, device="cpu", vision_tower=str(tiny_clip))
     return DemoBackend(engine, tmp_path_factory.mktemp("previews"), max_video_seconds=10)
 
 

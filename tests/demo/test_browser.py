@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from tests.demo.conftest import QUESTION, REPO
-from tests.demo.test_client import SECOND_QUESTION, expected_answer  # noqa: F401 (the session fixture)
+from tests.helpers import QUESTION, REPO, SECOND_QUESTION
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")
 CHROMEDRIVER = ("chromedriver",)

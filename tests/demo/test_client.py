@@ -3,50 +3,9 @@ two turns, and every kind of bad input explained without stopping the server."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pytest
 
-from tests.demo.conftest import MAX_NEW_TOKENS, QUESTION
-
-SECOND_QUESTION = "Which way does it move?"
-
-
-def chat_answer(demo_model, tiny_clip, video, question=QUESTION) -> str:
-    """``video-chatgpt chat --temperature 0`` on the same model, video and question."""
-    from video_chatgpt.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert (
-            main(
-                [
-                    "chat",
-                    "--model-name",
-                    str(demo_model),
-                    "--vision_tower",
-                    str(tiny_clip),
-                    "--video_path",
-                    str(video),
-                    "--question",
-                    question,
-                    "--temperature",
-                    "0",
-                    "--max_new_tokens",
-                    str(MAX_NEW_TOKENS),
-                ]
-            )
-            == 0
-        )
-    return out.getvalue().rstrip("\n")
-
-
-@pytest.fixture(scope="session")
-def expected_answer(demo_model, tiny_clip, demo_inputs) -> str:
-    answer = chat_answer(demo_model, tiny_clip, demo_inputs["video"])
-    assert answer  # an empty answer would make the comparisons below weak
-    return answer
+from tests.helpers import MAX_NEW_TOKENS, QUESTION, SECOND_QUESTION
 
 
 @pytest.fixture()

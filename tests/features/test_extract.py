@@ -75,7 +75,7 @@ def _args(video_dir, out, tower, *extra):
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, video_dir, tiny_clip):
     out = tmp_path_factory.mktemp("feats")
-    (out / ".v_awkshort01.pkl.abc123.tmp").write_bytes(b"half a file from a killed run")
+    (out / ".v_awkshort01.pkl.tmp").write_bytes(b"half a file from a killed run")
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         rc = main(_args(video_dir, out, tiny_clip))

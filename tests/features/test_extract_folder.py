@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from video_chatgpt.features.extract import LOCK_NAME, REPORT_NAME, cli, lock_folder, main
 from video_chatgpt.features.store import MANIFEST_NAME, load_features, read_manifest
 

@@ -1,5 +1,5 @@
-"""Inference: chat on a trained tiny model (greedy, deterministic), the released projector format, end-of-answer
-trimming, and batch prediction with a missing video."""
+"""Inference: chat on a trained tiny model (the session's ``trained_run``; greedy, deterministic), the released
+projector format, end-of-answer trimming, and batch prediction with a missing video."""
 
 from __future__ import annotations
 
@@ -11,46 +11,9 @@ import shutil
 import pytest
 import torch
 
-from tests.data.test_inspect import make_training_data
+from tests.helpers import QUESTION
 from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_BIAS_KEY, PROJECTOR_WEIGHT_KEY
 from video_chatgpt.features.store import save_features
-
-QUESTION = "What colour is the moving object in the video?"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, sample_world, language_llava):
-    from video_chatgpt.train.train import train
-
-    root = tmp_path_factory.mktemp("infer")
-    data = make_training_data(sample_world["instructions"], language_llava, root / "data")
-    out = root / "run"
-    train(
-        [
-            "--model_name_or_path",
-            str(language_llava),
-            "--data_path",
-            str(data["data_path"]),
-            "--video_folder",
-            str(data["video_folder"]),
-            "--output_dir",
-            str(out),
-            "--tune_mm_mlp_adapter",
-            "True",
-            "--mm_use_vid_start_end",
-            "--max_steps",
-            "4",
-            "--learning_rate",
-            "1e-2",
-            "--save_strategy",
-            "no",
-            "--report_to",
-            "none",
-            "--skip_data_check",
-            "True",
-        ]
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +30,10 @@ def chat(*argv) -> str:
     return buf.getvalue()
 
 
-def test_chat_is_deterministic_and_matches_precomputed_features(trained, video, tiny_clip, tmp_path):
+def test_chat_is_deterministic_and_matches_precomputed_features(trained_run, video, tiny_clip, tmp_path):
     common = [
         "--model-name",
-        str(trained),
+        str(trained_run),
         "--vision_tower",
         str(tiny_clip),
         "--question",
@@ -89,11 +52,11 @@ def test_chat_is_deterministic_and_matches_precomputed_features(trained, video, 
     assert chat(*common, "--features_path", str(tmp_path / f"{video.stem}.pkl")) == first
 
 
-def test_chat_reads_questions_from_stdin(trained, video, tiny_clip, monkeypatch):
+def test_chat_reads_questions_from_stdin(trained_run, video, tiny_clip, monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{QUESTION}\nDescribe the video.\n"))
     out = chat(
         "--model-name",
-        str(trained),
+        str(trained_run),
         "--vision_tower",
         str(tiny_clip),
         "--video_path",
@@ -106,10 +69,10 @@ def test_chat_reads_questions_from_stdin(trained, video, tiny_clip, monkeypatch)
     assert len(out.splitlines()) == 2
 
 
-def test_sampling_with_a_seed_repeats(trained, video, tiny_clip):
+def test_sampling_with_a_seed_repeats(trained_run, video, tiny_clip):
     common = [
         "--model-name",
-        str(trained),
+        str(trained_run),
         "--vision_tower",
         str(tiny_clip),
         "--video_path",
@@ -163,7 +126,7 @@ def test_answer_is_cut_at_eos_without_eating_letters(language_llava, monkeypatch
     assert engine.answer("How many?", features, temperature=0) == "Two dogs"
 
 
-def test_batch_prediction_missing_video_resume_and_keys(trained, sample_world, tiny_clip, tmp_path):
+def test_batch_prediction_missing_video_resume_and_keys(trained_run, sample_world, tiny_clip, tmp_path):
     from video_chatgpt.inference.predict import main
 
     videos = tmp_path / "videos"
@@ -187,7 +150,7 @@ def test_batch_prediction_missing_video_resume_and_keys(trained, sample_world, t
         "--output_name",
         "correctness",
         "--model-name",
-        str(trained),
+        str(trained_run),
         "--vision_tower",
         str(tiny_clip),
         "--temperature",
@@ -213,7 +176,7 @@ def test_batch_prediction_missing_video_resume_and_keys(trained, sample_world, t
     assert not (tmp_path / "out" / "correctness.errors.json").exists()
 
 
-def test_activitynet_qa_records_have_the_evaluators_keys(trained, sample_world, tiny_clip, tmp_path):
+def test_activitynet_qa_records_have_the_evaluators_keys(trained_run, sample_world, tiny_clip, tmp_path):
     from video_chatgpt.inference.predict import main
 
     name = sorted(p.stem for p in sample_world["videos_test"].glob("*.mp4"))[0]
@@ -235,7 +198,7 @@ def test_activitynet_qa_records_have_the_evaluators_keys(trained, sample_world, 
                 "--output_name",
                 "anqa",
                 "--model-name",
-                str(trained),
+                str(trained_run),
                 "--vision_tower",
                 str(tiny_clip),
                 "--temperature",
@@ -278,7 +241,7 @@ def test_chat_loads_a_projector_saved_the_way_the_original_trainer_saves_it(lang
         assert torch.equal(param.float(), saved[key]), key
 
 
-def test_base_folder_and_projector_carry_the_keys_the_originals_loader_expects(trained, language_llava):
+def test_base_folder_and_projector_carry_the_keys_the_originals_loader_expects(trained_run, language_llava):
     """The original builds a LLaMA causal LM + ``model.mm_projector`` from the base folder, then
     ``load_state_dict(strict=False)`` of mm_projector.bin: no key of ours may be missing or unexpected there."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -291,7 +254,7 @@ def test_base_folder_and_projector_carry_the_keys_the_originals_loader_expects(t
         expected = set(LlamaForCausalLM(llama).state_dict()) | {PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY}
     base_keys = set(read_tensor_infos(find_checkpoint(language_llava)))
     assert base_keys - expected == set() and expected - base_keys == set()
-    art = torch.load(trained / "mm_projector.bin", weights_only=True)
+    art = torch.load(trained_run / "mm_projector.bin", weights_only=True)
     assert set(art) == {PROJECTOR_WEIGHT_KEY, PROJECTOR_BIAS_KEY, EMBED_TOKENS_KEY} and set(art) <= expected
     assert all(t.dtype == torch.float32 for t in art.values())
     assert tuple(art[EMBED_TOKENS_KEY].shape) == (32006, cfg["hidden_size"])  # their resize_token_embeddings(32006)

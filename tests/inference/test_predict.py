@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import REPO
+from tests.helpers.data import make_training_data
+from tests.helpers.train import LORA_FLAGS, train_paths
 from video_chatgpt.cli import main as cli_main
 from video_chatgpt.features.store import save_features
 
-REPO = Path(__file__).resolve().parents[2]
 NUM_VIDEOS = 4
 TEMPORAL_PLUS_SPATIAL = 100 + 256  # 100 frames + the tiny tower's 16x16 patches (its real ViT-L/14 geometry)
 
@@ -186,9 +188,6 @@ def test_missing_and_unreadable_videos_are_listed_and_filled_in_later(tmp_path, 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, sample_world, tiny_llava):
     """A 3-step LoRA run (adapter + projector) on the tiny base, its training features, and its merge-lora folder."""
-    from tests.data.test_inspect import make_training_data
-    from tests.train.test_lora import LORA_FLAGS
-    from tests.train.test_train import paths
     from video_chatgpt.train.train import train
 
     work = tmp_path_factory.mktemp("predict-lora")
@@ -196,7 +195,7 @@ def lora_run(tmp_path_factory, sample_world, tiny_llava):
     run = work / "run"
     train(
         [
-            *paths(data, tiny_llava, run),
+            *train_paths(data, tiny_llava, run),
             *LORA_FLAGS,
             "--learning_rate",
             "1e-2",

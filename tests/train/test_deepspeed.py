@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
-from tests.data.test_inspect import make_training_data
-from tests.train.test_train import ENV, base_state, free_port, paths
+from tests.bases.world import make_world
+from tests.helpers import ENV, REPO, free_port
+from tests.helpers.train import base_state, train_paths
 from video_chatgpt.constants import EMBED_TOKENS_KEY, VIDEO_END_TOKEN, VIDEO_START_TOKEN
 
 FLAGS = [
@@ -37,11 +37,6 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, sample_world, tiny_llava):
-    return make_training_data(sample_world["instructions"], tiny_llava, tmp_path_factory.mktemp("ds-data"))
-
-
 def _torchrun(data, model, out, *extra):
     cmd = [
         sys.executable,
@@ -50,7 +45,7 @@ def _torchrun(data, model, out, *extra):
         "--nproc_per_node=2",
         f"--master_port={free_port()}",
         "video_chatgpt/train/train_mem.py",
-        *paths(data, model, out),
+        *train_paths(data, model, out),
         *FLAGS,
         *extra,
     ]
@@ -65,7 +60,7 @@ def test_deepspeed_saves_the_plain_format_and_resumes(config, data, tiny_llava, 
     from video_chatgpt.train.train import train
 
     plain = tmp_path / "plain"
-    train([*paths(data, tiny_llava, plain), *FLAGS, "--max_steps", "1", "--save_strategy", "no"])
+    train([*train_paths(data, tiny_llava, plain), *FLAGS, "--max_steps", "1", "--save_strategy", "no"])
     ref = torch.load(plain / "mm_projector.bin", weights_only=True)
 
     out = tmp_path / config
@@ -124,7 +119,6 @@ def test_fsdp_on_the_cpu_is_said_to_have_no_effect(tmp_path):
 @pytest.fixture(scope="module")
 def chat_world(tmp_path_factory):
     """A tiny Qwen2-style chat base (tied embeddings, padded table) and the other-bases feature world."""
-    from tests.bases.world import make_world
     from video_chatgpt.sample.models import make_tiny_chat_lm
 
     root = tmp_path_factory.mktemp("ds-chat")

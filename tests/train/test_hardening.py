@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.data.test_inspect import make_training_data
-from tests.train.test_train import ENV, base_state, paths
+from tests.helpers import ENV, REPO
+from tests.helpers.train import base_state, train_paths
 from video_chatgpt.constants import EMBED_TOKENS_KEY
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import load_features, save_features
@@ -37,11 +36,6 @@ TINY = [
 BASE_ROWS = 32003  # the LLaVA base's vocabulary; 32003-32005 are the new video tokens
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, sample_world, tiny_llava):
-    return make_training_data(sample_world["instructions"], tiny_llava, tmp_path_factory.mktemp("hardening-data"))
-
-
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_saved_frozen_rows_are_the_bases_bit_for_bit(precision, data, tiny_llava, tmp_path, monkeypatch):
     """The frozen backbone is loaded in bf16/fp16 (as on a GPU); mm_projector.bin must still carry the base's rows."""
@@ -54,9 +48,13 @@ def test_saved_frozen_rows_are_the_bases_bit_for_bit(precision, data, tiny_llava
     # The test can fail: bf16 rounding does change these rows (what the defect saved).
     assert not torch.equal(base.bfloat16().float(), base.float())
     out = tmp_path / "run"
-    train([*paths(data, tiny_llava, out), *TINY, f"--{precision}", "True", "--max_steps", "2", "--save_steps", "1"])
+    train(
+        [*train_paths(data, tiny_llava, out), *TINY, f"--{precision}", "True", "--max_steps", "2", "--save_steps", "1"]
+    )
     # A resumed run (from checkpoint-2, one more step) must save exact rows too.
-    train([*paths(data, tiny_llava, out), *TINY, f"--{precision}", "True", "--max_steps", "3", "--save_steps", "1"])
+    train(
+        [*train_paths(data, tiny_llava, out), *TINY, f"--{precision}", "True", "--max_steps", "3", "--save_steps", "1"]
+    )
     assert json.loads((out / "run_info.json").read_text())["runs"][-1]["resumed_from"].endswith("checkpoint-2")
     for folder in (out / "checkpoint-1", out / "checkpoint-3", out):
         emb = torch.load(folder / "mm_projector.bin", weights_only=True)[EMBED_TOKENS_KEY]
@@ -95,7 +93,7 @@ def test_dataset_refuses_nan_features_naming_the_file(data, tiny_llava, tmp_path
 def test_training_on_a_nan_feature_exits_1_and_saves_nothing(data, tiny_llava, tmp_path):
     folder, victim = _nan_copy(data, tmp_path)
     out = tmp_path / "run"
-    argv = [*paths(data, tiny_llava, out), *TINY, "--max_steps", "8", "--save_strategy", "no"]
+    argv = [*train_paths(data, tiny_llava, out), *TINY, "--max_steps", "8", "--save_strategy", "no"]
     argv[argv.index("--video_folder") + 1] = str(folder)
     run = subprocess.run(
         [sys.executable, "video_chatgpt/train/train_mem.py", *argv],
@@ -119,7 +117,7 @@ def test_a_non_finite_loss_stops_training_before_saving(data, tiny_llava, tmp_pa
     folder, _ = _nan_copy(data, tmp_path)
     monkeypatch.setattr(dataset, "check_finite", lambda features, path: features)
     out = tmp_path / "run"
-    argv = [*paths(data, tiny_llava, out), *TINY, "--max_steps", "8", "--save_steps", "1"]
+    argv = [*train_paths(data, tiny_llava, out), *TINY, "--max_steps", "8", "--save_steps", "1"]
     argv[argv.index("--video_folder") + 1] = str(folder)
     with pytest.raises(UserError, match=r"training stopped at step \d: the (loss|gradient norm) is nan \(not finite\)"):
         train(argv)
@@ -195,7 +193,9 @@ def test_damaged_checkpoints_are_not_resumed_from(data, tiny_llava, tmp_path, ca
     from video_chatgpt.train.train import train
 
     out = tmp_path / "run"
-    train([*paths(data, tiny_llava, out), *TINY, "--max_steps", "4", "--save_steps", "1", "--save_total_limit", "5"])
+    train(
+        [*train_paths(data, tiny_llava, out), *TINY, "--max_steps", "4", "--save_steps", "1", "--save_total_limit", "5"]
+    )
     good = out / "checkpoint-1"
     assert last_complete_checkpoint(out) == str(out / "checkpoint-4")
     (out / "checkpoint-4" / "trainer_state.json").write_text("")  # killed while writing the state: empty
@@ -210,14 +210,16 @@ def test_damaged_checkpoints_are_not_resumed_from(data, tiny_llava, tmp_path, ca
     assert "checkpoint-3 cannot be resumed from (trainer_state.json is empty or cut short" in messages
     assert "checkpoint-2 cannot be resumed from (its weights cannot be read" in messages and "truncated" in messages
     # And the run resumes from checkpoint-1 to the end.
-    train([*paths(data, tiny_llava, out), *TINY, "--max_steps", "4", "--save_steps", "1", "--save_total_limit", "5"])
+    train(
+        [*train_paths(data, tiny_llava, out), *TINY, "--max_steps", "4", "--save_steps", "1", "--save_total_limit", "5"]
+    )
     info = json.loads((out / "run_info.json").read_text())
     assert info["runs"][-1]["resumed_from"] == str(good) and info["runs"][-1]["global_step"] == 4
     with pytest.raises(UserError, match="--resume_from_checkpoint .*checkpoint-9.*no trainer_state.json"):
         (out / "checkpoint-9").mkdir()
         train(
             [
-                *paths(data, tiny_llava, out),
+                *train_paths(data, tiny_llava, out),
                 *TINY,
                 "--max_steps",
                 "4",
@@ -238,7 +240,7 @@ def test_final_files_survive_a_kill_while_written(data, tiny_llava, tmp_path):
     cmd = [
         sys.executable,
         "video_chatgpt/train/train_mem.py",
-        *paths(data, tiny_llava, out),
+        *train_paths(data, tiny_llava, out),
         *TINY,
         "--save_strategy",
         "no",
@@ -312,7 +314,7 @@ def test_ignored_flags_and_the_cpu_fallback_are_logged_and_noted(data, tiny_llav
     with caplog.at_level(logging.WARNING):
         train(
             [
-                *paths(data, tiny_llava, out),
+                *train_paths(data, tiny_llava, out),
                 *TINY,
                 "--max_steps",
                 "1",
@@ -337,7 +339,7 @@ def test_ignored_flags_and_the_cpu_fallback_are_logged_and_noted(data, tiny_llav
     (fallback,) = [n for n in notes if n.startswith("--bf16 True:")]
     assert "training ran in fp32" in fallback and fallback in logged
     # Without those flags there is nothing to note.
-    train([*paths(data, tiny_llava, tmp_path / "plain"), *TINY, "--max_steps", "1", "--save_strategy", "no"])
+    train([*train_paths(data, tiny_llava, tmp_path / "plain"), *TINY, "--max_steps", "1", "--save_strategy", "no"])
     assert json.loads((tmp_path / "plain" / "run_info.json").read_text())["notes"] == []
 
 
@@ -355,7 +357,7 @@ def test_feature_manifest_is_checked_against_the_model_before_step_1(data, tiny_
         "feature_shape": [356, data["width"]],
     }
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
-    argv = [*paths(data, tiny_llava, tmp_path / "run"), *TINY, "--max_steps", "1", "--save_strategy", "no"]
+    argv = [*train_paths(data, tiny_llava, tmp_path / "run"), *TINY, "--max_steps", "1", "--save_strategy", "no"]
     argv[argv.index("--video_folder") + 1] = str(folder)
     with caplog.at_level(logging.WARNING, logger="video_chatgpt.train"):
         train(argv)

@@ -15,43 +15,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
-from tests.train.test_train import ENV, data, paths  # noqa: F401 - the module's training-data fixture
+from tests.helpers import ENV, REPO, free_port
+from tests.helpers.train import LORA_FLAGS, tiny_video_model, train_paths
 from video_chatgpt.errors import UserError
 from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, load_adapter, merge_adapter
 from video_chatgpt.train.lora import LoraSettings, add_lora, linear_names
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA_FLAGS = [
-    "--lora_enable",
-    "True",
-    "--lora_r",
-    "4",
-    "--lora_alpha",
-    "8",
-    "--mm_use_vid_start_end",
-    "--learning_rate",
-    "1e-3",
-    "--per_device_train_batch_size",
-    "2",
-    "--logging_steps",
-    "1",
-    "--report_to",
-    "none",
-    "--skip_data_check",
-    "True",
-]
-
-
-def tiny_model(folder):
-    from video_chatgpt.bases import open_base
-    from video_chatgpt.data.tokenizer import VideoTokenIds
-    from video_chatgpt.model.loading import load_model
-
-    return load_model(
-        open_base(folder), VideoTokenIds(5, None, None), 0, dtype=torch.float32, video_token_len=8,
-        mm_use_vid_start_end=False,
-    )  # fmt: skip
 
 
 def video_batch(model, n=8, length=20, seed=0):
@@ -65,19 +35,19 @@ def video_batch(model, n=8, length=20, seed=0):
 
 
 def test_targets_are_the_llm_linears_only(tiny_llava):
-    model = tiny_model(tiny_llava)
+    model = tiny_video_model(tiny_llava)
     assert linear_names(model) == TARGETS  # not lm_head, not mm_projector
     add_lora(model, LoraSettings(r=2, alpha=4, dropout=0.0))
     wrapped = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n}
     assert len(wrapped) == model.config.num_hidden_layers * len(TARGETS)
     assert not any("mm_projector" in n or "lm_head" in n for n in wrapped)
     with pytest.raises(UserError, match="lm_head: not linear layers"):
-        add_lora(tiny_model(tiny_llava), LoraSettings(targets=("lm_head",)))
+        add_lora(tiny_video_model(tiny_llava), LoraSettings(targets=("lm_head",)))
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_lora_trains_adapters_and_projector_base_bit_identical(tiny_llava, checkpointing):
-    model = tiny_model(tiny_llava)
+    model = tiny_video_model(tiny_llava)
     model.requires_grad_(False)
     model.model.mm_projector.requires_grad_(True)
     add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.05, targets=None))
@@ -103,7 +73,7 @@ def test_lora_trains_adapters_and_projector_base_bit_identical(tiny_llava, check
 def test_merged_equals_unmerged_and_adapter_round_trips(tiny_llava, tmp_path):
     from video_chatgpt.train.lora import save_adapter
 
-    model = tiny_model(tiny_llava)
+    model = tiny_video_model(tiny_llava)
     add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0))
     with torch.no_grad():  # a non-zero adapter, as after training
         for name, p in model.named_parameters():
@@ -119,7 +89,7 @@ def test_merged_equals_unmerged_and_adapter_round_trips(tiny_llava, tmp_path):
         unmerged = model(
             input_ids=batch["input_ids"], video_spatio_temporal_features=batch["video_spatio_temporal_features"]
         ).logits
-        reloaded = tiny_model(tiny_llava)
+        reloaded = tiny_video_model(tiny_llava)
         reloaded.load_state_dict(model.state_dict(), strict=False)  # same projector; adapter from the files
         load_adapter(reloaded, tmp_path)
         reloaded.eval()
@@ -135,7 +105,7 @@ def test_merged_equals_unmerged_and_adapter_round_trips(tiny_llava, tmp_path):
     assert torch.allclose(merged, unmerged, atol=1e-4), (merged - unmerged).abs().max()
     assert not torch.allclose(
         merged,
-        tiny_model(tiny_llava)
+        tiny_video_model(tiny_llava)
         .eval()(input_ids=batch["input_ids"], video_spatio_temporal_features=batch["video_spatio_temporal_features"])
         .logits,
         atol=1e-3,
@@ -143,7 +113,7 @@ def test_merged_equals_unmerged_and_adapter_round_trips(tiny_llava, tmp_path):
 
 
 def run_train(data, model, out, *extra, timeout=600):
-    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, model, out), *LORA_FLAGS, *extra]
+    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *train_paths(data, model, out), *LORA_FLAGS, *extra]
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -176,7 +146,7 @@ def test_documented_script_saves_adapter_and_resumes_after_kill(data, tiny_llava
     assert "in 28 tensors on down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj (r 4, alpha 8" in lora_row
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out), *LORA_FLAGS, *steps]
+    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *train_paths(data, tiny_llava, out), *LORA_FLAGS, *steps]
     with open(tmp_path / "first.log", "w") as sink:
         proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
@@ -268,8 +238,6 @@ def test_merge_lora_folder_answers_as_the_run(data, tiny_llava, lora_run, tmp_pa
 def test_lora_under_torchrun_two_processes(data, tiny_llava, tmp_path):
     """torchrun x2 (DDP on CPU): both ranks end with the same adapter, equal to one process with the same global
     batch (dropout 0, so both runs draw the same computation)."""
-    from tests.train.test_train import free_port
-
     flags = [*LORA_FLAGS, "--lora_dropout", "0", "--max_steps", "3", "--save_strategy", "no"]
     out = tmp_path / "ddp"
     cmd = [
@@ -279,7 +247,7 @@ def test_lora_under_torchrun_two_processes(data, tiny_llava, tmp_path):
         "--nproc_per_node=2",
         f"--master_port={free_port()}",
         "video_chatgpt/train/train_mem.py",
-        *paths(data, tiny_llava, out),
+        *train_paths(data, tiny_llava, out),
         *flags,
     ]
     run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)

@@ -18,18 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
-from tests.data.test_inspect import make_training_data
-from tests.train.test_lora import LORA_FLAGS
-from tests.train.test_train import ENV, free_port, paths
+from tests.helpers import ENV, REPO, free_port
+from tests.helpers.train import LORA_FLAGS, tiny_video_model, train_paths
 from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 FLAGS = [*LORA_FLAGS, "--lora_dropout", "0", "--save_steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, sample_world, tiny_llava):
-    return make_training_data(sample_world["instructions"], tiny_llava, tmp_path_factory.mktemp("lora-ds-data"))
 
 
 def torchrun(data, model, out, *extra):
@@ -40,7 +33,7 @@ def torchrun(data, model, out, *extra):
         "--nproc_per_node=2",
         f"--master_port={free_port()}",
         "video_chatgpt/train/train_mem.py",
-        *paths(data, model, out),
+        *train_paths(data, model, out),
         *FLAGS,
         *extra,
     ]
@@ -61,7 +54,7 @@ def test_lora_under_deepspeed_saves_the_plain_format_and_resumes(config, data, t
     plain = tmp_path / "plain"
     train(
         [
-            *paths(data, tiny_llava, plain),
+            *train_paths(data, tiny_llava, plain),
             *FLAGS,
             "--max_steps",
             "3",
@@ -126,7 +119,6 @@ def test_adapter_from_gathered_weights_or_a_clear_error(family, tiny_llava, tmp_
     """The adapter saved from DeepSpeed's gathered state dict equals the one from the model's own tensors (for the
     document's base and for a composed one, whose keys sit under ``language_model.``); a save with no whole
     adapter tensors (ZeRO-3 without ``stage3_gather_16bit_weights_on_model_save``) is one clear error."""
-    from tests.train.test_lora import tiny_model
     from video_chatgpt.bases import open_base
     from video_chatgpt.data.tokenizer import VideoTokenIds
     from video_chatgpt.errors import UserError
@@ -135,7 +127,7 @@ def test_adapter_from_gathered_weights_or_a_clear_error(family, tiny_llava, tmp_
     from video_chatgpt.train.lora import LoraSettings, adapter_state_dict, add_lora
 
     if family == "llava_v1":
-        model = tiny_model(tiny_llava)
+        model = tiny_video_model(tiny_llava)
     else:
         model = load_model(
             open_base(make_tiny_chat_lm(tmp_path / family, family)),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.data.test_inspect import make_training_data
+from tests.helpers.data import make_training_data
 from video_chatgpt.errors import UserError
 from video_chatgpt.train.report import NOT_RECORDED, main, moving_average, read_run, write_report
 

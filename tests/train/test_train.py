@@ -4,9 +4,7 @@ trained, what is saved, the arguments, and the model's video-token checks."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO
-from tests.data.test_inspect import make_training_data
+from tests.helpers import ENV, REPO, free_port
+from tests.helpers.train import base_state, train_paths
 from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_BIAS_KEY, PROJECTOR_WEIGHT_KEY
 
 # The user's document's single-GPU command, flags unchanged (only the paths differ).
@@ -27,38 +25,6 @@ DOCUMENT_FLAGS = (
     "--weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 100 --tf32 True "
     "--model_max_length 2048 --gradient_checkpointing True --lazy_preprocess True"
 ).split()
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, sample_world, tiny_llava):
-    return make_training_data(sample_world["instructions"], tiny_llava, tmp_path_factory.mktemp("train-data"))
-
-
-def paths(data, model, out):
-    return [
-        "--model_name_or_path",
-        str(model),
-        "--data_path",
-        str(data["data_path"]),
-        "--video_folder",
-        str(data["video_folder"]),
-        "--output_dir",
-        str(out),
-    ]
-
-
-def base_state(folder):
-    state = {}
-    for shard in sorted(folder.glob("pytorch_model-*.bin")):
-        state.update(torch.load(shard, weights_only=True))
-    return state
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_outputs(out, vocab=32006):
@@ -75,7 +41,7 @@ def check_outputs(out, vocab=32006):
 def test_document_command_single_process(data, tiny_llava, tmp_path):
     """``python video_chatgpt/train/train_mem.py`` with the document's flags: trains on CPU, saves, checkpoints."""
     out = tmp_path / "Video-ChatGPT_7B-1.1_Checkpoints"
-    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *paths(data, tiny_llava, out), *DOCUMENT_FLAGS]
+    cmd = [sys.executable, "video_chatgpt/train/train_mem.py", *train_paths(data, tiny_llava, out), *DOCUMENT_FLAGS]
     run = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "trainable: 2,240 of" in run.stdout  # projector (32x64 + 64) + 2 token rows of 64
@@ -97,7 +63,7 @@ def trained(data, language_llava, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     train(
         [
-            *paths(data, language_llava, out),
+            *train_paths(data, language_llava, out),
             "--tune_mm_mlp_adapter",
             "True",
             "--mm_use_vid_start_end",
@@ -168,7 +134,7 @@ def test_resume_after_kill(data, tiny_llava, tmp_path):
     cmd = [
         sys.executable,
         "video_chatgpt/train/train_mem.py",
-        *paths(data, tiny_llava, out),
+        *train_paths(data, tiny_llava, out),
         "--tune_mm_mlp_adapter",
         "True",
         "--mm_use_vid_start_end",
@@ -216,7 +182,7 @@ def test_torchrun_two_processes(data, tiny_llava, tmp_path):
         "--nproc_per_node=2",
         f"--master_port={free_port()}",
         "video_chatgpt/train/train_mem.py",
-        *paths(data, tiny_llava, out),
+        *train_paths(data, tiny_llava, out),
         "--tune_mm_mlp_adapter",
         "True",
         "--mm_use_vid_start_end",
@@ -248,7 +214,7 @@ def test_torchrun_two_processes(data, tiny_llava, tmp_path):
         [
             sys.executable,
             "video_chatgpt/train/train_mem.py",
-            *paths(data, tiny_llava, single),
+            *train_paths(data, tiny_llava, single),
             "--tune_mm_mlp_adapter",
             "True",
             "--mm_use_vid_start_end",
@@ -284,7 +250,7 @@ def test_full_finetune_without_tuning_flag(data, tiny_llava, tmp_path):
     out = tmp_path / "full"
     train(
         [
-            *paths(data, tiny_llava, out),
+            *train_paths(data, tiny_llava, out),
             "--mm_use_vid_start_end",
             "--max_steps",
             "2",
@@ -309,7 +275,7 @@ def test_report_to_tensorboard(data, tiny_llava, tmp_path):
     out = tmp_path / "tb"
     train(
         [
-            *paths(data, tiny_llava, out),
+            *train_paths(data, tiny_llava, out),
             "--tune_mm_mlp_adapter",
             "True",
             "--mm_use_vid_start_end",
@@ -334,7 +300,7 @@ def test_pretrain_mm_mlp_adapter_starts_from_the_file(trained, data, language_ll
     out = tmp_path / "from-adapter"
     train(
         [
-            *paths(data, language_llava, out),
+            *train_paths(data, language_llava, out),
             "--tune_mm_mlp_adapter",
             "True",
             "--mm_use_vid_start_end",

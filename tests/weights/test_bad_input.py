@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import REPO
-from tests.weights.conftest import load_folder
+from tests.helpers import REPO
+from tests.helpers.weights import load_folder
 from video_chatgpt.cli import main as cli_main
 from video_chatgpt.weights import delta as delta_module
 from video_chatgpt.weights.apply_delta import apply_delta

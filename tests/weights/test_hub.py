@@ -10,7 +10,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from tests.weights.conftest import load_folder
+from tests.helpers.weights import load_folder
 from video_chatgpt.cli import main as cli_main
 from video_chatgpt.weights.apply_delta import apply_delta
 from video_chatgpt.weights.checkpoint import WeightsError

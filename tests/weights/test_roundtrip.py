@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.weights.conftest import load_folder
+from tests.helpers import REPO
+from tests.helpers.weights import load_folder
 from video_chatgpt.weights.apply_delta import apply_delta
 from video_chatgpt.weights.make_delta import make_delta
 

@@ -14,7 +14,7 @@ import tracemalloc
 import pytest
 
 from tests.eval.server import Reply, ScriptedServer, completion, ok
-from tests.eval.test_evaluate import evaluate, write_preds
+from tests.helpers.eval import evaluate, write_preds
 from video_chatgpt.eval.judge import MAX_REPLY_BYTES, Judge, JudgeSettings, read_completion
 from video_chatgpt.eval.protocol import PAIR
 

@@ -7,7 +7,8 @@
     video-chatgpt chat --model-name LLaVA-7B-Lightening-v1-1 --projection_path run/mm_projector.bin \
         --lora_path run --video_path video.mp4                  # a LoRA run's adapter on the base (issue 14)
 
-Without ``--question`` it reads one question per line from standard input until EOF (or an empty line).
+Without ``--question`` it reads one question per line from standard input until EOF (or an empty line). Answers are
+printed as they are generated.
 ``--temperature`` 0.2 samples as the original did; 0 is greedy (deterministic); ``--seed`` makes sampling repeatable.
 ``--prompt_ids original`` gives the original inference's prompt ids (2 tokens longer) to reproduce published answers.
 

@@ -21,6 +21,11 @@ LLaVA-1.5 folder), or a LLaVA-1.5/NeXT folder itself; prompts are rendered with 
 with the fast tokenizer, which keeps the ``"\n"`` (id 13) before ``<vid_start>`` and adds a lone ``"▁"`` after
 ``<vid_end>``, so its prompts are 2 tokens longer than the ids it trained on. The default (``"ours"``) uses the
 training ids; ``original`` is for reproducing published numbers of the released ``video_chatgpt-7B.bin``.
+
+Generation has one path, ``Engine.stream``: the prompt of a (multi-turn) conversation in the model's template, then
+``generate`` in a thread of its own, handing out text pieces as they settle; ``answer`` joins them. Chat prints the
+pieces, predict keeps the joined answer, the demo shows them growing; a closed stream or a set ``stop`` event ends
+generation at the next token.
 """
 
 from __future__ import annotations

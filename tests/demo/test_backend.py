@@ -1,5 +1,5 @@
-"""The demo's handlers in-process (no server): the multi-turn prompt, the streamed answer, early stop, the length
-limit and the conversation state."""
+"""The demo's handlers in-process (no server): the multi-turn prompt, the answer streamed through the engine, early
+stop, the length limit and the conversation state."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import MAX_NEW_TOKENS, QUESTION
+from video_chatgpt.inference.engine import GENERATE_THREAD
 
 
 @pytest.fixture(scope="module")
@@ -31,30 +32,27 @@ def test_second_turn_is_rendered_after_the_first_as_the_original_demo(backend):
     the next question with the template's roles; one video span, in turn 1."""
     engine = backend.engine
     q1, a1, q2 = QUESTION, "The object is red.", "Which way does it move?"
-    first = backend.prompt_ids((), q1, 7)
-    second = backend.prompt_ids(((q1, a1),), q2, 7)
-    assert first == engine.prompt_ids(q1, 7)  # turn 1 is exactly what `video-chatgpt chat` renders
+    first = engine.prompt_ids(q1, 7)  # turn 1 is exactly what `video-chatgpt chat` renders
+    second = engine.prompt_ids(q2, 7, history=((q1, a1),))
     assert second[: len(first)] == first
     tail = engine.encoder.encode(a1) + [engine.tokenizer.eos_token_id] + engine.encoder.encode(f"USER: {q2} ASSISTANT:")
     assert second[len(first) :] == tail
     assert second.count(engine.video_ids.patch) == 7 and second.count(engine.video_ids.start) == 1
 
 
-def test_streamed_answer_grows_and_ends_with_the_engines_answer(backend, features):
-    ids = backend.prompt_ids((), QUESTION, features.shape[0])
-    values = list(backend.stream_answer(ids, features, temperature=0, max_new_tokens=MAX_NEW_TOKENS))
+def test_page_streams_the_engines_answer_and_closing_stops_it(backend, features):
+    from video_chatgpt.inference.demo import Conversation
+
+    state = Conversation(video="v.mp4", features=features, status="ok")
+    shown = [messages[-1]["content"] for messages, *_ in backend.ask(QUESTION, state, 0, MAX_NEW_TOKENS)]
     expected = backend.engine.answer(QUESTION, features, temperature=0, max_new_tokens=MAX_NEW_TOKENS)
-    assert values[-1] == expected and expected
-    assert len(set(values)) >= 2  # token by token, not one block
-    assert all(expected.startswith(v) for v in values)
-
-
-def test_closing_the_stream_stops_generation(backend, features):
-    ids = backend.prompt_ids((), QUESTION, features.shape[0])
-    stream = backend.stream_answer(ids, features, temperature=1.0, max_new_tokens=1000)
-    next(stream)
-    stream.close()  # what gradio does when the page goes away or "Clear chat" cancels the request
-    assert not [t for t in threading.enumerate() if t.name == "demo-generate"]
+    assert shown[-1] == expected and expected
+    assert len(set(shown)) >= 2  # piece by piece, not one block
+    assert all(expected.startswith(v) for v in shown)
+    asking = backend.ask(QUESTION, state, 1.0, 1000)
+    next(asking)
+    asking.close()  # what gradio does when the page goes away or "Clear chat" cancels the request
+    assert not [t for t in threading.enumerate() if t.name == GENERATE_THREAD]
 
 
 def test_ask_keeps_turns_and_refuses_a_conversation_longer_than_the_model(backend, features, monkeypatch):

@@ -42,6 +42,7 @@ def test_help_lists_the_flags():
     for flag in (
         "--model-name",
         "--projection_path",
+        "--lora_path",
         "--vision_tower",
         "--host",
         "--port",

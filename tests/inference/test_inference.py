@@ -121,7 +121,14 @@ def test_answer_is_cut_at_eos_without_eating_letters(language_llava, monkeypatch
 
     engine = load_engine(language_llava, None, device="cpu")
     ids = engine.encoder.encode("Two dogs") + [engine.tokenizer.eos_token_id] + engine.encoder.encode("junk")
-    monkeypatch.setattr(engine.model, "generate_with_video", lambda *a, **k: torch.tensor([ids]))
+
+    def generate(*args, streamer, **kwargs):  # as generate streams: the (empty) prompt, then token by token
+        streamer.put(torch.zeros(1, 0, dtype=torch.long))
+        for i in ids:
+            streamer.put(torch.tensor([i]))
+        streamer.end()
+
+    monkeypatch.setattr(engine.model, "generate_with_video", generate)
     features = torch.zeros(356, engine.model.config.mm_hidden_size, dtype=torch.float16).numpy()
     assert engine.answer("How many?", features, temperature=0) == "Two dogs"
 

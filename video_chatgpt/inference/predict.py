@@ -26,8 +26,8 @@ Beside it:
   samples whose video was missing) answers only the rest. Sample ``i`` of the question file is sampled with seed
   ``--seed + i``, so a resumed run writes exactly what an uninterrupted one would.
 * ``{output_name}.errors.json``: samples without a readable video, with the paths tried and the reason. A missing
-  video is never replaced by another: the video is ``{video_dir}/{video_name}{ext}`` for ext in ``.mp4 .avi .mov .mkv
-  .webm`` (or ``{features_dir}/{video_name}.pkl|.npy``). The others are predicted and the exit status is 1.
+  video is never replaced by another: the video is ``{video_dir}/{video_name}{ext}`` for ext in ``constants.VIDEO_SUFFIXES``
+  (``.mp4 .webm .mkv .avi .mov .m4v``; or ``{features_dir}/{video_name}.pkl|.npy``). The others are predicted and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -40,17 +40,19 @@ import sys
 from pathlib import Path
 
 from video_chatgpt.args import parse_args_or_status
-from video_chatgpt.data.conversation import TEMPLATES
+from video_chatgpt.constants import VIDEO_SUFFIXES
 from video_chatgpt.errors import UserError
+from video_chatgpt.features.decode import VideoDecodeError
 from video_chatgpt.features.store import FEATURE_SUFFIXES, FeatureFileError, load_features
 from video_chatgpt.files import write_bytes_atomically
+from video_chatgpt.inference.chat import expected_video_tokens
+from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, load_engine
+from video_chatgpt.inference.flags import add_model_flags, check_model_flags, engine_kwargs
 
 logger = logging.getLogger(__name__)
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 GENERAL_TASKS = ("general", "temporal")  # same record format, their own question files
 QA_TASKS = ("activitynet_qa", "msvd_qa", "msrvtt_qa", "tgif_qa")  # ActivityNet-QA's format for all four
 TASKS = (*GENERAL_TASKS, "consistency", *QA_TASKS)
-PROMPT_IDS = ("ours", "original")
 
 
 # ------------------------------------------------------------------------------------------------ records (pure)
@@ -153,7 +155,7 @@ def find_source(video_name: str, video_dir: Path | None, features_dir: Path | No
             if path.is_file():
                 return path, tried
     if video_dir is not None:
-        for ext in VIDEO_EXTENSIONS:
+        for ext in VIDEO_SUFFIXES:
             path = video_dir / f"{video_name}{ext}"
             tried.append(str(path))
             if path.is_file():
@@ -254,24 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features_dir", type=Path, help="precomputed feature files instead of (or before) videos")
     p.add_argument("--output_dir", type=Path, required=True)
     p.add_argument("--output_name", required=True)
-    p.add_argument("--model-name", "--model_name", dest="model_name", required=True)
-    p.add_argument("--projection_path", default=None)
-    p.add_argument("--lora_path", default=None, help="a LoRA run folder whose adapter is added to --model-name")
-    p.add_argument(
-        "--conv-mode", "--conv_mode", dest="conv_mode", default="video-chatgpt_v1", choices=sorted(TEMPLATES)
-    )
-    p.add_argument(
-        "--prompt_ids",
-        choices=PROMPT_IDS,
-        default="ours",
-        help="'original' reproduces the original inference's prompt ids (2 extra tokens) exactly",
-    )
-    p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--max_new_tokens", type=int, default=1024)
+    add_model_flags(p)
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy (deterministic)")
+    p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--seed", type=int, default=0, help="sample i of the question file is sampled with seed + i")
-    p.add_argument("--vision_tower", default=None)
-    p.add_argument("--num_frames", type=int, default=None)
-    p.add_argument("--device", default=None)
     p.add_argument("--overwrite", action="store_true", help="discard an existing output of this name and start again")
     return p
 
@@ -292,6 +280,7 @@ def made_from(args, question_files: list[dict]) -> dict:
             "max_new_tokens": args.max_new_tokens,
             "vision_tower": args.vision_tower,
             "num_frames": args.num_frames,
+            "dtype": args.dtype,
         },
     }
 
@@ -337,21 +326,9 @@ def main(argv: list[str] | None = None, *, get_engine=None) -> int:
 
 
 def load_predict_engine(args):
-    """The engine ``predict`` answers with, from its flags (one line for a missing/broken base or projector)."""
-    from video_chatgpt.inference.chat import check_model_inputs
-    from video_chatgpt.inference.engine import load_engine
-
-    check_model_inputs(args.model_name, args.projection_path, args.lora_path)
-    return load_engine(
-        args.model_name,
-        args.projection_path,
-        device=args.device,
-        vision_tower=args.vision_tower,
-        num_frames=args.num_frames,
-        conv_mode=args.conv_mode,
-        prompt_ids=args.prompt_ids,
-        lora_path=args.lora_path,
-    )
+    """The engine ``predict`` answers with, from its model flags (one line for a missing/broken base or projector)."""
+    check_model_flags(args)
+    return load_engine(**engine_kwargs(args))
 
 
 def predict(args, todo: list[dict], files: PredictionFiles, get_engine=None) -> list[dict]:
@@ -364,9 +341,6 @@ def predict(args, todo: list[dict], files: PredictionFiles, get_engine=None) -> 
 
 def _predict(args, todo: list[dict], files: PredictionFiles, engine) -> list[dict]:
     from tqdm import tqdm
-
-    from video_chatgpt.features.decode import VideoDecodeError
-    from video_chatgpt.inference.chat import expected_video_tokens
 
     rows, rows_source = expected_video_tokens(engine)
     width = engine.model.config.mm_hidden_size

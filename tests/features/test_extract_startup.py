@@ -45,7 +45,8 @@ def test_a_failed_start_stops_the_decode_workers(videos, tiny_clip, tmp_path, mo
         raise UserError("the tower cannot load")
 
     monkeypatch.setattr(extract, "FrameEncoder", broken)
-    with pytest.raises(UserError, match="cannot load"):
+    with pytest.raises(UserError, match="cannot load") as caught:
         run(_args(videos, tmp_path / "feats", tiny_clip, num_workers=1, device="cpu"))
-    assert multiprocessing.active_children() == []
+    # Stopped while the error (and its traceback, which holds the run's frames) is still being handled.
+    assert caught.tb is not None and multiprocessing.active_children() == []
     assert not (tmp_path / "feats" / extract.REPORT_NAME).exists()  # nothing written into the folder

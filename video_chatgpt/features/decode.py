@@ -288,6 +288,7 @@ def _decode_runs(
             last_rank = -1
             expect = None  # decode position of the next packet
             for packet in container.demux(stream):
+                last = False  # the run's last wanted packet
                 if packet.size:
                     rank = rank_of.get(packet.pts)
                     if rank is None:
@@ -303,9 +304,15 @@ def _decode_runs(
                     # Packets of unwanted frames are not decoded where no other frame refers to them.
                     codec.skip_frame = "DEFAULT" if pos in wanted_positions else "NONREF"
                     packets += 1
+                    last = pos == run.end
                 elif expect is None or expect <= run.start:
                     raise _Doubt(f"the file ended before packet {run.start}")
-                for frame in packet.decode():  # (the empty packet at the end drains the decoder)
+                frames = packet.decode()  # (the empty packet at the end of the file drains the decoder)
+                if last:
+                    # Drain rather than decode the next packets only to push the wanted frames out of the decoder's
+                    # reordering delay (the next run's seek resets the decoder).
+                    frames += codec.decode(None)
+                for frame in frames:
                     if frame.pts is not None and frame.pts < floor:
                         continue  # shown before the keyframe (an open GOP): its references were not decoded
                     rank = rank_of.get(frame.pts)
@@ -315,7 +322,7 @@ def _decode_runs(
                     if rank in slots_of and rank not in done:
                         out[slots_of[rank]] = resize_nearest(frame.to_ndarray(format="rgb24"), size)
                         done.add(rank)
-                if done.issuperset(run.wanted):
+                if last or done.issuperset(run.wanted):
                     break
             if not done.issuperset(run.wanted):
                 raise _Doubt(f"frames {sorted(set(run.wanted) - done)[:5]} never came out")
@@ -373,6 +380,12 @@ def decode_sampled(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "straight":
         return _decode_straight(path, container_frame_count(path), num_frames, size, threads)
+    if method == "auto":
+        container, stream = _open_video(path, threads=1)
+        with container:
+            header = int(stream.frames)
+        if 0 < header <= num_frames:  # every frame is sampled: no demux pass (a wrong header is seen straight through)
+            return _decode_straight(path, header, num_frames, size, threads)
     table = read_packet_table(path)
     if table.problem is not None or (method == "auto" and table.claimed <= num_frames):
         # Every frame is sampled (N <= num_frames), or the packets do not tell which frame is which.

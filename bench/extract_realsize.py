@@ -159,7 +159,7 @@ def bench_clip(path: Path, clip: Clip, repeats: int) -> dict:
     n = table.claimed
     anet = max(1, round(NUM_FRAMES * n / (ANET_SECONDS * ANET_FPS)))
     row = {"clip": asdict(clip), "label": clip.label, "frames": n, "keyframes": int(table.keyframe.sum())}
-    row["mb"] = round(path.stat().st_size / 2**20, 1)
+    row["mbit_per_s"] = round(path.stat().st_size * 8 / 1e6 / clip.seconds, 2)
     row["job"] = compare(path, NUM_FRAMES, repeats)
     row["anet_density"] = row["job"] if anet == NUM_FRAMES else compare(path, anet, repeats)
     return row
@@ -204,7 +204,7 @@ def render(rows: list[dict], proj: dict, gpu_note: str, load: str) -> str:
     lines = [
         f"One decoder thread; CPU seconds (wall beside); {load}",
         "",
-        f"{'clip':46} {'frames':>6} {'keys':>4} {'sampled':>7} {'straight s':>11} {'ours s':>11} "
+        f"{'clip':54} {'frames':>6} {'keys':>4} {'sampled':>7} {'straight s':>11} {'ours s':>11} "
         f"{'speed-up':>8} {'straight f/s':>12} {'ours f/s':>8} {'decoded':>7} {'seeks':>5}",
     ]
     totals = {"job": [0.0, 0.0], "anet_density": [0.0, 0.0]}
@@ -217,8 +217,9 @@ def render(rows: list[dict], proj: dict, gpu_note: str, load: str) -> str:
             totals[key][0] += s["cpu_s"]
             totals[key][1] += o["cpu_s"]
             first = key == "job"
+            name = f"{r['label']}, {r['mbit_per_s']:.1f} Mb/s" if first else ""
             lines.append(
-                f"{r['label'] if first else '':46} {r['frames'] if first else '':>6} "
+                f"{name:54} {r['frames'] if first else '':>6} "
                 f"{r['keyframes'] if first else '':>4} {m['num_frames']:7d} {s['cpu_s']:5.2f} ({s['wall_s']:4.1f}) "
                 f"{o['cpu_s']:5.2f} ({o['wall_s']:4.1f}) {m['speedup']:7.2f}x {s['frames_per_cpu_s']:12.0f} "
                 f"{o['frames_per_cpu_s']:8.0f} {o['packets_decoded']:7d} {o['seeks']:5d}"
@@ -227,7 +228,7 @@ def render(rows: list[dict], proj: dict, gpu_note: str, load: str) -> str:
         s_total, o_total = totals[key]
         if s_total:
             lines.append(
-                f"{'all clips, ' + what:46} {'':6} {'':4} {'':7} {s_total:11.2f} {o_total:11.2f} "
+                f"{'all clips, ' + what:54} {'':6} {'':4} {'':7} {s_total:11.2f} {o_total:11.2f} "
                 f"{s_total / o_total:7.2f}x"
             )
     lines += [

@@ -1,10 +1,10 @@
 """Features stage: videos -> spatio-temporal CLIP tokens ``(num_frames + num_patches, width)`` float16 per video.
 
-Modules: ``sampling`` (which frames), ``decode`` (PyAV, straight through), ``pooling`` (temporal ; spatial means,
-optional k x k spatial pooling), ``towers`` (CLIP, SigLIP or a LLaVA folder's tower: geometry from the config),
-``encoder`` (the tower, normalisation, ``VideoFeatureExtractor``), ``store`` (safe, bounded feature files and the
-folder's manifest), ``extract`` (the job behind ``scripts/save_spatio_temporal_clip_features.py`` /
-``video-chatgpt extract-features``).
+Modules: ``sampling`` (which frames), ``decode`` (PyAV: sampled frames reached from their keyframes, or straight
+through), ``pooling`` (temporal ; spatial means, optional k x k spatial pooling), ``towers`` (CLIP, SigLIP or a LLaVA
+folder's tower: geometry from the config), ``encoder`` (the tower, normalisation, ``VideoFeatureExtractor``),
+``store`` (safe, bounded feature files and the folder's manifest), ``extract`` (the job behind
+``scripts/save_spatio_temporal_clip_features.py`` / ``video-chatgpt extract-features``).
 
 The public names below are imported lazily, so ``import video_chatgpt.features.store`` stays light.
 

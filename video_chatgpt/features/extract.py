@@ -18,8 +18,9 @@ Run (the flags of the original ``scripts/save_spatio_temporal_clip_features.py``
 What a run does:
 
 0. Locks the output folder (``fcntl.flock`` on ``<clip_feat_path>/.extract.lock``, taken by rank 0 and released
-   by the OS even when the process is killed): a second extraction into the same folder stops with one line. Then
-   the folder's manifest, ``features_manifest.json`` (``store.MANIFEST_NAME``): the tower (name, sha256 of its
+   by the OS even when the process is killed): a second extraction into the same folder stops with one line. Then,
+   before anything is written or the tower loaded (alone: while the decode workers of step 2 already decode), the
+   folder's manifest, ``features_manifest.json`` (``store.MANIFEST_NAME``): the tower (name, sha256 of its
    config and weight files, hashed once per run), select layer and strategy, num_frames, spatial_pool, dtype,
    format, feature shape and project version. A folder whose manifest records other settings stops the run with
    one line naming each differing setting (use another folder, or ``--overwrite`` to extract every video again).
@@ -31,8 +32,11 @@ What a run does:
    keep the first; the others fail with that reason. Videos whose feature file exists *and is valid* (its header
    read safely: the expected shape, float16, not truncated) are skipped (resume); a damaged one is extracted again
    and noted in the report.
-2. ``--num_workers`` processes decode the videos in parallel (``decode.decode_sampled``: straight through, only the
-   sampled frames kept, already resized) while the main process encodes; decoding dominates on real videos.
+2. ``--num_workers`` processes decode the videos in parallel (``decode.decode_sampled``: the sampled frames
+   located by timestamp and reached from the keyframe before each, or decoded straight through where the file does
+   not allow that; only they are converted and resized) while the main process encodes; decoding dominates on real
+   videos. The workers start before the tower is loaded, so the run's fixed cost (the tower's sha256, imports and
+   weights) overlaps the first videos' decoding (``startup_s`` in the report).
 3. The main process concatenates frames of consecutive videos into encoder batches of exactly ``--infer_batch``
    frames (the last one smaller): a batch can hold the end of one video and the start of the next, so short
    videos do not run small forwards. (The original's ``--infer_batch`` also counts frames per forward, but only
@@ -430,6 +434,8 @@ class DecodedItem:
     note: str | None = None
     error: str | None = None
     decode_s: float = 0.0
+    packets_decoded: int = 0
+    seeks: int = 0
 
 
 class _DecodeDataset(Dataset):
@@ -450,7 +456,10 @@ class _DecodeDataset(Dataset):
             reason = str(exc) or type(exc).__name__
             return DecodedItem(path, None, error=reason, decode_s=time.perf_counter() - start)
         frames = torch.from_numpy(video.frames)
-        return DecodedItem(path, frames, video.num_decoded, video.note, decode_s=time.perf_counter() - start)
+        return DecodedItem(
+            path, frames, video.num_decoded, video.note, decode_s=time.perf_counter() - start,
+            packets_decoded=video.packets_decoded, seeks=video.seeks,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -486,7 +495,10 @@ class Report:
     notes: list[dict] = field(default_factory=list)  # {"video", "note"}
     frames_encoded: int = 0
     elapsed_s: float = 0.0
+    startup_s: float = 0.0  # before the first video could be encoded: manifest, tower load, workers started
     decode_s: float = 0.0  # summed over decode workers (they run in parallel)
+    packets_decoded: int = 0  # video packets given to the decoder (decode.SampledVideo.packets_decoded), summed
+    seeks: int = 0  # seeks to a keyframe (decode.SampledVideo.seeks), summed
     wait_for_decode_s: float = 0.0  # main process idle, waiting for a decoded video
     encode_s: float = 0.0
     write_s: float = 0.0
@@ -609,10 +621,8 @@ def run(args: ExtractArgs, env: DistEnv = DistEnv(), folder_ready: bool = False,
     if not folder_ready:
         lock = lock_folder(args.clip_feat_path)
     try:
-        if not folder_ready:
-            prepare_folder(args, spec, shape)
         held = lock.fileno() if lock is not None else lock_fd
-        return _run_locked(args, env, spec, shape, device, videos, started, held)
+        return _run_locked(args, env, spec, shape, device, videos, started, held, prepare=not folder_ready)
     finally:
         if lock is not None:
             lock.close()
@@ -624,7 +634,34 @@ def _close_fd(fd: int, worker_id: int) -> None:
     os.close(fd)
 
 
-def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | None) -> Report:
+def _start_up(args, spec, shape, device, todo, workers, threads, lock_fd, prepare: bool):
+    """Start the decode workers, then, while they decode, (``prepare``) check the folder's manifest and load the tower.
+
+    The workers fork before the tower is hashed and loaded, so a run's fixed cost (the sha256 of the tower's
+    weights for the manifest, the tower's imports and weights) overlaps the first videos' decoding instead of coming
+    before it. Returns ``(encoder, decoded items)``; on an error the workers are stopped.
+    """
+    loader = DataLoader(
+        _DecodeDataset(todo, args.num_frames, spec.image_size, threads),
+        batch_size=None,  # one item = one video; frames are batched across videos by _Job
+        num_workers=workers,
+        worker_init_fn=functools.partial(_close_fd, lock_fd) if lock_fd is not None and workers else None,
+        prefetch_factor=4 if workers else None,  # up to 4 decoded videos waiting per worker
+        in_order=False,  # a long video does not hold back the short ones decoded after it
+    )
+    items = iter(loader)  # forks the workers; each starts on its first videos
+    try:
+        if prepare:
+            # Before anything is written or loaded: a folder made with other settings stops the run here.
+            prepare_folder(args, spec, shape)
+        encoder = FrameEncoder(spec, device=device, dtype=args.dtype)
+    except BaseException:
+        del items  # stop the workers now (the traceback would keep the iterator, and them, alive)
+        raise
+    return encoder, items
+
+
+def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | None, prepare: bool) -> Report:
     out_names = set(os.listdir(args.clip_feat_path))
     plan = plan_videos(
         videos, out_names, args.feature_format, args.clip_feat_path, env, expected_shape=tuple(shape),
@@ -632,8 +669,15 @@ def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | 
     )  # fmt: skip
     for tmp in plan.stale_tmp:
         tmp.unlink(missing_ok=True)
-
-    encoder = FrameEncoder(spec, device=device, dtype=args.dtype)
+    workers, threads, encoder_threads = worker_counts(args, device, env)
+    torch_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(encoder_threads)  # restored at the end
+    try:
+        encoder, items = _start_up(args, spec, shape, device, plan.todo, workers, threads, lock_fd, prepare)
+    except BaseException:
+        torch.set_num_threads(torch_threads)
+        raise
     report = Report(
         video_dir=str(args.video_dir_path),
         clip_feat_path=str(args.clip_feat_path),
@@ -647,6 +691,7 @@ def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | 
         skipped_existing=len(plan.skipped),
         failed=list(plan.failed),
         notes=list(plan.damaged),
+        startup_s=time.perf_counter() - started,
     )
     if args.overwrite and env.rank == 0:
         # Files of videos that are not in --video_dir_path are not extracted again: say they keep the old settings.
@@ -655,19 +700,6 @@ def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | 
         if left:
             note = f"{len(left)} feature file(s) of videos not in --video_dir_path keep their old settings"
             report.notes.append({"video": left[0], "note": note})
-    workers, threads, encoder_threads = worker_counts(args, device, env)
-    torch_threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(encoder_threads)  # restored at the end
-    dataset = _DecodeDataset(plan.todo, args.num_frames, encoder.image_size, threads)
-    loader = DataLoader(
-        dataset,
-        batch_size=None,  # one item = one video; frames are batched across videos by _Job
-        num_workers=workers,
-        worker_init_fn=functools.partial(_close_fd, lock_fd) if lock_fd is not None and workers else None,
-        prefetch_factor=4 if workers else None,  # up to 4 decoded videos waiting per worker
-        in_order=False,  # a long video does not hold back the short ones decoded after it
-    )
     progress = None
     if args.progress and env.rank == 0 and plan.todo:
         from tqdm import tqdm
@@ -677,9 +709,11 @@ def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | 
     job = _Job(encoder, args, report, progress)
     try:
         waited = time.perf_counter()
-        for item in loader:
+        for item in items:
             report.wait_for_decode_s += time.perf_counter() - waited
             report.decode_s += item.decode_s
+            report.packets_decoded += item.packets_decoded
+            report.seeks += item.seeks
             job.add(item)
             waited = time.perf_counter()
         job.flush()
@@ -715,11 +749,12 @@ def merge_reports(out_dir: Path, world_size: int) -> dict:
     merged = dict(parts[0], rank=None, world_size=world_size)
     for key in ("extracted", "failed", "notes"):
         merged[key] = [x for part in parts for x in part[key]]
-    for key in ("videos", "skipped_existing", "frames_encoded"):
+    for key in ("videos", "skipped_existing", "frames_encoded", "packets_decoded", "seeks"):
         merged[key] = sum(part[key] for part in parts)
     for key in ("decode_s", "wait_for_decode_s", "encode_s", "write_s"):
         merged[key] = sum(part[key] for part in parts)
     merged["elapsed_s"] = max(part["elapsed_s"] for part in parts)
+    merged["startup_s"] = max(part["startup_s"] for part in parts)
     merged["complete"] = all(part["complete"] for part in parts)
     write_bytes_atomically(out_dir / REPORT_NAME, (json.dumps(merged, indent=2) + "\n").encode())
     return merged

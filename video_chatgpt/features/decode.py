@@ -139,14 +139,6 @@ def iter_frames(path: str | Path, threads: int = 0) -> Iterator[av.VideoFrame]:
         yield from container.decode(stream)
 
 
-def decode_all(path: str | Path) -> np.ndarray:
-    """All frames as uint8 (N, H, W, 3) RGB. For tests and short clips only (a long video does not fit in memory)."""
-    frames = [frame.to_ndarray(format="rgb24") for frame in iter_frames(path)]
-    if not frames:
-        raise VideoDecodeError("no frame could be decoded")
-    return np.stack(frames)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Locating frames by timestamp
 

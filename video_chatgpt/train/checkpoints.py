@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+from video_chatgpt.constants import TRAINER_STATE_FILE
 from video_chatgpt.errors import UserError
 from video_chatgpt.train.trainer import TRAINABLE_FILE
 from video_chatgpt.weights.checkpoint import WeightsError, find_checkpoint, read_safetensors_header, read_tensor_infos
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 def checkpoint_problem(ckpt: str | Path) -> str | None:
     """Why ``checkpoint-N`` cannot be resumed from, or None when its save finished and its files are whole."""
     ckpt = Path(ckpt)
-    state_file = ckpt / "trainer_state.json"
+    state_file = ckpt / TRAINER_STATE_FILE
     if not state_file.is_file():
         return "no trainer_state.json: the run stopped while saving it"
     try:

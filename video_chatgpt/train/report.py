@@ -35,10 +35,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.constants import TRAINER_STATE_FILE
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.files import write_atomically, write_text_atomically
 
-STATE_FILE = "trainer_state.json"
 RUN_INFO_FILE = "run_info.json"  # written by train.py
 REPORT_FILE = "training_report.md"
 PLOT_FILE = "loss.png"
@@ -152,14 +152,14 @@ def read_run(output_dir: str | Path) -> Run:
     run = Run(out)
     run.run_info = _read_json(out / RUN_INFO_FILE, run.problems)
     candidates: list[tuple[int, int, Path]] = []  # (global_step, top-level first on a tie, path)
-    top = out / STATE_FILE
+    top = out / TRAINER_STATE_FILE
     if top.is_file():
         candidates.append((-1, 1, top))
     if out.is_dir():
         for d in out.iterdir():
             m = _CHECKPOINT.match(d.name)
-            if m and (d / STATE_FILE).is_file():
-                candidates.append((int(m.group(1)), 0, d / STATE_FILE))
+            if m and (d / TRAINER_STATE_FILE).is_file():
+                candidates.append((int(m.group(1)), 0, d / TRAINER_STATE_FILE))
     best = None
     for _, tie, path in candidates:
         state = _read_json(path, run.problems)
@@ -374,7 +374,9 @@ def _header(run: Run) -> list[str]:
         f"Run folder: `{run.output_dir.resolve()}`; report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
     )
     if run.state_path is None:
-        lines.append(f"Trainer state: {NOT_RECORDED} (no `{STATE_FILE}` at the top level or in a `checkpoint-N`).")
+        lines.append(
+            f"Trainer state: {NOT_RECORDED} (no `{TRAINER_STATE_FILE}` at the top level or in a `checkpoint-N`)."
+        )
     elif run.from_checkpoint:
         rel = run.state_path.relative_to(run.output_dir)
         lines.append(
@@ -382,7 +384,7 @@ def _header(run: Run) -> list[str]:
             "stopped, or its final state was not saved); steps after that checkpoint are not shown."
         )
     else:
-        lines.append(f"Trainer state: `{STATE_FILE}` (the run finished).")
+        lines.append(f"Trainer state: `{TRAINER_STATE_FILE}` (the run finished).")
     return lines + [f"Warning: {p}" for p in run.problems]
 
 
@@ -613,7 +615,7 @@ def write_report(output_dir: str | Path) -> list[Path]:
     run = read_run(out)
     if run.state_path is None and run.run_info is None and not run.problems and not _checkpoints(out):
         raise UserError(
-            f"{out}: holds no training run (no {STATE_FILE}, no checkpoint-N/ folder, no {RUN_INFO_FILE}); pass the "
+            f"{out}: holds no training run (no {TRAINER_STATE_FILE}, no checkpoint-N/ folder, no {RUN_INFO_FILE}); pass the "
             f"--output_dir of a run that has started"
         )
     plot, plot_error = None, None

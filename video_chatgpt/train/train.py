@@ -298,13 +298,10 @@ def build_model(
 
 
 def set_trainable(model, model_args, training_args, video_ids: VideoTokenIds):
-    """Token ids into the config, then what trains, by the training mode (``arguments.training_mode``): all of it
+    """What trains, by the training mode (``arguments.training_mode``): all of it
     (``full``, less what ``--freeze_backbone`` freezes), the projector and start/end rows (``projector``), or those
     and the LoRA adapters (``lora``); ``--freeze_mm_mlp_adapter`` then freezes the projector."""
     mode = training_mode(model_args, training_args)
-    model.config.video_patch_token_id = video_ids.patch
-    model.config.video_start_token_id = video_ids.start
-    model.config.video_end_token_id = video_ids.end
     model.config.tune_mm_mlp_adapter = tunes_projector(model_args)
     model.config.freeze_mm_mlp_adapter = training_args.freeze_mm_mlp_adapter
     row_ids = [video_ids.start, video_ids.end] if video_ids.use_start_end else []

@@ -41,6 +41,7 @@ from video_chatgpt.constants import (
     IMAGE_PATCH_TOKEN,
     IMAGE_START_TOKEN,
     PROJECTOR_BIAS_KEY,
+    PROJECTOR_PREFIX,
     PROJECTOR_WEIGHT_KEY,
 )
 from video_chatgpt.errors import run_main
@@ -52,7 +53,7 @@ from video_chatgpt.weights.checkpoint import (
     lfs_pointer_message,
     read_shard_infos,
 )
-from video_chatgpt.weights.delta import LM_HEAD_KEY, PROJECTOR_PREFIX
+from video_chatgpt.weights.delta import LM_HEAD_KEY
 
 IMAGE_TOKENS = (IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN)
 REQUIRED_INT_KEYS = ("mm_hidden_size", "hidden_size", "vocab_size")

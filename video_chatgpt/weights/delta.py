@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from video_chatgpt.constants import EMBED_TOKENS_KEY
+from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_PREFIX
 from video_chatgpt.weights.checkpoint import (
     TensorInfo,
     TensorReader,
@@ -60,7 +60,6 @@ from video_chatgpt.weights.writer import (
     plan_shards,
 )
 
-PROJECTOR_PREFIX = "model.mm_projector."
 LM_HEAD_KEY = "lm_head.weight"
 VOCAB_TENSORS = (EMBED_TOKENS_KEY, LM_HEAD_KEY)
 VISION_TOWER_PREFIX = "model.vision_tower."

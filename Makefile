@@ -9,7 +9,7 @@ VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup setup-test quickstart test test-all clean
+.PHONY: setup setup-test system-deps lint quickstart test test-all clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -30,11 +30,23 @@ setup-test: $(VENV)/.setup-test
 quickstart: setup
 	$(PY) -m video_chatgpt.quickstart --workdir runs/quickstart
 
-test: setup-test
+# What the tests need from Debian: a real browser (the demo's browser test) and strace (kill-at-write tests).
+# Installed when missing and running as root; otherwise one line says what to run.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v strace >/dev/null; then \
+		if [ "$$(id -u)" -eq 0 ]; then apt-get update -q && apt-get install -y -q chromium chromium-driver strace; \
+		else echo "the tests need Debian's chromium, chromium-driver and strace: sudo apt-get install -y chromium chromium-driver strace"; exit 1; fi; \
+	fi
+
+lint: setup-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: system-deps lint
 	$(PY) -m pytest -q
 
 # Also the slow end-to-end tests (marked `slow`).
-test-all: setup-test
+test-all: system-deps lint
 	$(PY) -m pytest -q -m "not gpu"
 
 clean:

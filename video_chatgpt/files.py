@@ -11,15 +11,31 @@ judgements) is written to ``.<name>.tmp`` in the same folder, flushed to disk, t
 killed while writing leaves the previous file whole and the temporary beside it; ``remove_leftover_temporaries``
 deletes those at the next start. One temporary name per final file: each final file has one writer at a time (a
 run's main process, an extraction's folder lock), and a test can aim ``strace -P`` at it.
+
+``check_output``: every command that writes checks, before anything is written or deleted, that no output is, contains
+or sits inside one of its inputs (after resolving links; or the same inode), so a writer never destroys what it reads.
+
+``staged_folder`` (with ``folder_lock`` and ``recover_killed_folder``): a whole output folder (a merged model, an
+applied delta) is written into a hidden ``.<name>.partial-*`` folder beside it and renamed into place when complete;
+``--overwrite`` moves the previous folder aside first and deletes it last, and a run killed between the two renames
+gets it back at the next start.
+
+``inside``: a path named by data (a record's ``video``, a question file's ``video_name``) joined to its folder, or a
+``UserError`` when the name is absolute or climbs out with ``..``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
-from pathlib import Path
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from video_chatgpt.errors import UserError
 
@@ -42,19 +58,170 @@ def read_json(path: str | Path, *, max_bytes: int = DEFAULT_MAX_JSON_BYTES, expe
     size = path.stat().st_size
     if size > max_bytes:
         raise UserError(f"{path}: {size:,} bytes, more than the {max_bytes:,} a file of this kind may have")
-    raw = path.read_bytes()
-    try:
-        value = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise UserError(f"{path}: JSON nested too deeply to read") from None
+    value = parse_json(path.read_bytes(), str(path))
     if expect is not None and not isinstance(value, expect):
         wanted = {dict: "an object ({...})", list: "a list ([...])"}.get(expect, expect.__name__)
         raise UserError(f"{path}: expected {wanted} at the top level, found {type(value).__name__}")
     return value
+
+
+def parse_json(data: bytes | str, where: str):
+    """``json.loads(data)`` with every failure one ``UserError`` starting with ``where`` (a file, or a file's line).
+
+    Bytes may be UTF-8 (with or without a byte-order mark), UTF-16 or UTF-32, as ``json.loads`` detects them."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply to read") from None
+
+
+# ------------------------------------------------------------------------------- outputs never destroy inputs
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """True when ``a`` and ``b`` name one file or folder: the same path after resolving links, or the same inode."""
+    if Path(a).resolve() == Path(b).resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _overlap(output: Path, input_: Path) -> str | None:
+    """How ``output`` overlaps ``input_`` ("is", "contains", "is inside"), or None."""
+    if same_path(output, input_):
+        return "is"
+    out, inp = output.resolve(), input_.resolve()
+    if out in inp.parents:
+        return "contains"
+    if inp in out.parents:
+        return "is inside"
+    return None
+
+
+def check_output(output: str | Path, inputs: Mapping[str, str | Path | None], flag: str) -> None:
+    """Refuse an ``output`` (given as ``flag``) that is, contains or sits inside one of ``inputs`` (flag -> path;
+    None entries are skipped): writing it would replace, delete or change what the command reads.
+
+    Call it before anything is written or deleted. Raises one ``UserError`` line naming both paths."""
+    for input_flag, input_ in inputs.items():
+        if input_ is None:
+            continue
+        how = _overlap(Path(output), Path(input_))
+        if how is not None:
+            raise UserError(
+                f"{flag} {output} {how} the input {input_flag} {input_}; writing there would destroy an input: "
+                f"name another {flag}"
+            )
+
+
+@contextmanager
+def folder_lock(output: str | Path, log: Callable[[str], object] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the folder that will hold ``output`` while it is written.
+
+    It makes ``recover_killed_folder`` safe: no other command is writing next to ``output`` when leftovers are
+    removed. Locking the parent folder itself leaves no lock file behind; two runs into one parent folder take turns
+    (the second waits, and says so). The lock dies with its process, a SIGKILL included.
+    """
+    parent = Path(os.path.abspath(output)).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"waiting for another command writing into {parent} to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _partial_prefix(output: Path) -> str:
+    return f".{output.name}.partial-"
+
+
+def _old_prefix(output: Path) -> str:
+    return f".{output.name}.old-"
+
+
+def recover_killed_folder(output: str | Path) -> list[str]:
+    """Undo what a run killed inside ``staged_folder`` left next to ``output``; returns one line per action.
+
+    Call with ``folder_lock`` held. A kill between the two renames of an ``--overwrite`` leaves the previous
+    ``output`` in ``.<name>.old-*/<name>`` and no ``output``: it is moved back, so the rerun starts from the state
+    before the killed run (and ``--overwrite`` decides again). Half-written ``.<name>.partial-*`` folders and emptied
+    ``.old-*`` folders are deleted.
+    """
+    output = Path(os.path.abspath(output))
+    parent = output.parent
+    if not parent.is_dir():
+        return []
+    actions = []
+    for old in sorted(parent.glob(f"{glob.escape(_old_prefix(output))}*")):
+        kept = old / output.name
+        if kept.exists() and not output.exists():
+            os.replace(kept, output)
+            actions.append(f"restored {output} from {old} (left by a killed --overwrite run)")
+        shutil.rmtree(old)
+        actions.append(f"removed {old} (left by a killed run)")
+    for partial in sorted(parent.glob(f"{glob.escape(_partial_prefix(output))}*")):
+        shutil.rmtree(partial)
+        actions.append(f"removed {partial} (half-written by a killed run)")
+    return actions
+
+
+@contextmanager
+def staged_folder(output: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary folder next to ``output``; on success it replaces ``output`` (old content removed),
+    on any failure (Ctrl-C included) it is deleted, so nothing half-written is ever at ``output``.
+
+    A SIGKILL cannot be caught: what it leaves is undone by ``recover_killed_folder`` on the next run."""
+    output = Path(os.path.abspath(output))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(output), dir=output.parent))
+    done = False
+    try:
+        yield tmp
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=_old_prefix(output), dir=output.parent))
+            os.replace(output, old / output.name)
+            os.replace(tmp, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+        done = True
+    finally:
+        if not done:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- paths named by data stay inside
+def unsafe_name_reason(name: object, folder_flag: str) -> str | None:
+    """Why ``name`` (from a data file or a request) cannot name a file inside the folder ``folder_flag`` names, or
+    None when it can. Pure: the check is on the name, so links inside the folder (to a shared disk) are allowed."""
+    if not isinstance(name, str) or not name:
+        return "is not a file name"
+    if "\x00" in name:
+        return "holds a NUL character"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        return f"is an absolute path; name files relative to {folder_flag}"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return f"climbs out of {folder_flag} ('..'); name a file inside it"
+    return None
+
+
+def inside(folder: str | Path, name: object, what: str, folder_flag: str) -> Path:
+    """``folder / name``, or a ``UserError`` naming ``what`` (e.g. "record 3 video_name") and the folder when
+    ``name`` is absolute, climbs out with ``..`` or is not text."""
+    reason = unsafe_name_reason(name, folder_flag)
+    if reason is not None:
+        raise UserError(f"{what} {name!r} {reason} ({folder_flag} {folder})")
+    return Path(folder) / os.path.normpath(name)
 
 
 def temporary_path(path: str | Path) -> Path:

@@ -229,7 +229,7 @@ def inference_conversation(question: str, video: bool = True) -> list[dict]:
     return [{"from": "human", "value": value}, {"from": "gpt", "value": None}]
 
 
-# ------------------------------------------------------------------------------------ other bases (issue 13)
+# ------------------------------------------------------------------------------------ other bases
 CHAT_TEMPLATE = "chat"  # the tokenizer's own chat template (apply_chat_template): Llama-3, Mistral, Qwen2.5, ...
 PLAIN_TEMPLATE = "plain"  # stage 1 (alignment), as LLaVA's: the video span, then the caption and EOS
 TEMPLATE_NAMES = (*TEMPLATES, CHAT_TEMPLATE, PLAIN_TEMPLATE)

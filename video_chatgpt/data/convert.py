@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from pathlib import Path
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
 from video_chatgpt.errors import UserError, error_message, run_main
 from video_chatgpt.features.store import index_feature_folder
-from video_chatgpt.files import write_text_atomically
+from video_chatgpt.files import check_output, read_json, write_text_atomically
 
 REQUIRED_KEYS = ("video_id", "q", "a")
 # How many dropped video ids the filter summary names (the full count is always printed).
@@ -150,31 +149,24 @@ def training_json_text(records: list[dict]) -> str:
     return json.dumps(records)
 
 
-def same_file(a: str | Path, b: str | Path) -> bool:
-    """True when ``a`` and ``b`` name one file: the same path after resolving links, or the same inode."""
-    if Path(a).resolve() == Path(b).resolve():
-        return True
+def check_written_output(output: str | Path, inputs: dict, flag: str) -> None:
+    """``files.check_output`` as a ``ConversionError`` (so the command adds "nothing was written")."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
+        check_output(output, inputs, flag)
+    except UserError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def read_items(path: str | Path) -> object:
-    """Parse the input JSON; any failure becomes ``ConversionError`` naming the file and what is wrong."""
+    """Parse the input JSON (``files.read_json``: UTF-8/16/32, bounded, any nesting); any failure becomes
+    ``ConversionError`` naming the file and what is wrong."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return read_json(path)
     except OSError as exc:
         raise ConversionError(f"cannot read the input file ({exc.strerror or exc})", source=str(path)) from exc
-    try:
-        # json.loads on bytes detects UTF-8/16/32 and a UTF-8 byte-order mark.
-        return json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise ConversionError(f"is not UTF-8/16/32 text ({exc})", source=str(path)) from exc
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise ConversionError(f"is not valid JSON: {exc.msg} at {where}", source=str(path)) from exc
+    except UserError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def convert_file(
@@ -184,12 +176,8 @@ def convert_file(
     skip_invalid: bool = False,
 ) -> ConversionStats:
     """Read, convert and atomically write. Raises ``ConversionError`` (message starts with the file) on bad input."""
-    if same_file(input_json_file, output_json_file):
-        # The atomic rename would put the training JSON where the VideoInstruct JSON was: the input would be gone.
-        raise ConversionError(
-            f"--output_json_file {output_json_file} is the input file itself; name another file",
-            source=str(input_json_file),
-        )
+    # The atomic rename would put the training JSON where the VideoInstruct JSON was: the input would be gone.
+    check_written_output(output_json_file, {"--input_json_file": input_json_file}, "--output_json_file")
     feature_index = None
     if clip_feature_path:
         folder = Path(clip_feature_path)

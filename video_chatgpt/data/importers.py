@@ -59,10 +59,10 @@ from pathlib import Path
 
 from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
-from video_chatgpt.data.convert import ConversionError, _json_type, read_items, same_file, training_json_text
+from video_chatgpt.data.convert import ConversionError, _json_type, check_written_output, read_items, training_json_text
 from video_chatgpt.errors import UserError, error_message, run_main
 from video_chatgpt.features.store import index_feature_folder, video_id_of
-from video_chatgpt.files import write_text_atomically
+from video_chatgpt.files import parse_json, write_text_atomically
 
 FORMATS = ("llava", "sharegpt", "qwen")
 IMAGE_TAG = "<image>"
@@ -461,11 +461,9 @@ def read_input(path: str | Path) -> tuple[list, list[int] | None]:
         if not line.strip():
             continue
         try:
-            items.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ConversionError(
-                f"line {n} is not valid JSON: {exc.msg} at column {exc.colno}", source=str(path)
-            ) from None
+            items.append(parse_json(line, f"line {n}"))
+        except UserError as exc:
+            raise ConversionError(str(exc), source=str(path)) from None
         lines.append(n)
     return items, lines
 
@@ -497,11 +495,8 @@ def import_file(
     """Read, import and atomically write. Raises ``ConversionError`` (message starts with the file) on bad input."""
     if fmt not in PARSERS:
         raise UserError(f"--format {fmt}: unknown; expected one of {', '.join(FORMATS)}")
-    if same_file(input_path, output_json):
-        # The atomic rename would put the training JSON where the source was: the input would be gone.
-        raise ConversionError(
-            f"--output_json {output_json} is the input file itself; name another file", source=str(input_path)
-        )
+    # The atomic rename would put the training JSON where the source was: the input would be gone.
+    check_written_output(output_json, {"--input": input_path}, "--output_json")
     feature_index = None
     if clip_feature_path:
         if not Path(clip_feature_path).is_dir():

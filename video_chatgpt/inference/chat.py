@@ -5,7 +5,7 @@
     video-chatgpt chat --model-name ./Video-ChatGPT_7B-1.1_Checkpoints --video_path video.mp4   # our output folder
     video-chatgpt chat --model-name ... --projection_path ... --features_path v_abc.pkl            # a feature file
     video-chatgpt chat --model-name LLaVA-7B-Lightening-v1-1 --projection_path run/mm_projector.bin \
-        --lora_path run --video_path video.mp4                  # a LoRA run's adapter on the base (issue 14)
+        --lora_path run --video_path video.mp4                  # a LoRA run's adapter on the base
 
 Without ``--question`` it reads one question per line from standard input until EOF (or an empty line). Answers are
 printed as they are generated.

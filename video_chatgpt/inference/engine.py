@@ -1,26 +1,14 @@
-"""Load a trained Video-ChatGPT for inference and answer questions about videos.
+"""Load a trained model and answer questions about videos: what chat, predict, the demo and benchmark share.
 
-``load_engine(model_name, projection_path)`` accepts what users have:
+``load_engine(model_name, projection_path)`` takes what users have: a base folder plus a projector file (our
+``mm_projector.bin`` or the released ``video_chatgpt-7B.bin``, the original's ``--model-name``/``--projection_path``),
+or a training output folder, of any base (``bases.open_base``). The run folder is the truth for the tower, the
+frames, the template and the number of video tokens; features with another row count are refused with both numbers.
 
-* the base ``LLaVA-7B-Lightening-v1-1`` folder + a projector file (our ``mm_projector.bin`` or the released
-  ``video_chatgpt-7B.bin``: same keys), as the original's ``--model-name``/``--projection_path``;
-* or one of our training output folders (it names its base in ``video_chatgpt_base.json`` and holds
-  ``mm_projector.bin``), with no projector flag needed.
-
-The video span is always bracketed by ``<vid_start>``/``<vid_end>`` (the original's inference hard-codes it), the
-number of video tokens is the extractor's ``num_frames + patches`` and must match what the model was trained with
-(``config.video_token_len`` when the training run recorded it): features with another row count are refused with
-both numbers.
-
-Other bases (issue 13): a training output folder whatever its base (a Llama-3 / Mistral / Qwen2.5 chat model, a
-LLaVA-1.5 folder), or a LLaVA-1.5/NeXT folder itself; prompts are rendered with the template the run trained with
-(``config.conv_template``: the tokenizer's chat template, ``plain`` after stage 1, else the document's
-``video-chatgpt_v1``), and the span is bracketed as in training (``mm_use_vid_start_end``).
-
-``prompt_ids="original"`` (issue 16) reproduces the original's *inference* ids exactly: it tokenized the prompt
-with the fast tokenizer, which keeps the ``"\n"`` (id 13) before ``<vid_start>`` and adds a lone ``"▁"`` after
-``<vid_end>``, so its prompts are 2 tokens longer than the ids it trained on. The default (``"ours"``) uses the
-training ids; ``original`` is for reproducing published numbers of the released ``video_chatgpt-7B.bin``.
+``prompt_ids="original"`` reproduces the original inference's ids: it tokenized the prompt with the fast tokenizer,
+which keeps the ``"\n"`` (id 13) before ``<vid_start>`` and adds a lone ``"▁"`` after ``<vid_end>`` (2 tokens more
+than training saw). The default, ``"ours"``, uses the training ids; ``original`` reproduces published numbers of the
+released ``video_chatgpt-7B.bin``.
 
 Generation has one path, ``Engine.stream``: the prompt of a (multi-turn) conversation in the model's template, then
 ``generate`` in a thread of its own, handing out text pieces as they settle; ``answer`` joins them. Chat prints the

@@ -441,7 +441,7 @@ def _write_folder_state(folder: Path, state: dict[str, torch.Tensor]) -> None:
             torch.save(chunk, folder / shard)
 
 
-# ------------------------------------------------------------------------------------------- other bases (issue 13)
+# ------------------------------------------------------------------------------------------- other bases
 # Tiny chat-model families, each in its family's style: tokenizer specials, chat template, architecture class.
 # The chat templates are simplified copies of the real ones (same role markers and whitespace around them).
 LLAMA3_CHAT_TEMPLATE = (

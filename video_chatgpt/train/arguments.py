@@ -55,7 +55,7 @@ class ModelArguments:
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "sdpa | flash_attention_2 (needs flash-attn) | eager"}
     )
-    # Other bases (issue 13): any AutoModelForCausalLM + any CLIP/SigLIP tower, or a LLaVA-1.5/NeXT folder.
+    # Other bases: any AutoModelForCausalLM + any CLIP/SigLIP tower, or a LLaVA-1.5/NeXT folder.
     vision_tower: str | None = field(
         default=None,
         metadata={
@@ -117,7 +117,7 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     ddp_find_unused_parameters: bool | None = field(default=False)
     ddp_broadcast_buffers: bool | None = field(default=False)
-    # LoRA / QLoRA on the language model (issue 14), in LLaVA's flag names; see video_chatgpt/train/lora.py.
+    # LoRA / QLoRA on the language model, in LLaVA's flag names; see video_chatgpt/train/lora.py.
     lora_enable: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM (and the projector)"})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
@@ -263,5 +263,5 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
         raise ValueError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
     if data_args.data_path is None or data_args.video_folder is None:
         raise ValueError("--data_path and --video_folder are required")
-    check_flags(training_args)  # --lora_* / --bits (issue 14)
+    check_flags(training_args)  # --lora_* / --bits
     return model_args, data_args, training_args

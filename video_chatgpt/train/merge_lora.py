@@ -14,14 +14,17 @@ each LoRA layer is merged (W + alpha/r * B A) and the folder is written:
 * ``mm_projector.bin`` (the run's, unchanged), and ``video_chatgpt_base.json`` naming the folder itself as its base,
   so ``chat``/``predict`` load it like a training output folder, with no adapter and no other folder needed.
 
-Written to ``.<out>.tmp`` beside ``<out>`` and renamed at the end; an existing ``<out>`` is refused
-(``--overwrite`` replaces it).
+``<out>`` may not be, hold or sit inside the run or its base (``files.check_output``). It is written into a hidden
+``.<out>.partial-*`` folder beside it and renamed into place at the end (``files.staged_folder``, as apply-delta
+does); an existing ``<out>`` is refused (``--overwrite`` replaces it, and a merge killed while replacing it gets the
+old folder back at the next run).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -31,9 +34,11 @@ import torch
 from video_chatgpt.bases import open_base
 from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE
 from video_chatgpt.errors import UserError, run_main
+from video_chatgpt.files import check_output, folder_lock, recover_killed_folder, staged_folder
 from video_chatgpt.model.loading import load_trained_model
 from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
 
+logger = logging.getLogger(__name__)
 DTYPES = ("fp16", "bf16", "fp32")
 
 
@@ -47,6 +52,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_merge_output(run: Path, base: Path, out: Path, overwrite: bool) -> None:
+    """``<out>`` may not be, hold or sit inside the run or its base; an existing ``<out>`` needs ``--overwrite``."""
+    check_output(out, {"<run>": run, "the run's base": base}, "<out>")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"<out> {out} is a file; name a folder (it is created)")
+    if out.exists() and not overwrite:
+        raise UserError(f"<out> {out} exists; choose another folder or pass --overwrite")
+
+
 def merge_run(
     run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_size: str = "5GB", overwrite: bool = False
 ) -> Path:
@@ -54,34 +68,32 @@ def merge_run(
     for name in (ADAPTER_WEIGHTS_FILE, ADAPTER_CONFIG_FILE, PROJECTOR_FILE, BASE_POINTER_FILE):
         if not (run / name).is_file():
             raise UserError(f"{run}: no {name}; merge-lora needs the output folder of a --lora_enable True run")
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; choose another folder or pass --overwrite")
-    if out.resolve() == run.resolve():
-        raise UserError(f"{out} is the run folder itself; write the merged model elsewhere")
+    base = open_base(run)  # the pointer's base must exist (one line naming it)
+    check_merge_output(run, base.folder, out, overwrite)  # everything checked before the model is loaded
 
-    model, tokenizer, _ = load_trained_model(open_base(run), torch.float32)  # base + tokens + projector + adapter
+    model, tokenizer, _ = load_trained_model(base, torch.float32)  # base + tokens + projector + adapter
     merge_adapter(model)
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     model.to(torch_dtype)
 
-    tmp = out.parent / f".{out.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # a killed merge's leftovers
-    tmp.mkdir(parents=True)
-    # VideoChatGPTForCausalLM saves itself; any other base saves its causal LM (whose config has the mm_* fields).
-    saver = model if hasattr(model, "save_pretrained") else model.language_model
-    saver.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for name in ("tokenizer.model",):
-        if (run / name).is_file():
-            shutil.copyfile(run / name, tmp / name)
-    shutil.copyfile(run / PROJECTOR_FILE, tmp / PROJECTOR_FILE)
-    (tmp / BASE_POINTER_FILE).write_text(
-        json.dumps({"base_model": str(out.resolve()), "projector": PROJECTOR_FILE, "merged_from": str(run.resolve())})
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with folder_lock(out, logger.info):
+        # A killed merge's leftovers are undone first (a half-written folder deleted, a replaced <out> put back),
+        # then <out> is checked again: a restored folder needs --overwrite as before.
+        for action in recover_killed_folder(out):
+            logger.info(action)
+        check_merge_output(run, base.folder, out, overwrite)
+        with staged_folder(out) as tmp:
+            # VideoChatGPTForCausalLM saves itself; any other base saves its causal LM (whose config has the mm_*
+            # fields).
+            saver = model if hasattr(model, "save_pretrained") else model.language_model
+            saver.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            for name in ("tokenizer.model",):
+                if (run / name).is_file():
+                    shutil.copyfile(run / name, tmp / name)
+            shutil.copyfile(run / PROJECTOR_FILE, tmp / PROJECTOR_FILE)
+            pointer = {"base_model": str(out.resolve()), "projector": PROJECTOR_FILE, "merged_from": str(run.resolve())}
+            (tmp / BASE_POINTER_FILE).write_text(json.dumps(pointer))
     return out
 
 

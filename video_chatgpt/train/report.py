@@ -435,7 +435,7 @@ def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
         ["feature shape (video tokens, width)", _fmt(info.get("feature_shape"))],
     ]
     lora = [p for p in params if ".lora_" in str(p.get("name", ""))]
-    if lora:  # --lora_enable (issue 14): the adapters apart from the projector, with peft's settings
+    if lora:  # --lora_enable: the adapters apart from the projector, with peft's settings
         adapter = _lora_settings(run.output_dir)
         leaves = sorted({str(p["name"]).split(".lora_")[0].rsplit(".", 1)[-1] for p in lora})
         rows.append(

@@ -28,20 +28,19 @@ output is written into a hidden temporary folder next to the target and renamed 
 
 from __future__ import annotations
 
-import fcntl
-import glob
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_PREFIX
+from video_chatgpt.errors import UserError
+from video_chatgpt.files import check_output, folder_lock, recover_killed_folder, same_path, staged_folder
 from video_chatgpt.weights.checkpoint import (
     TensorInfo,
     TensorReader,
@@ -288,111 +287,16 @@ def fp16_config(raw: bytes) -> tuple[bytes, bool]:
     return (json.dumps(config, indent=2) + "\n").encode(), True
 
 
-def _same_or_inside(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or b in a.parents or a in b.parents
-
-
-def same_folder(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` are one folder: the same path after resolving links, or the same inode."""
-    if a.resolve() == b.resolve():
-        return True
+def check_output_path(output: Path, inputs: dict[str, Path], role: str, overwrite: bool) -> None:
     try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def check_output_path(output: Path, inputs: list[Path], role: str, overwrite: bool) -> None:
-    for inp in inputs:
-        if _same_or_inside(output, inp):
-            raise WeightsError(f"{role} {output} overlaps the input folder {inp} (same, inside or around it)")
+        check_output(output, inputs, role)  # not the same folder as an input, nor around or inside one
+    except UserError as exc:
+        raise WeightsError(str(exc)) from None
     if output.exists():
         if not output.is_dir():
             raise WeightsError(f"{role} {output} exists and is a file; name a folder (it is created)")
         if any(output.iterdir()) and not overwrite:
             raise WeightsError(f"{role} {output} exists and is not empty; remove it or pass --overwrite")
-
-
-def _partial_prefix(output: Path) -> str:
-    return f".{output.name}.partial-"
-
-
-def _old_prefix(output: Path) -> str:
-    return f".{output.name}.old-"
-
-
-@contextmanager
-def output_lock(output: Path, log: Log) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the folder that will hold ``output`` while it is written.
-
-    It makes ``recover_killed_run`` safe: no other apply-delta/make-delta is writing next to ``output`` when
-    leftovers are removed. Locking the parent folder itself leaves no lock file behind; two runs into one parent
-    folder take turns (the second waits, and says so). The lock dies with its process, a SIGKILL included.
-    """
-    parent = Path(os.path.abspath(output)).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(parent, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another apply-delta/make-delta writing into {parent} to finish")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def recover_killed_run(output: Path) -> list[str]:
-    """Undo what a run killed inside ``staged_output`` left next to ``output``; returns one line per action.
-
-    Call with ``output_lock`` held. A kill between the two renames of an ``--overwrite`` leaves the previous
-    ``output`` in ``.<name>.old-*/<name>`` and no ``output``: it is moved back, so the rerun starts from the state
-    before the killed run (and ``--overwrite`` decides again). Half-written ``.<name>.partial-*`` folders and emptied
-    ``.old-*`` folders are deleted.
-    """
-    output = Path(os.path.abspath(output))
-    parent = output.parent
-    if not parent.is_dir():
-        return []
-    actions = []
-    for old in sorted(parent.glob(f"{glob.escape(_old_prefix(output))}*")):
-        kept = old / output.name
-        if kept.exists() and not output.exists():
-            os.replace(kept, output)
-            actions.append(f"restored {output} from {old} (left by a killed --overwrite run)")
-        shutil.rmtree(old)
-        actions.append(f"removed {old} (left by a killed run)")
-    for partial in sorted(parent.glob(f"{glob.escape(_partial_prefix(output))}*")):
-        shutil.rmtree(partial)
-        actions.append(f"removed {partial} (half-written by a killed run)")
-    return actions
-
-
-@contextmanager
-def staged_output(output: Path) -> Iterator[Path]:
-    """Yield a hidden temporary folder next to ``output``; on success it replaces ``output`` (old content removed),
-    on any failure (Ctrl-C included) it is deleted, so nothing half-written is ever at ``output``.
-
-    A SIGKILL cannot be caught: what it leaves is undone by ``recover_killed_run`` on the next run."""
-    output = Path(os.path.abspath(output))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(output), dir=output.parent))
-    done = False
-    try:
-        yield tmp
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=_old_prefix(output), dir=output.parent))
-            os.replace(output, old / output.name)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-        done = True
-    finally:
-        if not done:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def combine_folders(
@@ -422,14 +326,14 @@ def combine_folders(
     # 1. Check everything from the headers.
     source_ckpt = find_checkpoint(source_dir, f"{source_flag} ({source_role})")
     base_ckpt = find_checkpoint(base_dir, f"{base_flag} ({base_role})")
-    if same_folder(source_dir, base_dir):
+    if same_path(source_dir, base_dir):
         raise WeightsError(
             f"{base_flag} and {source_flag} are the same folder ({base_dir.resolve()}): the {output_role} would be "
             f"{'all zeros' if subtract else 'the ' + base_role + ' counted twice'}; pass the original LLaMA-7B as "
             f"{base_flag}"
         )
     side = read_side_files(source_dir, f"{source_flag} ({source_role})")
-    check_output_path(output_dir, [source_dir, base_dir], output_flag, overwrite)
+    check_output_path(output_dir, {source_flag: source_dir, base_flag: base_dir}, output_flag, overwrite)
     log(f"{source_role}: {source_dir} ({source_ckpt.describe()})")
     log(f"{base_role}: {base_dir} ({base_ckpt.describe()})")
     source_infos = read_tensor_infos(source_ckpt)
@@ -445,12 +349,12 @@ def combine_folders(
         warnings.append("config.json: torch_dtype set to float16 (the output is fp16)")
         log(f"warning: {warnings[-1]}")
 
-    with output_lock(output_dir, log):
+    with folder_lock(output_dir, log):
         # What a killed run left (a half-written folder; the previous output between the renames of --overwrite)
         # is undone first, then the output is checked again: a restored folder needs --overwrite as before.
-        for action in recover_killed_run(output_dir):
+        for action in recover_killed_folder(output_dir):
             log(action)
-        check_output_path(output_dir, [source_dir, base_dir], output_flag, overwrite)
+        check_output_path(output_dir, {source_flag: source_dir, base_flag: base_dir}, output_flag, overwrite)
         parent = Path(os.path.abspath(output_dir)).parent
         if not os.access(parent, os.W_OK):
             raise WeightsError(
@@ -463,7 +367,7 @@ def combine_folders(
             )
 
         # 2. Stream: one source tensor, its base tensor, one result at a time.
-        with staged_output(output_dir) as tmp:
+        with staged_folder(output_dir) as tmp:
             with (
                 closing(iter_tensors(source_ckpt, [s.name for s in plan.steps], source_infos)) as source_tensors,
                 TensorReader(base_ckpt, base_infos) as base_reader,

@@ -230,7 +230,7 @@ CASES: dict[str, Case] = {
     "apply-delta: target inside the delta": Case(
         lambda w, t: apply_delta_argv(w, w["base"], w["delta"] / "out"),
         1,
-        ("overlaps the input folder",),
+        ("is inside the input --delta-path", "would destroy an input"),
         unchanged("delta"),
     ),
     "apply-delta: tokenizer is an LFS pointer": Case(
@@ -270,7 +270,7 @@ CASES: dict[str, Case] = {
     "make-delta: output is the target": Case(
         lambda w, t: make_delta_argv(w, w["base"], w["llava"], w["llava"]) + ["--overwrite"],
         1,
-        ("overlaps",),
+        ("is the input --target-model-path", "would destroy an input"),
         unchanged("llava"),
     ),
     # ---- check-weights
@@ -291,7 +291,7 @@ CASES: dict[str, Case] = {
     "convert: output is the input": Case(
         lambda w, t: s("convert", "--input_json_file", w["instructions"], "--output_json_file", w["instructions"]),
         1,
-        ("is the input file itself", "nothing was written"),
+        ("is the input --input_json_file", "nothing was written"),
         unchanged("instructions"),
     ),
     "convert: output's folder is a file": Case(
@@ -537,7 +537,7 @@ def test_bad_input_as_a_process(world, tmp_path, name):
 def test_debug_shows_the_traceback(world, tmp_path):
     case = CASES["convert: output is the input"]
     debug = _run(case.argv(world, tmp_path) + ["--debug"])
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "is the input file itself" in debug.stderr
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "is the input --input_json_file" in debug.stderr
 
 
 # ----------------------------------------------------------------------------- real read-only and full disks

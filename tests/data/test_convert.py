@@ -172,7 +172,7 @@ def test_missing_feature_folder_is_an_error(tmp_path, capsys):
 
 
 BAD_INPUTS = {
-    "not_json": ('[{"video_id": "v_a", "q": "q", "a": "a"},', ["is not valid JSON", "line 1"]),
+    "not_json": ('[{"video_id": "v_a", "q": "q", "a": "a"},', ["not valid JSON", "line 1"]),
     "not_a_list": ('{"video_id": "v_a", "q": "q", "a": "a"}', ["top level is a JSON object, expected a list"]),
     "item_not_object": ('[{"video_id": "v_a", "q": "q", "a": "a"}, "v_b"]', ["item 1:", "JSON string"]),
     "missing_video_id": (
@@ -188,7 +188,7 @@ BAD_INPUTS = {
     "null_answer": ('[{"video_id": "v_a", "q": "q", "a": null}]', ["item 0", "key 'a'", "JSON null"]),
     "list_question": ('[{"video_id": "v_a", "q": ["q"], "a": "a"}]', ["item 0", "key 'q'", "JSON array"]),
     "empty_video_id": ('[{"video_id": "", "q": "q", "a": "a"}]', ["item 0", "'video_id'", "empty"]),
-    "not_utf8": (b'[{"video_id": "v_\xff", "q": "q", "a": "a"}]', ["is not UTF-8"]),
+    "not_utf8": (b'[{"video_id": "v_\xff", "q": "q", "a": "a"}]', ["not UTF-8"]),
 }
 
 
@@ -328,6 +328,6 @@ def test_output_that_is_the_input_is_refused_and_the_input_survives(tmp_path, ca
         os.link(src, out)
     assert run("--input_json_file", src, "--output_json_file", out) == 1
     err = capsys.readouterr().err
-    assert "is the input file itself" in err and "nothing was written" in err and "Traceback" not in err
+    assert "is the input --input_json_file" in err and "nothing was written" in err and "Traceback" not in err
     assert src.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"in.json", "sub", out.name})

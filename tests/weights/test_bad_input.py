@@ -177,7 +177,7 @@ def test_target_exists(folders, delta_bin, tmp_path):
     assert (target / "keep.txt").read_text() == "mine"
     apply_delta(folders["base_bin"], target, delta_bin, overwrite=True)
     assert not (target / "keep.txt").exists() and (target / "model.safetensors.index.json").exists()
-    with pytest.raises(WeightsError, match="input folder"):
+    with pytest.raises(WeightsError, match="is the input --delta-path"):
         apply_delta(folders["base_bin"], delta_bin, delta_bin, overwrite=True)
 
 

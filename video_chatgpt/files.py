@@ -55,14 +55,20 @@ def read_json(path: str | Path, *, max_bytes: int = DEFAULT_MAX_JSON_BYTES, expe
     deep for the parser, or a top-level value of another type. A missing file stays ``FileNotFoundError``.
     """
     path = Path(path)
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise UserError(f"{path}: {size:,} bytes, more than the {max_bytes:,} a file of this kind may have")
-    value = parse_json(path.read_bytes(), str(path))
+    value = parse_json(read_bytes_bounded(path, max_bytes), str(path))
     if expect is not None and not isinstance(value, expect):
         wanted = {dict: "an object ({...})", list: "a list ([...])"}.get(expect, expect.__name__)
         raise UserError(f"{path}: expected {wanted} at the top level, found {type(value).__name__}")
     return value
+
+
+def read_bytes_bounded(path: str | Path, max_bytes: int = DEFAULT_MAX_JSON_BYTES) -> bytes:
+    """The bytes of ``path``, or a ``UserError`` naming it when it is larger than ``max_bytes`` (checked first)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise UserError(f"{path}: {size:,} bytes, more than the {max_bytes:,} a file of this kind may have")
+    return path.read_bytes()
 
 
 def parse_json(data: bytes | str, where: str):

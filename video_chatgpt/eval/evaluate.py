@@ -55,7 +55,7 @@ from video_chatgpt.eval.protocol import (
     summarize,
 )
 from video_chatgpt.eval.report import render_markdown
-from video_chatgpt.files import write_bytes_atomically
+from video_chatgpt.files import check_output, parse_json, read_bytes_bounded, read_json, write_bytes_atomically
 
 DEFAULT_JUDGE = "gpt-3.5-turbo"  # the original's judge (the model named in the prompt file)
 DEFAULT_API_BASE = "https://api.openai.com/v1"
@@ -159,14 +159,30 @@ def jobs_of(args) -> list[tuple[str, Path]]:
     return [(args.task, Path(args.pred_path))]
 
 
+def check_outputs(args, jobs: list[tuple[str, Path]]) -> None:
+    """No file this run writes (results, caches, combined files) may be or hold a prediction file it reads."""
+    if args.task == "vcgbench":
+        inputs = {f"--pred_{k}": getattr(args, f"pred_{k}") for k in ("general", "temporal", "consistency")}
+    else:
+        inputs = {"--pred_path": args.pred_path}
+    outputs = {"--output_dir": [args.output_dir / RESULTS_JSON, args.output_dir / RESULTS_MD]}
+    for name, _ in jobs:
+        outputs["--output_dir"] += [args.output_dir / f"{name}.cache.jsonl", args.output_dir / f"{name}_combined.json"]
+    if args.output_json:
+        outputs["--output_json"] = [args.output_json]
+    for flag, paths in outputs.items():
+        for path in paths:
+            check_output(path, inputs, flag if flag == "--output_json" else "--output_dir file")
+
+
 def read_predictions(path: Path) -> tuple[list, str]:
     if not path.is_file():
         raise UserError(f"{path}: no such prediction file (make it with `video-chatgpt predict`)")
-    data = path.read_bytes()
+    data = read_bytes_bounded(path)
     try:
-        return json.loads(data), hashlib.sha256(data).hexdigest()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); rerun `video-chatgpt predict` to rewrite it") from None
+        return parse_json(data, str(path)), hashlib.sha256(data).hexdigest()
+    except UserError as exc:
+        raise UserError(f"{exc}; rerun `video-chatgpt predict` to rewrite it") from None
 
 
 def describe_changes(old: dict, new: dict) -> str:
@@ -281,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
     num_workers = args.num_workers or args.num_tasks or 8
     jobs = jobs_of(args)
+    check_outputs(args, jobs)  # before anything is written
     host = api_host(args.api_base)
     api_key = resolve_api_key(args)
     settings = JudgeSettings(
@@ -304,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if results_path.is_file():
         try:
-            previous = json.loads(results_path.read_text(encoding="utf-8"))
+            previous = read_json(results_path, expect=dict)
             before = {**{k: previous["judge"][k] for k in judge_info}, "prompts_sha256": previous["prompts"]["sha256"]}
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (UserError, KeyError, TypeError):
             raise UserError(
                 f"{results_path}: not a results file of `video-chatgpt evaluate`; delete it or use another --output_dir"
             ) from None

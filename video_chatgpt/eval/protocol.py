@@ -138,7 +138,10 @@ _FIELDS = {  # qa_set field -> accepted record keys, in order (ours / the origin
 def _field(record: dict, field: str, where: str) -> str:
     for name in _FIELDS[field]:
         if name in record and record[name] is not None:
-            return str(record[name])
+            value = record[name]
+            if not isinstance(value, str):  # a list or a number would be judged as its Python text
+                raise UserError(f"{where} {name!r} is a {type(value).__name__}, expected text")
+            return value
     names = " or ".join(repr(n) for n in _FIELDS[field])
     raise UserError(
         f"{where} has no {names} (keys: {', '.join(map(str, record))}); is it a prediction file of "

@@ -40,7 +40,7 @@ from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.errors import UserError
 from video_chatgpt.eval.evaluate import DEFAULT_API_BASE, DEFAULT_JUDGE, RESULTS_JSON
 from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBENCH, guess_qa_dataset
-from video_chatgpt.files import write_bytes_atomically
+from video_chatgpt.files import read_json, write_bytes_atomically
 from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
 from video_chatgpt.inference.flags import add_model_flags, model_flags_argv
 
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             status |= evaluate.main(evaluate_argv(args, s, criterion))
         results_file = args.output_dir / "eval" / s.label / RESULTS_JSON
         if results_file.is_file():
-            results[s.label] = json.loads(results_file.read_text(encoding="utf-8"))
+            results[s.label] = read_json(results_file, expect=dict)
     rows = summary_rows(sets, results)
     summary = {
         "benchmark_dir": str(args.benchmark_dir),

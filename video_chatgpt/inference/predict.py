@@ -26,8 +26,10 @@ Beside it:
   samples whose video was missing) answers only the rest. Sample ``i`` of the question file is sampled with seed
   ``--seed + i``, so a resumed run writes exactly what an uninterrupted one would.
 * ``{output_name}.errors.json``: samples without a readable video, with the paths tried and the reason. A missing
-  video is never replaced by another: the video is ``{video_dir}/{video_name}{ext}`` for ext in ``constants.VIDEO_SUFFIXES``
-  (``.mp4 .webm .mkv .avi .mov .m4v``; or ``{features_dir}/{video_name}.pkl|.npy``). The others are predicted and the exit status is 1.
+  video is never replaced by another: the video is ``{video_dir}/{video_name}{ext}`` for ext in
+  ``constants.VIDEO_SUFFIXES`` (``.mp4 .webm .mkv .avi .mov .m4v``; or ``{features_dir}/{video_name}.pkl|.npy``), and
+  a ``video_name`` that is absolute or climbs out with ``..`` is never opened (``files.inside``, as for training).
+  The others are predicted and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from video_chatgpt.constants import VIDEO_SUFFIXES
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.decode import VideoDecodeError
 from video_chatgpt.features.store import FEATURE_SUFFIXES, FeatureFileError, load_features
-from video_chatgpt.files import write_bytes_atomically
+from video_chatgpt.files import check_output, inside, parse_json, read_bytes_bounded, read_json, write_bytes_atomically
 from video_chatgpt.inference.chat import expected_video_tokens
 from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, load_engine
 from video_chatgpt.inference.flags import add_model_flags, check_model_flags, engine_kwargs
@@ -61,11 +63,11 @@ def read_question_file(path: str | Path, flag: str) -> tuple[list, str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file; pass the benchmark's question file")
-    data = path.read_bytes()
+    data = read_bytes_bounded(path)
     try:
-        items = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{flag} {path}: not valid JSON ({exc}); download or copy the question file again") from None
+        items = parse_json(data, f"{flag} {path}")
+    except UserError as exc:
+        raise UserError(f"{exc}; download or copy the question file again") from None
     if not isinstance(items, list):
         raise UserError(f"{flag} {path}: expected a JSON list of question records, found {type(items).__name__}")
     for i, item in enumerate(items):
@@ -75,12 +77,16 @@ def read_question_file(path: str | Path, flag: str) -> tuple[list, str]:
 
 
 def _require(item: dict, keys: tuple[str, ...], path, i: int) -> None:
+    """Every key in ``keys`` is present and text (a list or a number would be asked as its Python text)."""
     missing = [k for k in keys if k not in item]
     if missing:
         raise UserError(
             f"{path}: item {i} lacks {', '.join(missing)} (has {', '.join(item) or 'nothing'}); is it "
             f"the question file of this --task?"
         )
+    for k in keys:
+        if not isinstance(item[k], str):
+            raise UserError(f"{path}: item {i} {k!r} is a {type(item[k]).__name__}, expected text")
 
 
 def identity_keys(identities: list[tuple]) -> list[str]:
@@ -145,16 +151,21 @@ def questions_of(task: str, record: dict) -> dict[str, str]:
     return {"pred1": record["Q1"], "pred2": record["Q2"]} if task == "consistency" else {"pred": record["Q"]}
 
 
-def find_source(video_name: str, video_dir: Path | None, features_dir: Path | None) -> tuple[Path | None, list[str]]:
-    """The video (or feature) file of a sample, and every path tried."""
+def find_source(
+    video_name: str, video_dir: Path | None, features_dir: Path | None, what: str = "video_name"
+) -> tuple[Path | None, list[str]]:
+    """The video (or feature) file of a sample, and every path tried. A ``video_name`` that is absolute or climbs out
+    of its folder (``files.inside``) raises ``UserError`` naming ``what`` (e.g. "item 3 video_name")."""
     tried = []
     if features_dir is not None:
+        inside(features_dir, video_name, what, "--features_dir")
         for ext in FEATURE_SUFFIXES:
             path = features_dir / f"{video_name}{ext}"
             tried.append(str(path))
             if path.is_file():
                 return path, tried
     if video_dir is not None:
+        inside(video_dir, video_name, what, "--video_dir")
         for ext in VIDEO_SUFFIXES:
             path = video_dir / f"{video_name}{ext}"
             tried.append(str(path))
@@ -173,6 +184,11 @@ class PredictionFiles:
         self.progress = output_dir / f"{output_name}.progress.jsonl"
         self.errors = output_dir / f"{output_name}.errors.json"
 
+    def check_inputs(self, inputs: dict) -> None:
+        """None of these files may be (or hold) a question file: ``--overwrite`` deletes them, a run replaces them."""
+        for path in (self.output, self.sidecar, self.progress, self.errors):
+            check_output(path, inputs, "--output_dir/--output_name")
+
     def start(self, made_from: dict, overwrite: bool) -> dict[str, dict]:
         """Check that the existing output was made from the same inputs and settings; returns key -> answered line."""
         existing = [p for p in (self.output, self.progress) if p.exists()]
@@ -181,8 +197,8 @@ class PredictionFiles:
                 path.unlink(missing_ok=True)
         elif self.sidecar.is_file():
             try:
-                before = json.loads(self.sidecar.read_text(encoding="utf-8"))["made_from"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                before = read_json(self.sidecar, expect=dict)["made_from"]
+            except (UserError, KeyError, TypeError):
                 raise UserError(
                     f"{self.sidecar}: unreadable; delete it and {self.output}, or pass --overwrite"
                 ) from None
@@ -234,9 +250,9 @@ class PredictionFiles:
         done = {}
         for number, line in enumerate(complete.splitlines(), start=1):
             try:
-                entry = json.loads(line)
+                entry = parse_json(line, str(self.progress))
                 done[entry["key"]] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (UserError, KeyError, TypeError):
                 raise UserError(
                     f"{self.progress}: line {number} is not a prediction record; pass --overwrite to predict again"
                 ) from None
@@ -298,6 +314,15 @@ def main(argv: list[str] | None = None, *, get_engine=None) -> int:
             raise UserError(f"{flag} {folder}: no such folder")
     samples, question_files = load_samples(args.task, args.gt_file, args.gt_file_question, args.gt_file_answers)
     files = PredictionFiles(args.output_dir, args.output_name)
+    files.check_inputs(
+        {
+            "--gt_file": args.gt_file,
+            "--gt_file_question": args.gt_file_question,
+            "--gt_file_answers": args.gt_file_answers,
+        }
+    )
+    if get_engine is None:
+        check_model_flags(args)  # a mistyped --model-name stops here, before --overwrite deletes anything
     done = files.start(made_from(args, question_files), args.overwrite)
     todo = [s for s in samples if s["key"] not in done]
     print(f"{len(samples)} samples: {len(done)} already predicted in {files.output}, {len(todo)} to do", flush=True)
@@ -348,8 +373,14 @@ def _predict(args, todo: list[dict], files: PredictionFiles, engine) -> list[dic
     with open(files.progress, "a", encoding="utf-8") as progress:
         for sample in tqdm(todo, desc="predict", unit="sample"):
             record = sample["record"]
-            source, tried = find_source(str(record["video_name"]), args.video_dir, args.features_dir)
-            error = {"key": sample["key"], "video_name": record["video_name"], "tried": tried}
+            error = {"key": sample["key"], "video_name": record["video_name"]}
+            try:
+                what = f"item {sample['index']} video_name"
+                source, tried = find_source(record["video_name"], args.video_dir, args.features_dir, what)
+            except UserError as exc:  # a name from the question file that leaves its folder: never opened
+                errors.append({**error, "tried": [], "reason": str(exc)})
+                continue
+            error["tried"] = tried
             if source is None:
                 errors.append({**error, "reason": "video not found"})
                 continue

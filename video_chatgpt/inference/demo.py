@@ -382,6 +382,12 @@ def find_examples(paths: list[str] | None) -> dict[str, Path]:
     return {f.name: f.resolve() for f in files[:MAX_EXAMPLES]}
 
 
+def served_paths(examples: dict[str, Path], previews: Path) -> list[str]:
+    """What gradio may serve from the disk: each example file itself (not its folder: a secret beside an example
+    stays private) and the demo's own preview folder."""
+    return sorted({str(p.resolve()) for p in examples.values()} | {str(previews.resolve())})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="video-chatgpt demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -448,12 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         backend = DemoBackend(engine, Path(previews), args.max_video_seconds, examples)
         app = build_app(backend, title, args.temperature, args.max_new_tokens)
         app.queue(max_size=args.max_queue, default_concurrency_limit=1)
-        folders = sorted({str(p.parent) for p in examples.values()} | {previews})
         print(f"video-chatgpt demo: serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
         app.launch(
             server_name=args.host,
             server_port=args.port,
-            allowed_paths=folders,
+            allowed_paths=served_paths(examples, Path(previews)),
             show_error=True,
             footer_links=["api"],
             quiet=True,

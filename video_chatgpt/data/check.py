@@ -40,7 +40,6 @@ rendered in ``num_workers`` threads (SentencePiece releases the GIL while encodi
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import pickle
@@ -62,6 +61,7 @@ from video_chatgpt.data.tokenizer import SegmentEncoder, load_video_tokenizer
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import FeatureFileError, check_features_match, index_feature_folder, load_features
 from video_chatgpt.features.store import read_feature_header as store_read_feature_header
+from video_chatgpt.files import parse_json, read_bytes_bounded
 from video_chatgpt.weights.check import require_tokenizer
 
 # The dtype the original wrote and the official downloads hold.
@@ -511,13 +511,11 @@ def _read_records(path: Path, report: DataReport) -> list | None:
         report.add([Problem("data_file", message, file=str(path))])
 
     try:
-        data = json.loads(path.read_bytes())
+        data = parse_json(read_bytes_bounded(path), "it")  # the bounded reader: any nesting is one problem line
     except OSError as exc:
         return fail(f"cannot read it ({exc.strerror or exc})")
-    except UnicodeDecodeError as exc:
-        return fail(f"is not UTF-8 text ({exc})")
-    except json.JSONDecodeError as exc:
-        return fail(f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except UserError as exc:
+        return fail(f"is {str(exc).removeprefix('it: ')}")
     if not isinstance(data, list):
         return fail(f"the top level is a {type(data).__name__}, expected a list of records")
     if not data:

@@ -11,7 +11,6 @@ so ``__getitem__`` refuses it, naming the file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from video_chatgpt.data.paths import feature_path
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import load_features
+from video_chatgpt.files import read_json
 
 
 def check_record_paths(records: list[dict], video_folder: str | Path, data_path: str | Path = "training JSON") -> None:
@@ -50,14 +50,12 @@ def check_finite(features: np.ndarray, path: Path) -> np.ndarray:
 
 
 def load_records(data_path: str | Path) -> list[dict]:
-    """The training JSON: a list of records. Raises ``ValueError`` naming the file when it is not one."""
+    """The training JSON: a list of records (``files.read_json``: bounded, any nesting). Raises ``UserError`` naming
+    the file when it is not one."""
     path = Path(data_path)
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    records = read_json(path)
     if not isinstance(records, list):
-        raise ValueError(f"{path}: expected a JSON list of training records, got {type(records).__name__}")
+        raise UserError(f"{path}: expected a JSON list of training records, got {type(records).__name__}")
     return records
 
 

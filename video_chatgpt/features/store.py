@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from video_chatgpt.errors import UserError
-from video_chatgpt.files import write_bytes_atomically
+from video_chatgpt.files import read_json, write_bytes_atomically
 
 FEATURE_SUFFIXES = (".pkl", ".npy")
 
@@ -424,15 +424,11 @@ def read_manifest(folder: str | Path) -> dict | None:
     """
     path = Path(folder) / MANIFEST_NAME
     try:
-        text = path.read_text()
+        manifest = read_json(path)
     except FileNotFoundError:
         return None
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path}: is not valid JSON ({exc}); delete it and rerun the extraction with --overwrite"
-        ) from None
+    except UserError as exc:
+        raise UserError(f"{exc}; delete it and rerun the extraction with --overwrite") from None
     if not isinstance(manifest, dict) or "feature_shape" not in manifest:
         raise UserError(f"{path}: is not a features manifest; delete it and rerun the extraction with --overwrite")
     return manifest

@@ -26,7 +26,6 @@ the CLS token when the strategy is ``full`` and the tower has one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import hash_files
+from video_chatgpt.files import read_json
 
 # The original's select layer (LLaVA's mm_vision_select_layer): the output of the second-to-last encoder layer.
 DEFAULT_SELECT_LAYER = -2
@@ -136,7 +136,7 @@ class TowerSpec:
         for index_name in _WEIGHT_INDEXES:
             index = self.folder / index_name
             if index.is_file():
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                shards = sorted(set(read_json(index, expect=dict)["weight_map"].values()))
                 return [self.folder / shard for shard in shards]
         for file_name in _WEIGHT_FILES:
             if (self.folder / file_name).is_file():
@@ -158,9 +158,9 @@ def _read_config(folder: Path, name: str) -> dict:
             f"or a LLaVA-1.5/NeXT folder in the transformers layout"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: is not valid JSON ({exc}); download the tower again") from exc
+        return read_json(path, expect=dict)
+    except UserError as exc:
+        raise UserError(f"{exc}; download the tower again") from None
 
 
 def _vision_config(kind: str, config: dict, path: Path):

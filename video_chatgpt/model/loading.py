@@ -14,7 +14,6 @@ the config. Under DeepSpeed ZeRO-3 (the tables are shards) the rows are set on t
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from video_chatgpt.bases import Base
 from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_PREFIX
 from video_chatgpt.data.tokenizer import VideoTokenIds, load_video_tokenizer
 from video_chatgpt.errors import UserError
+from video_chatgpt.files import read_json
 from video_chatgpt.model.lora import load_adapter
 from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, VideoLanguageModel, video_config
 
@@ -258,7 +258,7 @@ def _checkpoint_key(folder: str | Path, suffix: str) -> str:
     folder = Path(folder)
     index = next(folder.glob("*.safetensors.index.json"), None)
     if index is not None:
-        names = list(json.loads(index.read_text())["weight_map"])
+        names = list(read_json(index, expect=dict)["weight_map"])
     else:
         names = []
         for shard in sorted(folder.glob("*.safetensors")):

@@ -8,12 +8,12 @@ resumes by itself, and refused when ``--resume_from_checkpoint`` names it.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from video_chatgpt.constants import TRAINER_STATE_FILE
 from video_chatgpt.errors import UserError
+from video_chatgpt.files import read_json
 from video_chatgpt.train.trainer import TRAINABLE_FILE
 from video_chatgpt.weights.checkpoint import WeightsError, find_checkpoint, read_safetensors_header, read_tensor_infos
 
@@ -27,8 +27,8 @@ def checkpoint_problem(ckpt: str | Path) -> str | None:
     if not state_file.is_file():
         return "no trainer_state.json: the run stopped while saving it"
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        state = read_json(state_file)
+    except (OSError, UserError) as exc:
         return f"trainer_state.json is empty or cut short ({exc})"
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         return "trainer_state.json has no global_step"

@@ -24,7 +24,6 @@ the resume points marked, and the learning rate.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import shlex
@@ -37,7 +36,7 @@ from pathlib import Path
 from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.constants import TRAINER_STATE_FILE
 from video_chatgpt.errors import UserError, run_main
-from video_chatgpt.files import write_atomically, write_text_atomically
+from video_chatgpt.files import read_json, write_atomically, write_text_atomically
 
 RUN_INFO_FILE = "run_info.json"  # written by train.py
 REPORT_FILE = "training_report.md"
@@ -134,10 +133,10 @@ def _number(value, allow_nan: bool = False) -> float | None:
 
 def _read_json(path: Path, problems: list[str]) -> dict | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UserError) as exc:
         problems.append(f"`{path.name}` could not be read ({type(exc).__name__}: {exc})")
         return None
     if not isinstance(data, dict):
@@ -453,8 +452,8 @@ def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
 def _lora_settings(folder: Path) -> str:
     """``" (r 64, alpha 16, dropout 0.05)"`` from the run's adapter_config.json, or "" when it is not there yet."""
     try:
-        cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        cfg = read_json(folder / "adapter_config.json", expect=dict)
+    except (OSError, UserError):
         return ""
     return f" (r {cfg.get('r')}, alpha {cfg.get('lora_alpha')}, dropout {cfg.get('lora_dropout')})"
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from video_chatgpt.files import write_text_atomically
+from video_chatgpt.errors import UserError
+from video_chatgpt.files import read_json, write_text_atomically
 from video_chatgpt.train.arguments import TrainingArguments
 from video_chatgpt.train.report import RUN_INFO_FILE
 
@@ -87,8 +88,8 @@ def _read_run_info(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        info = read_json(path)
+    except UserError:
         logger.warning("%s is not valid JSON (a run stopped while writing it); starting it again", path)
         return {}
     return info if isinstance(info, dict) else {}

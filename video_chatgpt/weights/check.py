@@ -44,7 +44,8 @@ from video_chatgpt.constants import (
     PROJECTOR_PREFIX,
     PROJECTOR_WEIGHT_KEY,
 )
-from video_chatgpt.errors import run_main
+from video_chatgpt.errors import UserError, run_main
+from video_chatgpt.files import read_json
 from video_chatgpt.weights.checkpoint import (
     TensorInfo,
     WeightsError,
@@ -108,9 +109,12 @@ def _read_json(path: Path, report: WeightsReport) -> dict | None:
         report.problems.append(lfs_pointer_message(path))
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = read_json(path)
+    except OSError as exc:
         report.problems.append(f"{path}: not valid JSON ({exc})")
+        return None
+    except UserError as exc:
+        report.problems.append(str(exc))
         return None
     if not isinstance(data, dict):
         report.problems.append(f"{path}: expected a JSON object")
@@ -227,22 +231,22 @@ def _added_tokens(folder: Path) -> dict[str, int]:
     added = folder / "added_tokens.json"
     if added.is_file() and not is_lfs_pointer(added):
         try:
-            found.update({k: v for k, v in json.loads(added.read_text()).items() if isinstance(v, int)})
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            found.update({k: v for k, v in read_json(added).items() if isinstance(v, int)})
+        except (OSError, UserError, AttributeError):
             pass  # reported by check_tokenizer when the file is unreadable
     tcfg = folder / "tokenizer_config.json"
     if tcfg.is_file() and not is_lfs_pointer(tcfg):
         try:
-            decoder = json.loads(tcfg.read_text()).get("added_tokens_decoder") or {}
+            decoder = read_json(tcfg).get("added_tokens_decoder") or {}
             found.update({v["content"]: int(k) for k, v in decoder.items() if isinstance(v, dict) and "content" in v})
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, ValueError):
+        except (OSError, UserError, AttributeError, ValueError):
             pass
     tjson = folder / "tokenizer.json"
     if tjson.is_file() and not is_lfs_pointer(tjson):
         try:
-            for entry in json.loads(tjson.read_text()).get("added_tokens") or []:
+            for entry in read_json(tjson).get("added_tokens") or []:
                 found[entry["content"]] = int(entry["id"])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        except (OSError, UserError, AttributeError, KeyError, TypeError, ValueError):
             pass
     return found
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from video_chatgpt.errors import UserError
+from video_chatgpt.files import read_json
 from video_chatgpt.weights.torchzip import TorchZipShard, UnsupportedTorchZip
 
 # The first line of every Git LFS pointer file.
@@ -196,9 +197,9 @@ def _read_index(index_path: Path) -> dict[str, str]:
     if is_lfs_pointer(index_path):
         raise WeightsError(lfs_pointer_message(index_path))
     try:
-        index = json.loads(index_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{index_path}: not a readable JSON index ({exc})") from exc
+        index = read_json(index_path)
+    except (OSError, UserError) as exc:
+        raise WeightsError(f"{index_path}: not a readable JSON index ({exc})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise WeightsError(f"{index_path}: has no 'weight_map' (tensor name -> shard file)")

@@ -25,7 +25,13 @@ class UserError(Exception):
 
 
 def _os_error_message(exc: OSError) -> str:
+    if exc.filename is None and exc.strerror is None and str(exc):
+        # Raised with a message of its own (``FileNotFoundError("... not found")`` by a library): that message
+        # is the story; the generic line below would drop the path it names.
+        return str(exc)
     where = f": {exc.filename}" if exc.filename else ""
+    if exc.filename2:
+        where += f" -> {exc.filename2}"
     if isinstance(exc, FileNotFoundError):
         return f"no such file or folder{where}"
     if isinstance(exc, IsADirectoryError):

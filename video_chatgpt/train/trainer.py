@@ -25,6 +25,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,6 +43,33 @@ from video_chatgpt.train.lora import projector_parameter_groups, save_adapter
 from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint, read_tensor_infos
 
 TRAINABLE_FILE = "trainable.safetensors"
+
+
+def _existing_folder(path: Path) -> Path:
+    """``path`` or its nearest existing parent (what ``shutil.disk_usage`` can be asked about)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@contextmanager
+def disk_full_as_user_error(folder: str | Path) -> Iterator[None]:
+    """Turn torch's write failure into one line naming ``folder``.
+
+    ``torch.save`` reports a failed write (a full disk, a quota) as ``RuntimeError: [enforce fail at
+    inline_container.cc:...] unexpected pos ...``, which names neither the file nor the cause. The partial file is
+    already removed (``files.write_atomically``); what is free there now is said with it."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "inline_container" not in str(exc):
+            raise
+        free = shutil.disk_usage(_existing_folder(Path(folder))).free
+        raise UserError(
+            f"no space left on {folder} while saving a checkpoint (torch could not write the file; "
+            f"{free / 2**30:.2f} GiB free there now): free some space or set --output_dir elsewhere"
+        ) from exc
 
 
 class VideoChatGPTTrainer(Trainer):
@@ -121,10 +150,19 @@ class VideoChatGPTTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         return any(not p.requires_grad for p in model.parameters())
 
+    def _save_checkpoint(self, *args, **kwargs) -> None:
+        # The weights, optimizer.pt, scheduler.pt and rng_state.pth of checkpoint-N are all torch.save calls.
+        with disk_full_as_user_error(self.args.output_dir):
+            super()._save_checkpoint(*args, **kwargs)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
+        with disk_full_as_user_error(output_dir):
+            self._save_files(output_dir, state_dict)
+
+    def _save_files(self, output_dir: str, state_dict: dict | None) -> None:
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
         if self._frozen_backbone():

@@ -37,10 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from video_chatgpt.args import parse_args_or_status
-from video_chatgpt.errors import UserError
+from video_chatgpt.errors import UserError, run_main
+from video_chatgpt.eval import evaluate
 from video_chatgpt.eval.evaluate import DEFAULT_API_BASE, DEFAULT_JUDGE, RESULTS_JSON
 from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBENCH, guess_qa_dataset
 from video_chatgpt.files import read_json, write_bytes_atomically
+from video_chatgpt.inference import predict
 from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
 from video_chatgpt.inference.flags import add_model_flags, model_flags_argv
 
@@ -263,9 +265,6 @@ def render_summary(rows: list[dict], judge: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from video_chatgpt.eval import evaluate
-    from video_chatgpt.inference import predict
-
     args = parse_args_or_status(build_parser(), argv)
     if isinstance(args, int):
         return args
@@ -310,6 +309,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from video_chatgpt.errors import run_main
-
     sys.exit(run_main(main, None, "video-chatgpt benchmark"))

@@ -39,7 +39,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from video_chatgpt.args import parse_args_or_status
-from video_chatgpt.errors import UserError
+from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.eval.judge import Judge, JudgeRefused, JudgeSettings
 from video_chatgpt.eval.protocol import (
     CRITERIA,
@@ -414,6 +414,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from video_chatgpt.errors import run_main
-
     sys.exit(run_main(main, None, "video-chatgpt evaluate"))

@@ -76,6 +76,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import video_chatgpt
+from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.constants import DEFAULT_NUM_FRAMES, DEFAULT_VISION_TOWER
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.features.decode import DECODE_ERRORS, decode_sampled
@@ -181,8 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None) -> ExtractArgs | int:
     """The settings, or the exit status of a usage error / ``--help`` (argparse's: 2 / 0), without exiting."""
-    from video_chatgpt.args import parse_args_or_status
-
     parser = build_parser()
     ns = parse_args_or_status(parser, argv)
     if isinstance(ns, int):

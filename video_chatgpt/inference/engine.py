@@ -43,6 +43,9 @@ from video_chatgpt.data.conversation import (
 )
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError
+from video_chatgpt.features.encoder import video_tokens
+from video_chatgpt.features.extract import VideoFeatureExtractor
+from video_chatgpt.features.towers import resolve_tower
 from video_chatgpt.model.loading import load_trained_model
 from video_chatgpt.model.video_chatgpt import VideoMixin
 
@@ -107,8 +110,6 @@ class Engine:
     def extractor(self):
         """The feature extractor (the same computation as the feature files), built on first use."""
         if self._extractor is None:
-            from video_chatgpt.features.extract import VideoFeatureExtractor
-
             if not self.vision_tower:
                 raise ValueError("no vision tower: the model config has no mm_vision_tower; pass --vision_tower")
             self._extractor = VideoFeatureExtractor(
@@ -131,9 +132,6 @@ class Engine:
     def spatial_pool(self) -> int:
         """The ``--spatial_pool`` the training features used: the k (1-4) whose token count for this tower and
         ``num_frames`` equals the model's ``video_token_len`` (1 when the model does not record it)."""
-        from video_chatgpt.features.encoder import video_tokens
-        from video_chatgpt.features.towers import resolve_tower
-
         expected = self.model.config.video_token_len
         if not expected:
             return 1

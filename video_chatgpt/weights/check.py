@@ -55,6 +55,7 @@ from video_chatgpt.weights.checkpoint import (
     read_shard_infos,
 )
 from video_chatgpt.weights.delta import LM_HEAD_KEY
+from video_chatgpt.weights.hub import looks_like_hub_id, resolve_model_folder
 
 IMAGE_TOKENS = (IMAGE_PATCH_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN)
 REQUIRED_INT_KEYS = ("mm_hidden_size", "hidden_size", "vocab_size")
@@ -313,8 +314,6 @@ def check_tokenizer(folder: Path, config: dict | None, report: WeightsReport) ->
 
 def check_vision_tower(config: dict, report: WeightsReport) -> None:
     """Warning only: is ``mm_vision_tower`` a local folder or a cached hub model?"""
-    from video_chatgpt.weights.hub import resolve_model_folder
-
     tower = config.get("mm_vision_tower")
     if not isinstance(tower, str) or not tower:
         return
@@ -364,8 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         return args
     folder = Path(args.folder)
     if not folder.exists():
-        from video_chatgpt.weights.hub import looks_like_hub_id, resolve_model_folder
-
         if looks_like_hub_id(args.folder):
             folder = resolve_model_folder(args.folder, "folder", local_files_only=True)  # WeightsError: one line
     report = check_weights(folder, check_tower=not args.no_vision_tower)

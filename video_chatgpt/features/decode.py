@@ -17,17 +17,19 @@ PyAV's RGB frames and frame count equal decord's bit for bit (checked in ``tests
   sampled frame is then decoded from the last keyframe before it (in decode order, with a timestamp not after the
   frame's, so the frames an open GOP places before its keyframe are reached from the keyframe before); nearby
   frames share one forward decode, a far one gets a seek (``container.seek(..., backward=True)``), and packets
-  between that are not sampled and that no other frame refers to are not decoded at all (``skip_frame="NONREF"``).
-  The plan (``plan_runs``) costs each seek ``SEEK_COST_FRAMES`` decoded frames, so a short or keyframe-dense
-  video, or densely sampled frames, come out as one forward pass from the start (still skipping what no frame
-  needs). Decoding from a keyframe gives the same pixels as decoding from the start (that is what a keyframe is;
+  between that are not sampled and that no other frame refers to are not decoded at all (``skip_frame="NONREF"``);
+  after a run's last wanted packet the decoder is drained instead of fed more packets. The plan (``plan_runs``)
+  costs each seek ``SEEK_COST_FRAMES`` decoded frames, so a short or keyframe-dense video, or densely sampled
+  frames, come out as one forward pass from the start (still skipping what no frame needs); a video whose every
+  frame is sampled (``N <= num_frames``) is decoded straight through without the demux pass. Decoding from a keyframe gives the same pixels as decoding from the start (that is what a keyframe is;
   the frames after an open GOP's keyframe are exact too: H.264 recovery points, HEVC CRA), checked against the
   straight path in ``tests/features/test_seek.py``. Every doubt on the way (a seek that lands after the keyframe it
   aimed at, a frame without a known timestamp, frames out of order, a frame the decoder marks corrupt, a sampled
   frame that never comes out) abandons the plan for the straight path, so the frames kept are the same either way.
   (What the plan cannot see is damage in the parts it does not decode: a packet mid-video that the decoder would
-  drop shortens ``N`` straight through but not here. Such files fail the checks above in practice: truncated
-  files have fewer packets than their header says.)
+  drop shortens ``N`` straight through but not here. A truncated mp4 has fewer packets than its header says, and a
+  packet cut short is marked corrupt by the demuxer, so those go straight through; damage inside a complete file
+  is not seen.)
 
 Resizing is the original's: ``torch.nn.functional.interpolate(mode="nearest")`` to ``size x size`` (aspect ratio
 not kept), which on uint8 input is a pure gather of rows and columns; the row/column indices are taken from
@@ -167,6 +169,9 @@ def read_packet_table(path: str | Path) -> PacketTable:
     with container:
         header = int(stream.frames)
         codec = stream.codec_context.name
+        if codec not in SEEKABLE_CODECS and header > 0:  # decoded straight through: no need to read the packets
+            empty = np.zeros(0, dtype=np.int64)
+            return PacketTable(header, empty, empty.astype(bool), f"codec {codec}: a packet is not always one frame")
         pts, key, problem = [], [], None
         for packet in container.demux(stream):
             if not packet.size:  # the empty packet that flushes the decoder at the end
@@ -238,11 +243,6 @@ def plan_runs(table: PacketTable, indices: list[int], seek_cost: int = SEEK_COST
             start, end, wanted = s, e, [i]
     runs.append(Run(start, end, tuple(wanted)))
     return runs
-
-
-def planned_cost(runs: list[Run], seek_cost: int = SEEK_COST_FRAMES) -> int:
-    """Packets a plan decodes (at most: non-reference ones are skipped) plus ``seek_cost`` per seek."""
-    return sum(r.end - r.start + 1 for r in runs) + seek_cost * sum(1 for r in runs if r.start > 0)
 
 
 class _Doubt(Exception):

@@ -36,8 +36,10 @@ Features:
   (``--is_multimodal``, ``--video_token_len``, ``--frame_aspect_ratio``, ``--force_fsdp``) log one line each, and
   these notes (and a bf16 -> fp32 fallback on CPU) go into ``run_info.json`` and the report.
 
-The recipe is ``train()`` below; its steps follow it. Multi-process helpers (DeepSpeed, ZeRO-3 gathers, the replica
-check) are in ``distributed.py``, checkpoint validation in ``checkpoints.py``, ``run_info.json`` in ``run_info.py``.
+The recipe is ``train()`` below; its steps follow it. The base folder is resolved once (``bases.open_base``) and the
+model built by the one loader (``model.loading.load_model``: vocabulary fitting and ZeRO-3 gathers); DeepSpeed's
+set-up and the replica check are in ``distributed.py``, checkpoint validation in ``checkpoints.py``, ``run_info.json``
+in ``run_info.py``.
 
 Errors a user can fix are ``UserError`` (one line and exit status 1 from the command line, traceback with
 ``--debug``); ``SystemExit(1)`` when the data check fails.

@@ -497,3 +497,14 @@ def test_the_dataset_reads_through_the_bounded_reader(tmp_path):
     (tmp_path / "deep.json").write_text(DEEP)
     with pytest.raises(UserError, match="nested too deeply"):
         load_records(tmp_path / "deep.json")
+
+
+def test_a_deep_line_in_the_judge_cache_is_one_line(tmp_path, capsys):
+    """The judge cache is evaluate's own file, but a damaged one is still a one-line refusal."""
+    (tmp_path / "preds.json").write_text(json.dumps(PREDICTIONS))
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "correctness.cache.jsonl").write_text(DEEP + "\n")
+    before = snapshot(tmp_path)
+    status, err = run_cli(evaluate_argv({}, tmp_path / "preds.json", tmp_path / "eval"), capsys)
+    assert_one_error_line(status, err, "correctness.cache.jsonl", "not a judge cache")
+    assert snapshot(tmp_path) == before

@@ -215,8 +215,8 @@ class JudgeCache:
             self.path.write_text(complete, encoding="utf-8")
         lines = complete.splitlines()
         try:
-            header = json.loads(lines[0])["header"] if lines else None
-        except (json.JSONDecodeError, KeyError, TypeError):
+            header = parse_json(lines[0], str(self.path))["header"] if lines else None
+        except (UserError, KeyError, TypeError):
             header = None
         if header is None:
             raise UserError(f"{self.path}: not a judge cache (no header line); delete it or use another --output_dir")
@@ -228,9 +228,9 @@ class JudgeCache:
             )
         for number, line in enumerate(lines[1:], start=2):
             try:
-                outcome = json.loads(line)
+                outcome = parse_json(line, str(self.path))
                 self.outcomes[outcome["key"]] = outcome
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (UserError, KeyError, TypeError):
                 raise UserError(
                     f"{self.path}: line {number} is not a judge record; delete the file to judge everything again"
                 ) from None

@@ -415,6 +415,20 @@ def test_merge_lora_never_replaces_its_inputs(tmp_path, capsys, out, words):
     assert snapshot(tmp_path) == before
 
 
+def test_merge_lora_gives_back_the_folder_a_killed_overwrite_moved_aside(tmp_path, capsys):
+    """A merge killed between its two renames left the previous <out> in ``.merged.old-*``: the next run puts it
+    back before anything else, so without --overwrite it is refused as any existing folder."""
+    run, _ = _lora_run(tmp_path)
+    kept = tmp_path / ".merged.old-x1" / "merged"
+    kept.mkdir(parents=True)
+    (kept / "model.safetensors").write_bytes(b"the previous merge")
+    (tmp_path / ".merged.partial-y2").mkdir()  # the new one, complete or not: never trusted
+    status, err = run_cli(["merge-lora", run, tmp_path / "merged"], capsys)
+    assert_one_error_line(status, err, "<out>", "merged exists", "--overwrite")
+    assert (tmp_path / "merged" / "model.safetensors").read_bytes() == b"the previous merge"
+    assert not list(tmp_path.glob(".merged.*"))
+
+
 def test_merge_lora_with_a_moved_base_names_the_pointer(tmp_path, capsys):
     run, base = _lora_run(tmp_path)
     base.rename(tmp_path / "moved")

@@ -69,19 +69,17 @@ def merge_run(
         if not (run / name).is_file():
             raise UserError(f"{run}: no {name}; merge-lora needs the output folder of a --lora_enable True run")
     base = open_base(run)  # the pointer's base must exist (one line naming it)
-    check_merge_output(run, base.folder, out, overwrite)  # everything checked before the model is loaded
-
-    model, tokenizer, _ = load_trained_model(base, torch.float32)  # base + tokens + projector + adapter
-    merge_adapter(model)
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    model.to(torch_dtype)
-
     with folder_lock(out, logger.info):
-        # A killed merge's leftovers are undone first (a half-written folder deleted, a replaced <out> put back),
-        # then <out> is checked again: a restored folder needs --overwrite as before.
+        # A killed merge's leftovers are undone first (a half-written folder deleted, a replaced <out> put back), so
+        # <out> is checked as it was before that run; everything is checked before the model is loaded.
         for action in recover_killed_folder(out):
             logger.info(action)
         check_merge_output(run, base.folder, out, overwrite)
+
+        model, tokenizer, _ = load_trained_model(base, torch.float32)  # base + tokens + projector + adapter
+        merge_adapter(model)
+        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+        model.to(torch_dtype)
         with staged_folder(out) as tmp:
             # VideoChatGPTForCausalLM saves itself; any other base saves its causal LM (whose config has the mm_*
             # fields).

@@ -207,6 +207,11 @@ def test_merge_lora_folder_answers_as_the_run(data, tiny_llava, lora_run, tmp_pa
     assert len(list(merged.glob("model-*.safetensors"))) > 1 and (merged / "model.safetensors.index.json").is_file()
     assert not (merged / ADAPTER_WEIGHTS_FILE).exists() and (merged / "mm_projector.bin").is_file()
     assert main(["merge-lora", str(lora_run), str(merged)]) == 1  # exists: refused
+    (merged / "stale.txt").write_text("from the first merge")
+    argv = ["merge-lora", str(lora_run), str(merged), "--dtype", "fp32", "--max_shard_size", "2MB", "--overwrite"]
+    assert main(argv) == 0  # replaced whole, by rename: no old file, no hidden folder left beside it
+    assert not (merged / "stale.txt").exists() and (merged / "model.safetensors.index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
     assert main(["merge-lora", str(tiny_llava), str(tmp_path / "x")]) == 1  # not a LoRA run
 
     engines = {

@@ -25,8 +25,7 @@ import pytest
 import torch
 
 from tests.helpers.data import make_training_data
-from tests.helpers.train import train_paths
-from tests.train.test_hardening import TINY
+from tests.helpers.train import TINY, train_paths
 from video_chatgpt.cli import main as cli_main
 from video_chatgpt.errors import UserError, error_message
 from video_chatgpt.files import (

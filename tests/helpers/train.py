@@ -61,3 +61,19 @@ def tiny_video_model(folder: Path) -> torch.nn.Module:
         open_base(folder), VideoTokenIds(5, None, None), 0, dtype=torch.float32, video_token_len=8,
         mm_use_vid_start_end=False,
     )  # fmt: skip
+
+
+# A projector run as small as it gets (no data check): the hardening and guard tests train with it.
+TINY = [
+    "--tune_mm_mlp_adapter",
+    "True",
+    "--mm_use_vid_start_end",
+    "--per_device_train_batch_size",
+    "2",
+    "--report_to",
+    "none",
+    "--skip_data_check",
+    "True",
+    "--learning_rate",
+    "1e-2",
+]

@@ -15,24 +15,11 @@ import pytest
 import torch
 
 from tests.helpers import ENV, REPO
-from tests.helpers.train import base_state, train_paths
+from tests.helpers.train import TINY, base_state, train_paths
 from video_chatgpt.constants import EMBED_TOKENS_KEY
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import load_features, save_features
 
-TINY = [
-    "--tune_mm_mlp_adapter",
-    "True",
-    "--mm_use_vid_start_end",
-    "--per_device_train_batch_size",
-    "2",
-    "--report_to",
-    "none",
-    "--skip_data_check",
-    "True",
-    "--learning_rate",
-    "1e-2",
-]
 BASE_ROWS = 32003  # the LLaVA base's vocabulary; 32003-32005 are the new video tokens
 
 

@@ -308,3 +308,31 @@ def test_plan_within_bound_of_cuda_max_memory_allocated():
     rows = bench_memory.measure(["h256", "h512"], ["projector", "projector-gc", "lora-gc"], batch=4, device="cuda")
     bad = [r for r in rows if abs(r["error_pct"]) >= 20]
     assert not bad, bench_memory.render(rows)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--lora_enable", "True", "--lora_r", "-64"], "--lora_r -64"),
+        (["--lora_enable", "True", "--lora_dropout", "1.5"], "--lora_dropout 1.5"),
+        (["--gpu_memory", "nan"], "--gpu_memory nan"),
+        (["--gpu_memory", "-24"], "--gpu_memory -24"),
+        (["--gpu_memory", "inf"], "--gpu_memory inf"),
+        (["--tokens_per_sample", "0"], "--tokens_per_sample 0"),
+        (["--video_tokens", "-5"], "--video_tokens -5"),
+        (["--supervised_tokens", "-1"], "--supervised_tokens -1"),
+        (["--tokens_per_sample", "100"], "video tokens 356"),  # the video alone is longer than the sample
+    ],
+)
+def test_plan_memory_refuses_values_that_plan_nonsense(tmp_path, capsys, extra, words):
+    """Values of the wrong sign or not finite are one line naming the flag (before: negative GiB rows, a plan for
+    --gpu_memory nan), as training validates them."""
+    from video_chatgpt.cli import main
+
+    folder = write_config(tmp_path / "LLaVA-7B", LLAMA_7B)
+    argv = ["plan-memory", "--model_name_or_path", str(folder), "--video_tokens", "356", "--bf16", "True"]
+    if "--video_tokens" in extra:
+        argv = argv[:3] + argv[5:]
+    assert main([*argv, *extra]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 2, err

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
@@ -205,6 +206,12 @@ class StepSettings:
             raise ValueError(
                 f"batch {self.batch}, tokens {self.tokens}, supervised {self.supervised}: need batch >= "
                 f"1, tokens >= 1 and 0 <= supervised <= tokens"
+            )
+        if self.video_tokens < 0 or self.video_tokens > self.tokens:
+            raise ValueError(f"video tokens {self.video_tokens}: need 0 <= video tokens <= tokens ({self.tokens})")
+        if self.train == "lora" and (self.lora_r < 1 or not 0 <= self.lora_dropout < 1):
+            raise ValueError(
+                f"--lora_r {self.lora_r} / --lora_dropout {self.lora_dropout}: need r >= 1, 0 <= dropout < 1"
             )
 
     @property
@@ -464,6 +471,16 @@ class PlanArguments:
         },
     )
     device: str = field(default="cuda", metadata={"help": "cuda (default) or cpu: the device the plan is for"})
+
+    def __post_init__(self):
+        if not math.isfinite(self.gpu_memory) or self.gpu_memory <= 0:
+            raise ValueError(f"--gpu_memory {self.gpu_memory}: need a positive number of GiB")
+        for flag in ("tokens_per_sample", "video_tokens"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} {value}: need a positive number")
+        if self.supervised_tokens < 0:
+            raise ValueError(f"--supervised_tokens {self.supervised_tokens}: need 0 or more")
 
 
 def _asked(argv: list[str], flag: str) -> bool:

@@ -181,11 +181,7 @@ def open_base(
     ``projection_path`` overrides a run's own projector; ``lora_path`` adds an adapter (a LoRA run folder carries
     its own). Raises ``UserError`` naming the file for a missing folder, an unreadable config or pointer.
     """
-    given = Path(folder)
-    if not given.is_dir():
-        raise UserError(
-            f"{given}: no such model folder" if not given.exists() else f"{given}: is a file, not a model folder"
-        )
+    given = Path(folder)  # not a folder: no pointer file, and read_config below says so in one line
     run, run_config, projector = None, {}, None
     if (given / BASE_POINTER_FILE).is_file():
         base_folder, projector_name = read_pointer(given)

@@ -16,12 +16,15 @@ $(VENV)/.created:
 	touch $@
 
 $(VENV)/.setup: $(VENV)/.created pyproject.toml
-	$(if $(strip $(TORCH)),$(PIP) install -q "$(TORCH)")
-	$(PIP) install -q -e ".[sample,demo,eval]"
+	@echo "== installing torch and the project with its extras into $(VENV) (about 2 GB the first time: minutes)"
+	$(if $(strip $(TORCH)),$(PIP) install --progress-bar on "$(TORCH)",@$(PY) -c "import torch" 2>/dev/null || \
+		{ echo "TORCH= keeps the torch already in $(VENV), but it has none: install your CUDA build there first \
+		($(PIP) install torch --index-url ...), or use VENV_FLAGS=--system-site-packages"; exit 1; })
+	$(PIP) install --progress-bar on -e ".[sample,demo,eval]"
 	touch $@
 
 $(VENV)/.setup-test: $(VENV)/.setup pyproject.toml
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install --progress-bar on -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.setup

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 
 def parse_bool(text: str) -> bool:
@@ -21,3 +23,50 @@ def parse_args_or_status(parser: argparse.ArgumentParser, argv: list[str] | None
         return parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+
+
+def program(command: str) -> str:
+    """The name usage lines and errors show: the script's file name when one of the document's scripts runs
+    (``scripts/apply_delta.py``, ``train_mem.py`` under python or torchrun), else ``video-chatgpt <command>``."""
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if script.endswith(".py") and script not in ("cli.py", "__main__.py"):
+        return script
+    return f"video-chatgpt {command}"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written (examples keep their lines), and each flag's default after its help unless the
+    help already says it or there is none to show (None, False, an empty string)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, "", argparse.SUPPRESS)
+        if shown and action.option_strings and "default" not in text and "%(default)" not in text:
+            text += " (default: %(default)s)" if text else "default: %(default)s"
+        return text
+
+
+def help_summary(doc: str | None) -> str | None:
+    """A docstring cut for ``--help``: its first paragraph and the indented example blocks right after it (the
+    reference text below them stays in the docstring and the docs)."""
+    if not doc:
+        return doc
+    paragraphs = doc.strip("\n").split("\n\n")
+    kept = paragraphs[:1]
+    for paragraph in paragraphs[1:]:
+        if not paragraph.startswith("    "):
+            break
+        kept.append(paragraph)
+    return "\n\n".join(kept)
+
+
+def command_parser(command: str, description: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """An ``argparse`` parser with the right program name, the docstring's summary as description and the shared
+    help format (flags with their defaults, one line each where they fit in 118 columns)."""
+    return argparse.ArgumentParser(
+        prog=program(command),
+        description=help_summary(description),
+        formatter_class=lambda prog: HelpFormatter(prog, max_help_position=36, width=118),
+        **kwargs,
+    )

@@ -168,7 +168,7 @@ def read_pointer(run: Path) -> tuple[Path, str]:
     if not Path(base).is_dir():
         raise UserError(
             f"{path} names the base model {base}, which is not a folder here; fix base_model in that file or pass "
-            f"the base as --model-name"
+            f"the base as --model_name_or_path"
         )
     return Path(base), projector
 

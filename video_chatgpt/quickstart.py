@@ -21,7 +21,6 @@ Steps (each documented command runs as the user's document writes it, with sampl
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -29,6 +28,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from video_chatgpt.args import command_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,13 +134,11 @@ def evaluate(engine, test_qa: list[dict], features: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="video-chatgpt quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--workdir", default="runs/quickstart")
+    parser = command_parser("quickstart", __doc__)
+    parser.add_argument("--workdir", default="runs/quickstart", help="where every stage writes")
     parser.add_argument("--num_train", type=int, default=64, help="training videos (4 questions each)")
     parser.add_argument("--num_test", type=int, default=24, help="held-out videos")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--base",
         choices=("llava", "qwen2"),
@@ -290,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     (work / "quickstart_result.json").write_text(json.dumps(summary, indent=2))
     print(f"\nresult: {work / 'quickstart_result.json'}; training report: {out / 'training_report.md'}")
     print(
-        f"chat with it: video-chatgpt chat --model-name {out} --video_path {world['videos_test']}/<video>.mp4 "
+        f"chat with it: video-chatgpt chat --model_name_or_path {out} --video_path {world['videos_test']}/<video>.mp4 "
         f'--vision_tower {models["vision_tower"]} --question "What colour is the moving object in the video?"'
     )
     print(
-        f"web demo (then open http://127.0.0.1:7860): video-chatgpt demo --model-name {out} "
+        f"web demo (then open http://127.0.0.1:7860): video-chatgpt demo --model_name_or_path {out} "
         f"--vision_tower {models['vision_tower']} --examples {world['videos_test']}"
     )
     return 0

@@ -154,7 +154,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_llava, tiny_clip, feature
             argv(good, out, "d", tiny_llava, tiny_clip, features_dir, "--projection_path", str(garbage)),
             "cannot be read as a PyTorch projector file",
         ),
-        (argv(good, out, "e", tmp_path / "no_base", tiny_clip, features_dir), "--model-name"),
+        (argv(good, out, "e", tmp_path / "no_base", tiny_clip, features_dir), "--model_name_or_path"),
         (argv(good, out, "f", tiny_llava, tiny_clip, wrong_rows), "350 feature rows, but the model takes 356"),
     ]
     for args, words in cases:

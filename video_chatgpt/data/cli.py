@@ -27,7 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status, parse_bool
+from video_chatgpt.args import command_parser, parse_args_or_status, parse_bool
 from video_chatgpt.bases import Base, open_base
 from video_chatgpt.constants import DEFAULT_MODEL_MAX_LENGTH
 from video_chatgpt.data.check import DEFAULT_FEATURE_DTYPE, DEFAULT_MAX_LISTED, check_training_data
@@ -38,9 +38,15 @@ USAGE = "usage: video-chatgpt data {check,inspect,import} [flags]   (video-chatg
 
 
 def build_check_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="video-chatgpt data check", description="Check training data before training.")
+    p = command_parser("data check", "Check training data before training.")
     p.add_argument("--data_path", required=True, help="the training JSON (output of the converter)")
-    p.add_argument("--video_folder", required=True, help="folder of the .pkl/.npy feature files")
+    p.add_argument(
+        "--features_dir",
+        "--video_folder",
+        dest="video_folder",
+        required=True,
+        help="folder of the .pkl/.npy feature files",
+    )
     p.add_argument("--model_name_or_path", default=None, help="model folder whose tokenizer gives token lengths")
     p.add_argument("--model_max_length", type=int, default=DEFAULT_MODEL_MAX_LENGTH, help="as in training")
     p.add_argument("--expected_width", type=int, default=None, help="feature width the projector reads")

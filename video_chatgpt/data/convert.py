@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from video_chatgpt.args import command_parser
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
 from video_chatgpt.errors import UserError, error_message, run_main
 from video_chatgpt.features.store import index_feature_folder
@@ -223,14 +224,13 @@ PROG = "convert_instruction_json_to_training_format.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Convert the VideoInstruct JSON to the Video-ChatGPT training JSON.",
-    )
+    parser = command_parser("convert", "Convert the VideoInstruct JSON to the Video-ChatGPT training JSON.")
     parser.add_argument("--input_json_file", required=True, help="VideoInstruct JSON: a list of {video_id, q, a}")
     parser.add_argument("--output_json_file", required=True, help="training JSON to write (atomically)")
     parser.add_argument(
+        "--features_dir",
         "--clip_feature_path",
+        dest="clip_feature_path",
         default="",
         help="folder of .pkl/.npy features; keep only items whose video has a feature file there",
     )

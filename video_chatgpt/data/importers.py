@@ -57,7 +57,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
 from video_chatgpt.data.convert import ConversionError, _json_type, check_written_output, read_items, training_json_text
 from video_chatgpt.errors import UserError, error_message, run_main
@@ -515,9 +515,9 @@ def import_file(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt data import",
-        description="Import LLaVA, ShareGPT (LLaMA-Factory) or Qwen-VL video instruction data as the training JSON.",
+    p = command_parser(
+        "data import",
+        "Import LLaVA, ShareGPT (LLaMA-Factory) or Qwen-VL video instruction data as the training JSON.",
     )
     p.add_argument("--format", required=True, choices=FORMATS, help="the input's format (see the module docstring)")
     p.add_argument("--input", required=True, help="the input: a JSON list of records, or .jsonl with one per line")

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status, parse_bool
+from video_chatgpt.args import command_parser, parse_args_or_status, parse_bool
 from video_chatgpt.bases import open_base
 from video_chatgpt.constants import (
     DEFAULT_MODEL_MAX_LENGTH,
@@ -307,12 +307,18 @@ def format_inspection(insp: Inspection, data_path: str | Path, colour: bool, sho
 
 # ------------------------------------------------------------------------------------------------ command line
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt data inspect",
-        description="Show one training record exactly as the trainer renders it: tokens, ids, which carry a loss.",
+    p = command_parser(
+        "data inspect",
+        "Show one training record exactly as the trainer renders it: tokens, ids, which carry a loss.",
     )
     p.add_argument("--data_path", required=True, help="the training JSON, as in training")
-    p.add_argument("--video_folder", required=True, help="folder of the .pkl/.npy feature files, as in training")
+    p.add_argument(
+        "--features_dir",
+        "--video_folder",
+        dest="video_folder",
+        required=True,
+        help="folder of the .pkl/.npy feature files, as in training",
+    )
     p.add_argument("--model_name_or_path", required=True, help="the model folder whose tokenizer training uses")
     p.add_argument("--index", type=int, default=0, help="record to show (0-based position in the JSON list)")
     p.add_argument("--model_max_length", type=int, default=DEFAULT_MODEL_MAX_LENGTH, help="as in training")

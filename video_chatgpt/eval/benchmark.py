@@ -2,12 +2,12 @@
 
     export OPENAI_API_KEY=...                       # or a local judge: --api_base http://localhost:8000/v1
     video-chatgpt benchmark --benchmark_dir benchmarks/ --video_dir videos/ \\
-        --model-name ./Video-ChatGPT_7B-1.1_Checkpoints --output_dir bench_out --judge_model gpt-3.5-turbo
+        --model_name_or_path ./Video-ChatGPT_7B-1.1_Checkpoints --output_dir bench_out --judge_model gpt-3.5-turbo
     # offline, on the sample world (a rule-based TEST judge, not an LLM):
     video-chatgpt sample benchmark --out runs/sample/world
     video-chatgpt sample judge-server --port 8765 &
     video-chatgpt benchmark --benchmark_dir runs/sample/world/benchmark --video_dir runs/sample/world/videos/test \\
-        --model-name runs/quickstart/Video-ChatGPT_7B-1.1_Checkpoints --vision_tower runs/quickstart/models/clip-vit-tiny \\
+        --model_name_or_path runs/quickstart/Video-ChatGPT_7B-1.1_Checkpoints --vision_tower runs/quickstart/models/clip-vit-tiny \\
         --output_dir runs/sample/bench --api_base http://127.0.0.1:8765/v1 --judge_model sample-rule-judge
 
 What it finds in ``--benchmark_dir`` (and in its direct subfolders, the original's layout such as
@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.eval import evaluate
 from video_chatgpt.eval.evaluate import DEFAULT_API_BASE, DEFAULT_JUDGE, RESULTS_JSON
@@ -124,26 +124,24 @@ def discover(benchmark_dir: Path) -> list[BenchmarkSet]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser("benchmark", __doc__)
     p.add_argument("--benchmark_dir", type=Path, required=True, help="folder of question files (see above)")
-    p.add_argument("--output_dir", type=Path, required=True)
+    p.add_argument("--output_dir", type=Path, required=True, help="predictions, scores and results.md")
     p.add_argument("--video_dir", type=Path, help="the videos (a set's subfolder 'videos' wins for that set)")
     p.add_argument("--features_dir", type=Path, help="precomputed feature files instead of (or before) videos")
     add_model_flags(p)
     g = p.add_argument_group("generation (as `video-chatgpt predict`)")
     g.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy (deterministic)")
-    g.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    g.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
     g.add_argument("--seed", type=int, default=0, help="generation seed (sample i: seed + i) and the judge's seed")
     g = p.add_argument_group("the judge (as `video-chatgpt evaluate`)")
-    g.add_argument("--judge_model", default=DEFAULT_JUDGE)
-    g.add_argument("--api_base", default=DEFAULT_API_BASE)
-    g.add_argument("--api_key_env", default="OPENAI_API_KEY")
-    g.add_argument("--num_workers", type=int)
-    g.add_argument("--judge_temperature", type=float, default=0.0)
-    g.add_argument("--max_retries", type=int)
-    g.add_argument("--timeout", type=float)
+    g.add_argument("--judge_model", default=DEFAULT_JUDGE, help="the judge model")
+    g.add_argument("--api_base", default=DEFAULT_API_BASE, help="any OpenAI-compatible /v1 endpoint")
+    g.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the key")
+    g.add_argument("--num_workers", type=int, help="concurrent judge requests (default 8)")
+    g.add_argument("--judge_temperature", type=float, default=0.0, help="the judge's temperature")
+    g.add_argument("--max_retries", type=int, help="attempts per judge request")
+    g.add_argument("--timeout", type=float, help="seconds per judge request, in all")
     return p
 
 

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from urllib.parse import urlparse
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.eval.judge import Judge, JudgeRefused, JudgeSettings
 from video_chatgpt.eval.protocol import (
@@ -66,10 +66,8 @@ TASKS = (*CRITERIA, "vcgbench")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--task", choices=TASKS, required=True)
+    p = command_parser("evaluate", __doc__)
+    p.add_argument("--task", choices=TASKS, required=True, help="what to score")
     p.add_argument("--pred_path", help="prediction file of `video-chatgpt predict` (every task but vcgbench)")
     p.add_argument("--pred_general", help="vcgbench: predictions on the general QA file (correctness/detail/context)")
     p.add_argument("--pred_temporal", help="vcgbench: predictions on the temporal QA file")
@@ -79,17 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PUBLISHED_QA),
         help="qa: which published numbers to show (default: guessed from the file name)",
     )
-    p.add_argument("--output_dir", type=Path, required=True)
+    p.add_argument("--output_dir", type=Path, required=True, help="scores, results.json and the judge's replies")
     p.add_argument(
         "--output_json", type=Path, help="the combined file (default <output_dir>/<criterion>_combined.json)"
     )
-    p.add_argument("--judge_model", default=DEFAULT_JUDGE)
+    p.add_argument("--judge_model", default=DEFAULT_JUDGE, help="the judge model")
     p.add_argument("--api_base", default=DEFAULT_API_BASE, help="any OpenAI-compatible /v1 endpoint")
     p.add_argument("--api_key_env", default="OPENAI_API_KEY", help="name of the environment variable holding the key")
     p.add_argument("--api_key", help="deprecated: visible to other users (ps, shell history); use --api_key_env")
     p.add_argument("--num_workers", type=int, default=None, help="concurrent requests (default 8)")
     p.add_argument("--num_tasks", type=int, default=None, help="the original's name for --num_workers")
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument(
+        "--judge_temperature",
+        "--temperature",
+        dest="temperature",
+        metavar="T",
+        type=float,
+        default=0.0,
+        help="the judge's temperature",
+    )
     p.add_argument("--seed", type=int, default=0, help="sent to the judge; also seeds the bootstrap and the jitter")
     p.add_argument("--max_retries", type=int, default=5, help="retries per record (HTTP errors, timeouts, bad replies)")
     p.add_argument(

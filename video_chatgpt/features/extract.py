@@ -76,7 +76,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import video_chatgpt
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.constants import DEFAULT_NUM_FRAMES, DEFAULT_VISION_TOWER
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.features.decode import DECODE_ERRORS, decode_sampled
@@ -144,12 +144,17 @@ class ExtractArgs:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="save_spatio_temporal_clip_features.py",
-        description="Extract Video-ChatGPT spatio-temporal CLIP features: one <video_id>.pkl per video.",
+    p = command_parser(
+        "extract-features", "Extract Video-ChatGPT spatio-temporal CLIP features: one <video_id>.pkl per video."
     )
-    p.add_argument("--video_dir_path", required=True, help="folder of videos")
-    p.add_argument("--clip_feat_path", required=True, help="output folder of feature files (created)")
+    p.add_argument("--video_dir", "--video_dir_path", dest="video_dir_path", required=True, help="folder of videos")
+    p.add_argument(
+        "--features_dir",
+        "--clip_feat_path",
+        dest="clip_feat_path",
+        required=True,
+        help="output folder of feature files (created)",
+    )
     p.add_argument("--infer_batch", type=int, default=32, help="frames per encoder forward (default 32)")
     p.add_argument(
         "--vision_tower",

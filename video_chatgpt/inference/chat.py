@@ -1,10 +1,10 @@
 """``video-chatgpt chat``: ask a trained Video-ChatGPT about a video.
 
-    video-chatgpt chat --model-name LLaVA-7B-Lightening-v1-1 --projection_path video_chatgpt-7B.bin \\
+    video-chatgpt chat --model_name_or_path LLaVA-7B-Lightening-v1-1 --projection_path video_chatgpt-7B.bin \\
         --video_path video.mp4 --question "What is happening in this video?"
-    video-chatgpt chat --model-name ./Video-ChatGPT_7B-1.1_Checkpoints --video_path video.mp4   # our output folder
-    video-chatgpt chat --model-name ... --projection_path ... --features_path v_abc.pkl            # a feature file
-    video-chatgpt chat --model-name LLaVA-7B-Lightening-v1-1 --projection_path run/mm_projector.bin \
+    video-chatgpt chat --model_name_or_path ./Video-ChatGPT_7B-1.1_Checkpoints --video_path video.mp4   # our output folder
+    video-chatgpt chat --model_name_or_path ... --projection_path ... --features_path v_abc.pkl            # a feature file
+    video-chatgpt chat --model_name_or_path LLaVA-7B-Lightening-v1-1 --projection_path run/mm_projector.bin \\
         --lora_path run --video_path video.mp4                  # a LoRA run's adapter on the base
 
 Without ``--question`` it reads one question per line from standard input until EOF (or an empty line). Answers are
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.features.decode import VideoDecodeError
 from video_chatgpt.features.encoder import video_tokens
@@ -36,16 +36,14 @@ from video_chatgpt.inference.flags import add_model_flags, check_model_flags, en
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser("chat", __doc__)
     add_model_flags(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video_path", help="video file; features are computed on the fly")
     src.add_argument("--features_path", help="a precomputed feature file (.pkl/.npy) instead of a video")
     p.add_argument("--question", default=None, help="one question; without it, questions are read from stdin")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy (deterministic)")
-    p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
     p.add_argument("--seed", type=int, default=None, help="makes sampling (temperature > 0) repeatable")
     return p
 

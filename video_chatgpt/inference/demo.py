@@ -1,8 +1,8 @@
 """``video-chatgpt demo``: chat with a trained Video-ChatGPT about a video, in the browser (gradio).
 
-    video-chatgpt demo --model-name ./Video-ChatGPT_7B-1.1_Checkpoints               # our training output folder
-    video-chatgpt demo --model-name LLaVA-7B-Lightening-v1-1 --projection_path video_chatgpt-7B.bin --port 7860
-    video-chatgpt demo --model-name runs/quickstart/Video-ChatGPT_7B-1.1_Checkpoints \\
+    video-chatgpt demo --model_name_or_path ./Video-ChatGPT_7B-1.1_Checkpoints               # our training output folder
+    video-chatgpt demo --model_name_or_path LLaVA-7B-Lightening-v1-1 --projection_path video_chatgpt-7B.bin --port 7860
+    video-chatgpt demo --model_name_or_path runs/quickstart/Video-ChatGPT_7B-1.1_Checkpoints \\
         --vision_tower runs/quickstart/models/clip-vit-tiny --examples runs/quickstart/world/videos/test
 
 then open http://127.0.0.1:7860 (``--host 0.0.0.0`` to serve other machines). ``make quickstart`` prints the third
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.constants import VIDEO_PLACEHOLDER, VIDEO_SUFFIXES
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.decode import DECODE_ERRORS
@@ -389,12 +389,10 @@ def served_paths(examples: dict[str, Path], previews: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser("demo", __doc__)
     add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument(
         "--max_video_seconds",
         type=float,

@@ -2,12 +2,12 @@
 serve).
 
     parser = argparse.ArgumentParser(...)
-    add_model_flags(parser)                     # --model-name, --projection_path, --lora_path, ... (see MODEL_FLAGS)
+    add_model_flags(parser)                     # --model_name_or_path, --projection_path, --lora_path, ... (see MODEL_FLAGS)
     args = parser.parse_args()
     check_model_flags(args)                     # one-line errors for missing/broken files, before minutes of loading
     engine = load_engine(**engine_kwargs(args))
 
-Every spelling the original scripts used keeps working (``--model-name``, ``--projection_path``, ``--conv-mode``),
+Every spelling the original scripts used keeps working (``--model-name``, ``--model_name``, ``--projection_path``, ``--conv-mode``),
 with the underscore forms as aliases. ``tests/inference/test_flags.py`` builds each command's parser and checks that
 they all offer these flags with the same defaults and help.
 """
@@ -41,9 +41,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the model flags to ``parser`` (in a group of their own in ``--help``); returns the group."""
     g = parser.add_argument_group(GROUP_TITLE)
     g.add_argument(
+        "--model_name_or_path",
         "--model-name",
         "--model_name",
         dest="model_name",
+        metavar="FOLDER",
         required=True,
         help="base LLaVA-7B-Lightening-v1-1 (or LLaVA-1.5/NeXT) folder, or a Video-ChatGPT training output folder "
         "(any base; it names its base and holds its projector)",
@@ -57,7 +59,7 @@ def add_model_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "--lora_path",
         default=None,
         help="a LoRA run folder (adapter_model.safetensors + adapter_config.json) whose adapter is added to "
-        "--model-name (a LoRA run given as --model-name carries its own)",
+        "--model_name_or_path (a LoRA run given as the model carries its own)",
     )
     g.add_argument("--vision_tower", default=None, help="default: the model config's mm_vision_tower")
     g.add_argument(
@@ -111,7 +113,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
 
 
 def model_flags_argv(args: argparse.Namespace) -> list[str]:
-    """The model flags given (not None) as a command line again, in their first spelling (``--model-name``), for a
+    """The model flags given (not None) as a command line again, in their first spelling (``--model_name_or_path``), for a
     command that runs another (``benchmark`` runs ``predict``)."""
     out = []
     for action in _model_actions():
@@ -148,18 +150,18 @@ def check_model_inputs(
     folder = Path(model_name)
     if not folder.exists():
         raise UserError(
-            f"--model-name {folder}: no such folder; pass the LLaVA-7B-Lightening-v1-1 folder or a training output "
+            f"--model_name_or_path {folder}: no such folder; pass the LLaVA-7B-Lightening-v1-1 folder or a training output "
             f"folder"
         )
     if not folder.is_dir():
         raise UserError(
-            f"--model-name {folder}: is a file, not a model folder (a projector such as video_chatgpt-7B.bin goes "
+            f"--model_name_or_path {folder}: is a file, not a model folder (a projector such as video_chatgpt-7B.bin goes "
             f"to --projection_path)"
         )
     resolved = open_base(folder, projection_path)  # the pointer's base must be here (one line naming it)
     base, projector = resolved.folder, resolved.projector_file
-    require_tokenizer(base, "--model-name")
-    find_checkpoint(base, "--model-name")  # weight shards present, complete, not LFS pointers
+    require_tokenizer(base, "--model_name_or_path")
+    find_checkpoint(base, "--model_name_or_path")  # weight shards present, complete, not LFS pointers
     if projector is not None:
         projector = need_file(projector, "--projection_path", "the trained projector (mm_projector.bin)")
         if is_lfs_pointer(projector):

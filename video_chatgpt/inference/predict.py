@@ -2,7 +2,7 @@
 
     # VCGBench general (correctness / detail / context) and temporal: video_name, Q, A -> adds "pred"
     video-chatgpt predict --task general --gt_file generic_qa.json --video_dir videos/ \\
-        --output_dir preds --output_name generic --model-name LLaVA-7B-Lightening-v1-1 \\
+        --output_dir preds --output_name generic --model_name_or_path LLaVA-7B-Lightening-v1-1 \\
         --projection_path video_chatgpt-7B.bin
     video-chatgpt predict --task temporal --gt_file temporal_qa.json ... --output_name temporal
     # VCGBench consistency: video_name, Q1, Q2, A -> adds "pred1", "pred2"
@@ -10,7 +10,7 @@
     # zero-shot QA (ActivityNet-QA; MSVD-QA, MSRVTT-QA and TGIF-QA in the same format): questions (video_name,
     # question, question_id) + answers (answer, question_id), matched by question_id, else by list position
     video-chatgpt predict --task msvd_qa --gt_file_question test_q.json --gt_file_answers test_a.json \\
-        --video_dir videos/ --output_dir preds --output_name msvd_qa --model-name ./Video-ChatGPT_7B-1.1_Checkpoints
+        --video_dir videos/ --output_dir preds --output_name msvd_qa --model_name_or_path ./Video-ChatGPT_7B-1.1_Checkpoints
 
 Output ``{output_dir}/{output_name}.json``: the question records plus their predictions, in question-file order,
 written to a temporary file and renamed (never half a file). QA records carry the keys the judge reads
@@ -41,7 +41,7 @@ import logging
 import sys
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.constants import VIDEO_SUFFIXES
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.decode import VideoDecodeError
@@ -261,20 +261,18 @@ class PredictionFiles:
 
 # ---------------------------------------------------------------------------------------------------- the job
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--task", choices=TASKS, default="general")
+    p = command_parser("predict", __doc__)
+    p.add_argument("--task", choices=TASKS, default="general", help="which question file format")
     p.add_argument("--gt_file", help="general / temporal / consistency: the question file")
     p.add_argument("--gt_file_question", help="QA tasks: the questions (video_name, question, question_id)")
     p.add_argument("--gt_file_answers", help="QA tasks: the answers (answer, question_id)")
-    p.add_argument("--video_dir", type=Path)
+    p.add_argument("--video_dir", type=Path, help="the videos, named <video_name><suffix>")
     p.add_argument("--features_dir", type=Path, help="precomputed feature files instead of (or before) videos")
-    p.add_argument("--output_dir", type=Path, required=True)
-    p.add_argument("--output_name", required=True)
+    p.add_argument("--output_dir", type=Path, required=True, help="where the predictions go")
+    p.add_argument("--output_name", required=True, help="writes <output_dir>/<output_name>.json")
     add_model_flags(p)
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="0: greedy (deterministic)")
-    p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="longest answer, in tokens")
     p.add_argument("--seed", type=int, default=0, help="sample i of the question file is sampled with seed + i")
     p.add_argument("--overwrite", action="store_true", help="discard an existing output of this name and start again")
     return p
@@ -322,7 +320,7 @@ def main(argv: list[str] | None = None, *, get_engine=None) -> int:
         }
     )
     if get_engine is None:
-        check_model_flags(args)  # a mistyped --model-name stops here, before --overwrite deletes anything
+        check_model_flags(args)  # a mistyped --model_name_or_path stops here, before --overwrite deletes anything
     done = files.start(made_from(args, question_files), args.overwrite)
     todo = [s for s in samples if s["key"] not in done]
     print(f"{len(samples)} samples: {len(done)} already predicted in {files.output}, {len(todo)} to do", flush=True)

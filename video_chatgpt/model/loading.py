@@ -176,7 +176,7 @@ def load_trained_model(base: Base, dtype: torch.dtype = torch.float32) -> tuple[
     """
     if not base.has_projector and base.feature_width is None:
         raise UserError(
-            f"{base.folder}: a causal LM without a video projector; pass a training output folder as --model-name "
+            f"{base.folder}: a causal LM without a video projector; pass a training output folder as --model_name_or_path "
             f"(its mm_projector.bin and config.json say how the projector looks)"
         )
     tokenizer, video_ids, num_new = load_video_tokenizer(base.folder, use_start_end=base.use_start_end)

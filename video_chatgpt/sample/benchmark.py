@@ -5,7 +5,7 @@
     video-chatgpt sample judge-server --port 8765 &                  # a TEST judge, not an LLM (see below)
     video-chatgpt predict --task general --gt_file runs/sample/world/benchmark/generic_qa.json \\
         --video_dir runs/sample/world/videos/test --output_dir runs/sample/preds --output_name generic \\
-        --model-name <training output folder> --vision_tower runs/sample/models/clip-vit-tiny --temperature 0
+        --model_name_or_path <training output folder> --vision_tower runs/sample/models/clip-vit-tiny --temperature 0
     video-chatgpt evaluate --task correctness --pred_path runs/sample/preds/generic.json \\
         --output_dir runs/sample/eval --api_base http://127.0.0.1:8765/v1 --judge_model sample-rule-judge
 
@@ -23,7 +23,6 @@ short factual answers; its numbers say nothing about a real benchmark.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -31,6 +30,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from video_chatgpt.args import command_parser
 from video_chatgpt.errors import UserError
 from video_chatgpt.sample.world import COLOUR_QUESTIONS, colour_answer
 
@@ -194,9 +194,7 @@ def make_judge_server(host: str = "127.0.0.1", port: int = 0, delay: float = 0.0
 
 def main(argv: list[str] | None = None) -> int:
     """``video-chatgpt sample benchmark --out WORLD`` | ``video-chatgpt sample judge-server [--host H] [--port N]``."""
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser("sample", __doc__)
     p.add_argument("what", choices=["benchmark", "judge-server"])
     p.add_argument("--out", help="benchmark: the sample world folder")
     p.add_argument("--host", default="127.0.0.1", help="judge-server: address to listen on")

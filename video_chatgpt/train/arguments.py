@@ -17,7 +17,10 @@ the document's recipe sets the rest on the command line. Differences, each for a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal, get_args
@@ -26,6 +29,8 @@ import torch
 import transformers
 from transformers.hf_argparser import string_to_bool
 
+from video_chatgpt.args import HelpFormatter, program
+from video_chatgpt.errors import UserError
 from video_chatgpt.train.lora import check_flags
 
 logger = logging.getLogger(__name__)
@@ -33,9 +38,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(
-        default="facebook/opt-125m",
-        metadata={"help": "LLaVA-7B-Lightening-v1-1 folder (or another LLaMA base with the same layout)"},
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "the base: LLaVA-7B-Lightening-v1-1 folder, a LLaVA-1.5/NeXT folder, or any causal LM folder"
+        },
     )
     version: str = field(
         default="v0",
@@ -90,7 +97,10 @@ class DataArguments:
     is_multimodal: bool = field(default=False, metadata={"help": "accepted and ignored: always multimodal"})
     sep_video_conv_front: bool = field(default=False, metadata={"help": "not supported (rejected if True)"})
     video_token_len: int = field(default=0, metadata={"help": "accepted and ignored: read from the features"})
-    video_folder: str | None = field(default=None, metadata={"help": "folder of <video_id>.pkl / .npy features"})
+    video_folder: str | None = field(
+        default=None,
+        metadata={"help": "folder of <video_id>.pkl / .npy feature files", "aliases": ["--features_dir"]},
+    )
     frame_aspect_ratio: str = field(
         default="square", metadata={"help": "accepted and ignored: features are precomputed"}
     )
@@ -135,7 +145,10 @@ class TrainingArguments(transformers.TrainingArguments):
         default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
     )
     bits: int = field(default=16, metadata={"help": "16 (no quantisation), 8 or 4 (QLoRA; bitsandbytes, CUDA only)"})
-    double_quant: bool = field(default=True, metadata={"help": "4-bit: quantise the quantisation constants too"})
+    double_quant: bool = field(
+        default=True,
+        metadata={"help": "4-bit: also quantise the quantisation constants (True) or not (False, --no_double_quant)"},
+    )
     quant_type: str = field(default="nf4", metadata={"help": "4-bit: nf4 or fp4"})
 
     def __post_init__(self):
@@ -245,23 +258,186 @@ def cpu_fsdp_note(training_args: TrainingArguments) -> str | None:
     )
 
 
+def schedule_notes(num_samples: int, training_args: TrainingArguments, few: int = 3) -> list[str]:
+    """Warnings for a schedule that can hardly work: an epoch of fewer than ``few`` optimizer steps, or
+    ``--logging_steps`` beyond the run's steps (no loss would be logged)."""
+    per_step = training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+    per_epoch = math.ceil(math.ceil(num_samples / per_step) / training_args.gradient_accumulation_steps)
+    total = (
+        training_args.max_steps
+        if training_args.max_steps > 0
+        else math.ceil(per_epoch * training_args.num_train_epochs)
+    )
+    notes = []
+    if training_args.max_steps <= 0 and per_epoch < few:
+        notes.append(
+            f"an epoch is {per_epoch} optimizer step(s) ({num_samples} samples / batch {per_step} / accumulation "
+            f"{training_args.gradient_accumulation_steps}): the warmup and schedule have little to work with; use a "
+            f"smaller --per_device_train_batch_size or more data"
+        )
+    logging_steps = training_args.logging_steps
+    if training_args.logging_strategy == "steps" and logging_steps >= 1 and logging_steps > total:
+        notes.append(
+            f"--logging_steps {logging_steps:g} is more than the run's {total} optimizer steps: no loss will be "
+            f"logged; lower it"
+        )
+    return notes
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); otherwise bf16 autocast is emulated and slow."""
     checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
     return any(check is not None and check() for check in checks)
 
 
-def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse the document's command line (``argv`` without the program name)."""
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+# ------------------------------------------------------------------------------------------------ --help
+# What ``train --help`` shows, in groups, with short help for Hugging Face's flags; ``--help-all`` shows every flag.
+REQUIRED_FLAGS = ("model_name_or_path", "data_path", "video_folder", "output_dir")
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "required": REQUIRED_FLAGS,
+    "what trains": (
+        "tune_mm_mlp_adapter", "mm_use_vid_start_end", "pretrain_mm_mlp_adapter", "stage", "freeze_backbone",
+        "freeze_mm_mlp_adapter", "mm_projector_lr", "version", "vision_tower", "mm_projector_type",
+    ),
+    "data": ("lazy_preprocess", "model_max_length", "skip_data_check"),
+    "the document's schedule (Hugging Face TrainingArguments)": (
+        "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+        "weight_decay", "warmup_ratio", "lr_scheduler_type", "evaluation_strategy", "save_strategy", "save_steps",
+        "save_total_limit", "logging_steps", "seed", "resume_from_checkpoint",
+    ),
+    "speed and memory": (
+        "bf16", "tf32", "gradient_checkpointing", "attn_implementation", "deepspeed", "fsdp",
+        "dataloader_num_workers",
+    ),
+    "LoRA / QLoRA": (
+        "lora_enable", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bits", "double_quant",
+        "quant_type",
+    ),
+}  # fmt: skip
+# Short help for --help (Hugging Face's is written for every trainer; these say what the flags do here).
+SHORT_HELP = {
+    "stage": "pretrain: the projector on video-caption pairs (LLaVA stage 1) | finetune; default: one stage",
+    "vision_tower": "the tower the features were made with (default: the base's mm_vision_tower)",
+    "mm_projector_type": "linear (the original) | mlp2x_gelu (LLaVA-1.5); default: the base's",
+    "lora_target_modules": "comma-separated LLM linear layers (default: all but lm_head)",
+    "version": "accepted; training always uses the base's template (vicuna_v1_1 for the document's)",
+    "tune_mm_mlp_adapter": "train only the projector (and the <vid_start>/<vid_end> rows)",
+    "pretrain_mm_mlp_adapter": "an mm_projector.bin to start the projector from",
+    "lazy_preprocess": "render samples when read (True) or all at start",
+    "skip_data_check": "skip the data check before training (not recommended)",
+    "evaluation_strategy": "old name of --eval_strategy",
+    "warmup_ratio": "warm up over this fraction of all steps",
+    "bits": "16, 8 or 4 (QLoRA: bitsandbytes, CUDA only)",
+    "double_quant": "4-bit: also quantise the quantisation constants",
+    "model_max_length": "longer samples are truncated on the right",
+    "output_dir": "the run folder: checkpoints, mm_projector.bin (or the adapter), the report",
+    "num_train_epochs": "passes over the data",
+    "per_device_train_batch_size": "samples per step per GPU",
+    "gradient_accumulation_steps": "steps summed into one optimizer step",
+    "learning_rate": "peak learning rate",
+    "weight_decay": "AdamW weight decay",
+    "lr_scheduler_type": "cosine, linear, constant, ...",
+    "save_strategy": "no, steps or epoch",
+    "save_steps": "a checkpoint every N optimizer steps",
+    "save_total_limit": "keep only the newest N checkpoints",
+    "logging_steps": "log the loss every N optimizer steps",
+    "seed": "data order and initialisation",
+    "resume_from_checkpoint": "a checkpoint-N folder (a rerun in the same --output_dir resumes by itself)",
+    "bf16": "bf16 mixed precision (the model is loaded in bf16)",
+    "tf32": "TF32 matmuls on Ampere+ GPUs",
+    "gradient_checkpointing": "recompute activations in the backward pass (less memory, ~30%% slower)",
+    "deepspeed": "a DeepSpeed config (configs/zero2.json, configs/zero3.json)",
+    "fsdp": "PyTorch FSDP, e.g. 'full_shard auto_wrap' (GPUs only)",
+    "dataloader_num_workers": "processes reading feature files",
+}
+
+
+def _help_parser(prog: str, *dataclass_types) -> argparse.ArgumentParser:
+    """A parser used only to print ``--help``: the grouped flags of ``HELP_GROUPS`` (plus any extra dataclass's
+    fields first), their defaults, and a pointer to ``--help-all``."""
+    fields_ = {f.name: f for t in (ModelArguments, DataArguments, TrainingArguments) for f in dataclasses.fields(t)}
+    shown = argparse.ArgumentParser(
+        prog=prog,
+        usage="%(prog)s --model_name_or_path BASE --data_path JSON --features_dir FEATURES --output_dir RUN [flags]",
+        formatter_class=lambda prog: HelpFormatter(prog, max_help_position=44, width=118),
+        add_help=False,
+        description="Train Video-ChatGPT: the projector (or LoRA, or the whole model) on video features.",
+        epilog="accepted for the original's commands and ignored: "
+        + ", ".join(f"--{name}" for name in (*IGNORED_FLAGS, "sep_video_conv_front", "lora_weight_path"))
+        + "\nevery other Hugging Face TrainingArguments flag works too: --help-all lists them",
+    )
+    shown.add_argument("-h", "--help", action="store_true", help="this help; --help-all: every flag")
+    groups = [
+        (getattr(t, "help_title", t.__name__), [f.name for f in dataclasses.fields(t)], {}) for t in dataclass_types
+    ]
+    groups += [(title, names, fields_) for title, names in HELP_GROUPS.items()]
+    if dataclass_types:  # plan-memory: only the model is required
+        shown.usage = "%(prog)s --model_name_or_path BASE [training flags] [--gpu_memory GIB]"
+        keep = getattr(dataclass_types[0], "help_flags", None)
+        groups = [(t, [n for n in names if keep is None or n in keep], k) for t, names, k in groups]
+        groups = [(t if t != "required" else "the model", n, k) for t, n, k in groups if n]
+        shown.description = getattr(dataclass_types[0], "help_description", None)
+    for title, names, known in groups:
+        group = shown.add_argument_group(title)
+        for name in names:
+            f = known.get(name) or next(f for t in dataclass_types for f in dataclasses.fields(t) if f.name == name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            aliases = f.metadata.get("aliases", [])
+            options = [f"--{name}", *aliases] if name != "video_folder" else [*aliases, f"--{name}"]
+            is_bool = f.type in (bool, "bool") or str(f.type) in ("bool", "bool | None")
+            text = SHORT_HELP.get(name) or f.metadata.get("help", "")
+            group.add_argument(*options, help=text, default=default, metavar="True|False" if is_bool else None)
+    return shown
+
+
+def handle_help(argv: list[str], parser: transformers.HfArgumentParser, *extra_dataclasses) -> bool:
+    """Print ``--help`` (the project's flags, grouped) or ``--help-all`` (every flag) when asked; True if printed."""
+    if "--help-all" in argv:
+        parser.print_help()
+        return True
+    if "-h" in argv or "--help" in argv:
+        _help_parser(parser.prog, *extra_dataclasses).print_help()
+        return True
+    return False
+
+
+def missing_required(argv: list[str]) -> list[str]:
+    """The required flags (``REQUIRED_FLAGS``, any spelling) absent from ``argv``."""
+    given = _given_flags(argv)
+    spellings = {"video_folder": {"video_folder", "features_dir"}}
+    canonical = {"video_folder": "features_dir"}
+    return [f"--{canonical.get(n, n)}" for n in REQUIRED_FLAGS if not spellings.get(n, {n}) & given]
+
+
+def training_parser(prog: str, *extra_dataclasses) -> transformers.HfArgumentParser:
+    """The training flags' parser (plus ``extra_dataclasses``, e.g. plan-memory's own flags)."""
+    parser = transformers.HfArgumentParser((*extra_dataclasses, ModelArguments, DataArguments, TrainingArguments))
+    parser.prog = prog
+    return parser
+
+
+def parse_arguments(
+    argv: list[str] | None = None, prog: str | None = None
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse the document's command line (``argv`` without the program name). ``--help`` prints the project's
+    flags and exits 0 (``SystemExit``); a missing required flag is one ``UserError`` naming all that are missing."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = training_parser(prog or program("train"))
+    if handle_help(argv, parser):
+        raise SystemExit(0)
+    parser.parse_args(argv)  # unknown flags and bad values first: argparse's usage error, exit 2
+    missing = missing_required(argv)
+    if missing:
+        raise UserError(f"missing {', '.join(missing)} (see {parser.prog} --help)")
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:  # a TrainingArguments check (e.g. --warmup_ratio out of range)
+        raise UserError(str(exc)) from exc
     if data_args.sep_video_conv_front:
-        raise ValueError("--sep_video_conv_front True is not supported (the original never used it)")
+        raise UserError("--sep_video_conv_front True is not supported (the original never used it)")
     if model_args.stage not in (None, "pretrain", "finetune"):
-        raise ValueError(f"--stage {model_args.stage!r}: expected pretrain or finetune")
+        raise UserError(f"--stage {model_args.stage!r}: expected pretrain or finetune")
     if model_args.mm_projector_type not in (None, "linear", "mlp2x_gelu"):
-        raise ValueError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
-    if data_args.data_path is None or data_args.video_folder is None:
-        raise ValueError("--data_path and --video_folder are required")
+        raise UserError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
     check_flags(training_args)  # --lora_* / --bits
     return model_args, data_args, training_args

@@ -87,7 +87,9 @@ def check_flags(args) -> None:
     if args.lora_enable and (args.lora_r < 1 or not 0 <= args.lora_dropout < 1):
         raise UserError(f"--lora_r {args.lora_r} / --lora_dropout {args.lora_dropout}: need r >= 1, 0 <= dropout < 1")
     if args.lora_enable and importlib.util.find_spec("peft") is None:
-        raise UserError("--lora_enable needs the PyPI package 'peft': pip install 'video-chatgpt[lora]'")
+        raise UserError(
+            "--lora_enable needs the PyPI package 'peft': pip install -e '.[lora]' in the repository (or pip install peft)"
+        )
 
 
 def check_quantisation_available(bits: int) -> None:
@@ -100,7 +102,9 @@ def check_quantisation_available(bits: int) -> None:
             f"is available here: train with --bits 16 (plain LoRA) or on a GPU machine"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError(f"--bits {bits} needs the PyPI package 'bitsandbytes': pip install 'video-chatgpt[qlora]'")
+        raise UserError(
+            f"--bits {bits} needs the PyPI package 'bitsandbytes': pip install -e '.[qlora]' in the repository (or pip install bitsandbytes; CUDA only)"
+        )
 
 
 def quantisation_config(settings: LoraSettings, compute_dtype: torch.dtype):

@@ -36,20 +36,19 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import transformers
 from transformers.hf_argparser import string_to_bool
 
+from video_chatgpt.args import program
 from video_chatgpt.bases import Base, base_kind_of, open_base
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.features.encoder import video_tokens
 from video_chatgpt.features.towers import resolve_tower
 from video_chatgpt.train.arguments import (
     TRAINING_MODES,
-    DataArguments,
-    ModelArguments,
-    TrainingArguments,
     TrainingMode,
+    handle_help,
     training_mode,
+    training_parser,
 )
 
 GIB = 2**30
@@ -452,6 +451,17 @@ def max_batch_size(shape: ModelShape, s: StepSettings, gpu_gib: float, limit: in
 # ---------------------------------------------------------------------------------------------------- command
 @dataclass
 class PlanArguments:
+    help_title = "plan-memory"  # the group's title in --help, and the description above it
+    help_description = (
+        "The peak GPU memory of one training step, by part, and the largest batch that fits: give the training "
+        "flags of the run to plan."
+    )
+    help_flags = (  # the training flags the plan reads (all others are accepted and do not change it)
+        "model_name_or_path", "tune_mm_mlp_adapter", "mm_use_vid_start_end", "stage", "freeze_backbone",
+        "freeze_mm_mlp_adapter", "vision_tower", "mm_projector_type", "model_max_length", "per_device_train_batch_size",
+        "bf16", "gradient_checkpointing", "attn_implementation", "lora_enable", "lora_r", "lora_dropout",
+        "lora_target_modules", "bits", "double_quant",
+    )  # fmt: skip
     gpu_memory: float = field(default=24.0, metadata={"help": "GiB of the accelerator to fit (default 24)"})
     tokens_per_sample: int | None = field(
         default=None,
@@ -512,8 +522,12 @@ def _video_tokens(shape: ModelShape, base: Base, given: int | None, tower: str |
 
 def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, PlanArguments]:
     """Parse the training flags (``train.arguments``' parser) plus ``PlanArguments``."""
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, PlanArguments))
-    parser.prog = "video-chatgpt plan-memory"
+    parser = training_parser(program("plan-memory"), PlanArguments)
+    if handle_help(argv, parser, PlanArguments):
+        raise SystemExit(0)
+    parser.parse_args(argv)  # unknown flags and bad values first: argparse's usage error, exit 2
+    if not any(a.split("=")[0] in ("--model_name_or_path", "--model-name-or-path") for a in argv):
+        raise UserError(f"missing --model_name_or_path (see {parser.prog} --help)")
     # TrainingArguments warns about this machine (no CUDA: CPU training, bf16 -> fp32); the plan is for the device.
     quiet = logging.getLogger("video_chatgpt.train.arguments")
     level = quiet.level
@@ -521,7 +535,7 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model_args, _data, targs, plan_args, rest = parser.parse_args_into_dataclasses(
+            plan_args, model_args, _data, targs, rest = parser.parse_args_into_dataclasses(
                 args=argv, return_remaining_strings=True
             )
     except ValueError as exc:  # a TrainingArguments check (e.g. --warmup_ratio out of range)

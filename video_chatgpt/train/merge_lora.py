@@ -2,7 +2,7 @@
 
     video-chatgpt merge-lora ./Video-ChatGPT_7B-LoRA ./Video-ChatGPT_7B-LoRA-merged            # fp16 shards
     video-chatgpt merge-lora ./run ./merged --dtype bf16 --max_shard_size 5GB
-    video-chatgpt chat --model-name ./Video-ChatGPT_7B-LoRA-merged --video_path video.mp4 --question "..."
+    video-chatgpt chat --model_name_or_path ./Video-ChatGPT_7B-LoRA-merged --video_path video.mp4 --question "..."
 
 ``<run>`` is a training output folder of ``--lora_enable True`` (``adapter_model.safetensors`` +
 ``adapter_config.json`` + ``mm_projector.bin``, and ``video_chatgpt_base.json`` naming the base). The model is
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from video_chatgpt.args import command_parser
 from video_chatgpt.bases import open_base
 from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE
 from video_chatgpt.errors import UserError, run_main
@@ -43,7 +44,7 @@ DTYPES = ("fp16", "bf16", "fp32")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="video-chatgpt merge-lora", description=__doc__.split("\n\n")[0])
+    p = command_parser("merge-lora", __doc__.split("\n\n")[0])
     p.add_argument("run", help="LoRA training output folder (adapter_model.safetensors + mm_projector.bin)")
     p.add_argument("out", help="merged model folder to write")
     p.add_argument("--dtype", default="fp16", choices=DTYPES, help="dtype of the merged weights (default fp16)")
@@ -98,7 +99,7 @@ def merge_run(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = merge_run(args.run, args.out, args.dtype, args.max_shard_size, args.overwrite)
-    print(f"merged {args.run} -> {out} ({args.dtype}); chat with: video-chatgpt chat --model-name {out}")
+    print(f"merged {args.run} -> {out} ({args.dtype}); chat with: video-chatgpt chat --model_name_or_path {out}")
     return 0
 
 

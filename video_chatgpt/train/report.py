@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.constants import TRAINER_STATE_FILE
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.files import read_json, write_atomically, write_text_atomically
@@ -631,9 +631,9 @@ def _checkpoints(out: Path) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt report",
-        description=f"Write {REPORT_FILE} and {PLOT_FILE} for a training run folder (finished, resumed or running).",
+    p = command_parser(
+        "report",
+        f"Write {REPORT_FILE} and {PLOT_FILE} for a training run folder (finished, resumed or running).",
     )
     p.add_argument("output_dir", help="the run's --output_dir")
     return p

@@ -80,6 +80,7 @@ from video_chatgpt.train.arguments import (
     ignored_flag_notes,
     parse_arguments,
     precision_fallback_note,
+    schedule_notes,
     training_mode,
     tunes_projector,
 )
@@ -102,6 +103,7 @@ def train(argv: list[str] | None = None) -> Path:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if is_main else logging.WARNING
     )
+    check_quantisation_available(training_args.bits)  # --bits 4|8: CUDA + bitsandbytes, said before anything
     base = open_base(model_args.model_name_or_path)
     if model_args.version not in ("v1", "vicuna_v1_1") and base.is_llava_v1:
         logger.warning(
@@ -128,7 +130,6 @@ def train(argv: list[str] | None = None) -> Path:
     tokenizer, video_ids, num_new = load_video_tokenizer(
         base.folder, model_args.mm_use_vid_start_end, training_args.model_max_length
     )
-    check_quantisation_available(training_args.bits)  # --bits 4|8: CUDA + bitsandbytes, said before loading
     # Seed before building: the new <vid_patch> row gets a random init, the same on every process and every rerun.
     transformers.set_seed(training_args.seed)
     init_deepspeed_comm(training_args)
@@ -159,6 +160,9 @@ def train(argv: list[str] | None = None) -> Path:
     )
     resume = checkpoint_to_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if is_main:
+        for note in schedule_notes(len(dataset), training_args):
+            logger.warning("%s", note)
+            notes.append(note)
         os.makedirs(training_args.output_dir, exist_ok=True)
         write_run_info(training_args, argv, named, data_report, {"feature_shape": list(feature_shape), "notes": notes})
 
@@ -185,7 +189,11 @@ def train(argv: list[str] | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(argv)
+    try:
+        train(argv)
+    except SystemExit as exc:  # --help printed: exit 0 (a failed data check exits with its message)
+        if exc.code != 0:
+            raise
     return 0
 
 

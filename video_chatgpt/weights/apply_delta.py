@@ -28,7 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.errors import run_main
 from video_chatgpt.weights.delta import DeltaResult, Log, combine_folders
 from video_chatgpt.weights.hub import resolve_model_folder
@@ -61,18 +61,27 @@ def apply_delta(
     )
 
 
-def build_parser(prog: str = "video-chatgpt apply-delta") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)")
-    p.add_argument("--base-model-path", type=str, required=True, help="Hugging Face-format LLaMA-7B folder (or hub id)")
-    p.add_argument("--target-model-path", type=str, required=True, help="output folder")
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = command_parser("apply-delta", "base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)")
+    p.prog = prog or p.prog
+    p.add_argument(
+        "--base-model-path",
+        "--base_model_path",
+        type=str,
+        required=True,
+        help="Hugging Face-format LLaMA-7B folder (or hub id)",
+    )
+    p.add_argument("--target-model-path", "--target_model_path", type=str, required=True, help="output folder")
     p.add_argument(
         "--delta-path",
+        "--delta_path",
         type=str,
         required=True,
         help="delta folder or hub id, e.g. liuhaotian/LLaVA-Lightning-7B-delta-v1-1",
     )
     p.add_argument(
         "--max-shard-size",
+        "--max_shard_size",
         default=DEFAULT_MAX_SHARD_SIZE,
         help=f"largest output file, e.g. 2GB, 500MB (default {DEFAULT_MAX_SHARD_SIZE}; does not change memory use)",
     )

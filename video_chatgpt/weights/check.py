@@ -28,13 +28,12 @@ What is checked, reading only small files and checkpoint headers (no weight data
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.constants import (
     EMBED_TOKENS_KEY,
     IMAGE_END_TOKEN,
@@ -351,9 +350,9 @@ def check_weights(folder: str | Path, check_tower: bool = True) -> WeightsReport
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt check-weights",
-        description="check that a folder is a usable LLaVA-7B-Lightening-v1-1 (or other LLaVA) base for training",
+    p = command_parser(
+        "check-weights",
+        "check that a folder is a usable LLaVA-7B-Lightening-v1-1 (or other LLaVA) base for training",
     )
     p.add_argument("folder", help="model folder, or a hub id found in the local Hugging Face cache")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -52,6 +52,7 @@ class StandIn:
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.served_name, self.api_key = served_name, api_key
         self.received: list[torch.Tensor] = []
+        self.max_tokens = 0  # of the request being answered
         self.log: list[dict] = []
         self._lock = threading.Lock()  # one generation at a time (the model is shared)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -89,17 +90,21 @@ class StandIn:
         return ids
 
     def pieces(self, ids: list[int], stop: list[str]) -> tuple[list[str], str]:
-        """Incremental text pieces of ``ids`` (cut at the first stop string) and the finish reason."""
-        pieces, text = [], ""
+        """Text pieces of ``ids`` as an incremental detokenizer releases them (a half-decoded character waits for its
+        next byte), joined exactly ``decode(ids)`` cut before the first stop string; and the finish reason."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cuts = [text.find(s) for s in stop if s in text]
+        finish = "stop" if cuts or len(ids) < self.max_tokens else "length"
+        text = text[: min(cuts)] if cuts else text
+        pieces, sent = [], ""
         for k in range(1, len(ids) + 1):
-            full = self.tokenizer.decode(ids[:k], skip_special_tokens=True)
-            cut = min((full.find(s) for s in stop if s in full), default=-1)
-            if cut >= 0:
-                pieces.append(full[:cut][len(text) :])
-                return [p for p in pieces if p], "stop"
-            pieces.append(full[len(text) :])
-            text = full
-        return [p for p in pieces if p], "length" if len(ids) else "stop"
+            settled = self.tokenizer.decode(ids[:k], skip_special_tokens=True).rstrip("\ufffd")[: len(text)]
+            if settled.startswith(sent) and len(settled) > len(sent) and text.startswith(settled):
+                pieces.append(settled[len(sent) :])
+                sent = settled
+        if len(text) > len(sent):
+            pieces.append(text[len(sent) :])
+        return pieces, finish
 
     # -------------------------------------------------------------------------------------------------- HTTP
     def _handler(self):
@@ -140,6 +145,7 @@ class StandIn:
                     return self._error(400, "this stand-in expects prompt_embeds alone")
                 standin.received.append(embeds)
                 ids = standin.generate(embeds, body)
+                standin.max_tokens = int(body["max_tokens"])
                 pieces, finish = standin.pieces(ids, list(body.get("stop") or []))
                 usage = {"prompt_tokens": embeds.shape[0], "completion_tokens": len(ids),
                          "total_tokens": embeds.shape[0] + len(ids)}  # fmt: skip

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from video_chatgpt.bases import open_base
 from video_chatgpt.cli import main as cli_main
 from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_FILE
-from video_chatgpt.model.export import EXPORT_INFO_FILE, read_export_info
-from video_chatgpt.model.loading import load_trained_model, read_projector_file
+from video_chatgpt.model.export import EXPORT_INFO_FILE, PromptEmbedder, read_export_info
+from video_chatgpt.model.loading import load_projector, load_trained_model, read_projector_file
 
 TEXT = "A chat about a video. USER: What colour is the square? ASSISTANT: It is red and it moves left."
 
@@ -116,6 +116,17 @@ def test_bad_runs_and_outputs_are_one_line_and_write_nothing(llava_lora_run, tin
     assert cli_main(["export-lm", str(run), str(taken), "--overwrite", "--dtype", "fp16"]) == 0
     assert not (taken / "stale.txt").exists() and (taken / EXPORT_INFO_FILE).is_file()
     assert read_export_info(taken).dtype == "float16"
+    # An fp16 export's prompt embeddings: the fp32 model's decoder input rounded to fp16, nothing else.
+    model, tokenizer, video_ids = load_trained_model(open_base(run), torch.float32)
+    n, width = model.config.video_token_len, model.config.mm_hidden_size
+    ids = [1, *tokenizer("a question", add_special_tokens=False).input_ids, video_ids.start]
+    ids += [video_ids.patch] * n + [video_ids.end, 5]
+    feats = torch.randn(n, width).half()
+    with torch.no_grad():
+        want = model.eval().decoder_inputs(torch.tensor([ids]), feats.unsqueeze(0))[0].half()
+    got = PromptEmbedder.load(taken)(ids, feats)
+    assert got.dtype == torch.float16 and torch.equal(got, want)
+    load_projector(model, read_projector_file(taken / PROJECTOR_FILE), "exported", [])  # the usual reader takes it
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no staging folder left
     assert _listing(run) == before
 

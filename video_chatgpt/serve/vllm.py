@@ -16,7 +16,8 @@ the model's template with the projected video features at the video span: ``mode
     for piece in stream: ...            # text pieces as vLLM streams them; afterwards stream.usage, stream.finish_reason
 
 ``question``/``history`` as in ``Engine.stream`` (the video goes with the first question); ``features``: the (N, C)
-video features (a feature file's array, or the extractor's). ``usage`` is ``Usage(prompt_tokens, completion_tokens)``
+video features (a feature file's array, or the extractor's: ``backend.info`` has the export's ``vision_tower``,
+``num_frames`` and ``video_token_len``; no language model is loaded on our side). ``usage`` is ``Usage(prompt_tokens, completion_tokens)``
 as vLLM counts them. Errors: ``UserError`` for features of the wrong shape, ``PromptTooLong`` when the prompt fills
 the model's context, ``VllmError`` (with ``status``: vLLM's own 4xx, or 502/504 when vLLM cannot be reached, times out
 or answers something that is not a completion) for everything on the wire.
@@ -55,7 +56,7 @@ from video_chatgpt.inference.engine import (
     Turn,
     conversation_records,
 )
-from video_chatgpt.model.export import PromptEmbedder
+from video_chatgpt.model.export import ExportInfo, PromptEmbedder
 
 COMPLETIONS_PATH = "completions"
 MAX_REPLY_BYTES = 16 << 20  # a long streamed answer is ~250 bytes of JSON per token
@@ -255,8 +256,10 @@ class VllmBackend:
         self.client = ChatClient(api_base(url), api_key or "EMPTY", timeout, MAX_REPLY_BYTES)
 
     @property
-    def num_video_tokens(self) -> int | None:
-        return self.embedder.info.video_token_len
+    def info(self) -> ExportInfo:
+        """The export's settings: ``vision_tower``, ``num_frames``, ``video_token_len`` (what the server's feature
+        extraction needs), ``template``, ``max_model_len``, ..."""
+        return self.embedder.info
 
     def prompt_ids(self, question: str, num_video_tokens: int, history: Sequence[Turn] = ()) -> list[int]:
         """The generation prompt, as ``Engine.prompt_ids`` renders it (same records, template and encoder)."""

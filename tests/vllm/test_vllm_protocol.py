@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -144,3 +148,40 @@ def test_the_wire_format_is_what_vllm_decodes():
     assert "seed" not in completion_request("m", embeds, max_tokens=5) and "stream" not in completion_request(
         "m", embeds, max_tokens=5
     )
+
+
+class _Stalling(BaseHTTPRequestHandler):
+    """Answers a stream with its headers and one chunk, then says nothing more (a stuck vLLM)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        chunk = {"choices": [{"index": 0, "text": "It", "finish_reason": None}]}
+        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        self.wfile.flush()
+        time.sleep(6)
+
+
+def test_a_stuck_stream_ends_at_the_timeout(routes, run_and_export):
+    """Every request is bounded in total: a stream that stops sending raises VllmError 504 after ``timeout``."""
+    _, _, _, features = routes
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Stalling)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = VllmBackend(f"http://127.0.0.1:{server.server_address[1]}", "m", run_and_export[1], timeout=1.0)
+        start = time.monotonic()
+        stream = backend.stream(QUESTION, features, max_new_tokens=4)
+        pieces = []
+        with pytest.raises(VllmError, match="no complete reply within 1 s") as caught:
+            for piece in stream:
+                pieces.append(piece)
+        assert pieces == ["It"] and caught.value.status == 504 and time.monotonic() - start < 4
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -243,6 +243,8 @@ class ChatClient:
                         *lines, pending = (pending + chunk).split(b"\n")
                         for line in lines:
                             yield line.rstrip(b"\r")
+                    if deadline.expired:  # the shut-down socket reads as the end of the body
+                        raise DeadlinePassed(f"no complete reply within {self.timeout:g} s")
                     if pending:
                         yield pending
             except self._httpx.RequestError as exc:

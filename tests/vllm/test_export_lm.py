@@ -1,6 +1,6 @@
 """``video-chatgpt export-lm``: the exported folder is a plain causal LM (``AutoModelForCausalLM`` loads it as it is)
 that gives the run's logits on text, LoRA merged and the trained video-token rows in, for the document's base and a
-chat base; its tokenizer holds the video tokens at the run's ids; bad runs and outputs are one line, nothing written."""
+chat base and a LLaVA-1.5 folder; its tokenizer holds the video tokens at the run's ids; bad runs and outputs are one line, nothing written."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.helpers.train import LORA_FLAGS, train_paths
 from video_chatgpt.bases import open_base
 from video_chatgpt.cli import main as cli_main
 from video_chatgpt.constants import EMBED_TOKENS_KEY, PROJECTOR_FILE
-from video_chatgpt.model.export import EXPORT_INFO_FILE, PromptEmbedder, read_export_info
+from video_chatgpt.model.export import EXPORT_INFO_FILE, PromptEmbedder, export_lm, read_export_info
 from video_chatgpt.model.loading import load_projector, load_trained_model, read_projector_file
 
 TEXT = "A chat about a video. USER: What colour is the square? ASSISTANT: It is red and it moves left."
@@ -139,3 +140,35 @@ def test_an_export_info_file_that_is_not_ours_is_one_line(tmp_path):
     (tmp_path / EXPORT_INFO_FILE).write_text(json.dumps({"format": 99}))
     with pytest.raises(UserError, match="not an export-lm file of format 1"):
         read_export_info(tmp_path)
+
+
+def test_a_llava_1_5_run_exports_its_language_model(llava_hf, tmp_path):
+    """The third kind of base: a LoRA run on a LLaVA-1.5 folder exports its Vicuna as a plain LlamaForCausalLM that
+    gives the run's logits; the export's prompt embeddings are the run's decoder input."""
+    from tests.bases.world import make_world
+    from video_chatgpt.train.train import train
+
+    world = make_world(tmp_path / "world", num_videos=8)
+    data = {"data_path": world["instructions"], "video_folder": world["features"]}
+    run = train([*train_paths(data, llava_hf, tmp_path / "run"), *LORA_FLAGS, "--max_steps", "2",
+                 "--save_strategy", "no"])  # fmt: skip
+    check_export(run, export_lm(run, tmp_path / "lm", dtype="fp32"))
+
+
+@torch.no_grad()
+def check_export(run, out):
+    model, tokenizer, video_ids = load_trained_model(open_base(run), torch.float32)
+    model.eval()
+    plain = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    assert type(plain).__name__ == "LlamaForCausalLM"
+    ids = text_ids(tokenizer, video_ids)
+    words = [i for i in range(plain.config.vocab_size) if i not in (video_ids.patch, video_ids.start, video_ids.end)]
+    ours, theirs = model(input_ids=ids).logits[..., words], plain(input_ids=ids).logits[..., words]
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    n = model.config.video_token_len
+    text = tokenizer("What colour is it?", add_special_tokens=False).input_ids
+    prompt = [*text, video_ids.start, *[video_ids.patch] * n, video_ids.end, *text]
+    feats = torch.randn(n, model.config.mm_hidden_size)
+    assert torch.equal(
+        PromptEmbedder.load(out)(prompt, feats), model.decoder_inputs(torch.tensor([prompt]), feats[None])[0]
+    )

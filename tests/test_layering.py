@@ -24,6 +24,7 @@ FORBIDDEN = {
     "eval": {"train"},
     "train": {"inference", "eval"},
     "weights": {"features", "data", "model", "train", "inference", "eval"},
+    "serve": {"train"},
 }
 # Product code never imports the sample world, except these (the quickstart and the sample command).
 MAY_IMPORT_SAMPLE = {"quickstart", "sample"}

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("video_chatgpt.train.train:main", "train Video-ChatGPT (same flags as video_chatgpt/train/train_mem.py)"),
     "report": ("video_chatgpt.train.report:main", "write training_report.md and loss.png for a run folder"),
     "merge-lora": ("video_chatgpt.train.merge_lora:main", "fold a LoRA run's adapter into its base: one model folder"),
+    "export-lm": (
+        "video_chatgpt.model.export:main",
+        "a run's language model as a plain causal-LM folder (LoRA merged) + projector, for vLLM",
+    ),
     "plan-memory": (
         "video_chatgpt.train.memory:main",
         "peak GPU memory of a training step by part; largest batch that fits",

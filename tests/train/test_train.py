@@ -416,11 +416,11 @@ def test_model_checks_show_both_counts(tiny_llava):
     model = VideoChatGPTForCausalLM(cfg)
     ids = torch.tensor([[1, 8, 7, 7, 7, 9, 5]])
     with pytest.raises(ValueError, match="has 3 <vid_patch> tokens but its video has 4 feature tokens"):
-        model.embed_with_video(ids, torch.zeros(1, 4, cfg.mm_hidden_size))
+        model.decoder_inputs(ids, torch.zeros(1, 4, cfg.mm_hidden_size))
     with pytest.raises(ValueError, match="feature width 16 != config.mm_hidden_size 32"):
-        model.embed_with_video(ids, torch.zeros(1, 3, 16))
+        model.decoder_inputs(ids, torch.zeros(1, 3, 16))
     feats = torch.randn(1, 3, cfg.mm_hidden_size)
-    embeds = model.embed_with_video(ids, feats)
+    embeds = model.decoder_inputs(ids, feats)
     assert torch.allclose(embeds[0, 2:5], model.model.mm_projector(feats)[0])
     assert torch.equal(embeds[0, [0, 1, 5, 6]], model.get_input_embeddings()(ids)[0, [0, 1, 5, 6]])
 

@@ -37,7 +37,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from video_chatgpt.errors import UserError
@@ -212,11 +212,50 @@ class ChatClient:
                     headers = {k.lower(): v for k, v in response.headers.items()}
                     return HttpReply(response.status_code, headers, self._read_body(response, headers))
             except self._httpx.RequestError as exc:  # transport errors, and any other the HTTP layer raises
-                if deadline.expired:
-                    raise DeadlinePassed(f"no complete reply within {self.timeout:g} s") from None
-                if isinstance(exc, self._httpx.TimeoutException):
-                    raise DeadlinePassed(f"no reply within {self.timeout:g} s ({type(exc).__name__})") from None
-                raise ConnectionFailed(clip(str(exc) or type(exc).__name__, 300)) from None
+                raise self._transport_error(exc, deadline) from None
+
+    def stream_lines(self, path: str, payload: dict) -> Iterator[HttpReply | bytes]:
+        """A streamed request (server-sent events, e.g. vLLM's ``stream: true``): first an ``HttpReply`` with the
+        status and headers (its body the whole reply when the status is not 200, else empty), then each line of a
+        200 reply's body as it arrives, without its line end. The bounds of ``post``: ``timeout`` seconds in total
+        and ``max_reply_bytes`` in all; closing the iterator early closes the connection. Raises as ``post``."""
+        content = json.dumps(payload).encode()
+        deadline = _Deadline(self.timeout)
+        with deadline:
+            try:
+                with self._http.stream(
+                    "POST", path, content=content, headers={"Accept": "text/event-stream"},
+                    extensions={"trace": deadline.trace},
+                ) as response:  # fmt: skip
+                    headers = {k.lower(): v for k, v in response.headers.items()}
+                    if response.status_code != 200:
+                        yield HttpReply(response.status_code, headers, self._read_body(response, headers))
+                        return
+                    yield HttpReply(200, headers, b"")
+                    encoding = headers.get("content-encoding", "identity").strip().lower()
+                    if encoding not in ("", "identity"):
+                        raise ReplyError(f"a compressed stream (Content-Encoding: {encoding[:40]})")
+                    size, pending = 0, b""
+                    for chunk in response.iter_raw():
+                        size += len(chunk)
+                        if size > self.max_reply_bytes:
+                            raise ReplyError(f"more than the {self.max_reply_bytes} bytes a reply may have")
+                        *lines, pending = (pending + chunk).split(b"\n")
+                        for line in lines:
+                            yield line.rstrip(b"\r")
+                    if deadline.expired:  # the shut-down socket reads as the end of the body
+                        raise DeadlinePassed(f"no complete reply within {self.timeout:g} s")
+                    if pending:
+                        yield pending
+            except self._httpx.RequestError as exc:
+                raise self._transport_error(exc, deadline) from None
+
+    def _transport_error(self, exc: Exception, deadline: _Deadline) -> Exception:
+        if deadline.expired:
+            return DeadlinePassed(f"no complete reply within {self.timeout:g} s")
+        if isinstance(exc, self._httpx.TimeoutException):
+            return DeadlinePassed(f"no reply within {self.timeout:g} s ({type(exc).__name__})")
+        return ConnectionFailed(clip(str(exc) or type(exc).__name__, 300))
 
     def _read_body(self, response, headers: dict[str, str]) -> bytes:
         encoding = headers.get("content-encoding", "identity").strip().lower()

@@ -30,6 +30,7 @@ state-dict keys are ``model.mm_projector.*`` for every base, as LLaVA writes the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -99,6 +100,72 @@ def video_config(raw: dict, **overrides) -> VideoChatGPTConfig:
     return VideoChatGPTConfig(**raw)
 
 
+@dataclass(frozen=True)
+class VideoSpan:
+    """Where a video goes in a prompt: the ``<vid_patch>`` id, the ``<vid_start>``/``<vid_end>`` ids (None when the
+    model does not bracket the span) and the feature width C the projector takes."""
+
+    patch_id: int
+    start_id: int | None
+    end_id: int | None
+    width: int
+
+    @classmethod
+    def of(cls, config) -> VideoSpan:
+        """The span of a model config (its ``video_*_token_id``, ``mm_use_vid_start_end``, ``mm_hidden_size``)."""
+        bracketed = bool(getattr(config, "mm_use_vid_start_end", False))
+        return cls(
+            config.video_patch_token_id,
+            config.video_start_token_id if bracketed else None,
+            config.video_end_token_id if bracketed else None,
+            config.mm_hidden_size,
+        )
+
+
+def place_video(
+    embeds: torch.Tensor,
+    input_ids: torch.LongTensor,
+    video_features: torch.Tensor,
+    projector: nn.Module,
+    span: VideoSpan,
+) -> torch.Tensor:
+    """(B, L, H) token embeddings -> the same with each sample's N ``<vid_patch>`` rows replaced by its projected
+    (B, N, C) ``video_features``, in order. The features go through ``projector`` in its dtype; the result is cast
+    to ``embeds``' dtype.
+
+    Every sample must hold exactly one video span of N ``<vid_patch>`` tokens (bracketed by ``<vid_start>``/
+    ``<vid_end>`` when ``span`` has them); ``ValueError`` otherwise, showing both counts.
+    """
+    b, n, c = video_features.shape
+    if b != input_ids.shape[0]:
+        raise ValueError(f"{b} videos for a batch of {input_ids.shape[0]} samples")
+    if c != span.width:
+        raise ValueError(f"video feature width {c} != config.mm_hidden_size {span.width}")
+    is_patch = input_ids == span.patch_id  # (B, L)
+    per_sample = is_patch.sum(dim=1)
+    if (per_sample != n).any():
+        bad = int((per_sample != n).nonzero()[0, 0])
+        raise ValueError(
+            f"sample {bad} has {int(per_sample[bad])} <vid_patch> tokens but its video has {n} feature tokens"
+        )
+    if span.start_id is not None:
+        starts = (input_ids == span.start_id).sum(1)
+        ends = (input_ids == span.end_id).sum(1)
+        if (starts != 1).any() or (ends != 1).any():
+            bad = int(((starts != 1) | (ends != 1)).nonzero()[0, 0])
+            raise ValueError(
+                f"sample {bad} has {int(starts[bad])} <vid_start> and {int(ends[bad])} <vid_end> tokens; "
+                f"expected one of each around the video"
+            )
+        start_pos = (input_ids == span.start_id).int().argmax(1)  # (B,)
+        after = input_ids.gather(1, (start_pos + n + 1).clamp(max=input_ids.shape[1] - 1).unsqueeze(1))
+        if (after.squeeze(1) != span.end_id).any():
+            raise ValueError(f"the {n} <vid_patch> tokens are not contiguous between <vid_start> and <vid_end>")
+    feats = projector(video_features.to(next(projector.parameters()).dtype))  # (B, N, H)
+    # Row-major masked_scatter puts sample b's N features on its N patch positions, in order.
+    return embeds.masked_scatter(is_patch.unsqueeze(-1), feats.to(embeds.dtype))
+
+
 class VideoChatGPTModel(LlamaModel):
     """``LlamaModel`` with the video projector ``mm_projector`` (``mm_hidden_size -> hidden_size``)."""
 
@@ -129,50 +196,28 @@ class VideoMixin:
         return None if rows is None else (self.model.video_token_embed_ids, rows)
 
     # ------------------------------------------------------------------------------------------------- embedding
-    def embed_with_video(self, input_ids: torch.LongTensor, video_features: torch.Tensor | None) -> torch.Tensor:
-        """(B, L) ids + (B, N, C) features -> (B, L, H) input embeddings with the N patch embeddings replaced.
-
-        Every sample of the batch must hold exactly one video span of N ``<vid_patch>`` tokens (bracketed by
-        ``<vid_start>``/``<vid_end>`` when the config uses them); the errors show both counts.
-        """
+    def token_embeddings(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, H): the input embedding, the trainable video-token rows (when training them) in."""
         embeds = self.get_input_embeddings()(input_ids)  # (B, L, H), frozen backbone dtype
         trainable = self._trainable_rows()
         if trainable is not None:
             ids, rows = trainable
             sel = (input_ids.unsqueeze(-1) == ids).to(rows.dtype)  # (B, L, k) one-hot of the trainable tokens
             embeds = torch.where(sel.sum(-1, keepdim=True) > 0, (sel @ rows).to(embeds.dtype), embeds)
+        return embeds
+
+    def decoder_inputs(self, input_ids: torch.LongTensor, video_features: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) ids + (B, N, C) features -> (B, L, H): exactly what the decoder reads (``inputs_embeds``).
+
+        The token embeddings with the N ``<vid_patch>`` positions replaced by the projected features
+        (``place_video``). ``forward`` (training, scoring) and ``generate_with_video`` call this one function, and
+        ``export-lm``'s prompt embeddings (``model/export.py``, what vLLM is sent) use ``place_video`` on the exported
+        table, so the routes cannot drift apart.
+        """
+        embeds = self.token_embeddings(input_ids)
         if video_features is None:
             return embeds
-        cfg = self.config
-        b, n, c = video_features.shape
-        if b != input_ids.shape[0]:
-            raise ValueError(f"{b} videos for a batch of {input_ids.shape[0]} samples")
-        if c != cfg.mm_hidden_size:
-            raise ValueError(f"video feature width {c} != config.mm_hidden_size {cfg.mm_hidden_size}")
-        is_patch = input_ids == cfg.video_patch_token_id  # (B, L)
-        per_sample = is_patch.sum(dim=1)
-        if (per_sample != n).any():
-            bad = int((per_sample != n).nonzero()[0, 0])
-            raise ValueError(
-                f"sample {bad} has {int(per_sample[bad])} <vid_patch> tokens but its video has {n} feature tokens"
-            )
-        if cfg.mm_use_vid_start_end:
-            starts = (input_ids == cfg.video_start_token_id).sum(1)
-            ends = (input_ids == cfg.video_end_token_id).sum(1)
-            if (starts != 1).any() or (ends != 1).any():
-                bad = int(((starts != 1) | (ends != 1)).nonzero()[0, 0])
-                raise ValueError(
-                    f"sample {bad} has {int(starts[bad])} <vid_start> and {int(ends[bad])} <vid_end> tokens; "
-                    f"expected one of each around the video"
-                )
-            start_pos = (input_ids == cfg.video_start_token_id).int().argmax(1)  # (B,)
-            after = input_ids.gather(1, (start_pos + n + 1).clamp(max=input_ids.shape[1] - 1).unsqueeze(1))
-            if (after.squeeze(1) != cfg.video_end_token_id).any():
-                raise ValueError(f"the {n} <vid_patch> tokens are not contiguous between <vid_start> and <vid_end>")
-        projector = self.model.mm_projector
-        feats = projector(video_features.to(next(projector.parameters()).dtype))  # (B, N, H)
-        # Row-major masked_scatter puts sample b's N features on its N patch positions, in order.
-        return embeds.masked_scatter(is_patch.unsqueeze(-1), feats.to(embeds.dtype))
+        return place_video(embeds, input_ids, video_features, self.model.mm_projector, VideoSpan.of(self.config))
 
     # --------------------------------------------------------------------------------------------------- forward
     def forward(
@@ -196,7 +241,7 @@ class VideoMixin:
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if inputs_embeds is None:
-            inputs_embeds = self.embed_with_video(input_ids, video_spatio_temporal_features)
+            inputs_embeds = self.decoder_inputs(input_ids, video_spatio_temporal_features)
         outputs = self._decoder()(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -225,7 +270,7 @@ class VideoMixin:
         self, input_ids: torch.LongTensor, video_features: torch.Tensor | None, **generate_kwargs
     ) -> torch.LongTensor:
         """Generate from a prompt with a video span; returns only the new token ids (B, T_new)."""
-        embeds = self.embed_with_video(input_ids, video_features)
+        embeds = self.decoder_inputs(input_ids, video_features)
         attention_mask = torch.ones_like(input_ids)
         return self._generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 

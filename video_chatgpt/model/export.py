@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from video_chatgpt.args import command_parser
 from video_chatgpt.bases import open_base
 from video_chatgpt.constants import BASE_POINTER_FILE, MM_CONFIG_KEYS, PROJECTOR_FILE, PROJECTOR_PREFIX
 from video_chatgpt.data.conversation import TRAIN_TEMPLATE, inference_template
@@ -120,7 +121,7 @@ def read_export_info(folder: str | Path) -> ExportInfo:
 
 # ------------------------------------------------------------------------------------------------ the export
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="video-chatgpt export-lm", description=__doc__.split("\n\n")[0])
+    p = command_parser("export-lm", __doc__)
     p.add_argument("run", help="training output folder (mm_projector.bin + video_chatgpt_base.json; LoRA: the adapter)")
     p.add_argument("out", help="folder to write: the plain causal LM, its tokenizer, the projector, the export info")
     p.add_argument("--dtype", default="fp16", choices=list(DTYPES), help="dtype of the LM weights (default fp16)")

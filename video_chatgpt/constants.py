@@ -68,7 +68,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 PROMPT_IDS = ("ours", "original")
 
 # Video files the commands find by name (predict's video folder, the demo's examples).
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 
 # The original train.py's default --model_max_length (its dataclass; the document's command passes 2048).
 DEFAULT_MODEL_MAX_LENGTH = 512

@@ -36,10 +36,13 @@ def video_dir(tmp_path_factory, sample_world, awkward_videos):
     frames = render_frames(VideoTruth("v_trunc", "red", "square", "right", 90, 64, 48))
     make_truncated_mp4(d / "v_badcount01.mp4", frames, keep=0.5)  # header: 90 frames; fewer decode
     make_truncated_mp4(d / "v_zerofrm01.mp4", frames, keep=0.0)  # header: 90 frames; none decode
-    make_audio_only(d / "v_audioonly.m4a")
+    make_audio_only(d / "v_audioonly.mp4")
     write_h264(d / "v_dupid0001.mp4", frames[:20])
     write_h264(d / "v_dupid0001.mkv", frames[:20])  # same video id: the first by name (.mkv) wins, .mp4 fails
     (d / ".DS_Store").write_bytes(b"\0\1hidden")  # hidden files are not videos
+    (d / "notes.txt").write_text("a user's notes")  # left out, with a warning; never a failure
+    (d / "more").mkdir()  # subfolders are not entered (warned)
+    write_h264(d / "more" / "v_insidesub.mp4", frames[:20])
     return d
 
 
@@ -48,7 +51,7 @@ GOOD_BAD = {
     "v_awkempty01.mp4": "empty file",
     "v_awknotvid1.mp4": "not a video",
     "v_zerofrm01.mp4": "no frame",
-    "v_audioonly.m4a": "no video stream",
+    "v_audioonly.mp4": "no video stream",
     "v_dupid0001.mp4": "duplicate video id",
 }
 
@@ -93,6 +96,10 @@ def test_failures_are_named_with_reasons_and_the_run_goes_on(first_run, video_di
     printed = first_run[2]  # the end of the run names every failure with its reason
     for video, reason in reasons.items():
         assert f"{video}: {reason}" in printed
+    # What is not a video is named once, up front, and is not a failure: a stray file, a subfolder.
+    assert "left out 2 entries that are not videos (more/, notes.txt)" in printed
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert Path(manifest["vision_tower"]).is_absolute()  # the tower as a path that means something elsewhere
     assert [n["video"] for n in report["notes"]] == ["v_badcount01.mp4"] and "90" in report["notes"][0]["note"]
     assert report["complete"] and report["feature_shape"] == [NUM_FRAMES + 256, 32]
     # The report is never taken for a feature file; the index holds exactly the extracted videos.

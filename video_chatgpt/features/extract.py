@@ -77,7 +77,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import video_chatgpt
 from video_chatgpt.args import command_parser, parse_args_or_status
-from video_chatgpt.constants import DEFAULT_NUM_FRAMES, DEFAULT_VISION_TOWER
+from video_chatgpt.constants import DEFAULT_NUM_FRAMES, DEFAULT_VISION_TOWER, VIDEO_SUFFIXES
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.features.decode import DECODE_ERRORS, decode_sampled
 from video_chatgpt.features.encoder import FrameEncoder, VideoFeatureExtractor, parse_dtype, video_tokens
@@ -114,7 +114,7 @@ FEATURE_DTYPE = np.float16
 class ExtractArgs:
     """Settings of one extraction run (the command-line flags)."""
 
-    video_dir_path: Path  # folder of videos (mp4, mkv, webm, ...); every non-hidden file in it is a video
+    video_dir_path: Path  # folder of videos: its files with a video suffix (constants.VIDEO_SUFFIXES)
     clip_feat_path: Path  # output folder (created); one feature file per video, plus the report
     infer_batch: int = 32  # frames per encoder forward (can span several videos)
     vision_tower: str = DEFAULT_VISION_TOWER  # CLIP / SigLIP tower or LLaVA folder, or hub id in the HF cache
@@ -262,13 +262,38 @@ class Plan:
     damaged: list[dict] = field(default_factory=list)  # {"video", "note"}: an existing file that is not valid
 
 
-def list_videos(folder: Path) -> list[Path]:
-    """Every regular, non-hidden file in ``folder``, sorted by name (so all ranks see the same list)."""
+def recorded_tower(name: str | Path) -> str:
+    """The tower as the manifest and report record it: a local folder as its absolute path (a relative path means
+    nothing once the folder is read from elsewhere), a hub id as given."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else str(name)
+
+
+def list_videos(folder: Path) -> tuple[list[Path], list[str]]:
+    """The videos of ``folder`` (regular, non-hidden files with a video suffix, ``constants.VIDEO_SUFFIXES``, in any
+    case), sorted by name so all ranks see the same list; and the names of what is left out: other files and
+    subfolders (extraction does not recurse)."""
     if not folder.is_dir():
-        raise UserError(f"--video_dir_path {folder}: is not a folder; pass the folder that holds the videos")
+        raise UserError(f"--video_dir {folder}: is not a folder; pass the folder that holds the videos")
+    videos, left_out = [], []
     with os.scandir(folder) as entries:
-        names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
-    return [folder / name for name in names]
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file() and Path(entry.name).suffix.lower() in VIDEO_SUFFIXES:
+                videos.append(entry.name)
+            else:
+                left_out.append(entry.name + ("/" if entry.is_dir() else ""))
+    return [folder / name for name in sorted(videos)], sorted(left_out)
+
+
+def left_out_note(folder: Path, left_out: list[str], shown: int = 5) -> str:
+    """One line naming what ``list_videos`` left out of ``folder``."""
+    names = ", ".join(left_out[:shown]) + (f" and {len(left_out) - shown} more" if len(left_out) > shown else "")
+    return (
+        f"{folder}: left out {len(left_out)} entries that are not videos ({names}): only files ending in "
+        f"{' '.join(VIDEO_SUFFIXES)} are read, and subfolders are not entered (run once per folder)"
+    )
 
 
 def existing_file_problem(path: Path, expected_shape: tuple[int, int]) -> str | None:
@@ -361,7 +386,7 @@ def build_manifest(spec: TowerSpec, args: ExtractArgs, feature_shape: list[int],
     return {
         "manifest_version": MANIFEST_VERSION,
         "project_version": video_chatgpt.__version__,
-        "vision_tower": str(args.vision_tower),
+        "vision_tower": recorded_tower(args.vision_tower),
         "tower_kind": spec.kind,
         "tower_source": spec.source,
         "tower_sha256": tower_sha256,
@@ -617,7 +642,9 @@ def run(args: ExtractArgs, env: DistEnv = DistEnv(), folder_ready: bool = False,
     """
     started = time.perf_counter()
     device = resolve_device(args.device, env)
-    videos = list_videos(args.video_dir_path)
+    videos, left_out = list_videos(args.video_dir_path)
+    if left_out and env.rank == 0:
+        print(f"warning: {left_out_note(args.video_dir_path, left_out)}", file=sys.stderr, flush=True)
     spec = resolve_tower(args.vision_tower, args.select_layer)
     shape = feature_shape_of(spec, args)
     make_output_folder(args.clip_feat_path)
@@ -685,7 +712,7 @@ def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | 
     report = Report(
         video_dir=str(args.video_dir_path),
         clip_feat_path=str(args.clip_feat_path),
-        vision_tower=str(args.vision_tower),
+        vision_tower=recorded_tower(args.vision_tower),
         num_frames=args.num_frames,
         feature_shape=shape,
         feature_format=args.feature_format,

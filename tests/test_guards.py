@@ -302,7 +302,7 @@ ROWS = {
     ),
     "predict --overwrite: a mistyped --model-name deletes nothing": (
         lambda f, t: predict_argv(f, f["questions"], t, "preds", t / "modle", "--overwrite"),
-        ("--model-name", "modle", "no such folder"),
+        ("--model_name_or_path", "modle", "no such folder"),
     ),
     # 5. every JSON through the bounded reader; wrong types refused with the record and key
     "convert: a 100,000-deep input": (

@@ -25,13 +25,18 @@ def parse_args_or_status(parser: argparse.ArgumentParser, argv: list[str] | None
         return exc.code if isinstance(exc.code, int) else 2
 
 
+# The entry scripts the user's document runs by file name (python or torchrun); they name themselves.
+DOCUMENT_SCRIPTS = frozenset(
+    {"apply_delta.py", "convert_instruction_json_to_training_format.py", "save_spatio_temporal_clip_features.py",
+     "train_mem.py", "train.py"}
+)  # fmt: skip
+
+
 def program(command: str) -> str:
     """The name usage lines and errors show: the script's file name when one of the document's scripts runs
     (``scripts/apply_delta.py``, ``train_mem.py`` under python or torchrun), else ``video-chatgpt <command>``."""
     script = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if script.endswith(".py") and script not in ("cli.py", "__main__.py"):
-        return script
-    return f"video-chatgpt {command}"
+    return script if script in DOCUMENT_SCRIPTS else f"video-chatgpt {command}"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

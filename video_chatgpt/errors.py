@@ -13,6 +13,7 @@ is shown only with ``--debug`` (anywhere on the command line) or ``VIDEO_CHATGPT
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -64,11 +65,25 @@ def wants_debug(argv: list[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get("VIDEO_CHATGPT_DEBUG", "") not in ("", "0")
 
 
+def settle_deepspeed_accelerator() -> None:
+    """When DeepSpeed is installed and no CUDA GPU is present, tell it the accelerator is the CPU
+    (``DS_ACCELERATOR=cpu``, unless the user set it): transformers imports DeepSpeed with every model, and its
+    accelerator probe otherwise prints a "Setting accelerator to CPU" warning in every command. On a GPU machine
+    nothing is set, so DeepSpeed finds the GPU as before."""
+    if "DS_ACCELERATOR" in os.environ or importlib.util.find_spec("deepspeed") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def run_main(func: Callable[[list[str]], int | None], argv: list[str] | None, prog: str) -> int:
     """Run ``func(argv)`` under the one error path; returns the exit status. ``--debug`` is removed from argv."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = wants_debug(argv)
     argv = [a for a in argv if a != DEBUG_FLAG]
+    settle_deepspeed_accelerator()
     try:
         return int(func(argv) or 0)
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from video_chatgpt.args import command_parser
+from video_chatgpt.errors import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -300,4 +301,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "quickstart"))

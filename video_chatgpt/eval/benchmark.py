@@ -41,6 +41,7 @@ from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.eval import evaluate
 from video_chatgpt.eval.evaluate import DEFAULT_API_BASE, DEFAULT_JUDGE, RESULTS_JSON
 from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBENCH, guess_qa_dataset
+from video_chatgpt.eval.report import published_cell
 from video_chatgpt.files import read_json, write_bytes_atomically
 from video_chatgpt.inference import predict
 from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
@@ -255,8 +256,8 @@ def render_summary(rows: list[dict], judge: str) -> str:
         )
         published = r.get("published_score") if r["criterion"] == "qa" else r.get("published")
         lines.append(
-            f"| {r['set']} | {title} | {num(r['mean'])} | {num(r['mean_int'])} | {num(published)} | "
-            f"{num(r.get('accuracy'), 1)} | {num(r.get('published_accuracy'), 1)} | {r['judged']} | "
+            f"| {r['set']} | {title} | {num(r['mean'])} | {num(r['mean_int'])} | {published_cell(published, judge)} | "
+            f"{num(r.get('accuracy'), 1)} | {published_cell(r.get('published_accuracy'), judge, 1)} | {r['judged']} | "
             f"{r['failed']} | {r['total']} |"
         )
     return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ from video_chatgpt.eval.protocol import (
     request_sha256,
     summarize,
 )
-from video_chatgpt.eval.report import render_markdown
+from video_chatgpt.eval.report import render_markdown, summary_lines
 from video_chatgpt.files import check_output, parse_json, read_bytes_bounded, read_json, write_bytes_atomically
 
 DEFAULT_JUDGE = "gpt-3.5-turbo"  # the original's judge (the model named in the prompt file)
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     write_bytes_atomically(results_path, json.dumps(results, indent=1, ensure_ascii=False).encode())
     markdown = render_markdown(results)
     write_bytes_atomically(args.output_dir / RESULTS_MD, markdown.encode())
-    print(markdown)
+    print("\n".join(summary_lines(results)) + f"\nreport: {args.output_dir / RESULTS_MD}", flush=True)
     failed = sum(results["criteria"][name]["failed"] for name, _ in jobs)
     if failed:
         print(

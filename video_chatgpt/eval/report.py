@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from video_chatgpt.constants import TEST_JUDGES
 from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBENCH, QA
+
+NOT_COMPARABLE = "(test judge, not comparable)"
 
 
 def _num(value, digits: int = 2) -> str:
@@ -11,6 +14,24 @@ def _num(value, digits: int = 2) -> str:
 
 def _ci(ci, digits: int = 2) -> str:
     return "-" if ci is None else f"{ci[0]:.{digits}f} - {ci[1]:.{digits}f}"
+
+
+def published_cell(value, judge_model: str, digits: int = 2) -> str:
+    """A published number for a table row: marked as not comparable when a test judge scored ours."""
+    text = _num(value, digits)
+    return f"{text} {NOT_COMPARABLE}" if judge_model in TEST_JUDGES and value is not None else text
+
+
+def summary_lines(results: dict) -> list[str]:
+    """One line per criterion for the terminal (the tables, intervals and failures are in results.md)."""
+    lines = []
+    for name, s in results["criteria"].items():
+        accuracy = f"accuracy {_num(s['accuracy'], 1)}%, " if CRITERIA[name].kind == QA else ""
+        lines.append(
+            f"{CRITERIA[name].title}: {accuracy}score {_num(s['mean'])} (int() {_num(s['mean_int'])}), "
+            f"{s['judged']}/{s['total']} judged, {s['failed']} failed"
+        )
+    return lines
 
 
 def render_markdown(results: dict) -> str:
@@ -42,7 +63,7 @@ def render_markdown(results: dict) -> str:
         for name, s in vcg.items():
             lines.append(
                 f"| {CRITERIA[name].title} | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | "
-                f"{_num(PUBLISHED_VCGBENCH.get(name))} | {s['judged']} | {s['failed']} | {s['total']} |"
+                f"{published_cell(PUBLISHED_VCGBENCH.get(name), judge['model'])} | {s['judged']} | {s['failed']} | {s['total']} |"
             )
         lines.append("")
     qa = {name: s for name, s in results["criteria"].items() if CRITERIA[name].kind == QA}
@@ -55,8 +76,9 @@ def render_markdown(results: dict) -> str:
             "| | ours | 95% CI | int() | published | judged | failed | total |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
             f"| accuracy (%) | {_num(s['accuracy'], 1)} | {_ci(s['accuracy_ci95'], 1)} | - | "
-            f"{_num(published[0], 1)} | {s['judged']} | {s['failed']} | {s['total']} |",
-            f"| score | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | {_num(published[1], 1)} | "
+            f"{published_cell(published[0], judge['model'], 1)} | {s['judged']} | {s['failed']} | {s['total']} |",
+            f"| score | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | "
+            f"{published_cell(published[1], judge['model'], 1)} | "
             f"{s['judged']} | {s['failed']} | {s['total']} |",
             "",
         ]

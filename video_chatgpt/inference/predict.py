@@ -368,6 +368,8 @@ def _predict(args, todo: list[dict], files: PredictionFiles, engine) -> list[dic
     rows, rows_source = expected_video_tokens(engine)
     width = engine.model.config.mm_hidden_size
     errors = []
+    if args.video_dir is not None:  # load the tower now: its "Loading weights" bar would draw inside ours
+        _ = engine.extractor
     with open(files.progress, "a", encoding="utf-8") as progress:
         for sample in tqdm(todo, desc="predict", unit="sample"):
             record = sample["record"]

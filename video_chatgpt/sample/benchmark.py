@@ -31,10 +31,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from video_chatgpt.args import command_parser
+from video_chatgpt.constants import TEST_JUDGES
 from video_chatgpt.errors import UserError
 from video_chatgpt.sample.world import COLOUR_QUESTIONS, colour_answer
 
-JUDGE_MODEL = "sample-rule-judge"
+JUDGE_MODEL = next(iter(TEST_JUDGES))  # "sample-rule-judge"
 MAX_SCORE = 5
 _WORD = re.compile(r"[a-z0-9]+")
 

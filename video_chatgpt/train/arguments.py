@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import math
 import sys
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -168,14 +167,14 @@ class TrainingArguments(transformers.TrainingArguments):
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
         if not torch.cuda.is_available():
             if self.tf32:
-                warnings.warn("--tf32 True needs a CUDA GPU; none is available, so TF32 is not enabled")
+                logger.warning("--tf32 True needs a CUDA GPU; none is available, so TF32 is not enabled")
                 self.tf32 = None
             if not self.use_cpu:
                 logger.warning("no CUDA GPU available: training on the CPU (use_cpu=True)")
                 self.use_cpu = True
             if (self.bf16 or self.fp16) and not cpu_has_fast_bf16():
                 # Measured on the tiny sample: CPU bf16 autocast without native bf16 is ~20x slower than fp32.
-                logger.warning("--bf16/--fp16 on a CPU without native bf16 support: training in fp32 instead")
+                # (Said once, by training's precision_fallback_note; plan-memory plans for the accelerator.)
                 self.bf16 = self.fp16 = False
         super().__post_init__()
 

@@ -89,10 +89,11 @@ def test_pretrain_language_refuses_a_llava_hf_folder(tmp_path):
 def readme_quickstart_claim(base: str = "llava") -> dict:
     """The held-out accuracy table the README shows for the quickstart on ``base`` (the code block holding the table;
     ``qwen2``: the one that also shows ``--base qwen2``): {row: (correct, total)} and the count."""
-    blocks = re.split(r"^```.*$", (REPO / "README.md").read_text(), flags=re.M)[1::2]  # inside the fences
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    blocks = [b for page in pages for b in re.split(r"^```.*$", page.read_text(), flags=re.M)[1::2]]  # in fences
     shown = [b for b in blocks if "held-out colour accuracy over" in b]
     tables = [b for b in shown if (f"--base {base}" in b if base != "llava" else "--base" not in b)]
-    assert len(tables) == 1, f"README.md: expected one quickstart accuracy table for --base {base}, found {len(tables)}"
+    assert len(tables) == 1, f"README.md + docs: expected one quickstart table for --base {base}, found {len(tables)}"
     count = re.search(r"held-out colour accuracy over (\d+) videos:", tables[0])
     first = "untrained" if base == "llava" else "stage 1 only"
     rows = dict(re.findall(rf"^  ({first}|trained|trained, videos shuffled) .*?\((\d+/\d+)\)$", tables[0], re.M))
@@ -169,6 +170,23 @@ def test_quickstart_learns_the_colour_from_the_video(tmp_path):
     assert (work / "Video-ChatGPT_7B-1.1_Checkpoints" / "mm_projector.bin").is_file()
     assert f"held-out colour accuracy over {n} videos" in stdout
     assert_chat_answers_the_colour(work, work / "Video-ChatGPT_7B-1.1_Checkpoints")
+    run_readme_doctest(work)
+
+
+def run_readme_doctest(work: Path) -> None:
+    """The README's after-quickstart block, run as written (``runs/quickstart`` is this run's folder): exit 0 each,
+    and the chat line answers the sample's sentence."""
+    from tests.helpers.readme import doctest_blocks
+    from video_chatgpt.sample.world import colour_answer
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for words in doctest_blocks((REPO / "README.md").read_text()):
+        argv = [w.replace("runs/quickstart", str(work)) for w in words[1:]]
+        done = subprocess.run([sys.executable, "-m", "video_chatgpt.cli", *argv], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert done.returncode == 0, (words, done.stderr[-3000:])
+        if argv[0] == "chat":
+            assert done.stdout.strip() in {colour_answer(c) for c in ("red", "green", "blue", "yellow")}, done.stdout
 
 
 @pytest.mark.slow

@@ -69,3 +69,23 @@ def test_ask_keeps_turns_and_refuses_a_conversation_longer_than_the_model(backen
     assert chat == [] and cleared.turns == () and cleared.features is features and status == "ok"
     ((messages, box, status, _),) = backend.ask("What is <video> here?", cleared, 0, MAX_NEW_TOKENS)
     assert "leave <video> out" in status
+
+
+def test_a_question_before_a_video_keeps_the_question_and_says_what_to_do(backend):
+    from video_chatgpt.inference.demo import NO_VIDEO, QUESTION_BEFORE_VIDEO, Conversation
+
+    ((messages, box, status, state),) = backend.ask(QUESTION, Conversation(), 0, MAX_NEW_TOKENS)
+    assert messages == [] and box == QUESTION and state == Conversation()
+    assert QUESTION_BEFORE_VIDEO in status and NO_VIDEO not in status  # not the page's first line again
+
+
+def test_each_video_and_answer_is_one_console_line(backend, demo_inputs, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="video_chatgpt.inference.demo"):
+        *_, state = backend.choose_upload(str(demo_inputs["video"]))
+        *_, (_, _, _, state) = backend.ask(QUESTION, state, 0, MAX_NEW_TOKENS)
+    lines = [r.getMessage() for r in caplog.records if r.name == "video_chatgpt.inference.demo"]
+    name = demo_inputs["video"].name
+    assert len(lines) == 2 and lines[0].startswith(f"{name}: ") and "features in" in lines[0], lines
+    assert lines[1].startswith(f"{name}: turn 1 answered"), lines

@@ -52,3 +52,16 @@ def test_help_lists_the_flags():
         "--examples",
     ):
         assert flag in out
+
+
+def test_a_busy_port_is_one_line_naming_port_before_loading(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        # The model folder does not exist: the port is checked first, before anything is loaded.
+        status, err = run("--model_name_or_path", str(tmp_path / "no_model"), "--port", str(port))
+    assert status == 1 and f"127.0.0.1:{port}" in err and "pass --port" in err, err
+    assert "GRADIO_SERVER_PORT" not in err and "Traceback" not in err

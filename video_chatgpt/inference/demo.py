@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import socket
 import sys
 import tempfile
 import time
@@ -60,6 +61,9 @@ PREVIEW_HEIGHT = 360  # pixels; the preview is only for watching
 # Seconds the page waits for the next token before it gives up (a stuck generation must not hold the queue forever).
 TOKEN_TIMEOUT_S = 300.0
 NO_VIDEO = "Upload a video or pick an example first, then ask about it."
+QUESTION_BEFORE_VIDEO = (
+    "No video yet: upload one above (or pick an example), then press Send again; your question is kept."
+)
 
 
 class VideoProblem(UserError):
@@ -203,7 +207,10 @@ class DemoBackend:
             features = self._features(path, name)
             seconds = time.perf_counter() - start
         except VideoProblem as exc:
+            logger.info("%s: refused: %s", name, exc)
             return None, f"**{exc}**", [], Conversation()
+        logger.info("%s: %s, %d x %d, features in %.2f s", name, _format_seconds(info.seconds), info.width,
+                    info.height, seconds)  # fmt: skip
         status = (
             f"**{name}**: {_format_seconds(info.seconds)}, {info.width} x {info.height}, {info.codec}. "
             f"Features: {features.shape[0]} video tokens in {seconds:.2f} s, computed once and reused for "
@@ -257,7 +264,7 @@ class DemoBackend:
         question = (question or "").strip()
         shown = chat_messages(state.turns)
         if state.features is None:
-            yield shown, question, f"**{NO_VIDEO}**", state
+            yield shown, question, f"**{QUESTION_BEFORE_VIDEO}**", state
             return
         if not question:
             yield shown, question, "**Type a question first.**", state
@@ -286,11 +293,13 @@ class DemoBackend:
             )
             yield shown, question, status, state
             return
-        answer = ""
+        answer, start = "", time.perf_counter()
         with contextlib.closing(pieces):
             for piece in pieces:
                 answer += piece
                 yield chat_messages(state.turns, (question, answer)), "", state.status, state
+        logger.info("%s: turn %d answered (%d characters) in %.1f s", state.video, len(state.turns) + 1, len(answer),
+                    time.perf_counter() - start)  # fmt: skip
         done = replace(state, turns=(*state.turns, (question, answer)))
         yield chat_messages(done.turns), "", state.status, done
 
@@ -309,7 +318,7 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
                 # The upload is a file box, and the player only shows: a browser <video> given a file it cannot play
                 # (MPEG-4 part 2, the sample's codec) raises gradio's "Video not playable" error; the player gets the
                 # file itself or its VP8 preview (see choose_video).
-                upload = gr.File(label="Upload a video", elem_id="demo-upload", height=90)
+                upload = gr.File(label="Upload a video", elem_id="demo-upload", height=140)
                 video = gr.Video(label="Video", interactive=False, elem_id="demo-video")
                 example = gr.Textbox(visible=False)  # the clicked example's name
                 examples = None
@@ -338,7 +347,10 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
                     clear = gr.Button("Clear chat", elem_id="demo-clear")
         chosen = [video, status, chatbot, state]
         # One model, one request at a time: every event that runs it shares the "model" slot of the queue.
-        upload.upload(backend.choose_upload, [upload], chosen, api_name="upload_video", concurrency_id="model")
+        # After an upload the box is emptied again, so the next video is one more upload (no x to press first).
+        upload.upload(backend.choose_upload, [upload], chosen, api_name="upload_video", concurrency_id="model").then(
+            lambda: None, None, [upload], api_visibility="private"
+        )
         if examples is not None:  # a click fills the hidden box, then the example is chosen like an upload
             examples.load_input_event.then(
                 backend.choose_example, [example], chosen, api_name="choose_example", concurrency_id="model"
@@ -426,6 +438,18 @@ def flag_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error naming ``--port`` when ``host:port`` is taken (gradio's own error suggests its settings)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UserError(
+                f"cannot serve on {host}:{port} ({exc.strerror}): another program uses that port; pass --port with a "
+                f"free one (e.g. --port {port + 1})"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args_or_status(parser, argv)
@@ -441,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         raise UserError(f"the web demo needs gradio 6 ({exc}); install it with pip install -e '.[demo]'") from exc
     examples = find_examples(args.examples)
+    check_port_free(args.host, args.port)  # before minutes of loading
     check_model_flags(args)
     engine = load_engine(**engine_kwargs(args))
     tower = engine.extractor  # built now, so a bad tower stops the start, not the first upload
@@ -448,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Model `{args.model_name}`, tower `{engine.vision_tower}` ({tower.num_tokens} video tokens per video), "
         f"template `{engine.conv_mode}`, on {engine.device}."
     )
+    handler = logging.StreamHandler()  # one console line per video and per answer (gradio itself is quiet)
+    handler.setFormatter(logging.Formatter("%(asctime)s demo: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="video-chatgpt-demo-") as previews:
         backend = DemoBackend(engine, Path(previews), args.max_video_seconds, examples)
         app = build_app(backend, title, args.temperature, args.max_new_tokens)

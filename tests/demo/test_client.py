@@ -66,13 +66,13 @@ def test_bad_input_is_explained_and_the_server_keeps_serving(client, demo_server
     assert video is None and chat == []
     # A question now is about no video, and says so.
     chat, box, status = client.predict(QUESTION, 0, MAX_NEW_TOKENS, api_name="/ask")
-    assert "Upload a video or pick an example first" in status and chat == [] and box == QUESTION
+    assert "No video yet: upload one" in status and chat == [] and box == QUESTION
     assert demo_server["process"].poll() is None
 
 
 def test_question_before_any_video(client):
     chat, box, status = client.predict(QUESTION, 0.2, 8, api_name="/ask")
-    assert "Upload a video or pick an example first" in status and chat == []
+    assert "No video yet: upload one" in status and chat == []
 
 
 def test_two_sessions_at_once_are_queued_and_kept_apart(demo_server, demo_inputs, expected_answer):
@@ -89,4 +89,4 @@ def test_two_sessions_at_once_are_queued_and_kept_apart(demo_server, demo_inputs
         assert [text_of(m) for m in chat] == [QUESTION, expected_answer]
     # A session without a video is not served another session's.
     chat, _, status = Client(demo_server["url"], verbose=False).predict(QUESTION, 0, 8, api_name="/ask")
-    assert chat == [] and "Upload a video or pick an example first" in status
+    assert chat == [] and "No video yet: upload one" in status

@@ -244,3 +244,18 @@ def test_benchmark_chains_predict_and_evaluate_and_resumes(
     assert printed.count("0 to do") == 4  # every prediction file resumed complete: the model is not even loaded
     for label in ("generic", "temporal", "consistency", "qa"):
         assert json.loads((out / "eval" / label / "results.json").read_text())["run"]["requests"] == 0
+
+
+def test_the_sample_benchmark_asks_only_what_the_sample_model_learns(sample_world):
+    """The sample model learns the colour, not the shape or the direction: every question and answer is about the
+    colour, so its scores measure the model, not the judge's word overlap on sentences it cannot know."""
+    from video_chatgpt.sample.benchmark import benchmark_files
+
+    truths = json.loads(sample_world["truth"].read_text())["test"]
+    files = benchmark_files(truths)
+    texts = [r.get("Q", "") + r.get("Q1", "") + r.get("question", "") for rs in files.values() for r in rs]
+    assert all("colour" in t for t in texts if t), texts
+    for t in truths:
+        for rs in (files["generic_qa.json"], files["temporal_qa.json"]):
+            answers = {r["A"] for r in rs if r["video_name"] == t["video_id"]}
+            assert t["shape"] not in " ".join(answers) and t["direction"] not in " ".join(answers)

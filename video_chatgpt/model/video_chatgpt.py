@@ -133,7 +133,8 @@ class VideoMixin:
         """(B, L) ids + (B, N, C) features -> (B, L, H) input embeddings with the N patch embeddings replaced.
 
         Every sample of the batch must hold exactly one video span of N ``<vid_patch>`` tokens (bracketed by
-        ``<vid_start>``/``<vid_end>`` when the config uses them); the errors show both counts.
+        ``<vid_start>``/``<vid_end>`` when the config uses them); the errors show both counts. A packed batch
+        (``--packing``: ids (1, L) holding the B samples one after the other) holds B such spans, filled in order.
         """
         embeds = self.get_input_embeddings()(input_ids)  # (B, L, H), frozen backbone dtype
         trainable = self._trainable_rows()
@@ -145,11 +146,14 @@ class VideoMixin:
             return embeds
         cfg = self.config
         b, n, c = video_features.shape
-        if b != input_ids.shape[0]:
-            raise ValueError(f"{b} videos for a batch of {input_ids.shape[0]} samples")
         if c != cfg.mm_hidden_size:
             raise ValueError(f"video feature width {c} != config.mm_hidden_size {cfg.mm_hidden_size}")
         is_patch = input_ids == cfg.video_patch_token_id  # (B, L)
+        if b != input_ids.shape[0]:
+            if input_ids.shape[0] != 1:
+                raise ValueError(f"{b} videos for a batch of {input_ids.shape[0]} samples")
+            self._check_packed_spans(input_ids[0], b, n)  # --packing: one row holding the b samples
+            return self._place_video(embeds, is_patch, video_features)
         per_sample = is_patch.sum(dim=1)
         if (per_sample != n).any():
             bad = int((per_sample != n).nonzero()[0, 0])
@@ -169,10 +173,37 @@ class VideoMixin:
             after = input_ids.gather(1, (start_pos + n + 1).clamp(max=input_ids.shape[1] - 1).unsqueeze(1))
             if (after.squeeze(1) != cfg.video_end_token_id).any():
                 raise ValueError(f"the {n} <vid_patch> tokens are not contiguous between <vid_start> and <vid_end>")
+        return self._place_video(embeds, is_patch, video_features)
+
+    def _place_video(self, embeds: torch.Tensor, is_patch: torch.Tensor, video_features: torch.Tensor) -> torch.Tensor:
+        """Project (B, N, C) features and put them on the patch positions: row-major ``masked_scatter`` puts video
+        b's N features on the b-th span of N patch positions, in order (one per row padded, B in one row packed)."""
         projector = self.model.mm_projector
         feats = projector(video_features.to(next(projector.parameters()).dtype))  # (B, N, H)
-        # Row-major masked_scatter puts sample b's N features on its N patch positions, in order.
         return embeds.masked_scatter(is_patch.unsqueeze(-1), feats.to(embeds.dtype))
+
+    def _check_packed_spans(self, row: torch.Tensor, num_videos: int, n: int) -> None:
+        """A packed row (``--packing``) must hold ``num_videos`` separate spans of exactly ``n`` contiguous
+        ``<vid_patch>`` tokens (each between ``<vid_start>`` and ``<vid_end>`` when the config uses them)."""
+        cfg = self.config
+        edges = torch.diff((row == cfg.video_patch_token_id).int(), prepend=row.new_zeros(1), append=row.new_zeros(1))
+        starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+        if len(starts) != num_videos:
+            raise ValueError(f"the packed row has {len(starts)} <vid_patch> spans but {num_videos} videos")
+        spans = ends - starts
+        if (spans != n).any():
+            bad = int((spans != n).nonzero()[0, 0])
+            raise ValueError(f"packed sample {bad} has {int(spans[bad])} <vid_patch> tokens but its video has {n}")
+        if cfg.mm_use_vid_start_end:
+            before = row[(starts - 1).clamp(min=0)]
+            after = row[ends.clamp(max=len(row) - 1)]
+            if (
+                (starts == 0).any()
+                or (before != cfg.video_start_token_id).any()
+                or (ends == len(row)).any()
+                or (after != cfg.video_end_token_id).any()
+            ):
+                raise ValueError(f"the packed row's {n}-token video spans are not between <vid_start> and <vid_end>")
 
     # --------------------------------------------------------------------------------------------------- forward
     def forward(
@@ -193,8 +224,17 @@ class VideoMixin:
         With ``labels``, only the supervised positions reach ``lm_head``: the loss is the mean (or, when the
         Trainer passes ``num_items_in_batch`` for gradient accumulation, the sum divided by it) of the token
         cross-entropies, and ``logits`` is None.
+
+        A packed batch (``--packing``, ``data.dataset.PackedVideoDataCollator``): ids (1, L) holding B samples,
+        ``position_ids`` restarting at 0 per sample, no ``attention_mask``; transformers keeps attention within each
+        sample (block-diagonal mask, or flash-attn's varlen kernel), the first label of each sample is ignored, so
+        loss and gradients are the padded batch's.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None:
+            # A loss forward needs no cache, and a cache would hide a packed row (--packing) from transformers: it
+            # reads the sample boundaries from position_ids only when there is neither attention_mask nor cache.
+            use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.embed_with_video(input_ids, video_spatio_temporal_features)
         outputs = self._decoder()(

@@ -210,3 +210,11 @@ def test_group_by_length_trains_with_less_padding(data, tiny_llava, runs, tmp_pa
     out = train(train_paths(data, tiny_llava, tmp_path / "grouped") + PACK_FLAGS + ["--group_by_length", "True"])
     grouped = sum(e["padding_fraction"] for e in logged(out))
     assert grouped < sum(e["padding_fraction"] for e in logged(runs["padded"]))
+
+
+def test_plan_memory_accepts_the_flags(tiny_llava, capsys):
+    from video_chatgpt.cli import main
+
+    argv = ["plan-memory", "--model_name_or_path", str(tiny_llava), "--video_tokens", "356"]
+    assert main(argv + ["--packing", "True", "--group_by_length", "True", "--tune_mm_mlp_adapter", "True"]) == 0
+    assert "planned peak" in capsys.readouterr().out

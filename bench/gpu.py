@@ -21,6 +21,9 @@ What it measures (each part within a time budget; a part that runs out of GPU me
    ``common.py``: 4 x params x tokens for a frozen backbone, plus attention);
    then LoRA (``--lora_enable True`` defaults: r 64 on every linear layer of the LLM, fp32 adapters, projector and
    rows trained; gradient checkpointing on, sdpa), with ``plan-memory``'s planned peak beside each measured one;
+   then padding (``--sections packing``, bench/packing.py's rows on the same 7B model, gradient checkpointing on,
+   for each attention implementation): padded, ``--group_by_length``, ``--packing`` and per-sample forwards on a
+   VideoInstruct-like length mix, tokens/s, padding and the loss of each packed batch against the padded one;
 2. the straightforward step (fp32 backbone under bf16 autocast, full-vocabulary logits, the whole embedding
    trainable with AdamW state), gradient checkpointing on, sdpa: the same numbers and the ratio to ours;
 3. extraction: frames/s of the tower alone at several batch sizes (fp16, ``inference_mode``); videos/s of
@@ -120,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per configuration (default 2, small 1)")
     p.add_argument(
-        "--packing-batches", type=int, default=None, help="batches of 4 per packing row (default 8, small 2)"
+        "--packing-batches", type=int, default=None, help="batches of 4 per packing row (default 8, small 1)"
     )
     p.add_argument(
         "--steps", type=int, default=None, help="timed steps per configuration at most (default 10, small 2)"
@@ -145,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tower_batches = [int(x) for x in (args.tower_batches or ("1,4" if small else "1,16,64,128,256")).split(",")]
     args.clip_seconds = [float(x) for x in (args.clip_seconds or ("1,2" if small else "20,40,60")).split(",")]
     args.job_videos = args.job_videos or (3 if small else 8)
-    args.packing_batches = args.packing_batches or (2 if small else 8)
+    args.packing_batches = args.packing_batches or (1 if small else 8)
     args.sections = [s for s in args.sections.split(",") if s]
     return args
 
@@ -459,7 +462,8 @@ def packing_rows(args, model, attn: str, shapes, autocast) -> dict:
     if model.config._attn_implementation != attn:
         model.set_attn_implementation(attn)
     common.set_checkpointing(model, True)
-    options = argparse.Namespace(batch=shapes.batch, batches=args.packing_batches, warmup=1, seed=0, attn=attn)
+    warmup = 0 if args.small else 1
+    options = argparse.Namespace(batch=shapes.batch, batches=args.packing_batches, warmup=warmup, seed=0, attn=attn)
     result = packing.bench_packing(model, options, args.device, autocast, shapes.video_tokens, shapes.mm_hidden)
     return {"status": "ok", **result}
 

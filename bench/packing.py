@@ -1,6 +1,6 @@
 """Padding on a VideoInstruct-like length mix: padded, grouped (--group_by_length), packed (--packing), side by side.
 
-    python bench/packing.py                          # CPU, a LLaMA-architecture model with a ~25M body (~2-4 min)
+    python bench/packing.py                          # CPU, a 20M-parameter LLaMA-architecture model (~5-15 min)
     python bench/packing.py --small                  # tiny model and few batches (seconds; what the tests run)
     python bench/packing.py --device cuda --size 7b  # one GPU, bf16 (bench/gpu.py runs the same rows)
 
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    p.add_argument("--size", default=None, help="25m (default), 7b, 100m or tiny (common.LLAMA_SIZES)")
+    p.add_argument("--size", default=None, help="20m (default), 7b, 100m or tiny (common.LLAMA_SIZES)")
     p.add_argument("--dtype", default=None, help="fp32, bf16, fp16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--attn", default="sdpa", help="sdpa, eager or flash_attention_2 (default sdpa)")
     p.add_argument("--batch", type=int, default=4, help="samples per batch (default 4, the document's)")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     compute = common.parse_dtype(args.dtype, device)
     autocast = compute if compute != torch.float32 else None
-    size = args.size or ("tiny" if args.small else "25m")
+    size = args.size or ("tiny" if args.small else "20m")
     args.batches = args.batches or (3 if args.small else 12)
     shapes = common.SMALL_SHAPES if args.small else common.Shapes()
     config = common.model_config(size, shapes, attn=args.attn)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from tests.helpers import ENV, REPO
 from tests.helpers.train import tiny_video_model, train_paths
 from video_chatgpt.bases import open_base
 from video_chatgpt.constants import IGNORE_INDEX
@@ -218,3 +221,18 @@ def test_plan_memory_accepts_the_flags(tiny_llava, capsys):
     argv = ["plan-memory", "--model_name_or_path", str(tiny_llava), "--video_tokens", "356"]
     assert main(argv + ["--packing", "True", "--group_by_length", "True", "--tune_mm_mlp_adapter", "True"]) == 0
     assert "planned peak" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_packing_rows_run(tmp_path):
+    """bench/gpu.py's packing section (bench/packing.py's rows) in its small CPU mode: every row, the same loss."""
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, "bench/gpu.py", "--small", "--sections", "packing", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (result,) = [r for r in json.loads(out.read_text())["training"]["packing"] if r["status"] == "ok"]
+    rows = {r["mode"]: r for r in result["rows"]}
+    assert list(rows) == ["padded", "grouped", "packed", "per-sample"]
+    assert rows["packed"]["padding_fraction"] == 0 < rows["padded"]["padding_fraction"]
+    assert rows["packed"]["max_loss_diff"] < 1e-4 and rows["per-sample"]["max_loss_diff"] < 1e-4
+    assert result["padding_population"]["grouped"] < result["padding_population"]["padded"] / 5
+    assert "packing: padded / grouped / packed / per-sample" in proc.stdout

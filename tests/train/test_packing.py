@@ -236,3 +236,20 @@ def test_gpu_benchmark_packing_rows_run(tmp_path):
     assert rows["packed"]["max_loss_diff"] < 1e-4 and rows["per-sample"]["max_loss_diff"] < 1e-4
     assert result["padding_population"]["grouped"] < result["padding_population"]["padded"] / 5
     assert "packing: padded / grouped / packed / per-sample" in proc.stdout
+
+
+def test_grouped_batches_are_shared_out_evenly_across_processes():
+    """Under torchrun accelerate gives process p every world-th batch of the sampler's order (BatchSamplerShard):
+    at each step the processes get batches of about the same length, and together every sample once."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    lengths = [int(x) for x in torch.randint(380, 760, (800,), generator=torch.Generator().manual_seed(1))]
+    sampler = LengthGroupedSampler(lengths, batch_size=4, world_size=2, seed=0)
+    shards = [
+        list(BatchSamplerShard(BatchSampler(sampler, 4, drop_last=False), num_processes=2, process_index=p))
+        for p in (0, 1)
+    ]
+    assert sorted(i for shard in shards for batch in shard for i in batch) == list(range(800))
+    for a, b in zip(*shards):  # the same step on the two processes: within a few tokens of each other
+        assert abs(max(lengths[i] for i in a) - max(lengths[i] for i in b)) <= 20

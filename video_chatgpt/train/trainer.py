@@ -16,6 +16,11 @@ checkpoint instead (bit for bit, as fp32 of the stored fp16 values), and only th
 Each of these files is written to ``.<name>.tmp`` and renamed (``video_chatgpt/files.py``): a kill while saving leaves
 the previous file. A step whose loss or gradient norm is not finite stops the run with a ``UserError`` before the
 optimizer step, so a NaN never reaches the weights or a saved file.
+
+Logged with each loss: ``tokens_per_second`` (real tokens), ``samples_per_second``, ``padding_fraction`` (share of the
+computed token positions that were padding) and ``padding_removed`` (share of the padded batches' positions that
+``--packing`` did not compute). ``--group_by_length`` orders the samples with ``train/sampling.py`` over the
+dataset's own lengths (docs/packing.md).
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ LLAMA_SIZES = {
     "7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32),
     # ~93M parameters, half of them the two 32006-row embedding tables (6 layers keep the CPU run near 2 minutes)
     "100m": dict(hidden_size=768, num_hidden_layers=6, intermediate_size=2048, num_attention_heads=12),
+    # 19.8M parameters, 3.2M of them in the decoder layers: bench/packing.py's CPU model
+    "20m": dict(hidden_size=256, num_hidden_layers=4, intermediate_size=688, num_attention_heads=4),
     # the tests' tiny model
     "tiny": dict(hidden_size=64, num_hidden_layers=2, intermediate_size=172, num_attention_heads=4),
 }

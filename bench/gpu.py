@@ -21,6 +21,9 @@ What it measures (each part within a time budget; a part that runs out of GPU me
    ``common.py``: 4 x params x tokens for a frozen backbone, plus attention);
    then LoRA (``--lora_enable True`` defaults: r 64 on every linear layer of the LLM, fp32 adapters, projector and
    rows trained; gradient checkpointing on, sdpa), with ``plan-memory``'s planned peak beside each measured one;
+   then padding (``--sections packing``, bench/packing.py's rows on the same 7B model, gradient checkpointing on,
+   for each attention implementation): padded, ``--group_by_length``, ``--packing`` and per-sample forwards on a
+   VideoInstruct-like length mix, tokens/s, padding and the loss of each packed batch against the padded one;
 2. the straightforward step (fp32 backbone under bf16 autocast, full-vocabulary logits, the whole embedding
    trainable with AdamW state), gradient checkpointing on, sdpa: the same numbers and the ratio to ours;
 3. extraction: frames/s of the tower alone at several batch sizes (fp16, ``inference_mode``); videos/s of
@@ -54,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` beside this
 
 import common  # noqa: E402
 import numpy as np  # noqa: E402
+import packing  # noqa: E402
 import torch  # noqa: E402
 
 FULL_RUN_SAMPLES = 100_000 * 3  # the document: ~100K instruction pairs, 3 epochs
@@ -109,8 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--sections",
-        default="train,lora,straightforward,tower,extractor",
-        help="comma-separated subset of train,lora,straightforward,tower,extractor",
+        default="train,packing,lora,straightforward,tower,extractor",
+        help="comma-separated subset of train,packing,lora,straightforward,tower,extractor",
     )
     p.add_argument(
         "--attn",
@@ -118,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="attention implementations to measure (flash_attention_2 only when flash_attn is importable)",
     )
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per configuration (default 2, small 1)")
+    p.add_argument(
+        "--packing-batches", type=int, default=None, help="batches of 4 per packing row (default 8, small 1)"
+    )
     p.add_argument(
         "--steps", type=int, default=None, help="timed steps per configuration at most (default 10, small 2)"
     )
@@ -141,6 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tower_batches = [int(x) for x in (args.tower_batches or ("1,4" if small else "1,16,64,128,256")).split(",")]
     args.clip_seconds = [float(x) for x in (args.clip_seconds or ("1,2" if small else "20,40,60")).split(",")]
     args.job_videos = args.job_videos or (3 if small else 8)
+    args.packing_batches = args.packing_batches or (1 if small else 8)
     args.sections = [s for s in args.sections.split(",") if s]
     return args
 
@@ -312,7 +320,7 @@ def bench_training(args, env: dict) -> dict:
     rows = out["rows"]
     attns = [a for a in args.attn.split(",") if a]
 
-    if "train" in args.sections:
+    if {"train", "packing"} & set(args.sections):
         state: dict = {}
 
         def build_ours() -> dict:
@@ -325,7 +333,7 @@ def bench_training(args, env: dict) -> dict:
 
         built = guarded(build_ours, device)
         out["ours_model"] = built
-        for attn in attns:
+        for attn in attns if "train" in args.sections else []:
             for gc_on in (False, True):
                 row = {"variant": "ours", "attn": attn, "gradient_checkpointing": gc_on}
                 if built["status"] != "ok":
@@ -356,6 +364,16 @@ def bench_training(args, env: dict) -> dict:
                         "plan_gb": planned_gb(config, batch, compute, gc_on, "projector", device),
                     }
                 )
+        if "packing" in args.sections:  # padded / grouped / packed / per-sample on the same model (bench/packing.py)
+            out["packing"] = [
+                {
+                    "attn": attn,
+                    **guarded(lambda a=attn: packing_rows(args, state["model"], a, shapes, autocast), device),
+                }
+                if built["status"] == "ok" and runnable(attn, cuda) is None
+                else {"attn": attn, "status": built["status"] if built["status"] != "ok" else runnable(attn, cuda)}
+                for attn in attns
+            ]
         state.clear()  # the only references to the 7B model and its optimizer: freed before the fp32 build
         common.free_memory(device)
 
@@ -427,6 +445,27 @@ def bench_training(args, env: dict) -> dict:
     elif any(r["variant"] == "straightforward" and r.get("status") == "OOM" for r in rows):
         out["ratio_straightforward_over_ours"] = {"compared": "both sdpa, gradient checkpointing on", "status": "OOM"}
     return out
+
+
+def runnable(attn: str, cuda: bool) -> str | None:
+    """Why ``attn`` cannot run here (a row's status), or None."""
+    if attn == "flash_attention_2" and not flash_attn_available():
+        return "skipped: flash_attn is not importable"
+    if attn == "flash_attention_2" and not cuda:
+        return "skipped: flash_attention_2 needs CUDA"
+    return None
+
+
+def packing_rows(args, model, attn: str, shapes, autocast) -> dict:
+    """bench/packing.py's rows (the VideoInstruct-like length mix, batch 4) on the 7B model, gradient checkpointing
+    on as the document's recipe; ``--packing-batches`` batches per row."""
+    if model.config._attn_implementation != attn:
+        model.set_attn_implementation(attn)
+    common.set_checkpointing(model, True)
+    warmup = 0 if args.small else 1
+    options = argparse.Namespace(batch=shapes.batch, batches=args.packing_batches, warmup=warmup, seed=0, attn=attn)
+    result = packing.bench_packing(model, options, args.device, autocast, shapes.video_tokens, shapes.mm_hidden)
+    return {"status": "ok", **result}
 
 
 def project_training(train: dict) -> dict:
@@ -778,6 +817,12 @@ def render(results: dict) -> str:
                 )
                 + ("" if env["device_type"] == "cuda" else " (CPU: measured is the process RSS, not comparable)")
             )
+        for packed in train.get("packing", []):
+            if packed.get("status") != "ok":
+                lines.append(f"packing ({packed['attn']}): {packed.get('status')}")
+                continue
+            title = f"packing: padded / grouped / packed / per-sample, gradient checkpointing on, {packed['attn']}"
+            lines += ["", packing.render(packed, title)]
         lines.append(
             f"projection: {results['projection']['training']['samples']:,} samples (100K x 3 epochs, global "
             f"batch {GLOBAL_BATCH}); 8 GPUs assumes linear scaling"
@@ -854,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             return {"status": f"error: {type(exc).__name__}: {exc}"[:500]}
 
-    if {"train", "lora", "straightforward"} & set(args.sections):
+    if {"train", "packing", "lora", "straightforward"} & set(args.sections):
         results["training"] = section("training", lambda: bench_training(args, results["env"]))
         if "rows" in results["training"]:
             results["projection"] = {"training": project_training(results["training"])}

@@ -1,4 +1,4 @@
-"""The training dataset over the converted JSON and the feature folder, and the batch collator.
+"""The training dataset over the converted JSON and the feature folder, and the batch collators (padded, packed).
 
 A record ``{"id", "video": "<video_id>.pkl", "conversations": [...]}`` becomes
 ``{"input_ids": (L,), "labels": (L,), "video_spatio_temporal_features": (N, C) float16}`` through ``render_sample``
@@ -105,6 +105,14 @@ class SupervisedVideoDataset(Dataset):
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"record {i} (id {record.get('id')!r}): {exc}") from exc
 
+    def lengths(self) -> list[int]:
+        """Each sample's length in tokens, for ``--group_by_length``: exact when the samples were rendered at start
+        (``--lazy_preprocess False``); else estimated from the record alone (no tokenizer pass over the data):
+        the video tokens plus one token per ``CHARS_PER_TOKEN`` characters of text and a few per turn."""
+        if self._rendered is not None:
+            return [len(r.input_ids) for r in self._rendered]
+        return [estimate_length(record, self.feature_shape[0], self.max_length) for record in self.records]
+
     def feature_file(self, i: int) -> Path | None:
         video = self.records[i].get("video")
         return None if video is None else feature_path(self.video_folder, video)
@@ -126,6 +134,40 @@ class SupervisedVideoDataset(Dataset):
         return item
 
 
+# --group_by_length on lazily rendered data: text tokens estimated from characters (LLaMA / Qwen tokenizers give
+# 3.5-4.5 characters per English token), plus a few tokens of template per turn.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_TURN = 6
+
+
+def estimate_length(record: dict, num_video_tokens: int, max_length: int | None = None) -> int:
+    """A record's length in tokens without tokenizing it (``SupervisedVideoDataset.lengths`` on lazy data)."""
+    turns = record.get("conversations") if isinstance(record, dict) else None
+    turns = turns if isinstance(turns, list) else []
+    chars = sum(len(t.get("value", "")) for t in turns if isinstance(t, dict) and isinstance(t.get("value"), str))
+    length = num_video_tokens + chars // CHARS_PER_TOKEN + TOKENS_PER_TURN * (len(turns) + 1)
+    return length if max_length is None else min(length, max_length)
+
+
+def _stack_features(items: list[dict[str, torch.Tensor]]) -> torch.Tensor | None:
+    """(B, N, C) features of a batch, or None when no sample has a video; a mix is refused."""
+    with_video = ["video_spatio_temporal_features" in x for x in items]
+    if not any(with_video):
+        return None
+    if not all(with_video):
+        raise ValueError("a batch mixes samples with and without video; give every record a 'video'")
+    return torch.stack([x["video_spatio_temporal_features"] for x in items])
+
+
+def _sample_labels(x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A sample's labels with its first position ignored: position 0 is never predicted (nothing comes before it);
+    in a packed row this is what keeps the shift from predicting a sample's first token from the sample before.
+    Both collators do it, so the Trainer's count of supervised tokens (``num_items_in_batch``) is the same."""
+    labels = x["labels"].clone()
+    labels[:1] = IGNORE_INDEX
+    return labels
+
+
 @dataclass
 class VideoDataCollator:
     """Right-pads a batch: ids with ``pad_id``, labels with ``IGNORE_INDEX``; stacks features to (B, N, C).
@@ -143,18 +185,57 @@ class VideoDataCollator:
         labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long)
         for b, x in enumerate(items):
             input_ids[b, : len(x["input_ids"])] = x["input_ids"]
-            labels[b, : len(x["labels"])] = x["labels"]
+            labels[b, : len(x["labels"])] = _sample_labels(x)
         batch = {
             "input_ids": input_ids,
             "labels": labels,
             "attention_mask": (torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)).long(),
         }
-        with_video = ["video_spatio_temporal_features" in x for x in items]
-        if any(with_video):
-            if not all(with_video):
-                raise ValueError("a batch mixes samples with and without video; give every record a 'video'")
-            batch["video_spatio_temporal_features"] = torch.stack([x["video_spatio_temporal_features"] for x in items])
+        features = _stack_features(items)
+        if features is not None:
+            batch["video_spatio_temporal_features"] = features
         return batch
+
+
+@dataclass
+class PackedVideoDataCollator:
+    """``--packing``: the B samples of a batch concatenated into ONE row (1, sum of lengths), no padding.
+
+    * ``position_ids`` restart at 0 for every sample, and there is no ``attention_mask``: transformers then reads the
+      sample boundaries from the positions (``masking_utils.find_packed_sequence_indices``) and builds a
+      block-diagonal causal mask (sdpa, eager), or runs flash-attn's variable-length kernel (flash_attention_2);
+    * ``flash_attn_kwargs=True`` adds flash-attn's boundaries explicitly (``cu_seq_lens_q/k``, ``max_length_q/k``,
+      as ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)``), so the kernel needs no inference;
+    * each sample's first label is ``IGNORE_INDEX``: the shifted loss never predicts a sample's first token from the
+      sample before it (the last token of a sample predicts nothing);
+    * the features stay (B, N, C), in sample order: the model fills the B video spans of the row in order.
+    """
+
+    flash_attn_kwargs: bool = False
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        lengths = [len(x["input_ids"]) for x in items]
+        batch = {
+            "input_ids": torch.cat([x["input_ids"] for x in items]).unsqueeze(0),
+            "labels": torch.cat([_sample_labels(x) for x in items]).unsqueeze(0),
+            "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0),
+        }
+        if self.flash_attn_kwargs:
+            cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+        features = _stack_features(items)
+        if features is not None:
+            batch["video_spatio_temporal_features"] = features
+        return batch
+
+
+def sample_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
+    """The lengths of the samples in a collated batch, padded (from ``attention_mask``) or packed (from the
+    positions: a sample starts where ``position_ids`` is 0)."""
+    if "attention_mask" in batch:
+        return [int(n) for n in batch["attention_mask"].sum(dim=1)]
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    return [b - a for a, b in zip(starts, starts[1:] + [batch["position_ids"].shape[1]])]
 
 
 # The construction train.py uses (and data inspect, so that it shows exactly what is trained).

@@ -134,14 +134,28 @@ def place_video(
     to ``embeds``' dtype.
 
     Every sample must hold exactly one video span of N ``<vid_patch>`` tokens (bracketed by ``<vid_start>``/
-    ``<vid_end>`` when ``span`` has them); ``ValueError`` otherwise, showing both counts.
+    ``<vid_end>`` when ``span`` has them); ``ValueError`` otherwise, showing both counts. A packed batch
+    (``--packing``: ids (1, L) holding the B samples one after the other) holds B such spans, filled in order.
     """
     b, n, c = video_features.shape
-    if b != input_ids.shape[0]:
-        raise ValueError(f"{b} videos for a batch of {input_ids.shape[0]} samples")
     if c != span.width:
         raise ValueError(f"video feature width {c} != config.mm_hidden_size {span.width}")
     is_patch = input_ids == span.patch_id  # (B, L)
+    if b != input_ids.shape[0]:
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"{b} videos for a batch of {input_ids.shape[0]} samples")
+        check_packed_spans(input_ids[0], b, n, span)  # --packing: one row holding the b samples
+    else:
+        check_spans(input_ids, is_patch, n, span)
+    feats = projector(video_features.to(next(projector.parameters()).dtype))  # (B, N, H)
+    # Row-major masked_scatter puts video b's N features on the b-th span of N patch positions, in order (one per row
+    # padded, B in one row packed).
+    return embeds.masked_scatter(is_patch.unsqueeze(-1), feats.to(embeds.dtype))
+
+
+def check_spans(input_ids: torch.LongTensor, is_patch: torch.Tensor, n: int, span: VideoSpan) -> None:
+    """Each sample (row) holds one span of exactly ``n`` contiguous ``<vid_patch>`` tokens, bracketed by
+    ``<vid_start>``/``<vid_end>`` when ``span`` has them; ``ValueError`` showing both counts otherwise."""
     per_sample = is_patch.sum(dim=1)
     if (per_sample != n).any():
         bad = int((per_sample != n).nonzero()[0, 0])
@@ -161,9 +175,29 @@ def place_video(
         after = input_ids.gather(1, (start_pos + n + 1).clamp(max=input_ids.shape[1] - 1).unsqueeze(1))
         if (after.squeeze(1) != span.end_id).any():
             raise ValueError(f"the {n} <vid_patch> tokens are not contiguous between <vid_start> and <vid_end>")
-    feats = projector(video_features.to(next(projector.parameters()).dtype))  # (B, N, H)
-    # Row-major masked_scatter puts sample b's N features on its N patch positions, in order.
-    return embeds.masked_scatter(is_patch.unsqueeze(-1), feats.to(embeds.dtype))
+
+
+def check_packed_spans(row: torch.LongTensor, num_videos: int, n: int, span: VideoSpan) -> None:
+    """A packed row (``--packing``) holds ``num_videos`` separate spans of exactly ``n`` contiguous ``<vid_patch>``
+    tokens (each between ``<vid_start>`` and ``<vid_end>`` when ``span`` has them)."""
+    edges = torch.diff((row == span.patch_id).int(), prepend=row.new_zeros(1), append=row.new_zeros(1))
+    starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+    if len(starts) != num_videos:
+        raise ValueError(f"the packed row has {len(starts)} <vid_patch> spans but {num_videos} videos")
+    spans = ends - starts
+    if (spans != n).any():
+        bad = int((spans != n).nonzero()[0, 0])
+        raise ValueError(f"packed sample {bad} has {int(spans[bad])} <vid_patch> tokens but its video has {n}")
+    if span.start_id is not None:
+        before = row[(starts - 1).clamp(min=0)]
+        after = row[ends.clamp(max=len(row) - 1)]
+        if (
+            (starts == 0).any()
+            or (before != span.start_id).any()
+            or (ends == len(row)).any()
+            or (after != span.end_id).any()
+        ):
+            raise ValueError(f"the packed row's {n}-token video spans are not between <vid_start> and <vid_end>")
 
 
 class VideoChatGPTModel(LlamaModel):
@@ -238,8 +272,17 @@ class VideoMixin:
         With ``labels``, only the supervised positions reach ``lm_head``: the loss is the mean (or, when the
         Trainer passes ``num_items_in_batch`` for gradient accumulation, the sum divided by it) of the token
         cross-entropies, and ``logits`` is None.
+
+        A packed batch (``--packing``, ``data.dataset.PackedVideoDataCollator``): ids (1, L) holding B samples,
+        ``position_ids`` restarting at 0 per sample, no ``attention_mask``; transformers keeps attention within each
+        sample (block-diagonal mask, or flash-attn's varlen kernel), the first label of each sample is ignored, so
+        loss and gradients are the padded batch's.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None:
+            # A loss forward needs no cache, and a cache would hide a packed row (--packing) from transformers: it
+            # reads the sample boundaries from position_ids only when there is neither attention_mask nor cache.
+            use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.decoder_inputs(input_ids, video_spatio_temporal_features)
         outputs = self._decoder()(

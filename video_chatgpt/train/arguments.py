@@ -11,6 +11,7 @@ the document's recipe sets the rest on the command line. Differences, each for a
 * ``--gradient_checkpointing`` uses the non-reentrant implementation (works with a frozen backbone).
 * ``--is_multimodal``, ``--video_token_len``, ``--frame_aspect_ratio``, ``--force_fsdp`` are accepted and do nothing
   (``IGNORED_FLAGS`` says why); training logs one line for each one given, and puts it in the report.
+* ``--group_by_length`` and ``--packing`` (docs/packing.md): batches of similar length, and padding-free packed rows.
 * DDP neither searches for unused parameters nor broadcasts buffers each step (all trainables are used).
 """
 
@@ -124,6 +125,20 @@ class TrainingArguments(transformers.TrainingArguments):
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "old name of a fractional --warmup_steps: warmup over this ratio of all steps"}
     )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "help": "batches of samples of similar length (less padding; the order is still shuffled with --seed); "
+            "same as --train_sampling_strategy group_by_length; see docs/packing.md"
+        },
+    )
+    packing: bool = field(
+        default=False,
+        metadata={
+            "help": "padding-free: the samples of a batch concatenated into one row, attention kept within each "
+            "sample; --per_device_train_batch_size still counts samples; see docs/packing.md"
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(default=False)
     ddp_broadcast_buffers: bool | None = field(default=False)
     # LoRA / QLoRA on the language model, in LLaVA's flag names; see video_chatgpt/train/lora.py.
@@ -151,6 +166,11 @@ class TrainingArguments(transformers.TrainingArguments):
     quant_type: str = field(default="nf4", metadata={"help": "4-bit: nf4 or fp4"})
 
     def __post_init__(self):
+        # --group_by_length (LLaVA's and older transformers' flag) is transformers 5's sampling strategy of that name;
+        # the Trainer groups by the dataset's own lengths (trainer.VideoChatGPTTrainer._get_train_sampler).
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+        self.group_by_length = self.train_sampling_strategy == "group_by_length"
         if self.evaluation_strategy is not None:
             self.eval_strategy = self.evaluation_strategy
         if self.warmup_ratio is not None:

@@ -7,7 +7,7 @@ Written at the end of training, and on demand (e.g. for a run that is still goin
 It reads only files in the run folder:
 
 * ``trainer_state.json``: the Trainer's log history (loss, learning rate, grad norm, and this project's
-  tokens/s, samples/s and peak GPU memory per ``--logging_steps``). The newest of the top-level file and the
+  tokens/s, samples/s, padding and peak GPU memory per ``--logging_steps``). The newest of the top-level file and the
   ``checkpoint-N/trainer_state.json`` files is used, so an unfinished or killed run is read from its checkpoints;
 * ``run_info.json`` (written by ``train.py``): the exact command, versions, world size, trainable parameters by
   name, the data check's summary, and one entry per (possibly resumed) run segment with its wall time and peak
@@ -58,6 +58,8 @@ class LogPoint:
     epoch: float | None = None
     tokens_per_second: float | None = None
     samples_per_second: float | None = None
+    padding_fraction: float | None = None  # share of the computed token positions that were padding
+    padding_removed: float | None = None  # share of the padded batches' positions --packing did not compute
     peak_memory_gb: float | None = None
 
 
@@ -92,6 +94,8 @@ class Run:
                 epoch=_number(e.get("epoch")),
                 tokens_per_second=_number(e.get("tokens_per_second")),
                 samples_per_second=_number(e.get("samples_per_second")),
+                padding_fraction=_number(e.get("padding_fraction")),
+                padding_removed=_number(e.get("padding_removed")),
                 peak_memory_gb=_number(e.get("peak_memory_gb")),
             )
         return [by_step[s] for s in sorted(by_step)]
@@ -423,6 +427,7 @@ def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
         ],
         ["tokens/s", _rate([p.tokens_per_second for p in points if p.tokens_per_second is not None])],
         ["samples/s", _rate([p.samples_per_second for p in points if p.samples_per_second is not None])],
+        *_padding_rows(points),
         ["wall time", wall_text],
         ["peak GPU memory", f"{max(gpu):.2f} GB (torch max allocated)" if gpu else NOT_RECORDED],
         ["peak host memory (RSS)", f"{max(rss):.2f} GB" if rss else NOT_RECORDED],
@@ -447,6 +452,21 @@ def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
     if state.get("train_batch_size") is not None:
         rows.append(["batch size per device", _fmt(state.get("train_batch_size"))])
     return _table(["", "value"], rows)
+
+
+def _padding_rows(points: list[LogPoint]) -> list[list[str]]:
+    """The padding of the run (mean over the logged intervals): what the computed batches held, and what --packing
+    removed from the padded batches (docs/packing.md)."""
+
+    def mean(values: list[float]) -> str:
+        return f"{100 * statistics.fmean(values):.1f}%" if values else NOT_RECORDED
+
+    computed = [p.padding_fraction for p in points if p.padding_fraction is not None]
+    removed = [p.padding_removed for p in points if p.padding_removed is not None]
+    return [
+        ["padding (computed positions)", mean(computed)],
+        ["padding removed by --packing", mean(removed) + (" of the padded batches' positions" if removed else "")],
+    ]
 
 
 def _lora_settings(folder: Path) -> str:

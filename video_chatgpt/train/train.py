@@ -25,6 +25,8 @@ Features:
   frozen backbone is loaded directly in bf16/fp16 (``--bf16``/``--fp16``), trainables stay fp32; a full fine-tune
   loads in fp32 (mixed precision through autocast); ``video-chatgpt plan-memory`` plans the memory of a step;
 * the loss is computed only at supervised positions (no (B, L, V) logits);
+* ``--group_by_length`` (batches of similar length) and ``--packing`` (a batch's samples in one row, no padding;
+  the same loss and gradients as the padded batch): ``docs/packing.md``; the log and the report give the padding;
 * ``output_dir/mm_projector.bin`` (the original's keys, fp32) + config + tokenizer; ``checkpoint-N`` resume,
   automatically when ``output_dir`` holds checkpoints, or with ``--resume_from_checkpoint``;
 * a training report (``training_report.md``, ``loss.png``) at the end;
@@ -60,6 +62,7 @@ from video_chatgpt.bases import Base, open_base
 from video_chatgpt.data.check import check_training_data
 from video_chatgpt.data.conversation import training_template
 from video_chatgpt.data.dataset import (
+    PackedVideoDataCollator,
     SupervisedVideoDataset,
     VideoDataCollator,
     check_record_paths,
@@ -154,7 +157,7 @@ def train(argv: list[str] | None = None) -> Path:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=VideoDataCollator(pad_id=tokenizer.pad_token_id),
+        data_collator=collator(tokenizer, model_args, training_args),
         processing_class=tokenizer,
         base_model_path=str(base.folder),
     )
@@ -305,6 +308,14 @@ def build_model(
         **fields,
     )
     return set_trainable(model, model_args, training_args, video_ids)
+
+
+def collator(tokenizer, model_args: ModelArguments, training_args: TrainingArguments):
+    """The batch collator: padded (the original's), or ``--packing``'s one packed row per batch (with flash-attn's
+    boundaries given explicitly under ``--attn_implementation flash_attention_2``)."""
+    if training_args.packing:
+        return PackedVideoDataCollator(flash_attn_kwargs=model_args.attn_implementation.startswith("flash_attention"))
+    return VideoDataCollator(pad_id=tokenizer.pad_token_id)
 
 
 def set_trainable(model, model_args, training_args, video_ids: VideoTokenIds):

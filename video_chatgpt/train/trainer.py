@@ -16,6 +16,11 @@ checkpoint instead (bit for bit, as fp32 of the stored fp16 values), and only th
 Each of these files is written to ``.<name>.tmp`` and renamed (``video_chatgpt/files.py``): a kill while saving leaves
 the previous file. A step whose loss or gradient norm is not finite stops the run with a ``UserError`` before the
 optimizer step, so a NaN never reaches the weights or a saved file.
+
+Logged with each loss: ``tokens_per_second`` (real tokens), ``samples_per_second``, ``padding_fraction`` (share of the
+computed token positions that were padding) and ``padding_removed`` (share of the padded batches' positions that
+``--packing`` did not compute). ``--group_by_length`` orders the samples with ``train/sampling.py`` over the
+dataset's own lengths (docs/packing.md).
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from video_chatgpt.constants import BASE_POINTER_FILE, EMBED_TOKENS_KEY, PROJECTOR_FILE, PROJECTOR_PREFIX
+from video_chatgpt.data.dataset import sample_lengths
 from video_chatgpt.errors import UserError
 from video_chatgpt.files import write_atomically, write_text_atomically
 from video_chatgpt.model.loading import load_projector, projector_state_from_state_dict, read_projector_file
 from video_chatgpt.model.lora import has_lora
 from video_chatgpt.model.video_chatgpt import VideoLanguageModel
 from video_chatgpt.train.lora import projector_parameter_groups, save_adapter
+from video_chatgpt.train.sampling import LengthGroupedSampler
 from video_chatgpt.weights.checkpoint import TensorReader, find_checkpoint, read_tensor_infos
 
 TRAINABLE_FILE = "trainable.safetensors"
@@ -76,21 +83,38 @@ class VideoChatGPTTrainer(Trainer):
     def __init__(self, *args, base_model_path: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.base_model_path = base_model_path
-        self._tokens_since_log = 0
-        self._samples_since_log = 0
+        self._reset_counts()
+
+    def _reset_counts(self) -> None:
+        # Per process, since the last log: real tokens, samples, token positions computed (padding included) and
+        # the positions the same batches would take padded to their longest sample (what --packing saves).
+        self._tokens_since_log = self._samples_since_log = 0
+        self._computed_since_log = self._padded_since_log = 0
         self._last_log_time = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------------ sampling
+    def _get_train_sampler(self, train_dataset=None):
+        # --group_by_length: transformers' own sampler would tokenize-guess lengths from input_ids; ours reads the
+        # dataset's (exact when rendered at start, estimated from the records otherwise) and groups per step.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthGroupedSampler(dataset.lengths(), self.args.train_batch_size, self.args.world_size, seed)
+        return super()._get_train_sampler(train_dataset)
 
     # ------------------------------------------------------------------------------------------------- logging
     def _inner_training_loop(self, *args, **kwargs):
         # Throughput counts start when the loop starts (not at construction: setup and checkpoint loading excluded).
-        self._tokens_since_log = self._samples_since_log = 0
-        self._last_log_time = time.perf_counter()
+        self._reset_counts()
         return super()._inner_training_loop(*args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        # Count real (non-padding) tokens and samples for tokens/s and samples/s, on this process.
-        self._tokens_since_log += int(inputs["attention_mask"].sum())
-        self._samples_since_log += int(inputs["input_ids"].shape[0])
+        # Count real (non-padding) tokens and samples for tokens/s and samples/s, on this process, and the padding.
+        lengths = sample_lengths(inputs)
+        self._tokens_since_log += sum(lengths)
+        self._samples_since_log += len(lengths)
+        self._computed_since_log += int(inputs["input_ids"].numel())
+        self._padded_since_log += len(lengths) * max(lengths)
         loss = super().training_step(model, inputs, num_items_in_batch)  # detached, after backward
         if not bool(torch.isfinite(loss).all()):
             raise UserError(self._not_finite_message("loss", loss.item()))
@@ -119,9 +143,13 @@ class VideoChatGPTTrainer(Trainer):
             world = self.args.world_size
             logs["tokens_per_second"] = round(self._tokens_since_log * world / elapsed, 1)
             logs["samples_per_second"] = round(self._samples_since_log * world / elapsed, 3)
+            # padding_fraction: share of the computed token positions that were padding (0 with --packing);
+            # padding_removed: share of the padded batches' positions that were not computed (--packing's saving).
+            logs["padding_fraction"] = round(1 - self._tokens_since_log / self._computed_since_log, 4)
+            logs["padding_removed"] = round(1 - self._computed_since_log / self._padded_since_log, 4)
             if torch.cuda.is_available():
                 logs["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            self._tokens_since_log = self._samples_since_log = 0
+            self._reset_counts()
             self._last_log_time = now
         super().log(logs, start_time)
 

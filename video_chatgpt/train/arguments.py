@@ -325,8 +325,8 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "save_total_limit", "logging_steps", "seed", "resume_from_checkpoint",
     ),
     "speed and memory": (
-        "bf16", "tf32", "gradient_checkpointing", "attn_implementation", "deepspeed", "fsdp",
-        "dataloader_num_workers",
+        "bf16", "tf32", "gradient_checkpointing", "attn_implementation", "packing", "group_by_length", "deepspeed",
+        "fsdp", "dataloader_num_workers",
     ),
     "LoRA / QLoRA": (
         "lora_enable", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "bits", "double_quant",
@@ -368,6 +368,8 @@ SHORT_HELP = {
     "deepspeed": "a DeepSpeed config (configs/zero2.json, configs/zero3.json)",
     "fsdp": "PyTorch FSDP, e.g. 'full_shard auto_wrap' (GPUs only)",
     "dataloader_num_workers": "processes reading feature files",
+    "packing": "several samples per row, no padding (same loss; see docs/packing.md)",
+    "group_by_length": "batches of samples of similar length (less padding)",
 }
 
 

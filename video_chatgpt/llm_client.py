@@ -36,12 +36,15 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import os
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from video_chatgpt.errors import UserError
 
@@ -50,6 +53,32 @@ RETRY_STATUS = (408, 429)  # plus every 5xx
 MAX_REPLY_BYTES = 2**20  # 1 MiB: see the module docstring
 RAW_CHARS = 4000  # the most of a raw reply an outcome keeps (the cache holds one per record)
 CHAT_PATH = "chat/completions"
+
+
+OPENAI_HOST = "api.openai.com"
+NO_KEY = "EMPTY"  # what a local server without authentication receives when no key is set
+
+
+def api_host(api_base: str, flag: str = "--api_base") -> str:
+    """host[:port] of the API base, without scheme, credentials, path or query: what results may record."""
+    parsed = urlparse(api_base)
+    if not parsed.hostname:
+        raise UserError(f"{flag} {api_base!r} is not a URL (expected e.g. http://localhost:8000/v1)")
+    return parsed.hostname + (f":{parsed.port}" if parsed.port else "")
+
+
+def key_from_environment(env_name: str, hosts: list[str], prog: str) -> str:
+    """The API key in ``$env_name``; without one, ``NO_KEY`` for local servers and a ``UserError`` for OpenAI's."""
+    key = os.environ.get(env_name, "")
+    if key:
+        return key
+    if OPENAI_HOST in hosts:
+        raise UserError(
+            f"no API key: set the environment variable {env_name} (or name another one with --api_key_env) before "
+            f"asking {OPENAI_HOST}"
+        )
+    print(f"{prog}: ${env_name} is not set; sending no key (fine for a local server)", file=sys.stderr)
+    return NO_KEY
 
 
 class ServerRefused(Exception):

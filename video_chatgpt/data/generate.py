@@ -65,9 +65,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from video_chatgpt.args import parse_args_or_status
-from video_chatgpt.data.keyframes import KeyframeError, extract_keyframes
+from video_chatgpt.data.keyframes import extract_keyframes
 from video_chatgpt.errors import UserError, run_main
-from video_chatgpt.features.decode import DECODE_ERRORS
+from video_chatgpt.features.decode import DECODE_ERRORS, VideoDecodeError
 from video_chatgpt.features.store import video_id_of
 from video_chatgpt.files import (
     check_output,
@@ -261,7 +261,7 @@ class Generator:
         try:
             frames, total = extract_keyframes(video, self.args.keyframes, MAX_IMAGE_SIDE)
         except DECODE_ERRORS as exc:
-            reason = str(exc) if isinstance(exc, KeyframeError) else f"does not decode: {exc}"
+            reason = str(exc) if isinstance(exc, VideoDecodeError) else f"does not decode: {exc}"
             out.status, out.reason = "skipped", " ".join(reason.split())[:300]
             return None
         listed = []

@@ -383,3 +383,57 @@ def test_generate_help_shows_its_flags(capsys):
     for flag in ("--video_dir", "--output_json", "--captions", "--vlm_model", "--llm_api_base", "--kinds", "--seed"):
         assert flag in out
     assert len(out.splitlines()) < 80
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+def _run(cmd: list) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, (cmd, result.stdout[-3000:], result.stderr[-3000:])
+    return result
+
+
+@pytest.mark.slow
+def test_own_videos_to_a_model_that_answers_their_colour(tmp_path):
+    """docs/own-videos.md end to end on the sample world (a few minutes on 2 CPU cores): videos only (no
+    instruction data) -> ``data generate`` with the scripted VLM and LLM -> ``convert`` -> features -> ``data
+    check`` -> training -> ``chat`` answers the colour of held-out videos it never saw."""
+    from video_chatgpt.constants import DEFAULT_NUM_FRAMES
+    from video_chatgpt.features.encoder import video_tokens
+    from video_chatgpt.features.towers import resolve_tower
+    from video_chatgpt.quickstart import train_flags
+    from video_chatgpt.sample.models import make_sample_models, pretrain_language
+    from video_chatgpt.sample.world import colour_answer, language_corpus, make_sample_world
+
+    work = tmp_path / "own"
+    world = make_sample_world(work / "world", num_train=32, num_test=8, seed=0)
+    models = make_sample_models(work / "models")
+    base, tower = models["llava"], models["vision_tower"]
+    conversations, captions = language_corpus(seed=100)
+    pretrain_language(
+        base, conversations, captions, seed=0, num_video_tokens=video_tokens(resolve_tower(tower), DEFAULT_NUM_FRAMES)
+    )
+
+    qa = work / "my_videos_qa.json"
+    with ModelServer(vlm) as v, ModelServer(llm) as m:
+        assert cli_main(generate_argv(world["videos_train"], qa, v, m, "--keyframes", 2)) == 0
+    records = json.loads(qa.read_text())
+    assert {r["video_id"] for r in records} == {p.stem for p in Path(world["videos_train"]).iterdir()}
+    train_json = work / "my_videos_training.json"
+    assert cli_main(["convert", "--input_json_file", str(qa), "--output_json_file", str(train_json)]) == 0
+    features = work / "clip_features"
+    _run([sys.executable, "scripts/save_spatio_temporal_clip_features.py", "--video_dir_path", world["videos_train"],
+          "--clip_feat_path", features, "--vision_tower", tower])  # fmt: skip
+    check = ["data", "check", "--data_path", str(train_json), "--video_folder", str(features)]
+    assert cli_main([*check, "--model_name_or_path", str(base)]) == 0
+    out = work / "run"
+    _run([sys.executable, "video_chatgpt/train/train_mem.py", *train_flags(base, train_json, features, out)])
+    assert (out / "mm_projector.bin").is_file()
+
+    test_qa = json.loads(Path(world["test_qa"]).read_text())
+    for colour in ("red", "green", "blue", "yellow"):
+        video = next(q["video_name"] for q in test_qa if q["answer"] == colour)
+        result = _run([sys.executable, "-m", "video_chatgpt.cli", "chat", "--model-name", out, "--video_path",
+                       Path(world["videos_test"]) / f"{video}.mp4", "--vision_tower", tower,
+                       "--question", COLOUR_QUESTIONS[0], "--temperature", "0"])  # fmt: skip
+        assert result.stdout.strip() == colour_answer(colour), (video, result.stdout)

@@ -437,3 +437,20 @@ def test_own_videos_to_a_model_that_answers_their_colour(tmp_path):
                        Path(world["videos_test"]) / f"{video}.mp4", "--vision_tower", tower,
                        "--question", COLOUR_QUESTIONS[0], "--temperature", "0"])  # fmt: skip
         assert result.stdout.strip() == colour_answer(colour), (video, result.stdout)
+
+
+def test_one_client_for_evaluate_and_generate():
+    """The judge of ``evaluate`` and the VLM/LLM of ``generate`` are the one client of ``video_chatgpt.llm_client``
+    (not a copy): the judge module holds only the verdict parsing."""
+    import video_chatgpt.data.generate as generate_module
+    import video_chatgpt.eval.judge as judge_module
+    from video_chatgpt import llm_client
+
+    assert issubclass(judge_module.Judge, llm_client.Asker) and generate_module.Asker is llm_client.Asker
+    assert judge_module.JudgeRefused is llm_client.ServerRefused
+    own = {
+        name
+        for name, value in vars(judge_module).items()
+        if getattr(value, "__module__", None) == judge_module.__name__
+    }
+    assert own == {"Judge"}

@@ -395,7 +395,7 @@ def _run(cmd: list) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_own_videos_to_a_model_that_answers_their_colour(tmp_path):
-    """docs/own-videos.md end to end on the sample world (a few minutes on 2 CPU cores): videos only (no
+    """docs/own-videos.md end to end on the sample world (minutes on 2 idle CPU cores; 45 on a loaded one): videos only (no
     instruction data) -> ``data generate`` with the scripted VLM and LLM -> ``convert`` -> features -> ``data
     check`` -> training -> ``chat`` answers the colour of held-out videos it never saw."""
     from video_chatgpt.constants import DEFAULT_NUM_FRAMES

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("video_chatgpt.data.convert:main", "VideoInstruct JSON -> training JSON"),
     "data": (
         "video_chatgpt.data.cli:main",
-        "data check | inspect | import: look at the training data; import LLaVA, ShareGPT, Qwen-VL data",
+        "data check | inspect | import | generate: check data; import LLaVA, ShareGPT, Qwen-VL; generate QA",
     ),
     "extract-features": ("video_chatgpt.features.extract:main", "videos -> spatio-temporal CLIP feature files"),
     "train": ("video_chatgpt.train.train:main", "train Video-ChatGPT (same flags as video_chatgpt/train/train_mem.py)"),

@@ -15,8 +15,9 @@ import pytest
 
 from tests.eval.server import Reply, ScriptedServer, completion, ok
 from tests.helpers.eval import evaluate, write_preds
-from video_chatgpt.eval.judge import MAX_REPLY_BYTES, Judge, JudgeSettings, read_completion
+from video_chatgpt.eval.judge import Judge, JudgeSettings
 from video_chatgpt.eval.protocol import PAIR
+from video_chatgpt.llm_client import MAX_REPLY_BYTES, read_completion
 
 NESTED = "[" * 100_000 + "]" * 100_000
 

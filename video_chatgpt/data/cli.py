@@ -1,4 +1,4 @@
-"""``video-chatgpt data <check|inspect|import> ...``: look at the training data before training, import other formats.
+"""``video-chatgpt data <check|inspect|import|generate> ...``: check and import training data, or generate it.
 
 Run::
 
@@ -9,6 +9,7 @@ Run::
     video-chatgpt data check ... --json      # machine-readable report on stdout
     video-chatgpt data inspect ...           # see video_chatgpt.data.inspect
     video-chatgpt data import --format llava|sharegpt|qwen --input X --output_json Y   # video_chatgpt.data.importers
+    video-chatgpt data generate --video_dir videos/ --output_json qa.json --vlm_model M   # video_chatgpt.data.generate
 
 Every feature file's header is checked, and by default every file's values too (one NaN in one file makes every
 projector weight NaN; 10 CPU-s for 13K cached files, see ``video_chatgpt.data.check``); ``--quick`` reads a sample and
@@ -31,10 +32,11 @@ from video_chatgpt.args import command_parser, parse_args_or_status, parse_bool
 from video_chatgpt.bases import Base, open_base
 from video_chatgpt.constants import DEFAULT_MODEL_MAX_LENGTH
 from video_chatgpt.data.check import DEFAULT_FEATURE_DTYPE, DEFAULT_MAX_LISTED, check_training_data
+from video_chatgpt.data.generate import main as generate_main
 from video_chatgpt.data.importers import main as import_main
 from video_chatgpt.errors import UserError, run_main
 
-USAGE = "usage: video-chatgpt data {check,inspect,import} [flags]   (video-chatgpt data check --help)"
+USAGE = "usage: video-chatgpt data {check,inspect,import,generate} [flags]   (video-chatgpt data check --help)"
 
 
 def build_check_parser() -> argparse.ArgumentParser:
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module("video_chatgpt.data.inspect").main(rest) or 0)
     if sub == "import":
         return import_main(rest)
+    if sub == "generate":
+        return generate_main(rest)
     print(f"video-chatgpt data: unknown subcommand {sub!r}\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -31,12 +31,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from urllib.parse import urlparse
 
 from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.errors import UserError, run_main
@@ -56,11 +54,10 @@ from video_chatgpt.eval.protocol import (
 )
 from video_chatgpt.eval.report import render_markdown, summary_lines
 from video_chatgpt.files import check_output, parse_json, read_bytes_bounded, read_json, write_bytes_atomically
+from video_chatgpt.llm_client import api_host, key_from_environment
 
 DEFAULT_JUDGE = "gpt-3.5-turbo"  # the original's judge (the model named in the prompt file)
 DEFAULT_API_BASE = "https://api.openai.com/v1"
-OPENAI_HOST = "api.openai.com"
-NO_KEY = "EMPTY"  # what a local server without authentication receives when no key is set
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 TASKS = (*CRITERIA, "vcgbench")
 
@@ -106,14 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def api_host(api_base: str) -> str:
-    """host[:port] of the API base, without scheme, credentials, path or query: what the results may record."""
-    parsed = urlparse(api_base)
-    if not parsed.hostname:
-        raise UserError(f"--api_base {api_base!r} is not a URL (expected e.g. http://localhost:8000/v1)")
-    return parsed.hostname + (f":{parsed.port}" if parsed.port else "")
-
-
 def resolve_api_key(args) -> str:
     if args.api_key:
         print(
@@ -122,19 +111,7 @@ def resolve_api_key(args) -> str:
             file=sys.stderr,
         )
         return args.api_key
-    key = os.environ.get(args.api_key_env, "")
-    if key:
-        return key
-    if api_host(args.api_base) == OPENAI_HOST:
-        raise UserError(
-            f"no API key: set the environment variable {args.api_key_env} (or name another one with "
-            f"--api_key_env) before judging with {OPENAI_HOST}"
-        )
-    print(
-        f"video-chatgpt evaluate: ${args.api_key_env} is not set; sending no key (fine for a local server)",
-        file=sys.stderr,
-    )
-    return NO_KEY
+    return key_from_environment(args.api_key_env, [api_host(args.api_base)], "video-chatgpt evaluate")
 
 
 def jobs_of(args) -> list[tuple[str, Path]]:

@@ -27,7 +27,7 @@ The wire format (vLLM's ``docs/features/prompt_embeds.md`` and its ``safe_load_p
 2-D ``(tokens, hidden)`` tensor, float32/float16/bfloat16; sent in the exported weights' dtype), no ``prompt``,
 and ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``; ``stream: true`` with ``stream_options:
 {"include_usage": true}`` gives server-sent ``data: {...}`` chunks (``choices[0].text`` pieces, then a chunk with
-``usage``) ending in ``data: [DONE]``. HTTP goes through the project's bounded client (``eval.judge.ChatClient``: a
+``usage``) ending in ``data: [DONE]``. HTTP goes through the project's bounded client (``llm_client.ChatClient``: a
 total deadline per request, a reply size cap). Tested here against a stand-in for vLLM that speaks this protocol,
 not against vLLM itself (see docs/vllm.md).
 """
@@ -48,7 +48,6 @@ import torch
 from video_chatgpt.data.conversation import render_sample
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_video_tokenizer
 from video_chatgpt.errors import UserError
-from video_chatgpt.eval.judge import ChatClient, ConnectionFailed, DeadlinePassed, HttpReply, ReplyError, clip
 from video_chatgpt.inference.engine import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
@@ -56,6 +55,7 @@ from video_chatgpt.inference.engine import (
     Turn,
     conversation_records,
 )
+from video_chatgpt.llm_client import ChatClient, ConnectionFailed, DeadlinePassed, HttpReply, ReplyError, clip
 from video_chatgpt.model.export import ExportInfo, PromptEmbedder
 
 COMPLETIONS_PATH = "completions"

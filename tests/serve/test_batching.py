@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
 from tests.helpers import QUESTION, SECOND_QUESTION, free_port
 from tests.helpers.serve import MAX_NEW_TOKENS, ThreadServer, client, video_message
@@ -67,6 +68,43 @@ def messages_of(question, history, path) -> list[dict]:
     for k, (q, a) in enumerate(history):
         messages += ([{"role": "user", "content": q}] if k else []) + [{"role": "assistant", "content": a}]
     return messages + [{"role": "user", "content": question}]
+
+
+class _Logits(LogitsProcessor):
+    """Records each step's (B, V) scores, changing nothing."""
+
+    def __init__(self):
+        self.steps = []
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(scores.clone())
+        return scores
+
+
+def test_padded_rows_compute_what_they_compute_alone(sensitive, feature_files):
+    """``Engine.generate_batch`` over prompts of different lengths (left-padded): every row's next-token scores at
+    every step are the ones it gets alone (the attention mask hides the padding, the position ids start at each
+    row's first real token). Greedy answers alone would hide a wrong mask on this tiny model."""
+    engine = sensitive
+    prompts = [engine.prepare(q, np.load(feature_files[i]), h)[:2] for q, h, i in cases(feature_files)[:4]]
+    assert len({len(ids) for ids, _ in prompts}) > 1
+
+    def scores(batch) -> list[torch.Tensor]:
+        recorder = _Logits()
+        engine.generate_batch(
+            batch,
+            streamer=None,
+            stopping_criteria=StoppingCriteriaList(),
+            max_new_tokens=3,
+            logits_processor=LogitsProcessorList([recorder]),
+        )
+        return recorder.steps
+
+    together = scores(prompts)
+    for row, prompt in enumerate(prompts):
+        alone = scores([prompt])
+        for step, single in enumerate(alone):
+            torch.testing.assert_close(together[step][row], single[0], atol=1e-4, rtol=1e-4)
 
 
 def test_batched_rows_equal_their_unbatched_answers(sensitive, feature_files):

@@ -228,18 +228,20 @@ class Engine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        **generate_kwargs,
     ) -> None:
         """One ``generate`` over several prompts of ``prepare`` (ids, (1, N, C) features) at once: what a server's
         batcher runs. The prompts are left-padded, with an attention mask (the position ids follow from it), so at
         temperature 0 each row's tokens are those ``stream`` gives for it alone. ``streamer.put`` receives the
         (B,) new token ids of each step (a finished row gets the pad id); ``stopping_criteria`` may end rows one by
-        one. Sampling is reproducible with ``seed`` for the same batch (the global RNG is left as it was)."""
+        one. Sampling is reproducible with ``seed`` for the same batch (the global RNG is left as it was).
+        ``generate_kwargs`` go to ``generate`` as they are (e.g. a ``logits_processor``)."""
         longest = max(len(ids) for ids, _ in prompts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (longest - len(i)) + i for i, _ in prompts], device=self.device)  # (B, T)
         mask = torch.tensor([[0] * (longest - len(i)) + [1] * len(i) for i, _ in prompts], device=self.device)
         feats = torch.cat([f for _, f in prompts])  # (B, N, C)
-        kwargs = self._generate_kwargs(temperature, top_p, max_new_tokens)
+        kwargs = {**self._generate_kwargs(temperature, top_p, max_new_tokens), **generate_kwargs}
         rng_devices = [self.device] if self.device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
             if seed is not None:

@@ -1,18 +1,13 @@
 """``video-chatgpt serve``: an OpenAI-compatible API server for a trained model (FastAPI + uvicorn).
 
-    video-chatgpt serve --model-name runs/quickstart/Video-ChatGPT_7B-1.1_Checkpoints \\
+    video-chatgpt serve --model-name runs/quickstart/Video-ChatGPT_7B-1.1_Checkpoints \
         --vision_tower runs/quickstart/models/clip-vit-tiny --allowed_local_media_path runs/quickstart/world/videos
     VCG_KEY=secret video-chatgpt serve --model-name ... --api_key_env VCG_KEY --port 8000 --max_batch_size 8
 
-then ``GET /v1/models``, ``GET /health`` and ``POST /v1/chat/completions`` in OpenAI's message format, with the
-video as a ``video_url`` part (a path or ``file://`` URL inside ``--allowed_local_media_path``, or
-``data:video/mp4;base64,...``) or this server's ``video_features`` part (a feature file inside that folder). Streaming
-(``stream: true``), ``max_tokens``/``max_completion_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop`` and usage
-counts as OpenAI's. Concurrent requests are batched into shared forward passes (``--max_batch_size``); a video's
-features are cached by content hash. See docs/serve.md for the API, the errors and examples.
-
-The model flags are ``chat``'s. ``--api_key_env NAME``: clients must send ``Authorization: Bearer $NAME`` (the key is
-read from the environment, never from the command line, and never logged).
+``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` (OpenAI's format, streaming included) with one
+video per request: a ``video_url`` part (a path or ``file://`` URL inside ``--allowed_local_media_path``, or
+``data:video/mp4;base64,...``) or a ``video_features`` part (a feature file in that folder). Concurrent requests are
+batched into shared forward passes; features are cached by content hash. The API, errors, examples: docs/serve.md.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the routes' ``Request`` annotations at runtime.
@@ -248,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         return args
     api_key = check_server_flags(args)
     check_model_flags(args)
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise UserError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e '.[serve]'") from None
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = load_engine(**engine_kwargs(args))

@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         models = make_sample_models(Path(tmp) / "models")
-        engine = load_engine(models["llava"], None, device="cpu")
-        shape = (engine.model.config.video_token_len, engine.model.config.mm_hidden_size)
+        engine = load_engine(models["llava"], None, device="cpu", vision_tower=str(models["vision_tower"]))
+        shape = (engine.extractor.num_tokens, engine.model.config.mm_hidden_size)  # what a video of the tower gives
         media = Path(tmp) / "media"
         media.mkdir()
         files = []

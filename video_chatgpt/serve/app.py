@@ -91,6 +91,12 @@ def create_app(server: Server):
     async def api_error(request: Request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        logger.error("request failed: %s: %s", type(exc).__name__, exc)
+        body = ApiError(500, f"internal error ({type(exc).__name__}); the server goes on").body()
+        return JSONResponse(body, status_code=500)
+
     @app.exception_handler(404)
     async def not_found(request: Request, exc):
         return JSONResponse(ApiError(404, f"no route {request.url.path}").body(), status_code=404)
@@ -260,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         args.max_video_seconds,
         int(args.max_request_mb * 2**20),
     )
-    if engine.vision_tower:
+    try:
         engine.extractor  # noqa: B018 - built now, not by the first request (and not by two at once)
+    except (ValueError, OSError, UserError) as exc:  # a feature-file-only server still works
+        logger.warning("video_url parts cannot be decoded (only video_features parts): %s", exc)
     logger.info(
         "serving %r on http://%s:%d/v1 (batches up to %d, queue %d, key check %s)", server.model_name, args.host,
         args.port, args.max_batch_size, args.max_queue, "on" if api_key else "off",

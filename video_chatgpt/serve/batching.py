@@ -142,6 +142,9 @@ class Batcher:
             batch = same[: 1 if self._waiting[0].sampling.seed is not None else self.max_batch_size]
             self._waiting = [job for job in self._waiting if job not in batch]
             self._running = len(batch)
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(batch)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             return batch
 
     def _loop(self) -> None:
@@ -153,9 +156,6 @@ class Batcher:
 
     # ----------------------------------------------------------------------------------------- generation
     def _run(self, batch: list[Job]) -> None:
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(batch)
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
         for job in batch:
             job.text = Detokenizer(self.engine.tokenizer)
         sampling = batch[0].sampling

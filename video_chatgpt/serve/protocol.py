@@ -148,7 +148,7 @@ def parse_chat_request(body: object) -> ChatRequest:
     texts = [text for _, text in turns]
     history = tuple(zip(texts[0:-1:2], texts[1:-1:2]))
 
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise bad("n: only 1 answer per request", "n")
     if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
         max_tokens = _number(body, "max_completion_tokens", 1, 2**31, DEFAULT_MAX_NEW_TOKENS, integer=True)

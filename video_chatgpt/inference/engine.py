@@ -222,7 +222,7 @@ class Engine:
         self,
         prompts: Sequence[tuple[list[int], torch.Tensor]],
         *,
-        streamer: BaseStreamer,
+        streamer: BaseStreamer | None,
         stopping_criteria: StoppingCriteriaList,
         max_new_tokens: int,
         temperature: float = 0.0,
@@ -234,8 +234,8 @@ class Engine:
         batcher runs. The prompts are left-padded, with an attention mask (the position ids follow from it), so at
         temperature 0 each row's tokens are those ``stream`` gives for it alone. ``streamer.put`` receives the
         (B,) new token ids of each step (a finished row gets the pad id); ``stopping_criteria`` may end rows one by
-        one. Sampling is reproducible with ``seed`` for the same batch (the global RNG is left as it was).
-        ``generate_kwargs`` go to ``generate`` as they are (e.g. a ``logits_processor``)."""
+        one. All features have the same shape (N, C). Sampling is reproducible with ``seed`` for the same batch (the
+        global RNG is left as it was). ``generate_kwargs`` go to ``generate`` as they are (e.g. a ``logits_processor``)."""
         longest = max(len(ids) for ids, _ in prompts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (longest - len(i)) + i for i, _ in prompts], device=self.device)  # (B, T)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from video_chatgpt.args import parse_args_or_status
 from video_chatgpt.errors import UserError, run_main
+from video_chatgpt.inference.demo import DEFAULT_MAX_VIDEO_SECONDS
 from video_chatgpt.inference.engine import PromptTooLong, load_engine
 from video_chatgpt.inference.flags import add_model_flags, check_model_flags, engine_kwargs
 from video_chatgpt.serve import protocol
@@ -34,7 +35,6 @@ from video_chatgpt.serve.protocol import ApiError, ChatRequest
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("local",)  # "vllm" is wired in later (video_chatgpt/serve/vllm.py)
-DEFAULT_MAX_VIDEO_SECONDS = 300.0
 DEFAULT_MAX_REQUEST_MB = 64.0
 
 

@@ -2,12 +2,13 @@
 
 ``LocalBackend`` owns the ``Engine`` (the model in this process) and one ``Batcher`` thread. A request is a ``Job``;
 ``submit`` queues it (``QueueFull`` beyond ``max_queue`` waiting jobs). The batcher takes the oldest waiting job and
-every other waiting job with the same sampling settings (up to ``max_batch_size``; temperature 0 is one group
-whatever ``top_p``/``seed`` say; a job with a ``seed`` runs alone, so its answer does not depend on its neighbours),
-left-pads their prompts and runs one ``Engine.generate_batch``. Each step's new tokens go to each job's own
-``Detokenizer``; a job ends on ``</s>``, on one of its ``stop`` strings, at its own ``max_tokens``, or when it is
-cancelled (its client went away), without ending the others. At temperature 0 a job's answer is the one it gets
-alone (the attention mask and position ids ignore the padding): ``tests/serve`` checks this.
+every other waiting job of its group (up to ``max_batch_size``): the same sampling settings (temperature 0 is one
+group whatever ``top_p``/``seed`` say; a job with a ``seed`` runs alone, so its answer does not depend on its
+neighbours) and the same video token count. It left-pads their prompts and runs one ``Engine.generate_batch``. Each
+step's new tokens go to each job's own ``Detokenizer``; a job ends on ``</s>``, on one of its ``stop`` strings, at
+its own ``max_tokens``, or when it is cancelled (its client went away), without ending the others. At temperature 0
+a job's answer is the one it gets alone (the attention mask and position ids ignore the padding): ``tests/serve``
+checks this.
 
 Events go to the job's ``emit`` callback, from the batcher thread: ``Piece(text)``, then ``Done(finish_reason,
 prompt_tokens, completion_tokens)`` or ``Failed(message)``.
@@ -85,6 +86,10 @@ class Job:
     generated: int = 0
     finished: bool = False
 
+    def group(self) -> tuple:
+        """Jobs of one group can share a batch: the same sampling group and the same video token count."""
+        return (self.sampling.group(), tuple(self.features.shape[1:]))
+
     def cancel(self) -> None:
         """The client went away: stop generating for this job at the next token (others go on)."""
         self.cancelled.set()
@@ -137,8 +142,8 @@ class Batcher:
             self._waiting = [job for job in self._waiting if not job.cancelled.is_set()]
             if not self._waiting:
                 return []
-            group = self._waiting[0].sampling.group()
-            same = [job for job in self._waiting if job.sampling.group() == group]
+            group = self._waiting[0].group()
+            same = [job for job in self._waiting if job.group() == group]
             batch = same[: 1 if self._waiting[0].sampling.seed is not None else self.max_batch_size]
             self._waiting = [job for job in self._waiting if job not in batch]
             self._running = len(batch)

@@ -3,9 +3,17 @@ one video, and a server run in this process (uvicorn in a thread) for the tests 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+from tests.helpers import REPO, free_port
 
 API_KEY_ENV = "VCG_SERVE_TEST_KEY"
 API_KEY = "sk-test-4f1e9c0b7a2d"  # must never appear in the server's output
@@ -13,6 +21,7 @@ MAX_VIDEO_SECONDS = 10.0  # the sample videos are 2.4-6.4 s
 MAX_REQUEST_MB = 1.0  # a 2 MB body is "huge"
 MAX_NEW_TOKENS = 16
 TIMEOUT_S = 120.0  # per request (2 busy cores)
+SERVER_START_S = 180  # bounded wait for the server (model + tower on 2 busy cores)
 
 
 def client(url: str, api_key: str = API_KEY):
@@ -59,3 +68,38 @@ class ThreadServer:
         self._uvicorn.should_exit = True
         self._thread.join(timeout=30)
         self.server.backend.close()
+
+
+@contextlib.contextmanager
+def serve_process(flags: list[str], log: Path, env: dict | None = None) -> Iterator[dict]:
+    """``video-chatgpt serve FLAGS --port <free>`` in a subprocess, its whole output in ``log``; yields
+    ``{"url", "log", "process"}`` once ``/health`` answers; stopped on exit."""
+    port = free_port()
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": "1", **(env or {})}  # fmt: skip
+    cmd = [sys.executable, "-m", "video_chatgpt.cli", "serve", *flags, "--port", str(port)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"serve did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield {"url": url, "log": log, "process": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

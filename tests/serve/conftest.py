@@ -4,21 +4,13 @@ log file), and the same model loaded here for the answers the server must give."
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, free_port
-from tests.helpers.serve import API_KEY, API_KEY_ENV, MAX_REQUEST_MB, MAX_VIDEO_SECONDS
-
-SERVER_START_S = 180  # bounded wait for the server (model + tower on 2 busy cores)
+from tests.helpers.serve import API_KEY, API_KEY_ENV, MAX_REQUEST_MB, MAX_VIDEO_SECONDS, serve_process
 
 
 @pytest.fixture(scope="session")
@@ -79,49 +71,15 @@ def features_of(engine, media):
 def server(trained_run, tiny_clip, media, tmp_path_factory):
     """``video-chatgpt serve`` in a subprocess on a free 127.0.0.1 port, with an API key from the environment;
     yields ``{"url", "log", "process"}``; stopped at the end of the module."""
-    port = free_port()
     log = tmp_path_factory.mktemp("serve_server") / "server.log"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        API_KEY_ENV: API_KEY,
-    }
-    cmd = [
-        sys.executable, "-m", "video_chatgpt.cli", "serve",
+    flags = [
         "--model-name", str(trained_run),
         "--vision_tower", str(tiny_clip),
-        "--port", str(port),
         "--api_key_env", API_KEY_ENV,
         "--allowed_local_media_path", str(media["root"]),
         "--max_video_seconds", str(MAX_VIDEO_SECONDS),
         "--max_request_mb", str(MAX_REQUEST_MB),
         "--max_batch_size", "8",
     ]  # fmt: skip
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"serve did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield {"url": url, "log": log, "process": proc}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_process(flags, log, {API_KEY_ENV: API_KEY}) as running:
+        yield running

@@ -28,7 +28,17 @@ from video_chatgpt.inference.demo import DEFAULT_MAX_VIDEO_SECONDS
 from video_chatgpt.inference.engine import PromptTooLong, load_engine
 from video_chatgpt.inference.flags import add_model_flags, check_model_flags, engine_kwargs
 from video_chatgpt.serve import protocol
-from video_chatgpt.serve.batching import Done, Event, Failed, Job, LocalBackend, Piece, QueueFull, Sampling
+from video_chatgpt.serve.batching import (
+    Backend,
+    Done,
+    Event,
+    Failed,
+    Job,
+    LocalBackend,
+    Piece,
+    QueueFull,
+    Sampling,
+)
 from video_chatgpt.serve.media import Media, MediaError
 from video_chatgpt.serve.protocol import ApiError, ChatRequest
 
@@ -43,7 +53,7 @@ class Server:
 
     def __init__(
         self,
-        backend: LocalBackend,
+        backend: Backend,
         model_name: str,
         media_path: str | Path | None = None,
         api_key: str | None = None,
@@ -121,8 +131,8 @@ def create_app(server: Server):
         body = await read_body(request, server.max_request_bytes)
         try:
             parsed = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise protocol.bad(f"the request body is not JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            raise protocol.bad("the request body is not JSON") from None
         chat = protocol.parse_chat_request(parsed)
         if chat.model != server.model_name:
             raise ApiError(

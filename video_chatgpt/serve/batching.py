@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -261,6 +262,21 @@ class _JobsFinished(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         done = [job.finished or job.cancelled.is_set() for job in self.batch]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class Backend(Protocol):
+    """What the server needs of a generation backend. ``engine``: the model's tokenizer, template, feature checks
+    and vision tower (``Engine.prepare`` makes a ``Job``'s prompt); ``submit`` queues a job (``QueueFull`` when
+    full) whose events go to ``job.emit``; ``load`` is the ``/health`` numbers; ``close`` stops it."""
+
+    name: str
+    engine: Engine
+
+    def submit(self, job: Job) -> None: ...
+
+    def load(self) -> dict: ...
+
+    def close(self) -> None: ...
 
 
 class LocalBackend:

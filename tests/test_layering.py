@@ -1,9 +1,9 @@
 """Dependencies point one way: a test fails on any own-package import against the layering.
 
 The pipeline's stages, each a subpackage: ``weights`` -> ``features`` -> ``data`` -> ``model`` -> ``train`` /
-``inference`` -> ``eval``; ``sample`` is the offline sample world; ``cli.py`` is the dispatcher. Shared modules at the
-top (``constants``, ``errors``, ``files``, ``bases``, ``args``, ``llm_client``) are below every stage. Every import is read, at module
-top or inside a function (a lazy import is still an edge).
+``inference`` -> ``eval``, ``serve`` (the API server); ``sample`` is the offline sample world; ``cli.py`` is the
+dispatcher. Shared modules at the top (``constants``, ``errors``, ``files``, ``bases``, ``args``, ``llm_client``) are
+below every stage. Every import is read, at module top or inside a function (a lazy import is still an edge).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ FORBIDDEN = {
     "eval": {"train"},
     "train": {"inference", "eval"},
     "weights": {"features", "data", "model", "train", "inference", "eval"},
-    "serve": {"train"},
+    "serve": {"train", "eval", "weights"},
 }
+# The API server is a leaf too: only cli.py imports it.
+IMPORTS_SERVE = {"serve", "cli"}
 # Product code never imports the sample world, except these (the quickstart and the sample command).
 MAY_IMPORT_SAMPLE = {"quickstart", "sample"}
 # The shared modules at the top level import no stage at all.
@@ -66,6 +68,8 @@ def violations(root: Path = PACKAGE) -> list[str]:
             where = f"{path.relative_to(root.parent)}:{line} imports {target}"
             if there == "cli" and here != "cli":
                 out.append(f"{where} (cli.py is the dispatcher: nothing imports it)")
+            elif there == "serve" and here not in IMPORTS_SERVE:
+                out.append(f"{where} (only cli.py imports serve)")
             elif there in FORBIDDEN.get(here, ()):
                 out.append(f"{where} ({here} never imports {there})")
             elif there == "sample" and here not in MAY_IMPORT_SAMPLE:

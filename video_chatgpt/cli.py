@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("video_chatgpt.inference.chat:main", "ask a trained model about a video"),
     "demo": ("video_chatgpt.inference.demo:main", "web demo: chat about an uploaded video in the browser (gradio)"),
     "predict": ("video_chatgpt.inference.predict:main", "batch prediction over a benchmark question file"),
+    "serve": ("video_chatgpt.serve.app:main", "OpenAI-compatible API server (video chat completions, batched)"),
     "evaluate": ("video_chatgpt.eval.evaluate:main", "score predictions with an LLM judge (VCGBench, zero-shot QA)"),
     "benchmark": (
         "video_chatgpt.eval.benchmark:main",

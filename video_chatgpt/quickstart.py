@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         f"web demo (then open http://127.0.0.1:7860): video-chatgpt demo --model_name_or_path {out} "
         f"--vision_tower {models['vision_tower']} --examples {world['videos_test']}"
     )
+    print(
+        f"API server (OpenAI-compatible, docs/serve.md): video-chatgpt serve --model-name {out} "
+        f"--vision_tower {models['vision_tower']} --allowed_local_media_path {world['videos_test']}"
+    )
     return 0
 
 

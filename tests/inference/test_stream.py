@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from video_chatgpt.data.tokenizer import load_hf_tokenizer
-from video_chatgpt.inference.engine import GENERATE_THREAD, PromptTooLong, _Detokenizer, load_engine
+from video_chatgpt.inference.engine import GENERATE_THREAD, Detokenizer, PromptTooLong, load_engine
 from video_chatgpt.sample.models import CHAT_FAMILIES, train_chat_tokenizer
 
 QUESTION = "What colour is the moving object in the video?"
@@ -67,7 +67,7 @@ def test_pieces_join_to_the_decoded_answer_and_are_never_taken_back(tokenizer, h
     tricky, *randoms = token_sequences(tokenizer)
     assert ("don't know." if hold_last_word else "do n't know .") in tokenizer.decode(tricky)
     for ids in [tricky, *randoms]:
-        text = _Detokenizer(tokenizer)
+        text = Detokenizer(tokenizer)
         with caplog.at_level(logging.WARNING):
             pieces = [text.add([i]) for i in [*ids, tokenizer.eos_token_id, *ids[:3]]]  # after </s>: not the answer
             pieces.append(text.finish())

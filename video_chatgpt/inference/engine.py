@@ -186,24 +186,69 @@ class Engine:
         The prompt and features are checked now (``UserError``; ``PromptTooLong`` when the conversation fills the
         model's context); generation starts at the first ``next()``, in a thread of its own.
         """
+        ids, feats, room = self.prepare(question, features, history)
+        kwargs = self._generate_kwargs(temperature, 1.0, max_new_tokens if room is None else min(max_new_tokens, room))
+        prompt = torch.tensor([ids], device=self.device)  # (1, T)
+        return self._pieces(prompt, feats, kwargs, seed, stop, token_timeout)
+
+    def prepare(
+        self, question: str, features: np.ndarray, history: Sequence[Turn] = ()
+    ) -> tuple[list[int], torch.Tensor, int | None]:
+        """(prompt ids, (1, N, C) features on the device, new tokens the context leaves room for or None when the
+        model has no recorded limit), checked:
+        ``UserError`` for features the model cannot read, ``PromptTooLong`` when the prompt fills the context."""
         feats = self._features_tensor(features)  # (1, N, C)
         ids = self.prompt_ids(question, feats.shape[1], history)
         limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit:
-            if len(ids) >= limit:
-                raise PromptTooLong(len(ids), limit)
-            max_new_tokens = min(max_new_tokens, limit - len(ids))
+        if not limit:
+            return ids, feats, None
+        if len(ids) >= limit:
+            raise PromptTooLong(len(ids), limit)
+        return ids, feats, limit - len(ids)
+
+    def _generate_kwargs(self, temperature: float, top_p: float, max_new_tokens: int) -> dict:
         kwargs = {
             "max_new_tokens": max_new_tokens,
             "eos_token_id": self.tokenizer.eos_token_id,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
         if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        prompt = torch.tensor([ids], device=self.device)  # (1, T)
-        return self._pieces(prompt, feats, kwargs, seed, stop, token_timeout)
+        return kwargs
+
+    def generate_batch(
+        self,
+        prompts: Sequence[tuple[list[int], torch.Tensor]],
+        *,
+        streamer: BaseStreamer | None,
+        stopping_criteria: StoppingCriteriaList,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        **generate_kwargs,
+    ) -> None:
+        """One ``generate`` over several prompts of ``prepare`` (ids, (1, N, C) features) at once: what a server's
+        batcher runs. The prompts are left-padded, with an attention mask (the position ids follow from it), so at
+        temperature 0 each row's tokens are those ``stream`` gives for it alone. ``streamer.put`` receives the
+        (B,) new token ids of each step (a finished row gets the pad id); ``stopping_criteria`` may end rows one by
+        one. All features have the same shape (N, C). Sampling is reproducible with ``seed`` for the same batch (the
+        global RNG is left as it was). ``generate_kwargs`` go to ``generate`` as they are (e.g. a ``logits_processor``)."""
+        longest = max(len(ids) for ids, _ in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (longest - len(i)) + i for i, _ in prompts], device=self.device)  # (B, T)
+        mask = torch.tensor([[0] * (longest - len(i)) + [1] * len(i) for i, _ in prompts], device=self.device)
+        feats = torch.cat([f for _, f in prompts])  # (B, N, C)
+        kwargs = {**self._generate_kwargs(temperature, top_p, max_new_tokens), **generate_kwargs}
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.model.generate_with_video(
+                ids, feats, attention_mask=mask, streamer=streamer, stopping_criteria=stopping_criteria, **kwargs
+            )
 
     def _pieces(self, prompt, feats, kwargs: dict, seed, stop, token_timeout) -> Iterator[str]:
         tokens: queue.Queue = queue.Queue()  # lists of new token ids, then an exception or _END
@@ -229,7 +274,7 @@ class Engine:
 
         thread = threading.Thread(target=generate, name=GENERATE_THREAD, daemon=True)
         thread.start()
-        text = _Detokenizer(self.tokenizer)
+        text = Detokenizer(self.tokenizer)
         try:
             while (item := _next_item(tokens, token_timeout)) is not _END:
                 if isinstance(item, Exception):
@@ -323,7 +368,7 @@ _LAST_WORD = re.compile(r"\s+\S*\Z")
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte fallback
 
 
-class _Detokenizer:
+class Detokenizer:
     """Token ids in, text pieces out; the pieces joined are ``decode(ids up to </s>, skip_special_tokens).strip()``.
 
     A token can change how the text before it decodes: a byte-fallback sequence completes a character (until then
@@ -446,4 +491,4 @@ def load_engine(
     return engine
 
 
-__all__ = ["Engine", "PromptTooLong", "conversation_records", "load_engine"]
+__all__ = ["Detokenizer", "Engine", "PromptTooLong", "conversation_records", "load_engine"]

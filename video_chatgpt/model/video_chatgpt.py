@@ -310,11 +310,17 @@ class VideoMixin:
     # ----------------------------------------------------------------------------------------------- generation
     @torch.inference_mode()
     def generate_with_video(
-        self, input_ids: torch.LongTensor, video_features: torch.Tensor | None, **generate_kwargs
+        self,
+        input_ids: torch.LongTensor,
+        video_features: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        **generate_kwargs,
     ) -> torch.LongTensor:
-        """Generate from a prompt with a video span; returns only the new token ids (B, T_new)."""
+        """Generate from a prompt with a video span; returns only the new token ids (B, T_new). ``attention_mask``
+        (B, T): 0 on the left padding of a batch of prompts of different lengths (default: all ones)."""
         embeds = self.decoder_inputs(input_ids, video_features)
-        attention_mask = torch.ones_like(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         return self._generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
     # -------------------------------------------------------------------------------------------------- artefact

@@ -339,7 +339,7 @@ SHORT_HELP = {
     "vision_tower": "the tower the features were made with (default: the base's mm_vision_tower)",
     "mm_projector_type": "linear (the original) | mlp2x_gelu (LLaVA-1.5); default: the base's",
     "lora_target_modules": "comma-separated LLM linear layers (default: all but lm_head)",
-    "version": "accepted; training always uses the base's template (vicuna_v1_1 for the document's)",
+    "version": "accepted; training uses the base's own template (vicuna_v1_1 for LLaVA-7B-Lightening)",
     "tune_mm_mlp_adapter": "train only the projector (and the <vid_start>/<vid_end> rows)",
     "pretrain_mm_mlp_adapter": "an mm_projector.bin to start the projector from",
     "lazy_preprocess": "render samples when read (True) or all at start",
@@ -380,7 +380,7 @@ def _help_parser(prog: str, *dataclass_types) -> argparse.ArgumentParser:
     shown = argparse.ArgumentParser(
         prog=prog,
         usage="%(prog)s --model_name_or_path BASE --data_path JSON --features_dir FEATURES --output_dir RUN [flags]",
-        formatter_class=lambda prog: HelpFormatter(prog, max_help_position=44, width=118),
+        formatter_class=lambda prog: HelpFormatter(prog, max_help_position=36, width=118),
         add_help=False,
         description="Train Video-ChatGPT: the projector (or LoRA, or the whole model) on video features.",
         epilog="accepted for the original's commands and ignored: "
@@ -407,8 +407,14 @@ def _help_parser(prog: str, *dataclass_types) -> argparse.ArgumentParser:
             options = [f"--{name}", *aliases] if name != "video_folder" else [*aliases, f"--{name}"]
             is_bool = f.type in (bool, "bool") or str(f.type) in ("bool", "bool | None")
             text = SHORT_HELP.get(name) or f.metadata.get("help", "")
-            group.add_argument(*options, help=text, default=default, metavar="True|False" if is_bool else None)
+            group.add_argument(*options, help=text, default=default, metavar="True|False" if is_bool else _metavar(f))
     return shown
+
+
+def _metavar(f: dataclasses.Field) -> str:
+    """A short placeholder for --help: N (whole number), X (number), else VALUE."""
+    kind = str(f.type)
+    return "N" if kind.startswith("int") else "X" if kind.startswith("float") else "VALUE"
 
 
 def handle_help(argv: list[str], parser: transformers.HfArgumentParser, *extra_dataclasses) -> bool:

@@ -380,7 +380,7 @@ def _help_parser(prog: str, *dataclass_types) -> argparse.ArgumentParser:
     shown = argparse.ArgumentParser(
         prog=prog,
         usage="%(prog)s --model_name_or_path BASE --data_path JSON --features_dir FEATURES --output_dir RUN [flags]",
-        formatter_class=lambda prog: HelpFormatter(prog, max_help_position=36, width=118),
+        formatter_class=lambda prog: HelpFormatter(prog, max_help_position=44, width=118),
         add_help=False,
         description="Train Video-ChatGPT: the projector (or LoRA, or the whole model) on video features.",
         epilog="accepted for the original's commands and ignored: "

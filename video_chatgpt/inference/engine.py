@@ -84,6 +84,15 @@ def conversation_records(history: Sequence[Turn], question: str) -> list[dict]:
     return records
 
 
+def spatial_pool_for(vision_tower: str, num_frames: int, video_token_len: int | None) -> int:
+    """The ``--spatial_pool`` k (1-4) whose token count for this tower and ``num_frames`` is ``video_token_len`` (1
+    when it is not recorded): what the training features used."""
+    if not video_token_len:
+        return 1
+    spec = resolve_tower(vision_tower)
+    return next((k for k in (1, 2, 3, 4) if video_tokens(spec, num_frames, k) == video_token_len), 1)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -132,11 +141,7 @@ class Engine:
     def spatial_pool(self) -> int:
         """The ``--spatial_pool`` the training features used: the k (1-4) whose token count for this tower and
         ``num_frames`` equals the model's ``video_token_len`` (1 when the model does not record it)."""
-        expected = self.model.config.video_token_len
-        if not expected:
-            return 1
-        spec = resolve_tower(self.vision_tower)
-        return next((k for k in (1, 2, 3, 4) if video_tokens(spec, self.num_frames, k) == expected), 1)
+        return spatial_pool_for(self.vision_tower, self.num_frames, self.model.config.video_token_len)
 
     def video_features(self, video_path: str | Path) -> np.ndarray:
         """(N, C) float16 features of a video file, computed on the fly."""

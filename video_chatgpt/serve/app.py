@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from video_chatgpt.args import parse_args_or_status
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.inference.demo import DEFAULT_MAX_VIDEO_SECONDS
 from video_chatgpt.inference.engine import PromptTooLong, load_engine
@@ -41,10 +41,11 @@ from video_chatgpt.serve.batching import (
 )
 from video_chatgpt.serve.media import Media, MediaError
 from video_chatgpt.serve.protocol import ApiError, ChatRequest
+from video_chatgpt.serve.vllm import VllmBackend, VllmServeBackend
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("local",)  # "vllm" is wired in later (video_chatgpt/serve/vllm.py)
+BACKENDS = ("local", "vllm")  # vllm: video_chatgpt/serve/vllm.py, over an export-lm folder
 DEFAULT_MAX_REQUEST_MB = 64.0
 
 
@@ -212,12 +213,10 @@ async def stream_events(events: asyncio.Queue, job: Job, rid: str, chat: ChatReq
 
 # ---------------------------------------------------------------------------------------------------- command
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="video-chatgpt serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser("serve", __doc__)
     g = p.add_argument_group("the server")
     g.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines (default: this one only)")
-    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--port", type=int, default=8000, help="port to serve on")
     g.add_argument("--served_model_name", default=None, help="the model's name in the API (default: the folder's)")
     g.add_argument("--api_key_env", default=None, help="name of the environment variable holding the API key")
     g.add_argument("--allowed_local_media_path", default=None, help="folder whose videos and feature files requests "
@@ -226,7 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_batch_size", type=int, default=8, help="requests generated together in one batch")
     g.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond this are refused with 503")
     g.add_argument("--max_request_mb", type=float, default=DEFAULT_MAX_REQUEST_MB, help="larger bodies: 413")
-    g.add_argument("--backend", choices=BACKENDS, default="local", help="local: the model in this process")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="local: the model in this process; vllm: "
+        "a vLLM server over the export-lm folder named by --model_name_or_path (docs/vllm.md)",
+    )
+    g.add_argument(
+        "--vllm_url", default=None, help="--backend vllm: vLLM's OpenAI base URL, e.g. http://127.0.0.1:8001/v1"
+    )
+    g.add_argument(
+        "--vllm_model",
+        default=None,
+        help="--backend vllm: the name vLLM serves the export under "
+        "(its --served-model-name; default: the folder as given)",
+    )
+    g.add_argument(
+        "--vllm_api_key_env", default=None, help="--backend vllm: environment variable with vLLM's --api-key"
+    )
+    g.add_argument("--vllm_timeout", type=float, default=600.0, help="--backend vllm: seconds per request, in all")
     add_model_flags(p)
     return p
 
@@ -252,13 +270,28 @@ def check_server_flags(args: argparse.Namespace) -> str | None:
     return key.strip()
 
 
+def vllm_backend(args: argparse.Namespace) -> VllmServeBackend:
+    """``--backend vllm``: the export folder's prompts and tower here, generation in vLLM (one line for a folder that
+    is not an ``export-lm`` output, or a vLLM key variable that is not set)."""
+    key = None
+    if args.vllm_api_key_env:
+        key = os.environ.get(args.vllm_api_key_env, "").strip()
+        if not key:
+            raise UserError(f"--vllm_api_key_env {args.vllm_api_key_env}: that environment variable is not set")
+    client = VllmBackend(args.vllm_url, args.vllm_model or args.model_name, args.model_name, key, args.vllm_timeout)
+    return VllmServeBackend(client, args.max_batch_size, args.max_queue, args.device)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``video-chatgpt serve`` (raises ``UserError``; the console command wraps it in ``run_main``)."""
     args = parse_args_or_status(build_parser(), argv)
     if isinstance(args, int):
         return args
     api_key = check_server_flags(args)
-    check_model_flags(args)
+    if args.backend == "local":
+        check_model_flags(args)
+    elif not args.vllm_url:
+        raise UserError("--backend vllm needs --vllm_url (vLLM's base URL, e.g. http://127.0.0.1:8001/v1)")
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -266,8 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"serve needs FastAPI and uvicorn ({exc.name} is missing): pip install -e '.[serve]'") from None
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine = load_engine(**engine_kwargs(args))
-    backend = LocalBackend(engine, args.max_batch_size, args.max_queue)
+    if args.backend == "vllm":
+        backend = vllm_backend(args)
+        engine = backend.engine
+    else:
+        engine = load_engine(**engine_kwargs(args))
+        backend = LocalBackend(engine, args.max_batch_size, args.max_queue)
     server = Server(
         backend,
         args.served_model_name or Path(args.model_name).resolve().name,

@@ -37,7 +37,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,15 +50,18 @@ import torch
 from video_chatgpt.data.conversation import render_sample
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds, load_video_tokenizer
 from video_chatgpt.errors import UserError
+from video_chatgpt.features.encoder import VideoFeatureExtractor
 from video_chatgpt.inference.engine import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     PromptTooLong,
     Turn,
     conversation_records,
+    spatial_pool_for,
 )
 from video_chatgpt.llm_client import ChatClient, ConnectionFailed, DeadlinePassed, HttpReply, ReplyError, clip
 from video_chatgpt.model.export import ExportInfo, PromptEmbedder
+from video_chatgpt.serve.batching import Done, Failed, Job, Piece, QueueFull
 
 COMPLETIONS_PATH = "completions"
 MAX_REPLY_BYTES = 16 << 20  # a long streamed answer is ~250 bytes of JSON per token
@@ -319,3 +324,124 @@ class VllmBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+# ------------------------------------------------------------------------------------------ serve --backend vllm
+@dataclass(frozen=True)
+class _ExportedConfig:
+    video_token_len: int | None
+    mm_hidden_size: int
+
+
+@dataclass(frozen=True)
+class _ExportedModel:
+    config: _ExportedConfig
+
+
+class ExportedPrompts:
+    """The prompt side of ``serve --backend vllm``: what the server asks of an ``Engine`` (``prepare``,
+    ``video_features``, ``extractor``, ``model.config``), from an ``export-lm`` folder, without its language model:
+    the tokenizer, template and video-token ids of ``VllmBackend``, and the exported tower for videos."""
+
+    def __init__(self, backend: VllmBackend, device: str | None = None):
+        self.backend = backend
+        info = backend.info
+        self.model = _ExportedModel(_ExportedConfig(info.video_token_len, info.feature_width))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._extractor = None
+
+    @property
+    def extractor(self) -> VideoFeatureExtractor:
+        """The exported run's tower, built on first use (the same features as the training files)."""
+        if self._extractor is None:
+            info = self.backend.info
+            if not info.vision_tower:
+                raise ValueError("the export records no vision tower: only video_features parts can be answered")
+            self._extractor = VideoFeatureExtractor(
+                info.vision_tower,
+                num_frames=info.num_frames,
+                device=self.device,
+                dtype=torch.float16 if self.device.type == "cuda" else torch.float32,
+                spatial_pool=spatial_pool_for(info.vision_tower, info.num_frames, info.video_token_len),
+            )
+        return self._extractor
+
+    def video_features(self, video_path: str | Path) -> np.ndarray:
+        return self.extractor.features_from_video(video_path)
+
+    def prepare(self, question: str, features: np.ndarray, history: Sequence[Turn] = ()):
+        """(prompt ids, (1, N, C) features, room left for the answer or None), as ``Engine.prepare``."""
+        features = np.asarray(features)
+        ids = self.backend.prompt_ids(question, features.shape[0], history)
+        limit = self.backend.info.max_model_len
+        if limit and len(ids) >= limit:
+            raise PromptTooLong(len(ids), limit)
+        return ids, torch.from_numpy(features).unsqueeze(0), (limit - len(ids) if limit else None)
+
+
+class VllmServeBackend:
+    """``serve --backend vllm``: each request's prompt embeddings go to vLLM's Completions API (vLLM batches them);
+    up to ``max_running`` requests are in flight at once and ``max_queue`` more wait. The server talks to it as to
+    ``LocalBackend`` (``engine``, ``submit``, ``load``, ``close``)."""
+
+    name = "vllm"
+
+    def __init__(self, backend: VllmBackend, max_running: int = 8, max_queue: int = 64, device: str | None = None):
+        self.vllm = backend
+        self.engine = ExportedPrompts(backend, device)
+        self.max_running, self.max_queue = max_running, max_queue
+        self._pool = ThreadPoolExecutor(max_running, thread_name_prefix="video-chatgpt-vllm")
+        self._lock = threading.Lock()
+        self._waiting = self._running = 0
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                raise QueueFull(f"{self._waiting} requests are waiting (--max_queue {self.max_queue})")
+            self._waiting += 1
+        self._pool.submit(self._run, job)
+
+    def load(self) -> dict:
+        with self._lock:
+            return {"waiting": self._waiting, "running": self._running}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.vllm.close()
+
+    def _run(self, job: Job) -> None:
+        with self._lock:
+            self._waiting -= 1
+            self._running += 1
+        try:
+            embeds = self.vllm.embedder(job.ids, job.features[0].numpy())
+            body = completion_request(
+                self.vllm.model_name, embeds, max_tokens=job.max_tokens, temperature=job.sampling.temperature,
+                top_p=job.sampling.top_p, seed=job.sampling.seed, stop=list(job.stop) or None, stream=True,
+            )  # fmt: skip
+            lines = self.vllm.client.stream_lines(COMPLETIONS_PATH, body)
+            head = next(lines)
+            if head.status != 200:
+                lines.close()
+                raise _refusal(head)
+            pieces = CompletionStream(lines)
+            generated = 0
+            for piece in pieces:
+                if job.cancelled.is_set():  # the client went away: hang up on vLLM
+                    pieces.close()
+                    return
+                generated += 1
+                job.emit(Piece(piece))
+            usage = pieces.usage
+            job.emit(Done(
+                "length" if pieces.finish_reason == "length" else "stop",
+                usage.prompt_tokens if usage else len(job.ids),
+                usage.completion_tokens if usage else generated,
+            ))  # fmt: skip
+        except VllmError as exc:
+            job.emit(Failed(f"vLLM: {exc}"))
+        except (DeadlinePassed, ConnectionFailed, ReplyError) as exc:
+            job.emit(Failed(f"vLLM: {_wire_error(exc)}"))
+        finally:
+            with self._lock:
+                self._running -= 1

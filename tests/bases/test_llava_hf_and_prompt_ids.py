@@ -82,24 +82,32 @@ def test_llava_hf_trains_and_chats(llava_hf, feature_world, tmp_path):
     assert engine.model.config.video_token_len == NUM_TOKENS
 
 
-def test_prompt_ids_original_adds_the_two_tokens(tiny_llava):
-    from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, inference_conversation, render_sample
+def test_prompt_ids_original_are_the_fast_tokenizers_ids(tiny_llava):
+    """The original inference built the prompt text (``q + "\\n" + <vid_start> + patches + <vid_end>`` in the
+    video-chatgpt_v1 template) and called the fast tokenizer on it (``tokenizer([prompt]).input_ids``): the
+    ``original`` ids must be exactly those, two more than ours."""
+    from transformers import AutoTokenizer
+
+    from video_chatgpt.constants import VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
+    from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, TEMPLATES, inference_conversation, render_sample
     from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
     from video_chatgpt.inference.engine import original_inference_ids
 
     tok = load_hf_tokenizer(tiny_llava)
     video_ids, _ = add_video_tokens(tok, use_start_end=True)
     enc = SegmentEncoder(tok)
-    ours = render_sample(
-        inference_conversation("What is happening?"), enc, video_ids, 4, template=INFERENCE_TEMPLATE
-    ).input_ids
+    question, n = "What is happening?", 4
+    ours = render_sample(inference_conversation(question), enc, video_ids, n, template=INFERENCE_TEMPLATE).input_ids
     original = original_inference_ids(ours, enc, video_ids)
-    start, end = ours.index(video_ids.start), ours.index(video_ids.end)
+
+    fast = AutoTokenizer.from_pretrained(tiny_llava, use_fast=True)  # the original's inference tokenizer
+    fast.add_tokens([VIDEO_PATCH_TOKEN], special_tokens=True)
+    fast.add_tokens([VIDEO_START_TOKEN, VIDEO_END_TOKEN], special_tokens=True)
+    span = VIDEO_START_TOKEN + VIDEO_PATCH_TOKEN * n + VIDEO_END_TOKEN
+    prompt = f"{TEMPLATES[INFERENCE_TEMPLATE].system} USER: {question}\n{span} ASSISTANT:"  # its get_prompt()
+    assert fast.convert_tokens_to_ids(VIDEO_START_TOKEN) == video_ids.start  # the same vocabulary
+    assert original == fast([prompt]).input_ids[0]
     assert len(original) == len(ours) + 2
-    assert original[start] == 13 and tok.convert_ids_to_tokens(original[start]) == "<0x0A>"  # "\n"
-    assert tok.convert_ids_to_tokens(original[end + 2]) == "▁"
-    assert original[:start] == ours[:start] and original[start + 1 : end + 2] == ours[start : end + 1]
-    assert original[end + 3 :] == ours[end + 1 :]
 
 
 def test_unknown_prompt_ids_style_is_refused():

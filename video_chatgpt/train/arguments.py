@@ -25,7 +25,9 @@ from typing import Literal, get_args
 import torch
 import transformers
 from transformers.hf_argparser import string_to_bool
+from transformers.training_args import ParallelMode
 
+from video_chatgpt.errors import UserError
 from video_chatgpt.train.lora import check_flags
 
 logger = logging.getLogger(__name__)
@@ -264,4 +266,20 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     if data_args.data_path is None or data_args.video_folder is None:
         raise ValueError("--data_path and --video_folder are required")
     check_flags(training_args)  # --lora_* / --bits
+    check_fsdp(training_args)
     return model_args, data_args, training_args
+
+
+def check_fsdp(training_args: TrainingArguments) -> None:
+    """``--fsdp`` needs a distributed launch (the Trainer refuses it otherwise, after the model is loaded) and no
+    ``--deepspeed``: said in one line before anything is loaded."""
+    if not training_args.fsdp:
+        return
+    if training_args.deepspeed:
+        raise UserError("--fsdp and --deepspeed both shard the model: give one of them")
+    xla = isinstance(training_args.fsdp_config, dict) and training_args.fsdp_config.get("xla", False)
+    if not xla and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise UserError(
+            "--fsdp shards the model over several processes: launch with torchrun --nproc_per_node=<GPUs> "
+            "video_chatgpt/train/train_mem.py ... (one process has nothing to shard with)"
+        )

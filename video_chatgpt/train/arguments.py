@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
@@ -28,6 +30,7 @@ from transformers.hf_argparser import string_to_bool
 from transformers.training_args import ParallelMode
 
 from video_chatgpt.errors import UserError
+from video_chatgpt.files import read_json
 from video_chatgpt.train.lora import check_flags
 
 logger = logging.getLogger(__name__)
@@ -255,19 +258,56 @@ def cpu_has_fast_bf16() -> bool:
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse the document's command line (``argv`` without the program name)."""
+    check_deepspeed_file(argv)  # read by TrainingArguments itself, unbounded
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:  # TrainingArguments' own checks of a value (one line, not a traceback)
+        raise UserError(str(exc).strip().splitlines()[0]) from None
     if data_args.sep_video_conv_front:
-        raise ValueError("--sep_video_conv_front True is not supported (the original never used it)")
+        raise UserError("--sep_video_conv_front True is not supported (the original never used it)")
     if model_args.stage not in (None, "pretrain", "finetune"):
-        raise ValueError(f"--stage {model_args.stage!r}: expected pretrain or finetune")
+        raise UserError(f"--stage {model_args.stage!r}: expected pretrain or finetune")
     if model_args.mm_projector_type not in (None, "linear", "mlp2x_gelu"):
-        raise ValueError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
+        raise UserError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
     if data_args.data_path is None or data_args.video_folder is None:
-        raise ValueError("--data_path and --video_folder are required")
+        raise UserError("--data_path and --video_folder are required")
     check_flags(training_args)  # --lora_* / --bits
     check_fsdp(training_args)
+    check_numbers(training_args)
     return model_args, data_args, training_args
+
+
+def check_deepspeed_file(argv: list[str] | None) -> None:
+    """``--deepspeed <file>``: an existing JSON object, read by the bounded reader (``UserError`` naming it)."""
+    argv = list(argv or [])
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("--deepspeed=")]
+    values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--deepspeed"]
+    for value in values:
+        if value.lstrip().startswith("{"):  # an inline JSON config, which TrainingArguments also takes
+            continue
+        if not Path(value).is_file():
+            raise UserError(
+                f"--deepspeed {value}: no such file; name a DeepSpeed JSON config (e.g. configs/zero2.json)"
+            )
+        try:
+            read_json(value, expect=dict)
+        except UserError as exc:
+            raise UserError(f"--deepspeed {exc}") from None
+
+
+def check_numbers(training_args: TrainingArguments) -> None:
+    """The optimiser's and the loader's numbers: finite and in range, said before anything is loaded (otherwise
+    torch refuses them at the first step, after run_info.json was written)."""
+    a = training_args
+    for flag, value in (("learning_rate", a.learning_rate), ("weight_decay", a.weight_decay)):
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"--{flag} {value}: need a finite number >= 0")
+    for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(a, flag) < 1:
+            raise UserError(f"--{flag} {getattr(a, flag)}: need a whole number >= 1")
+    if not math.isfinite(a.num_train_epochs) or a.num_train_epochs <= 0:
+        raise UserError(f"--num_train_epochs {a.num_train_epochs}: need a finite number > 0")
 
 
 def check_fsdp(training_args: TrainingArguments) -> None:

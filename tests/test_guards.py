@@ -271,6 +271,14 @@ def evaluate_argv(f, pred, out_dir, *extra):
             "--api_base", "http://127.0.0.1:9", "--max_retries", "0", *extra]  # fmt: skip
 
 
+def _model_row(command: str, *flags):
+    return lambda f, t: _model_command(command, f, t, *flags)
+
+
+def _config_row(key: str, value):
+    return lambda f, t: ["plan-memory", "--model_name_or_path", _config_variant(f, t, key, value)]
+
+
 ROWS = {
     # 1. writers never destroy inputs
     "convert: output is the input through a link": (
@@ -366,7 +374,81 @@ ROWS = {
         ],  # fmt: skip
         ("deep.json", "nested too deeply"),
     ),
+    # 8. limits and values: the shared model flags, predict's output name, evaluate's judge flags, plan-memory's config
+    **{
+        f"{command}: {' '.join(flag)}": (
+            _model_row(command, *flag),
+            words,
+        )
+        for command in ("chat", "predict", "benchmark")
+        for flag, words in (
+            (("--device", "tpu"), ("--device tpu", "not a device")),
+            (("--device", "cuda"), ("--device cuda", "no CUDA GPU")),
+            (("--max_new_tokens", "0"), ("--max_new_tokens 0", "at least 1")),
+            (("--temperature", "nan"), ("--temperature nan", "finite")),
+            (("--num_frames", "0"), ("--num_frames 0", "at least 1 frame")),
+        )
+    },
+    "predict: --output_name climbs out of --output_dir": (
+        lambda f, t: _model_command("predict", f, t, "--output_name", "../escaped"),
+        ("--output_name '../escaped'", "without folders"),
+    ),
+    "evaluate: --api_base is not http(s)": (
+        lambda f, t: evaluate_argv(f, f["preds"], t / "eval", "--api_base", "ftp://judge"),
+        ("--api_base ftp://judge", "http://"),
+    ),
+    "evaluate: --temperature nan": (
+        lambda f, t: evaluate_argv(f, f["preds"], t / "eval", "--temperature", "nan"),
+        ("--temperature", "finite", "nan"),
+    ),
+    "evaluate: --backoff -1": (
+        lambda f, t: evaluate_argv(f, f["preds"], t / "eval", "--backoff", "-1"),
+        ("--backoff", "finite number >= 0"),
+    ),
+    **{
+        f"plan-memory: config.json {key} {value!r}": (
+            _config_row(key, value),
+            ("config.json", f"{key} is", "whole number >= 1"),
+        )
+        for key, value in (
+            ("hidden_size", "4096"),
+            ("num_attention_heads", 0),
+            ("hidden_size", 1e309),
+            ("num_hidden_layers", -2),
+            ("vocab_size", True),
+        )
+    },
+    "plan-memory: --deepspeed is not JSON": (
+        lambda f, t: [
+            "plan-memory",
+            "--model_name_or_path",
+            f["llava"],
+            "--deepspeed",
+            f["deep_model"] / "config.json",
+        ],
+        ("--deepspeed", "config.json", "nested too deeply"),
+    ),
 }
+
+
+def _model_command(command: str, f: dict, t: Path, *flags) -> list:
+    """chat / predict / benchmark on the tiny LLaVA with ``flags`` (checked before any model file is read)."""
+    model = ["--model-name", f["llava"], "--device", "cpu"]
+    if command == "chat":
+        return ["chat", *model, "--question", "What?", "--features_path", f["questions"], *flags]
+    if command == "predict":
+        return [*predict_argv(f, f["questions"], t, "p", f["llava"], "--device", "cpu"), *flags]
+    return ["benchmark", "--benchmark_dir", t, "--features_dir", t, "--output_dir", t / "bench", *model,
+            "--api_base", "http://127.0.0.1:9", *flags]  # fmt: skip
+
+
+def _config_variant(f: dict, t: Path, key: str, value) -> Path:
+    """A copy of the tiny LLaVA's config and tokenizer files (no weights: plan-memory reads none) with one value."""
+    folder = t / f"config-{key}"
+    shutil.copytree(f["llava"], folder, ignore=shutil.ignore_patterns("*.bin"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, key: value}))
+    return folder
 
 
 @pytest.mark.parametrize("name", list(ROWS))

@@ -19,6 +19,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -269,6 +271,14 @@ def evaluate_argv(f, pred, out_dir, *extra):
             "--api_base", "http://127.0.0.1:9", "--max_retries", "0", *extra]  # fmt: skip
 
 
+def _model_row(command: str, *flags):
+    return lambda f, t: _model_command(command, f, t, *flags)
+
+
+def _config_row(key: str, value):
+    return lambda f, t: ["plan-memory", "--model_name_or_path", _config_variant(f, t, key, value)]
+
+
 ROWS = {
     # 1. writers never destroy inputs
     "convert: output is the input through a link": (
@@ -364,7 +374,81 @@ ROWS = {
         ],  # fmt: skip
         ("deep.json", "nested too deeply"),
     ),
+    # 8. limits and values: the shared model flags, predict's output name, evaluate's judge flags, plan-memory's config
+    **{
+        f"{command}: {' '.join(flag)}": (
+            _model_row(command, *flag),
+            words,
+        )
+        for command in ("chat", "predict", "benchmark")
+        for flag, words in (
+            (("--device", "tpu"), ("--device tpu", "not a device")),
+            (("--device", "cuda"), ("--device cuda", "no CUDA GPU")),
+            (("--max_new_tokens", "0"), ("--max_new_tokens 0", "at least 1")),
+            (("--temperature", "nan"), ("--temperature nan", "finite")),
+            (("--num_frames", "0"), ("--num_frames 0", "at least 1 frame")),
+        )
+    },
+    "predict: --output_name climbs out of --output_dir": (
+        lambda f, t: _model_command("predict", f, t, "--output_name", "../escaped"),
+        ("--output_name '../escaped'", "without folders"),
+    ),
+    "evaluate: --api_base is not http(s)": (
+        lambda f, t: evaluate_argv(f, f["preds"], t / "eval", "--api_base", "ftp://judge"),
+        ("--api_base ftp://judge", "http://"),
+    ),
+    "evaluate: --temperature nan": (
+        lambda f, t: evaluate_argv(f, f["preds"], t / "eval", "--temperature", "nan"),
+        ("--temperature", "finite", "nan"),
+    ),
+    "evaluate: --backoff -1": (
+        lambda f, t: evaluate_argv(f, f["preds"], t / "eval", "--backoff", "-1"),
+        ("--backoff", "finite number >= 0"),
+    ),
+    **{
+        f"plan-memory: config.json {key} {value!r}": (
+            _config_row(key, value),
+            ("config.json", f"{key} is", "whole number >= 1"),
+        )
+        for key, value in (
+            ("hidden_size", "4096"),
+            ("num_attention_heads", 0),
+            ("hidden_size", 1e309),
+            ("num_hidden_layers", -2),
+            ("vocab_size", True),
+        )
+    },
+    "plan-memory: --deepspeed is not JSON": (
+        lambda f, t: [
+            "plan-memory",
+            "--model_name_or_path",
+            f["llava"],
+            "--deepspeed",
+            f["deep_model"] / "config.json",
+        ],
+        ("--deepspeed", "config.json", "nested too deeply"),
+    ),
 }
+
+
+def _model_command(command: str, f: dict, t: Path, *flags) -> list:
+    """chat / predict / benchmark on the tiny LLaVA with ``flags`` (checked before any model file is read)."""
+    model = ["--model-name", f["llava"], "--device", "cpu"]
+    if command == "chat":
+        return ["chat", *model, "--question", "What?", "--features_path", f["questions"], *flags]
+    if command == "predict":
+        return [*predict_argv(f, f["questions"], t, "p", f["llava"], "--device", "cpu"), *flags]
+    return ["benchmark", "--benchmark_dir", t, "--features_dir", t, "--output_dir", t / "bench", *model,
+            "--api_base", "http://127.0.0.1:9", *flags]  # fmt: skip
+
+
+def _config_variant(f: dict, t: Path, key: str, value) -> Path:
+    """A copy of the tiny LLaVA's config and tokenizer files (no weights: plan-memory reads none) with one value."""
+    folder = t / f"config-{key}"
+    shutil.copytree(f["llava"], folder, ignore=shutil.ignore_patterns("*.bin"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, key: value}))
+    return folder
 
 
 @pytest.mark.parametrize("name", list(ROWS))
@@ -520,4 +604,128 @@ def test_a_deep_line_in_the_judge_cache_is_one_line(tmp_path, capsys):
     before = snapshot(tmp_path)
     status, err = run_cli(evaluate_argv({}, tmp_path / "preds.json", tmp_path / "eval"), capsys)
     assert_one_error_line(status, err, "correctness.cache.jsonl", "not a judge cache")
+    assert snapshot(tmp_path) == before
+
+
+# --------------------------------------------------------------- 6. damaged checkpoints; train's own flags (issue 23)
+def test_load_torch_data_refuses_what_plain_torch_load_would_take(tmp_path):
+    """The bounded loader of the Trainer's state files: with its checks bypassed (a plain ``torch.load``), each of
+    these loads, allocates past the file or shows torch's ``weights_only=False`` advice."""
+    from video_chatgpt.weights.torchzip import TorchFileError, load_torch_data
+
+    big = tmp_path / "big.pt"
+    torch.save({"x": torch.zeros(2**20)}, big)  # 4 MiB: over a 1 MiB bound
+    bomb = tmp_path / "bomb.pt"
+    torch.save({"x": torch.zeros(2**18)}, bomb)
+    with zipfile.ZipFile(bomb) as zf:
+        members = [(info, zf.read(info.filename)) for info in zf.infolist()]
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:  # 1 MiB of zeros in a few kB
+        for info, raw in members:
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, raw)
+    evil = tmp_path / "evil.pt"
+    torch.save({"a": _RunsCode()}, evil)
+    cases = [(big, "more than the 1,048,576"), (bomb, "compressed"), (evil, "asks for posix.system")]
+    for path, words in cases:
+        with pytest.raises(TorchFileError) as caught:
+            load_torch_data(path, 2**20)
+        assert words in str(caught.value) and "weights_only" not in str(caught.value), (path, caught.value)
+    assert load_torch_data(big, 2**23)["x"].shape == (2**20,)  # within its bound, the same file loads
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory, data, tiny_llava) -> Path:
+    """A projector run of 2 steps with checkpoint-1 and checkpoint-2 (rows copy it before damaging it)."""
+    from video_chatgpt.train.train import train
+
+    out = tmp_path_factory.mktemp("resumable") / "run"
+    train([*train_paths(data, tiny_llava, out), *TINY, "--max_steps", "2", "--save_steps", "1"])
+    return out
+
+
+def _damage(file: str, how):
+    def damage(run: Path) -> Path:
+        how(run / "checkpoint-2" / file)
+        return run / "checkpoint-2"
+
+    return damage
+
+
+# name -> (damage the copied run and give the checkpoint to name, or None; extra flags; exit status; words)
+TRAIN_ROWS = {
+    "--resume_from_checkpoint: optimizer.pt runs code": (
+        _damage("optimizer.pt", lambda p: torch.save({"a": _RunsCode()}, p)), [], 1,
+        ("--resume_from_checkpoint", "checkpoint-2", "optimizer.pt", "posix.system"),
+    ),
+    "--resume_from_checkpoint: rng_state.pth is garbage": (
+        _damage("rng_state.pth", lambda p: p.write_bytes(b"junk")), [], 1,
+        ("checkpoint-2", "rng_state.pth", "not a torch.save zip"),
+    ),
+    "--resume_from_checkpoint: scheduler.pt is a list": (
+        _damage("scheduler.pt", lambda p: torch.save([1], p)), [], 1, ("checkpoint-2", "scheduler.pt", "not a state"),
+    ),
+    "--resume_from_checkpoint: a 1 TB safetensors header": (
+        _damage("trainable.safetensors", lambda p: p.write_bytes((10**12).to_bytes(8, "little") + b"{}")), [], 1,
+        ("checkpoint-2", "trainable.safetensors", "header length"),
+    ),
+    "--resume_from_checkpoint: a header that is not JSON": (
+        _damage("trainable.safetensors", lambda p: p.write_bytes((4).to_bytes(8, "little") + b"oops")), [], 1,
+        ("checkpoint-2", "trainable.safetensors", "not valid JSON"),
+    ),
+    "--resume_from_checkpoint: trainer_state.json cut short": (
+        _damage("trainer_state.json", lambda p: p.write_text(p.read_text()[:40])), [], 1,
+        ("checkpoint-2", "trainer_state.json is empty or cut short"),
+    ),
+    "--resume_from_checkpoint: no such folder": (
+        lambda run: run / "checkpoint-9", [], 1, ("--resume_from_checkpoint", "checkpoint-9", "no trainer_state"),
+    ),
+    "--fsdp in one process": (None, ["--fsdp", "full_shard auto_wrap"], 1, ("--fsdp", "torchrun")),
+    "--fsdp with --deepspeed": (
+        None, ["--fsdp", "full_shard", "--deepspeed", "configs/zero2.json"], 1, ("--fsdp and --deepspeed",),
+    ),
+    "--deepspeed: no such file": (None, ["--deepspeed", "nope.json"], 1, ("--deepspeed nope.json", "no such file")),
+    "--deepspeed: not JSON": (None, ["--deepspeed", "{file}"], 1, ("--deepspeed", "garbage.json", "not valid JSON")),
+    "--deepspeed: 100,000 deep": (None, ["--deepspeed", "{deep}"], 1, ("--deepspeed", "deep.json", "nested too")),
+    "--stage bogus": (None, ["--stage", "bogus"], 1, ("--stage 'bogus'", "pretrain or finetune")),
+    "--mm_projector_type bogus": (None, ["--mm_projector_type", "bogus"], 1, ("--mm_projector_type 'bogus'",)),
+    "--learning_rate nan": (None, ["--learning_rate", "nan"], 1, ("--learning_rate nan", "finite")),
+    "--per_device_train_batch_size 0": (None, ["--per_device_train_batch_size", "0"], 1, ("batch_size 0", ">= 1")),
+    "--num_train_epochs inf": (None, ["--num_train_epochs", "inf"], 1, ("--num_train_epochs inf",)),
+    "--lora_r -4": (None, ["--lora_enable", "True", "--lora_r", "-4"], 1, ("--lora_r -4", "r >= 1")),
+    "--pretrain_mm_mlp_adapter is garbage": (
+        None, ["--pretrain_mm_mlp_adapter", "{file}"], 1, ("garbage.json", "cannot be read as a PyTorch projector"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRAIN_ROWS))
+def test_train_bad_input_is_one_line_and_changes_nothing(resumable, data, tiny_llava, tmp_path, capsys, name):
+    damage, extra, status, words = TRAIN_ROWS[name]
+    run = tmp_path / "run"
+    shutil.copytree(resumable, run)
+    (tmp_path / "garbage.json").write_text("{not json")
+    (tmp_path / "deep.json").write_text(DEEP)
+    extra = [a.format(file=tmp_path / "garbage.json", deep=tmp_path / "deep.json") for a in extra]
+    if damage is not None:
+        extra += ["--resume_from_checkpoint", damage(run)]
+    before = snapshot(tmp_path)
+    argv = ["train", *train_paths(data, tiny_llava, run), *TINY, "--max_steps", "3", *extra]
+    got, err = run_cli(argv, capsys)
+    assert got == status
+    assert_one_error_line(got, err, *words)
+    assert "weights_only" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_merge_lora_bad_shard_size_is_a_usage_error(tmp_path, capsys):
+    run, _ = _lora_run(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["merge-lora", str(run), str(tmp_path / "merged"), "--max_shard_size", "lots"])
+    assert exited.value.code == 2 and "--max_shard_size" in capsys.readouterr().err
     assert snapshot(tmp_path) == before

@@ -75,31 +75,61 @@ def test_llava_hf_trains_and_chats(llava_hf, feature_world, tmp_path):
     assert "conv_template" not in config or config["conv_template"] in (None, "vicuna_v1_1")  # Vicuna-1.5: LLaVA's v1
     saved = torch.load(out / PROJECTOR_FILE, weights_only=True)
     assert "model.mm_projector.0.weight" in saved and "model.mm_projector.2.weight" in saved
+    # Training moved LLaVA's projector (its GELU MLP, read from the base) ...
+    from transformers import LlavaForConditionalGeneration
+
+    start = LlavaForConditionalGeneration.from_pretrained(llava_hf).model.multi_modal_projector
+    for ours, theirs in (("0", start.linear_1), ("2", start.linear_2)):
+        assert saved[f"model.mm_projector.{ours}.weight"].shape == theirs.weight.shape
+        assert not torch.allclose(saved[f"model.mm_projector.{ours}.weight"].float(), theirs.weight.float())
+    # ... and the loss fell ...
+    losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    # ... and the chat's answer reads the video: the scores of its first token move with the features. (The
+    # answers' text does not show it: this tiny random LM's top tokens stay where 4 steps leave them.)
     engine = load_engine(out, device="cpu")
-    features = colour_features(1, np.random.default_rng(0))
-    answer = engine.answer("What colour is it?", features, temperature=0, max_new_tokens=6)
-    assert answer == engine.answer("What colour is it?", features, temperature=0, max_new_tokens=6)
     assert engine.model.config.video_token_len == NUM_TOKENS
+    rng = np.random.default_rng(0)
+    answer = engine.answer("What colour is it?", colour_features(1, rng), temperature=0, max_new_tokens=6)
+    assert answer  # the chat answers
+    ids = torch.tensor([engine.prompt_ids("What colour is it?", NUM_TOKENS)])
+    scores = []
+    for colour in (0, 1, 0):
+        features = engine._features_tensor(colour_features(colour, np.random.default_rng(1)))
+        with torch.no_grad():
+            logits = engine.model(input_ids=ids, video_spatio_temporal_features=features).logits
+        scores.append(torch.log_softmax(logits[0, -1].float(), dim=-1))
+    assert torch.equal(scores[0], scores[2])  # the same video, the same scores
+    moved = (scores[0] - scores[1]).abs().max().item()
+    assert moved > 1e-2, f"the first token's log-probabilities move by {moved:.2e} between two videos"
 
 
-def test_prompt_ids_original_adds_the_two_tokens(tiny_llava):
-    from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, inference_conversation, render_sample
+def test_prompt_ids_original_are_the_fast_tokenizers_ids(tiny_llava):
+    """The original inference built the prompt text (``q + "\\n" + <vid_start> + patches + <vid_end>`` in the
+    video-chatgpt_v1 template) and called the fast tokenizer on it (``tokenizer([prompt]).input_ids``): the
+    ``original`` ids must be exactly those, two more than ours."""
+    from transformers import AutoTokenizer
+
+    from video_chatgpt.constants import VIDEO_END_TOKEN, VIDEO_PATCH_TOKEN, VIDEO_START_TOKEN
+    from video_chatgpt.data.conversation import INFERENCE_TEMPLATE, TEMPLATES, inference_conversation, render_sample
     from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
     from video_chatgpt.inference.engine import original_inference_ids
 
     tok = load_hf_tokenizer(tiny_llava)
     video_ids, _ = add_video_tokens(tok, use_start_end=True)
     enc = SegmentEncoder(tok)
-    ours = render_sample(
-        inference_conversation("What is happening?"), enc, video_ids, 4, template=INFERENCE_TEMPLATE
-    ).input_ids
+    question, n = "What is happening?", 4
+    ours = render_sample(inference_conversation(question), enc, video_ids, n, template=INFERENCE_TEMPLATE).input_ids
     original = original_inference_ids(ours, enc, video_ids)
-    start, end = ours.index(video_ids.start), ours.index(video_ids.end)
+
+    fast = AutoTokenizer.from_pretrained(tiny_llava, use_fast=True)  # the original's inference tokenizer
+    fast.add_tokens([VIDEO_PATCH_TOKEN], special_tokens=True)
+    fast.add_tokens([VIDEO_START_TOKEN, VIDEO_END_TOKEN], special_tokens=True)
+    span = VIDEO_START_TOKEN + VIDEO_PATCH_TOKEN * n + VIDEO_END_TOKEN
+    prompt = f"{TEMPLATES[INFERENCE_TEMPLATE].system} USER: {question}\n{span} ASSISTANT:"  # its get_prompt()
+    assert fast.convert_tokens_to_ids(VIDEO_START_TOKEN) == video_ids.start  # the same vocabulary
+    assert original == fast([prompt]).input_ids[0]
     assert len(original) == len(ours) + 2
-    assert original[start] == 13 and tok.convert_ids_to_tokens(original[start]) == "<0x0A>"  # "\n"
-    assert tok.convert_ids_to_tokens(original[end + 2]) == "▁"
-    assert original[:start] == ours[:start] and original[start + 1 : end + 2] == ours[start : end + 1]
-    assert original[end + 3 :] == ours[end + 1 :]
 
 
 def test_unknown_prompt_ids_style_is_refused():

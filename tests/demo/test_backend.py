@@ -3,22 +3,19 @@ stop, the length limit and the conversation state."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from tests.helpers import MAX_NEW_TOKENS, QUESTION
-from video_chatgpt.inference.engine import GENERATE_THREAD
 
 
 @pytest.fixture(scope="module")
 def backend(trained_run, tiny_clip, tmp_path_factory):
-    from video_chatgpt.inference.demo import DemoBackend
+    from video_chatgpt.inference.demo import DemoBackend, VideoLimits
     from video_chatgpt.inference.engine import load_engine
 
     engine = load_engine(trained_run, None, device="cpu", vision_tower=str(tiny_clip))
-    return DemoBackend(engine, tmp_path_factory.mktemp("previews"), max_video_seconds=10)
+    return DemoBackend(engine, tmp_path_factory.mktemp("previews"), VideoLimits(seconds=10))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def test_second_turn_is_rendered_after_the_first_as_the_original_demo(backend):
     assert second.count(engine.video_ids.patch) == 7 and second.count(engine.video_ids.start) == 1
 
 
-def test_page_streams_the_engines_answer_and_closing_stops_it(backend, features):
+def test_page_streams_the_engines_answer(backend, features):
     from video_chatgpt.inference.demo import Conversation
 
     state = Conversation(video="v.mp4", features=features, status="ok")
@@ -48,11 +45,7 @@ def test_page_streams_the_engines_answer_and_closing_stops_it(backend, features)
     expected = backend.engine.answer(QUESTION, features, temperature=0, max_new_tokens=MAX_NEW_TOKENS)
     assert shown[-1] == expected and expected
     assert len(set(shown)) >= 2  # piece by piece, not one block
-    assert all(expected.startswith(v) for v in shown)
-    asking = backend.ask(QUESTION, state, 1.0, 1000)
-    next(asking)
-    asking.close()  # what gradio does when the page goes away or "Clear chat" cancels the request
-    assert not [t for t in threading.enumerate() if t.name == GENERATE_THREAD]
+    assert all(expected.startswith(v) for v in shown)  # closing the stream stops it: test_serving.py
 
 
 def test_ask_keeps_turns_and_refuses_a_conversation_longer_than_the_model(backend, features, monkeypatch):

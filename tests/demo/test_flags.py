@@ -21,6 +21,11 @@ def run(*argv) -> tuple[int, str]:
     "flags, words",
     [
         (["--max_video_seconds", "0"], "--max_video_seconds must be positive"),
+        (["--max_video_seconds", "nan"], "--max_video_seconds must be positive and finite, got nan"),
+        (["--max_video_seconds", "inf"], "--max_video_seconds must be positive and finite, got inf"),
+        (["--max_video_frames", "0"], "--max_video_frames must be positive, got 0"),
+        (["--max_video_frames", "1e9"], "--max_video_frames: invalid int value"),
+        (["--max_video_pixels", "-1"], "--max_video_pixels must be positive, got -1"),
         (["--max_new_tokens", "5000"], "--max_new_tokens must be 1 to 1536"),
         (["--temperature", "2"], "--temperature must be 0 to 1"),
         (["--prompt_ids", "theirs"], "invalid choice: 'theirs'"),
@@ -49,6 +54,8 @@ def test_help_lists_the_flags():
         "--device",
         "--dtype",
         "--max_video_seconds",
+        "--max_video_frames",
+        "--max_video_pixels",
         "--examples",
     ):
         assert flag in out

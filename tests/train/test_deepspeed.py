@@ -103,17 +103,24 @@ def test_deepspeed_saves_the_plain_format_and_resumes(config, data, tiny_llava, 
         )
 
 
-def test_fsdp_on_the_cpu_is_said_to_have_no_effect(tmp_path):
-    """accelerate makes an FSDP run only on GPU-family devices; on the CPU it wraps the model in plain DDP (seen
-    under torchrun x2 here: the log shows DistributedDataParallel, no FSDP), so ``--fsdp`` is noted as having no
-    effect instead of being tested as if it sharded."""
-    from video_chatgpt.train.arguments import TrainingArguments, cpu_fsdp_note
-
-    args = TrainingArguments(output_dir=str(tmp_path), fsdp="full_shard auto_wrap", report_to="none")
-    assert args.use_cpu  # no CUDA here
-    note = cpu_fsdp_note(args)
-    assert note is not None and note.startswith("--fsdp has no effect on the CPU")
-    assert cpu_fsdp_note(TrainingArguments(output_dir=str(tmp_path), report_to="none")) is None
+@pytest.mark.slow  # a torchrun run of one step: ~70 s on 2 shared cores
+def test_fsdp_on_the_cpu_trains_unsharded_and_says_so(data, tiny_llava, tmp_path):
+    """accelerate makes an FSDP run only on GPU-family devices; on the CPU it trains the model in plain DDP. One real
+    step with ``--fsdp`` under torchrun (one process: the smallest distributed run): the note is in run_info.json,
+    and the model the Trainer stepped holds no FSDP module (``tests/helpers/fsdp_probe.py`` records it). A single
+    process without torchrun is refused in one line (test_bad_input.py)."""
+    out, probe = tmp_path / "run", tmp_path / "probe"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", f"--master_port={free_port()}",
+           "tests/helpers/fsdp_probe.py", *train_paths(data, tiny_llava, out), *FLAGS, "--max_steps", "1",
+           "--save_strategy", "no", "--fsdp", "full_shard auto_wrap"]  # fmt: skip
+    run = subprocess.run(cmd, cwd=REPO, env={**ENV, "FSDP_PROBE": str(probe)}, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    (step,) = json.loads(probe.with_name("probe.0.json").read_text())
+    assert step["fsdp_modules"] == [] and step["fsdp_enabled"] is False, step
+    notes = json.loads((out / "run_info.json").read_text())["notes"]
+    assert any(n.startswith("--fsdp has no effect on the CPU") for n in notes), notes
+    assert (out / "mm_projector.bin").is_file()
 
 
 @pytest.fixture(scope="module")

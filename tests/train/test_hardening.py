@@ -168,11 +168,20 @@ def test_record_paths_outside_the_folder_are_refused(video, words, data, tiny_ll
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
-def test_record_paths_inside_the_folder_are_fine(data):
+def test_record_paths_inside_the_folder_are_fine(tmp_path):
+    """Names in subfolders, with "./" or doubled slashes, and links inside the folder (to a shared disk) name the
+    file they lead to, and its features are read (any ".." is refused: test_record_paths_outside_...)."""
     from video_chatgpt.data.paths import feature_path
 
-    assert feature_path(data["video_folder"], "a/b.pkl") == data["video_folder"] / "a" / "b.pkl"
-    assert feature_path(data["video_folder"], "a/../b.pkl".replace("a/../", "")) == data["video_folder"] / "b.pkl"
+    folder, disk = tmp_path / "features", tmp_path / "shared-disk"
+    array = np.arange(12, dtype=np.float16).reshape(3, 4)
+    real = save_features(folder / "sub" / "v_1.pkl", array)
+    save_features(disk / "v_2.pkl", array + 1)
+    (folder / "v_2.pkl").symlink_to(disk / "v_2.pkl")
+    for video in ("sub/v_1.pkl", "./sub/v_1.pkl", "sub//v_1.pkl", "sub/./v_1.pkl"):
+        assert feature_path(folder, video) == real, video
+        assert np.array_equal(load_features(feature_path(folder, video)), array), video
+    assert np.array_equal(load_features(feature_path(folder, "v_2.pkl")), array + 1)
 
 
 def test_damaged_checkpoints_are_not_resumed_from(data, tiny_llava, tmp_path, caplog):

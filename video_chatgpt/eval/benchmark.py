@@ -45,7 +45,7 @@ from video_chatgpt.eval.report import published_cell
 from video_chatgpt.files import read_json, write_bytes_atomically
 from video_chatgpt.inference import predict
 from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
-from video_chatgpt.inference.flags import add_model_flags, model_flags_argv
+from video_chatgpt.inference.flags import add_model_flags, model_flag_problem, model_flags_argv
 
 VCGBENCH_FILES = {  # file name -> (predict task, prediction name, the criteria judged on its answers)
     "generic_qa.json": ("general", "generic", ("correctness", "detail", "context")),
@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         return args
     if args.video_dir is None and args.features_dir is None:
         raise UserError("give --video_dir (videos) or --features_dir (precomputed feature files)")
+    problem = model_flag_problem(args)  # before a folder is made (the model loads later, when needed)
+    if problem:
+        raise UserError(problem)
     sets = discover(args.benchmark_dir)
     print(f"{len(sets)} sets in {args.benchmark_dir}: " + ", ".join(f"{s.label} ({s.task})" for s in sets), flush=True)
     # One model for every set, loaded the first time a set has something to answer.

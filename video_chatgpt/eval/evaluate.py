@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -278,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--{name} must be >= {0 if name == 'max_retries' else 1}, got {value}")
     if not 0 < args.timeout < float("inf"):
         raise UserError(f"--timeout must be a number of seconds > 0, got {args.timeout}")
+    for name in ("temperature", "backoff", "max_backoff"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--{name} must be a finite number >= 0, got {value}")
+    if not str(args.api_base).lower().startswith(("http://", "https://")):
+        raise UserError(f"--api_base {args.api_base}: an http:// or https:// address of an OpenAI-compatible /v1 API")
     num_workers = args.num_workers or args.num_tasks or 8
     jobs = jobs_of(args)
     check_outputs(args, jobs)  # before anything is written

@@ -18,9 +18,10 @@ stream token by token; temperature and max-new-tokens are set on the page; "Clea
 about the same video. Requests are queued and the model serves one at a time.
 
 Bad input never stops the server; it is explained on the page: a file that is not a video or is damaged, an empty
-file, a video longer than ``--max_video_seconds``, a file with sound but no picture, a question before a video.
-Videos the browser cannot play (e.g. MPEG-4 part 2 in .mp4) are shown through a small VP8 preview; the features are
-always computed from the file itself.
+file, a video over ``--max_video_seconds``, ``--max_video_frames`` or ``--max_video_pixels`` (read from the container
+before anything is decoded), a file with sound but no picture, a question before a video. Videos the browser cannot
+play (e.g. MPEG-4 part 2 in .mp4) are shown through a small VP8 preview (10 fps, at most 1200 frames); the features
+are always computed from the file itself.
 """
 
 from __future__ import annotations
@@ -53,11 +54,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 512
 MAX_NEW_TOKENS_LIMIT = 1536
 DEFAULT_MAX_VIDEO_SECONDS = 300.0
+# Frames and pixels a request may make us decode: 5 minutes at 60 fps, and a 4K frame (3840 x 2160).
+DEFAULT_MAX_VIDEO_FRAMES = 18_000
+DEFAULT_MAX_VIDEO_PIXELS = 3840 * 2160
 MAX_EXAMPLES = 12  # example videos listed on the page (the first ones, by name)
 # What a browser's <video> plays as it is (suffix, codec); anything else gets a VP8 preview.
 BROWSER_SUFFIXES = (".mp4", ".m4v", ".webm")
 BROWSER_CODECS = ("h264", "vp8", "vp9", "av1")
 PREVIEW_HEIGHT = 360  # pixels; the preview is only for watching
+PREVIEW_FPS = 10  # frames a second in the preview (a faster source is shown with frames dropped)
+PREVIEW_MAX_FRAMES = 1200  # the preview stops after this many frames (2 minutes at PREVIEW_FPS)
 # Seconds the page waits for the next token before it gives up (a stuck generation must not hold the queue forever).
 TOKEN_TIMEOUT_S = 300.0
 NO_VIDEO = "Upload a video or pick an example first, then ask about it."
@@ -92,8 +98,29 @@ def _duration_seconds(container, stream) -> float | None:
     return None
 
 
-def probe_video(path: str | Path, max_seconds: float, name: str | None = None) -> VideoInfo:
-    """Open ``path`` as a video without decoding it; ``VideoProblem`` in plain words when it cannot be one."""
+@dataclass(frozen=True)
+class VideoLimits:
+    """What one chosen video may make the server decode: its length, its frame count, its frame size."""
+
+    seconds: float = DEFAULT_MAX_VIDEO_SECONDS
+    frames: int = DEFAULT_MAX_VIDEO_FRAMES
+    pixels: int = DEFAULT_MAX_VIDEO_PIXELS  # width x height of one frame
+
+
+def _frame_count(stream, seconds: float | None) -> int:
+    """The container's frame count, or its length times its frame rate when it gives no count (0: unknown)."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if seconds is not None and rate:
+        return int(seconds * float(rate)) + 1
+    return 0
+
+
+def probe_video(path: str | Path, limits: VideoLimits | float, name: str | None = None) -> VideoInfo:
+    """Open ``path`` as a video without decoding it; ``VideoProblem`` in plain words when it cannot be one or is
+    over ``limits`` (read from the container's metadata: length, frame count or length x frame rate, frame size;
+    a bare number is a limit on seconds only)."""
     import av
 
     path = Path(path)
@@ -121,13 +148,27 @@ def probe_video(path: str | Path, max_seconds: float, name: str | None = None) -
             stream.codec_context.width,
             stream.codec_context.height,
             stream.codec_context.name,
-            int(stream.frames or 0),
+            _frame_count(stream, seconds),
         )
-    if seconds is not None and seconds > max_seconds:
+    if not isinstance(limits, VideoLimits):
+        limits = VideoLimits(seconds=float(limits))
+    if seconds is not None and seconds > limits.seconds:
         raise VideoProblem(
             f"{name} is {_format_seconds(seconds)} long; this demo takes videos up to "
-            f"{_format_seconds(max_seconds)} (--max_video_seconds {max_seconds:g}). Upload a shorter clip."
+            f"{_format_seconds(limits.seconds)} (--max_video_seconds {limits.seconds:g}). Upload a shorter clip."
         )
+    if info.frames > limits.frames:
+        raise VideoProblem(
+            f"{name} has {info.frames:,} frames; this demo takes videos of up to {limits.frames:,} frames "
+            f"(--max_video_frames {limits.frames}). Upload a shorter clip or one with fewer frames a second."
+        )
+    if info.width * info.height > limits.pixels:
+        raise VideoProblem(
+            f"{name} is {info.width} x {info.height} = {info.width * info.height:,} pixels a frame; this demo takes "
+            f"up to {limits.pixels:,} (--max_video_pixels {limits.pixels}). Upload a smaller video."
+        )
+    if info.width <= 0 or info.height <= 0:
+        raise VideoProblem(f"{name} does not say its frame size ({info.width} x {info.height}); it is damaged.")
     return info
 
 
@@ -140,23 +181,32 @@ def browser_playable(path: Path, info: VideoInfo) -> bool:
     return path.suffix.lower() in BROWSER_SUFFIXES and info.codec in BROWSER_CODECS
 
 
-def write_preview(path: str | Path, out: Path) -> Path:
-    """A VP8 .webm copy of ``path``, at most ``PREVIEW_HEIGHT`` pixels high, for the page's player (no sound)."""
+def write_preview(path: str | Path, out: Path, max_frames: int = PREVIEW_MAX_FRAMES) -> Path:
+    """A VP8 .webm copy of ``path``, at most ``PREVIEW_HEIGHT`` pixels high and ``PREVIEW_FPS`` frames a second, for
+    the page's player (no sound). It stops after ``max_frames`` frames: the preview is for watching, and the one
+    model waits while it is made."""
     import av
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path)) as src, av.open(str(out), mode="w") as dst:
         stream = src.streams.video[0]
-        rate = stream.average_rate or Fraction(25)
+        source_rate = stream.average_rate or Fraction(25)
+        rate = min(source_rate, Fraction(PREVIEW_FPS))
         height = min(PREVIEW_HEIGHT, stream.codec_context.height)
         width = round(stream.codec_context.width * height / stream.codec_context.height)
         enc = dst.add_stream("libvpx", rate=rate)
         enc.width, enc.height = width + width % 2, height + height % 2  # yuv420p needs even sizes
         enc.pix_fmt = "yuv420p"
         enc.options = {"deadline": "realtime", "cpu-used": "8", "b": "1M"}
+        written = 0
         for k, frame in enumerate(src.decode(stream)):
+            if int(k * rate / source_rate) < written:  # the source is faster than the preview: drop this frame
+                continue
+            if written >= max_frames:
+                break
             img = frame.reformat(width=enc.width, height=enc.height, format="yuv420p")
-            img.pts, img.time_base = k, Fraction(1, 1) / rate  # frame k at k / rate seconds, as the source plays
+            img.pts, img.time_base = written, Fraction(1, 1) / rate  # frame n at n / rate seconds
+            written += 1
             for packet in enc.encode(img):
                 dst.mux(packet)
         for packet in enc.encode():
@@ -189,7 +239,7 @@ class DemoBackend:
 
     engine: Engine
     preview_dir: Path  # where browser-playable previews are written (the server removes it when it stops)
-    max_video_seconds: float = DEFAULT_MAX_VIDEO_SECONDS
+    limits: VideoLimits = field(default_factory=VideoLimits)  # what one chosen video may make us decode
     examples: dict[str, Path] = field(default_factory=dict)  # name on the page -> file
 
     # -------------------------------------------------------------------------------- choosing a video
@@ -202,7 +252,7 @@ class DemoBackend:
         path = Path(path)
         name = name or path.name
         try:
-            info = probe_video(path, self.max_video_seconds, name)
+            info = probe_video(path, self.limits, name)
             start = time.perf_counter()
             features = self._features(path, name)
             seconds = time.perf_counter() - start
@@ -378,6 +428,12 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
     return app
 
 
+def queue_requests(app, max_queue: int):
+    """Queue the page's requests: the model serves one at a time (every event that runs it shares the "model"
+    slot, whose limit is 1); requests waiting beyond ``max_queue`` are turned away."""
+    return app.queue(max_size=max_queue, default_concurrency_limit=1)
+
+
 # ------------------------------------------------------------------------------------------------ the command
 def find_examples(paths: list[str] | None) -> dict[str, Path]:
     """Example videos by name: the given files and the videos in the given folders (none when not given)."""
@@ -409,7 +465,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_video_seconds",
         type=float,
         default=DEFAULT_MAX_VIDEO_SECONDS,
+        metavar="S",
         help="longer videos are refused on the page",
+    )
+    p.add_argument(
+        "--max_video_frames",
+        type=int,
+        default=DEFAULT_MAX_VIDEO_FRAMES,
+        metavar="N",
+        help="videos with more frames are refused",
+    )
+    p.add_argument(
+        "--max_video_pixels",
+        type=int,
+        default=DEFAULT_MAX_VIDEO_PIXELS,
+        metavar="N",
+        help="larger frames (width x height) are refused",
     )
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="the page's initial temperature")
     p.add_argument(
@@ -429,8 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def flag_problem(args: argparse.Namespace) -> str | None:
-    if args.max_video_seconds <= 0:
-        return f"--max_video_seconds must be positive, got {args.max_video_seconds:g}"
+    if not 0 < args.max_video_seconds < float("inf"):
+        return f"--max_video_seconds must be positive and finite, got {args.max_video_seconds:g}"
+    for flag in ("max_video_frames", "max_video_pixels"):
+        if getattr(args, flag) <= 0:
+            return f"--{flag} must be positive, got {getattr(args, flag)}"
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
         return f"--max_new_tokens must be 1 to {MAX_NEW_TOKENS_LIMIT}, got {args.max_new_tokens}"
     if not 0 <= args.temperature <= 1:
@@ -478,9 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     with tempfile.TemporaryDirectory(prefix="video-chatgpt-demo-") as previews:
-        backend = DemoBackend(engine, Path(previews), args.max_video_seconds, examples)
+        limits = VideoLimits(args.max_video_seconds, args.max_video_frames, args.max_video_pixels)
+        backend = DemoBackend(engine, Path(previews), limits, examples)
         app = build_app(backend, title, args.temperature, args.max_new_tokens)
-        app.queue(max_size=args.max_queue, default_concurrency_limit=1)
+        queue_requests(app, args.max_queue)
         print(f"video-chatgpt demo: serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
         app.launch(
             server_name=args.host,

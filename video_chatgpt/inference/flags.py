@@ -15,6 +15,7 @@ they all offer these flags with the same defaults and help.
 from __future__ import annotations
 
 import argparse
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -124,8 +125,38 @@ def model_flags_argv(args: argparse.Namespace) -> list[str]:
 
 
 def check_model_flags(args: argparse.Namespace) -> tuple[Path, Path | None]:
-    """``check_model_inputs`` for parsed model flags."""
+    """``check_model_inputs`` for parsed model flags, after ``--device``, ``--num_frames`` and the generation flags
+    the command has (``--temperature``, ``--max_new_tokens``): one line each, before anything is loaded."""
+    problem = model_flag_problem(args)
+    if problem:
+        raise UserError(problem)
     return check_model_inputs(args.model_name, args.projection_path, args.lora_path)
+
+
+def model_flag_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the device, frame count and generation flags of ``args`` (those it has), or None."""
+    device = getattr(args, "device", None)
+    if device is not None:
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, ValueError):
+            return f"--device {device}: not a device; use cpu, cuda or cuda:N"
+        if parsed.type not in ("cpu", "cuda"):
+            return f"--device {device}: use cpu, cuda or cuda:N"
+        if parsed.type == "cuda" and not torch.cuda.is_available():
+            return f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu"
+        if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+    frames = getattr(args, "num_frames", None)
+    if frames is not None and frames < 1:
+        return f"--num_frames {frames}: need at least 1 frame"
+    temperature = getattr(args, "temperature", None)
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        return f"--temperature {temperature}: need a finite number >= 0 (0: greedy)"
+    max_new = getattr(args, "max_new_tokens", None)
+    if max_new is not None and max_new < 1:
+        return f"--max_new_tokens {max_new}: need at least 1"
+    return None
 
 
 def need_file(path: str | Path, flag: str, what: str) -> Path:

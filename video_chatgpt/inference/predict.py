@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None, *, get_engine=None) -> int:
         return args
     if args.video_dir is None and args.features_dir is None:
         raise UserError("give --video_dir (videos) or --features_dir (precomputed feature files)")
+    if Path(args.output_name).name != args.output_name or args.output_name in ("", ".", ".."):
+        raise UserError(f"--output_name {args.output_name!r}: a file name, without folders (those go in --output_dir)")
     for flag, folder in (("--video_dir", args.video_dir), ("--features_dir", args.features_dir)):
         if folder is not None and not folder.is_dir():
             raise UserError(f"{flag} {folder}: no such folder")

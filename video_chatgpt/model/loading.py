@@ -28,6 +28,7 @@ from video_chatgpt.errors import UserError
 from video_chatgpt.files import read_json
 from video_chatgpt.model.lora import load_adapter
 from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, VideoLanguageModel, video_config
+from video_chatgpt.weights.torchzip import TORCH_LOAD_ERRORS, load_reason
 
 logger = logging.getLogger(__name__)
 
@@ -272,8 +273,18 @@ def _checkpoint_key(folder: str | Path, suffix: str) -> str:
 
 # -------------------------------------------------------------------------------------------- projector files
 def read_projector_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an ``mm_projector.bin`` safely (``weights_only``: tensors only, no code)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Read an ``mm_projector.bin`` safely (``weights_only``: tensors only, no code). A file that is not one is a
+    ``UserError`` naming it and the cause (never torch's advice to load it with ``weights_only=False``)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except TORCH_LOAD_ERRORS as exc:
+        raise UserError(
+            f"{path}: cannot be read as a PyTorch projector file ({load_reason(exc)}); download or copy it again"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: holds a {type(state).__name__}, not a projector's tensors (model.mm_projector.*)")
+    return state
 
 
 def load_projector(

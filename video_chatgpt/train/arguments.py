@@ -23,14 +23,17 @@ import logging
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 import transformers
 from transformers.hf_argparser import string_to_bool
+from transformers.training_args import ParallelMode
 
 from video_chatgpt.args import HelpFormatter, program
 from video_chatgpt.errors import UserError
+from video_chatgpt.files import read_json
 from video_chatgpt.train.lora import check_flags
 
 logger = logging.getLogger(__name__)
@@ -449,6 +452,7 @@ def parse_arguments(
     """Parse the document's command line (``argv`` without the program name). ``--help`` prints the project's
     flags and exits 0 (``SystemExit``); a missing required flag is one ``UserError`` naming all that are missing."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_deepspeed_file(argv)  # read by TrainingArguments itself, unbounded
     parser = training_parser(prog or program("train"))
     if handle_help(argv, parser):
         raise SystemExit(0)
@@ -458,8 +462,8 @@ def parse_arguments(
         raise UserError(f"missing {', '.join(missing)} (see {parser.prog} --help)")
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as exc:  # a TrainingArguments check (e.g. --warmup_ratio out of range)
-        raise UserError(str(exc)) from exc
+    except ValueError as exc:  # TrainingArguments' own checks of a value (one line, not a traceback)
+        raise UserError(str(exc).strip().splitlines()[0]) from None
     if data_args.sep_video_conv_front:
         raise UserError("--sep_video_conv_front True is not supported (the original never used it)")
     if model_args.stage not in (None, "pretrain", "finetune"):
@@ -467,4 +471,53 @@ def parse_arguments(
     if model_args.mm_projector_type not in (None, "linear", "mlp2x_gelu"):
         raise UserError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
     check_flags(training_args)  # --lora_* / --bits
+    check_fsdp(training_args)
+    check_numbers(training_args)
     return model_args, data_args, training_args
+
+
+def check_deepspeed_file(argv: list[str] | None) -> None:
+    """``--deepspeed <file>``: an existing JSON object, read by the bounded reader (``UserError`` naming it)."""
+    argv = list(argv or [])
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("--deepspeed=")]
+    values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--deepspeed"]
+    for value in values:
+        if value.lstrip().startswith("{"):  # an inline JSON config, which TrainingArguments also takes
+            continue
+        if not Path(value).is_file():
+            raise UserError(
+                f"--deepspeed {value}: no such file; name a DeepSpeed JSON config (e.g. configs/zero2.json)"
+            )
+        try:
+            read_json(value, expect=dict)
+        except UserError as exc:
+            raise UserError(f"--deepspeed {exc}") from None
+
+
+def check_numbers(training_args: TrainingArguments) -> None:
+    """The optimiser's and the loader's numbers: finite and in range, said before anything is loaded (otherwise
+    torch refuses them at the first step, after run_info.json was written)."""
+    a = training_args
+    for flag, value in (("learning_rate", a.learning_rate), ("weight_decay", a.weight_decay)):
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"--{flag} {value}: need a finite number >= 0")
+    for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(a, flag) < 1:
+            raise UserError(f"--{flag} {getattr(a, flag)}: need a whole number >= 1")
+    if not math.isfinite(a.num_train_epochs) or a.num_train_epochs <= 0:
+        raise UserError(f"--num_train_epochs {a.num_train_epochs}: need a finite number > 0")
+
+
+def check_fsdp(training_args: TrainingArguments) -> None:
+    """``--fsdp`` needs a distributed launch (the Trainer refuses it otherwise, after the model is loaded) and no
+    ``--deepspeed``: said in one line before anything is loaded."""
+    if not training_args.fsdp:
+        return
+    if training_args.deepspeed:
+        raise UserError("--fsdp and --deepspeed both shard the model: give one of them")
+    xla = isinstance(training_args.fsdp_config, dict) and training_args.fsdp_config.get("xla", False)
+    if not xla and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise UserError(
+            "--fsdp shards the model over several processes: launch with torchrun --nproc_per_node=<GPUs> "
+            "video_chatgpt/train/train_mem.py ... (one process has nothing to shard with)"
+        )

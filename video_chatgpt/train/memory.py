@@ -46,6 +46,7 @@ from video_chatgpt.features.towers import resolve_tower
 from video_chatgpt.train.arguments import (
     TRAINING_MODES,
     TrainingMode,
+    check_deepspeed_file,
     handle_help,
     training_mode,
     training_parser,
@@ -106,24 +107,32 @@ class ModelShape:
         """The sizes of a base: its language model's config, and the video settings the base object reads."""
         raw = base.config
         text = raw.get("text_config") or raw
-        try:
-            hidden = int(text["hidden_size"])
-            heads = int(text["num_attention_heads"])
-            shape = cls(
-                hidden=hidden,
-                layers=int(text["num_hidden_layers"]),
-                heads=heads,
-                kv_heads=int(text.get("num_key_value_heads") or heads),
-                head_dim=int(text.get("head_dim") or hidden // heads),
-                intermediate=int(text["intermediate_size"]),
-                vocab=int(text["vocab_size"]),
-                mm_hidden=base.feature_width,
-                projector_type=base.projector_type or "linear",
-                tied_embeddings=bool(text.get("tie_word_embeddings", False)),
-                video_tokens=base.video_token_len,
-            )
-        except KeyError as exc:
-            raise UserError(f"{source}: no {exc.args[0]!r}; plan-memory needs a LLaMA-family config.json") from exc
+
+        def size(key: str, default: int | None = None) -> int:
+            """A size of the config: a whole number >= 1 (a string, a float, zero or a negative is refused)."""
+            if key not in text or (text[key] is None and default is not None):
+                if default is None:
+                    raise UserError(f"{source}: no {key!r}; plan-memory needs a LLaMA-family config.json")
+                return default
+            value = text[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{source}: {key} is {value!r}; expected a whole number >= 1")
+            return value
+
+        hidden, heads = size("hidden_size"), size("num_attention_heads")
+        shape = cls(
+            hidden=hidden,
+            layers=size("num_hidden_layers"),
+            heads=heads,
+            kv_heads=size("num_key_value_heads", heads),
+            head_dim=size("head_dim", max(hidden // heads, 1)),
+            intermediate=size("intermediate_size"),
+            vocab=size("vocab_size"),
+            mm_hidden=base.feature_width,
+            projector_type=base.projector_type or "linear",
+            tied_embeddings=bool(text.get("tie_word_embeddings", False)),
+            video_tokens=base.video_token_len,
+        )
         return shape
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
@@ -522,6 +531,7 @@ def _video_tokens(shape: ModelShape, base: Base, given: int | None, tower: str |
 
 def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, PlanArguments]:
     """Parse the training flags (``train.arguments``' parser) plus ``PlanArguments``."""
+    check_deepspeed_file(argv)  # as train: one line naming a missing or unreadable config
     parser = training_parser(program("plan-memory"), PlanArguments)
     if handle_help(argv, parser, PlanArguments):
         raise SystemExit(0)

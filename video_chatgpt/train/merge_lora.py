@@ -38,6 +38,7 @@ from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.files import check_output, folder_lock, recover_killed_folder, staged_folder
 from video_chatgpt.model.loading import load_trained_model
 from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
+from video_chatgpt.weights.writer import parse_size
 
 logger = logging.getLogger(__name__)
 DTYPES = ("fp16", "bf16", "fp32")
@@ -50,7 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp16", choices=DTYPES, help="dtype of the merged weights (default fp16)")
     p.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard (default 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing <out>")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        parse_size(args.max_shard_size)
+    except ValueError as exc:  # a usage error: argparse's format and status 2
+        p.error(f"--max_shard_size: {exc}")
+    return args
 
 
 def check_merge_output(run: Path, base: Path, out: Path, overwrite: bool) -> None:

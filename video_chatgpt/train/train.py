@@ -129,6 +129,9 @@ def train(argv: list[str] | None = None) -> Path:
     feature_shape = feature_shape_of(data_args, records, data_report)  # (video tokens, feature width)
     check_feature_manifest(base, model_args, data_args, training_args)
 
+    # The checkpoint to resume from, checked whole before anything big is loaded.
+    resume = checkpoint_to_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+
     # Tokenizer and model.
     tokenizer, video_ids, num_new = load_video_tokenizer(
         base.folder, model_args.mm_use_vid_start_end, training_args.model_max_length
@@ -161,7 +164,6 @@ def train(argv: list[str] | None = None) -> Path:
         processing_class=tokenizer,
         base_model_path=str(base.folder),
     )
-    resume = checkpoint_to_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if is_main:
         for note in schedule_notes(len(dataset), training_args):
             logger.warning("%s", note)

@@ -42,7 +42,7 @@ import torch
 
 from video_chatgpt.errors import UserError
 from video_chatgpt.files import read_json
-from video_chatgpt.weights.torchzip import TorchZipShard, UnsupportedTorchZip
+from video_chatgpt.weights.torchzip import TorchZipShard, UnsupportedTorchZip, load_reason
 
 # The first line of every Git LFS pointer file.
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
@@ -232,6 +232,13 @@ def _check_shard_files(
 # Shapes and dtypes from the files (no tensor data read).
 
 
+def _whole(value) -> int:
+    """A size or offset of a safetensors header: a JSON integer >= 0 (not a float, text or boolean)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{value!r} is not a whole number >= 0")
+    return value
+
+
 def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
     """Parse a safetensors header and check it against the file size. Returns ``{name: TensorInfo}`` in file order.
 
@@ -257,6 +264,8 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WeightsError(f"{path}: the safetensors header is not valid JSON ({exc}); the file is corrupt") from exc
+    except RecursionError:
+        raise WeightsError(f"{path}: the safetensors header is nested too deeply; the file is corrupt") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
     data_len = size - 8 - n
@@ -267,8 +276,8 @@ def read_safetensors_header(path: str | Path) -> dict[str, TensorInfo]:
             continue
         try:
             dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            start, end = (int(x) for x in entry["data_offsets"])
+            shape = tuple(_whole(d) for d in entry["shape"])
+            start, end = (_whole(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(
                 f"{path}: tensor {name!r} has an unreadable or unsupported header entry {entry!r}"
@@ -303,7 +312,7 @@ def load_bin_shard(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (RuntimeError, OSError, EOFError, ValueError, AttributeError, TypeError, pickle.UnpicklingError) as exc:
         # Typical: "PytorchStreamReader failed reading zip archive: failed finding central directory" = truncated.
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = load_reason(exc)  # never torch's advice to load with weights_only=False
         raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint (truncated or corrupt?): {msg}") from exc
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: holds a {type(state).__name__}, expected a state dict (name -> tensor)")

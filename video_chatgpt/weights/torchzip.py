@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -180,3 +182,75 @@ class TorchZipShard:
 
     def close(self) -> None:
         self._file.close()
+
+
+# ------------------------------------------------------------------------------ bounded, safe torch.load of data
+class TorchFileError(ValueError):
+    """A ``torch.save`` file that cannot be loaded safely; the message is the cause, without the file's name."""
+
+
+# What a failed ``torch.load`` may raise for a broken or forged file (the message is made one line by ``load_reason``).
+TORCH_LOAD_ERRORS = (
+    RuntimeError,
+    OSError,
+    EOFError,
+    ValueError,
+    AttributeError,
+    TypeError,
+    KeyError,
+    IndexError,
+    pickle.UnpicklingError,
+    struct.error,
+    MemoryError,
+    RecursionError,
+    zipfile.BadZipFile,
+)
+_ADVICE = ("weights_only", "weights only", "trusted source", "documentation", "safe_globals", "add_safe_globals")
+
+
+def load_reason(exc: BaseException) -> str:
+    """One line saying why ``torch.load`` failed, without torch's advice to retry with ``weights_only=False`` (which
+    would run the file's code): what the pickle asked for, or the first line of the message that is not advice."""
+    text = str(exc)
+    asked = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"but got (<class '[\w.]+'>)", text)
+    if asked:
+        return f"its pickle asks for {asked.group(1)}, which a file of tensors and plain data never does"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    facts = [line for line in lines if not any(word in line.lower() for word in _ADVICE)]
+    if isinstance(exc, pickle.UnpicklingError) or len(facts) < len(lines):
+        detail = [f for f in facts if not f.lower().startswith(("please file", "(1)", "(2)"))]
+        return f"its pickle is not plain data ({detail[0] if detail else type(exc).__name__})"
+    return facts[0] if facts else type(exc).__name__
+
+
+def load_torch_data(path: str | Path, max_bytes: int) -> object:
+    """``torch.load(path, weights_only=True)`` (no code runs; tensors memory-mapped) of a ``torch.save`` zip file,
+    after checks that keep a forged file from asking for more memory than it holds: at most ``max_bytes`` bytes,
+    every member stored (not compressed) and the members together no larger than the file. Any failure is a
+    ``TorchFileError`` with the cause in one line (never torch's ``weights_only=False`` advice).
+
+    Numpy arrays (an RNG state) load only inside ``torch.serialization.safe_globals`` naming numpy's few classes.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise TorchFileError(f"{size:,} bytes, more than the {max_bytes:,} a file of this kind may have")
+    if not zipfile.is_zipfile(path):
+        raise TorchFileError("not a torch.save zip file (garbage, the pre-1.6 format, or cut short)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise TorchFileError(f"its zip directory is broken ({load_reason(exc)})") from None
+    compressed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise TorchFileError(f"member {compressed[0]!r} is compressed, which torch.save never writes")
+    total = sum(m.file_size for m in members)
+    if total > size:
+        raise TorchFileError(f"its members claim {total:,} bytes, more than the file's {size:,}")
+    try:
+        with warnings.catch_warnings():  # torch's note on an unusual pickle protocol: the error says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except TORCH_LOAD_ERRORS as exc:
+        raise TorchFileError(load_reason(exc)) from None

@@ -177,7 +177,7 @@ def test_bad_input_table(videos, tiny_clip, tiny_llava, tmp_path):
         (_args(videos, tmp_path / "o2", no_config), ["no config.json"]),
         (_args(videos, tmp_path / "o3", tiny_llava), ["original layout", "--vision_tower"]),
         (_args(videos, tmp_path / "o4", "openai/not-cached-anywhere"), ["hf download openai/not-cached-anywhere"]),
-        (_args(tmp_path / "no_videos", tmp_path / "o5", tiny_clip), ["--video_dir_path", "not a folder"]),
+        (_args(tmp_path / "no_videos", tmp_path / "o5", tiny_clip), ["--video_dir", "not a folder"]),
         (_args(videos, a_file, tiny_clip), ["--clip_feat_path", "is a file"]),
     ]
     for flags, words in cases:

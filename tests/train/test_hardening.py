@@ -335,7 +335,8 @@ def test_ignored_flags_and_the_cpu_fallback_are_logged_and_noted(data, tiny_llav
     (fallback,) = [n for n in notes if n.startswith("--bf16 True:")]
     assert "training ran in fp32" in fallback and fallback in logged
     # Without those flags there is nothing to note.
-    train([*train_paths(data, tiny_llava, tmp_path / "plain"), *TINY, "--max_steps", "1", "--save_strategy", "no"])
+    train([*train_paths(data, tiny_llava, tmp_path / "plain"), *TINY, "--max_steps", "1", "--save_strategy", "no",
+           "--logging_steps", "1"])  # fmt: skip
     assert json.loads((tmp_path / "plain" / "run_info.json").read_text())["notes"] == []
 
 

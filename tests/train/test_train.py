@@ -396,7 +396,7 @@ def test_arguments_keep_the_documents_flags_working():
 def test_training_mode_is_one_setting_read_from_the_flags(flags, mode, frozen):
     from video_chatgpt.train.arguments import backbone_frozen, parse_arguments, training_mode
 
-    argv = ["--data_path", "d", "--video_folder", "v", "--output_dir", "/tmp/x", *flags]
+    argv = ["--model_name_or_path", "m", "--data_path", "d", "--video_folder", "v", "--output_dir", "/tmp/x", *flags]
     model_args, _, args = parse_arguments(argv)
     assert training_mode(model_args, args) == mode and backbone_frozen(model_args, args) == frozen
     assert model_args.tune_mm_mlp_adapter == ("--tune_mm_mlp_adapter" in flags)  # derived, the settings not rewritten

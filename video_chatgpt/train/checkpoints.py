@@ -25,7 +25,7 @@ import torch
 from transformers import TrainerState
 from transformers.trainer_pt_utils import safe_globals
 
-from video_chatgpt.constants import TRAINER_STATE_FILE
+from video_chatgpt.constants import PROJECTOR_FILE, TRAINER_STATE_FILE
 from video_chatgpt.errors import UserError
 from video_chatgpt.files import read_json
 from video_chatgpt.train.trainer import TRAINABLE_FILE
@@ -40,6 +40,7 @@ MAX_SMALL_STATE_BYTES = 16 * 2**20
 # the parameter groups' numbers: a file larger than this many times the weights it trains is not their state.
 OPTIMIZER_BYTES_PER_WEIGHT_BYTE = 8
 OPTIMIZER_SLACK_BYTES = 16 * 2**20
+MAX_PROJECTOR_BYTES = 2**30  # a 7B model's projector is 17 MB (linear) to 100 MB (mlp2x_gelu)
 
 
 def checkpoint_problem(ckpt: str | Path) -> str | None:
@@ -69,8 +70,16 @@ def checkpoint_problem(ckpt: str | Path) -> str | None:
             read_safetensors_header(extra)
     except (WeightsError, OSError) as exc:
         return f"its weights cannot be read ({exc})"
+    shapes = [tuple(info.shape) for info in weights.values()]
+    projector = ckpt / PROJECTOR_FILE  # a full fine-tune saves the projector beside the LM: its tensors train too
+    if projector.is_file() and not (ckpt / TRAINABLE_FILE).exists():
+        try:
+            shapes += [tuple(t.shape) for t in load_torch_data(projector, MAX_PROJECTOR_BYTES).values()]
+        except (TorchFileError, OSError, AttributeError) as exc:
+            return f"{PROJECTOR_FILE}: {exc}"
+        weight_files.append(projector)
     weight_bytes = sum(f.stat().st_size for f in weight_files)
-    return _state_files_problem(ckpt, [tuple(info.shape) for info in weights.values()], weight_bytes)
+    return _state_files_problem(ckpt, shapes, weight_bytes)
 
 
 def _trainer_state_problem(state: dict) -> str | None:

@@ -24,6 +24,8 @@ from tests.helpers.serve import serve_process
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 SERVED_NAME = "video-chatgpt-sample"
 LMMS_EVAL_TIMEOUT_S = 1200
+# One try per question (a failed request is scored wrong, so the accuracies differ), a CPU's patience per request.
+MODEL_ARGS = "pass_video_url=True,max_retries=1,timeout=600,num_concurrent=4"
 
 
 def load_task_utils(folder: Path):
@@ -153,7 +155,7 @@ def test_lmms_eval_scores_the_served_model_as_predict_does(tmp_path):
     flags = ["--model-name", str(run), "--vision_tower", str(tower), "--served_model_name", SERVED_NAME,
              "--allowed_local_media_path", str(task["videos"])]  # fmt: skip
     with serve_process(flags, tmp_path / "server.log") as running:
-        model_args = f"model_version={SERVED_NAME},base_url={running['url']}/v1,pass_video_url=True,max_retries=1"
+        model_args = f"model_version={SERVED_NAME},base_url={running['url']}/v1,{MODEL_ARGS}"
         command = [str(python), "-m", "lmms_eval", "--model", "openai", "--model_args", model_args,
                    "--tasks", TASK, "--include_path", str(task["folder"]), "--batch_size", "1",
                    "--output_path", str(tmp_path / "lmms_out"), "--log_samples"]  # fmt: skip

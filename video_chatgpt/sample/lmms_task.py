@@ -72,6 +72,11 @@ def task_records(world: Path) -> list[dict]:
     options = list(COLOURS)
     records = []
     for k, qa in enumerate(questions):
+        missing = [key for key in ("video_name", "Q", "answer") if not isinstance(qa, dict) or key not in qa]
+        if missing:
+            raise UserError(
+                f"{world / 'test_qa.json'}: record {k}: no {', '.join(missing)} (write it with sample world)"
+            )
         video = (world / "videos" / "test" / f"{qa['video_name']}.mp4").resolve()
         if not video.is_file():
             raise UserError(f"{world / 'test_qa.json'}: record {k}: no video {video}")

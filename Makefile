@@ -9,7 +9,7 @@ VENV_FLAGS ?=
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup setup-test system-deps lint quickstart test test-all clean
+.PHONY: setup setup-test system-deps lint quickstart test test-all clean lmms-eval-venv
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -33,6 +33,18 @@ setup-test: $(VENV)/.setup-test
 quickstart: setup
 	$(PY) -m video_chatgpt.quickstart --workdir runs/quickstart
 
+# lmms-eval in a virtualenv of its own (it pins av<16): `make lmms-eval-venv`; docs/lmms-eval.md. The slow test
+# tests/serve/test_lmms_eval.py makes it when LMMS_EVAL_PYTHON does not name another one. filelock<4: lmms-eval 0.7.3
+# imports filelock._api, which filelock 4 removed ("No module named 'filelock._api'" and no results).
+LMMS_VENV ?= .venv-lmms-eval
+LMMS_EVAL ?= lmms-eval
+$(LMMS_VENV)/.setup:
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install -q $(if $(strip $(TORCH)),"$(TORCH)") "$(LMMS_EVAL)" "filelock<4"
+	touch $@
+
+lmms-eval-venv: $(LMMS_VENV)/.setup
+
 # What the tests need from Debian: a real browser (the demo's browser test) and strace (kill-at-write tests).
 # Installed when missing and running as root; otherwise one line says what to run.
 system-deps:
@@ -53,4 +65,4 @@ test-all: system-deps lint
 	$(PY) -m pytest -q -m "not gpu"
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(LMMS_VENV) runs

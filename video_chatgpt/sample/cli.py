@@ -5,6 +5,7 @@ video-chatgpt sample world --out runs/sample/world        # synthetic videos, Vi
 video-chatgpt sample awkward --out runs/sample/awkward    # short / odd-size / corrupt / empty / non-video files
 video-chatgpt sample benchmark --out runs/sample/world    # benchmark question files on the held-out videos
 video-chatgpt sample judge-server --port 8765             # rule-based OpenAI-compatible TEST judge (not an LLM)
+video-chatgpt sample lmms-task --world W --out DIR        # an lmms-eval task (local YAML + data) on W's test videos
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
         from video_chatgpt.sample.benchmark import main as benchmark_main
 
         return benchmark_main(argv)
+    if argv and argv[0] == "lmms-task":  # an lmms-eval task folder on the sample world
+        from video_chatgpt.sample.lmms_task import main as lmms_task_main
+
+        return lmms_task_main(argv)
     parser = command_parser("sample", __doc__)
     parser.add_argument("what", choices=["models", "world", "awkward"])
     parser.add_argument("--out", required=True, help="the folder to write")

@@ -35,12 +35,14 @@ quickstart: setup
 
 # lmms-eval in a virtualenv of its own (it pins av<16): `make lmms-eval-venv`; docs/lmms-eval.md. The slow test
 # tests/serve/test_lmms_eval.py makes it when LMMS_EVAL_PYTHON does not name another one. filelock<4: lmms-eval 0.7.3
-# imports filelock._api, which filelock 4 removed ("No module named 'filelock._api'" and no results).
+# imports filelock._api, which filelock 4 removed ("No module named 'filelock._api'" and no results). No TORCH pin
+# here: pip takes torch and torchvision as a matching pair (torch 2.13.0+cpu with PyPI's torchvision 0.28 fails with
+# "operator torchvision::nms does not exist").
 LMMS_VENV ?= .venv-lmms-eval
 LMMS_EVAL ?= lmms-eval
 $(LMMS_VENV)/.setup:
 	$(PYTHON) -m venv $(LMMS_VENV)
-	$(LMMS_VENV)/bin/python -m pip install -q $(if $(strip $(TORCH)),"$(TORCH)") "$(LMMS_EVAL)" "filelock<4"
+	$(LMMS_VENV)/bin/python -m pip install -q "$(LMMS_EVAL)" "filelock<4"
 	touch $@
 
 lmms-eval-venv: $(LMMS_VENV)/.setup

@@ -84,6 +84,20 @@ def conversation_records(history: Sequence[Turn], question: str) -> list[dict]:
     return records
 
 
+def video_extractor(
+    vision_tower: str, num_frames: int, device: torch.device, video_token_len: int | None
+) -> VideoFeatureExtractor:
+    """The feature extractor a trained model reads from: its tower and frames, float16 on CUDA (float32 on the CPU),
+    the spatial pool its training features used (``spatial_pool_for``)."""
+    return VideoFeatureExtractor(
+        vision_tower,
+        num_frames=num_frames,
+        device=device,
+        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+        spatial_pool=spatial_pool_for(vision_tower, num_frames, video_token_len),
+    )
+
+
 def spatial_pool_for(vision_tower: str, num_frames: int, video_token_len: int | None) -> int:
     """The ``--spatial_pool`` k (1-4) whose token count for this tower and ``num_frames`` is ``video_token_len`` (1
     when it is not recorded): what the training features used."""
@@ -121,12 +135,8 @@ class Engine:
         if self._extractor is None:
             if not self.vision_tower:
                 raise ValueError("no vision tower: the model config has no mm_vision_tower; pass --vision_tower")
-            self._extractor = VideoFeatureExtractor(
-                self.vision_tower,
-                num_frames=self.num_frames,
-                device=self.device,
-                dtype=torch.float16 if self.device.type == "cuda" else torch.float32,
-                spatial_pool=self.spatial_pool(),
+            self._extractor = video_extractor(
+                self.vision_tower, self.num_frames, self.device, self.model.config.video_token_len
             )
             expected = self.model.config.video_token_len
             got = self._extractor.num_tokens
@@ -137,11 +147,6 @@ class Engine:
                     f"pass the training run's --num_frames"
                 )
         return self._extractor
-
-    def spatial_pool(self) -> int:
-        """The ``--spatial_pool`` the training features used: the k (1-4) whose token count for this tower and
-        ``num_frames`` equals the model's ``video_token_len`` (1 when the model does not record it)."""
-        return spatial_pool_for(self.vision_tower, self.num_frames, self.model.config.video_token_len)
 
     def video_features(self, video_path: str | Path) -> np.ndarray:
         """(N, C) float16 features of a video file, computed on the fly."""

@@ -57,7 +57,7 @@ from video_chatgpt.inference.engine import (
     PromptTooLong,
     Turn,
     conversation_records,
-    spatial_pool_for,
+    video_extractor,
 )
 from video_chatgpt.llm_client import ChatClient, ConnectionFailed, DeadlinePassed, HttpReply, ReplyError, clip
 from video_chatgpt.model.export import ExportInfo, PromptEmbedder
@@ -357,13 +357,7 @@ class ExportedPrompts:
             info = self.backend.info
             if not info.vision_tower:
                 raise ValueError("the export records no vision tower: only video_features parts can be answered")
-            self._extractor = VideoFeatureExtractor(
-                info.vision_tower,
-                num_frames=info.num_frames,
-                device=self.device,
-                dtype=torch.float16 if self.device.type == "cuda" else torch.float32,
-                spatial_pool=spatial_pool_for(info.vision_tower, info.num_frames, info.video_token_len),
-            )
+            self._extractor = video_extractor(info.vision_tower, info.num_frames, self.device, info.video_token_len)
         return self._extractor
 
     def video_features(self, video_path: str | Path) -> np.ndarray:

@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--vision_tower {models['vision_tower']} --examples {world['videos_test']}"
     )
     print(
-        f"API server (OpenAI-compatible, docs/serve.md): video-chatgpt serve --model-name {out} "
+        f"API server (OpenAI-compatible, docs/serve.md): video-chatgpt serve --model_name_or_path {out} "
         f"--vision_tower {models['vision_tower']} --allowed_local_media_path {world['videos_test']}"
     )
     return 0

@@ -60,5 +60,5 @@ def test_parallel_clients_get_the_colour_of_their_own_video(tmp_path):
         timeout=3600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "video-chatgpt serve --model-name" in result.stdout  # the quickstart prints the command
+    assert "video-chatgpt serve --model_name_or_path" in result.stdout  # the quickstart prints the command
     assert_served_colours(work, tmp_path / "server.log")

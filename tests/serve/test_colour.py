@@ -34,7 +34,7 @@ def assert_served_colours(work: Path, log: Path) -> None:
         "--allowed_local_media_path", str(videos),
     ]  # fmt: skip
     with serve_process(flags, log) as running:
-        api = client(running.url, api_key="unused")
+        api = client(running["url"], api_key="unused")
         model = api.models.list().data[0].id
 
         def ask(video: str) -> str:

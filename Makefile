@@ -20,7 +20,7 @@ $(VENV)/.setup: $(VENV)/.created pyproject.toml
 	$(if $(strip $(TORCH)),$(PIP) install --progress-bar on "$(TORCH)",@$(PY) -c "import torch" 2>/dev/null || \
 		{ echo "TORCH= keeps the torch already in $(VENV), but it has none: install your CUDA build there first \
 		($(PIP) install torch --index-url ...), or use VENV_FLAGS=--system-site-packages"; exit 1; })
-	$(PIP) install --progress-bar on -e ".[sample,demo,eval]"
+	$(PIP) install --progress-bar on -e ".[sample,demo,eval,serve]"
 	touch $@
 
 $(VENV)/.setup-test: $(VENV)/.setup pyproject.toml

@@ -124,6 +124,16 @@ def check_output(output: str | Path, inputs: Mapping[str, str | Path | None], fl
             )
 
 
+def check_output_folder(output: Path, inputs: Mapping[str, str | Path | None], flag: str, overwrite: bool) -> None:
+    """``check_output`` for a command that writes a whole folder: also refuse a file in its place, and an existing
+    folder unless ``--overwrite`` (which then replaces it whole, by rename)."""
+    check_output(output, inputs, flag)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{flag} {output} is a file; name a folder (it is created)")
+    if output.exists() and not overwrite:
+        raise UserError(f"{flag} {output} exists; choose another folder or pass --overwrite")
+
+
 @contextmanager
 def folder_lock(output: str | Path, log: Callable[[str], object] | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the folder that will hold ``output`` while it is written.

@@ -22,7 +22,7 @@ adapter is merged, and ``<out>`` gets:
 projector (no language model): the token rows with the projected features at the ``<vid_patch>`` positions, through
 the same ``place_video`` as the model's own ``decoder_inputs``.
 
-``<out>`` may not be, hold or sit inside the run, its base, its projector or its adapter (``files.check_output``); it
+``<out>`` may not be, hold or sit inside the run, its base, its projector or its adapter (``files.check_output_folder``); it
 is written into a hidden ``.<out>.partial-*`` folder beside it and renamed into place at the end
 (``files.staged_folder``); an existing ``<out>`` is refused unless ``--overwrite`` (replaced whole by rename).
 """
@@ -46,7 +46,7 @@ from video_chatgpt.constants import BASE_POINTER_FILE, MM_CONFIG_KEYS, PROJECTOR
 from video_chatgpt.data.conversation import TRAIN_TEMPLATE, inference_template
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.files import (
-    check_output,
+    check_output_folder,
     folder_lock,
     read_json,
     recover_killed_folder,
@@ -183,14 +183,6 @@ def plain_language_model(model: nn.Module) -> nn.Module:
     return plain
 
 
-def check_export_output(out: Path, inputs: dict, overwrite: bool) -> None:
-    check_output(out, inputs, "<out>")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"<out> {out} is a file; name a folder (it is created)")
-    if out.exists() and not overwrite:
-        raise UserError(f"<out> {out} exists; choose another folder or pass --overwrite")
-
-
 def export_lm(
     run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_size: str = "5GB", overwrite: bool = False
 ) -> Path:
@@ -217,7 +209,7 @@ def export_lm(
     with folder_lock(out, logger.info):
         for action in recover_killed_folder(out):
             logger.info(action)
-        check_export_output(out, inputs, overwrite)
+        check_output_folder(out, inputs, "<out>", overwrite)
 
         model, tokenizer, video_ids = load_trained_model(base, torch.float32)
         if has_lora(model):

@@ -14,7 +14,7 @@ each LoRA layer is merged (W + alpha/r * B A) and the folder is written:
 * ``mm_projector.bin`` (the run's, unchanged), and ``video_chatgpt_base.json`` naming the folder itself as its base,
   so ``chat``/``predict`` load it like a training output folder, with no adapter and no other folder needed.
 
-``<out>`` may not be, hold or sit inside the run or its base (``files.check_output``). It is written into a hidden
+``<out>`` may not be, hold or sit inside the run or its base (``files.check_output_folder``). It is written into a hidden
 ``.<out>.partial-*`` folder beside it and renamed into place at the end (``files.staged_folder``, as apply-delta
 does); an existing ``<out>`` is refused (``--overwrite`` replaces it, and a merge killed while replacing it gets the
 old folder back at the next run).
@@ -35,7 +35,7 @@ from video_chatgpt.args import command_parser
 from video_chatgpt.bases import open_base
 from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE
 from video_chatgpt.errors import UserError, run_main
-from video_chatgpt.files import check_output, folder_lock, recover_killed_folder, staged_folder
+from video_chatgpt.files import check_output_folder, folder_lock, recover_killed_folder, staged_folder
 from video_chatgpt.model.loading import load_trained_model
 from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
 from video_chatgpt.weights.writer import parse_size
@@ -59,15 +59,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def check_merge_output(run: Path, base: Path, out: Path, overwrite: bool) -> None:
-    """``<out>`` may not be, hold or sit inside the run or its base; an existing ``<out>`` needs ``--overwrite``."""
-    check_output(out, {"<run>": run, "the run's base": base}, "<out>")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"<out> {out} is a file; name a folder (it is created)")
-    if out.exists() and not overwrite:
-        raise UserError(f"<out> {out} exists; choose another folder or pass --overwrite")
-
-
 def merge_run(
     run: str | Path, out: str | Path, dtype: str = "fp16", max_shard_size: str = "5GB", overwrite: bool = False
 ) -> Path:
@@ -81,7 +72,7 @@ def merge_run(
         # <out> is checked as it was before that run; everything is checked before the model is loaded.
         for action in recover_killed_folder(out):
             logger.info(action)
-        check_merge_output(run, base.folder, out, overwrite)
+        check_output_folder(out, {"<run>": run, "the run's base": base.folder}, "<out>", overwrite)
 
         model, tokenizer, _ = load_trained_model(base, torch.float32)  # base + tokens + projector + adapter
         merge_adapter(model)

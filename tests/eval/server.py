@@ -17,7 +17,9 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.helpers.http import LocalServer
 
 _QUESTION = re.compile(r"^Question(?: 1)?: (.*)$", re.MULTILINE)
 
@@ -73,7 +75,7 @@ class Logged:
     body: dict
 
 
-class ScriptedServer:
+class ScriptedServer(LocalServer):
     def __init__(self, script) -> None:
         self.script = script
         self.log: list[Logged] = []
@@ -146,21 +148,7 @@ class ScriptedServer:
                     pass
                 self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
     def count(self, record: str) -> int:
         with self._lock:

@@ -23,11 +23,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 from PIL import Image
 
+from tests.helpers.http import LocalServer
 from video_chatgpt.data.generate import KINDS, load_prompts
 from video_chatgpt.sample.videos import COLOURS
 from video_chatgpt.sample.world import COLOUR_QUESTIONS, colour_answer
@@ -128,7 +129,7 @@ class Logged:
     body: dict
 
 
-class ModelServer:
+class ModelServer(LocalServer):
     def __init__(self, respond=None) -> None:
         self.respond = respond
         self.log: list[Logged] = []
@@ -165,21 +166,7 @@ class ModelServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.serve(Handler)
 
     def counts(self) -> Counter:
         with self._lock:

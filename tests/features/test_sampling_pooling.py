@@ -52,10 +52,8 @@ def test_pooling_rejects_more_frames_than_tokens():
 
 
 def test_token_counts_come_from_the_config(tiny_clip):
-    from transformers import CLIPVisionConfig
-
     def clip(image_size: int, patch_size: int) -> TowerSpec:
-        config = CLIPVisionConfig(image_size=image_size, patch_size=patch_size)
+        config = {"model_type": "clip_vision_model", "image_size": image_size, "patch_size": patch_size}
         return TowerSpec("clip", tiny_clip, "clip", "tower", config, -2, "default")
 
     assert video_tokens(clip(224, 14), 100) == 356  # ViT-L/14, the original's 356

@@ -12,7 +12,8 @@ Here the same numbers come out faster:
   float32 normalise) and applied as a gather on the device, so there is no PIL round trip and the result is
   bit-equal to the processor (checked in ``tests/features``). When the processor's resize/crop would not be
   no-ops (a tower whose processor size differs from its image size), the processor itself is used instead;
-* the layers after the selected one are dropped from the encoder, so ``last_hidden_state`` *is*
+* the tower is ``vit.VisionTower`` (transformers' CLIP / SigLIP vision modules and weights, bit-equal outputs,
+  without importing transformers' modeling code) cut after the selected layer, so its output *is*
   ``hidden_states[-2]``: one layer less to run and no 25 stored hidden states;
 * ``torch.inference_mode`` and float16 on GPU (bfloat16 or float32 on request).
 
@@ -37,7 +38,13 @@ from video_chatgpt.constants import DEFAULT_NUM_FRAMES
 from video_chatgpt.features.decode import decode_sampled, resize_nearest
 from video_chatgpt.features.pooling import pool_video_features, pooled_grid_tokens
 from video_chatgpt.features.sampling import frame_indices
-from video_chatgpt.features.towers import TowerSpec, load_tower_model, load_tower_processor, resolve_tower
+from video_chatgpt.features.towers import (
+    TowerSpec,
+    load_tower_model,
+    load_tower_processor,
+    pixel_settings,
+    resolve_tower,
+)
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
@@ -72,7 +79,9 @@ def _size_field(size: object, key: str) -> int | None:
 
 
 def processor_is_identity_at(processor, image_size: int) -> bool:
-    """True if the processor's resize and center crop leave an ``image_size`` square image unchanged."""
+    """True if the processor's resize and center crop leave an ``image_size`` square image unchanged.
+
+    ``processor``: a transformers image processor or ``towers.PixelSettings`` (the same fields)."""
     if getattr(processor, "do_resize", False):
         size = processor.size
         if isinstance(size, int):  # very old configs: "size": 224
@@ -91,7 +100,9 @@ def processor_is_identity_at(processor, image_size: int) -> bool:
 
 
 def normalisation_table(processor) -> np.ndarray:
-    """(3, 256) float32: the processor's rescale + normalise of each uint8 value of each RGB channel."""
+    """(3, 256) float32: the processor's rescale + normalise of each uint8 value of each RGB channel.
+
+    ``processor``: a transformers image processor or ``towers.PixelSettings``."""
     values = np.arange(256, dtype=np.uint8)[None, :].repeat(3, axis=0)  # (3, 256): channel c, value v
     x = values.astype(np.float32)
     if processor.do_rescale:
@@ -122,14 +133,16 @@ class FrameEncoder:
         self.spec = vision_tower if isinstance(vision_tower, TowerSpec) else resolve_tower(vision_tower, select_layer)
         self.device = torch.device(device)
         self.dtype = parse_dtype(dtype, self.device)
-        self.processor = load_tower_processor(self.spec)
+        self.pixels = pixel_settings(self.spec)  # the preprocessor config, read without transformers' processor
         self.model = load_tower_model(self.spec, self.device, self.dtype)
         self.image_size = self.spec.image_size
         self.num_patches = self.spec.tokens_per_frame
         self.width = self.spec.width
-        self.uses_table = processor_is_identity_at(self.processor, self.image_size)
+        self.uses_table = processor_is_identity_at(self.pixels, self.image_size)
+        # The processor itself only where its resize / crop changes a frame (loading it costs seconds of imports).
+        self.processor = None if self.uses_table else load_tower_processor(self.spec)
         # (3, 256): pixel value v of channel c -> table[c, v]
-        self._table = torch.from_numpy(normalisation_table(self.processor)).to(self.device)
+        self._table = torch.from_numpy(normalisation_table(self.pixels)).to(self.device)
         # Tokens the tower outputs per frame, and how many of them to drop at the front (a CLS token not kept).
         self._tokens_out = self.spec.grid**2 + int(self.spec.has_cls)
         self._drop = int(self.spec.has_cls and not self.spec.keeps_cls)
@@ -152,9 +165,9 @@ class FrameEncoder:
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> (B, P, C) float16 features of the selected layer (CLS dropped unless kept)."""
-        # The model is truncated after the selected layer (and, for SigLIP, has no post-layernorm or head left), so
-        # its last_hidden_state is hidden_states[select_layer]: (B, tokens_out, C).
-        hidden = self.model(pixel_values=self.pixel_values(frames)).last_hidden_state
+        # The tower stops after the selected layer (no post-layernorm, no head): its output is
+        # hidden_states[select_layer], (B, tokens_out, C).
+        hidden = self.model(self.pixel_values(frames))
         if hidden.shape[1] != self._tokens_out:
             raise RuntimeError(
                 f"the tower returned {hidden.shape[1]} tokens per frame, expected {self._tokens_out} "

@@ -645,7 +645,8 @@ def run(args: ExtractArgs, env: DistEnv = DistEnv(), folder_ready: bool = False,
     videos, left_out = list_videos(args.video_dir_path)
     if left_out and env.rank == 0:
         print(f"warning: {left_out_note(args.video_dir_path, left_out)}", file=sys.stderr, flush=True)
-    spec = resolve_tower(args.vision_tower, args.select_layer)
+    # The config is checked after the decode workers fork: see _start_up.
+    spec = resolve_tower(args.vision_tower, args.select_layer, check=False)
     shape = feature_shape_of(spec, args)
     make_output_folder(args.clip_feat_path)
     lock = None
@@ -668,9 +669,9 @@ def _close_fd(fd: int, worker_id: int) -> None:
 def _start_up(args, spec, shape, device, todo, workers, threads, lock_fd, prepare: bool):
     """Start the decode workers, then, while they decode, (``prepare``) check the folder's manifest and load the tower.
 
-    The workers fork before the tower is hashed and loaded, so a run's fixed cost (the sha256 of the tower's
-    weights for the manifest, the tower's imports and weights) overlaps the first videos' decoding instead of coming
-    before it. Returns ``(encoder, decoded items)``; on an error the workers are stopped.
+    The workers fork before the tower's config is validated, hashed and loaded, so a run's fixed cost (transformers'
+    imports, the sha256 of the tower's weights for the manifest, the weights) overlaps the first videos' decoding
+    instead of coming before it. Returns ``(encoder, decoded items)``; on an error the workers are stopped.
     """
     loader = DataLoader(
         _DecodeDataset(todo, args.num_frames, spec.image_size, threads),
@@ -682,6 +683,7 @@ def _start_up(args, spec, shape, device, todo, workers, threads, lock_fd, prepar
     )
     items = iter(loader)  # forks the workers; each starts on its first videos
     try:
+        spec.vit_shape  # noqa: B018 (checks the tower's config: a bad one stops the run before anything is written)
         if prepare:
             # Before anything is written or loaded: a folder made with other settings stops the run here.
             prepare_folder(args, spec, shape)

@@ -1,8 +1,11 @@
 """Vision towers for feature extraction: a CLIP folder, a SigLIP folder, or the tower inside a LLaVA folder.
 
 ``resolve_tower(name)`` reads a tower's ``config.json`` (a local folder, or a hub id resolved offline from the
-Hugging Face cache) and says what it is, with its geometry; ``load_tower_model`` / ``load_tower_processor`` build
-the model and the image processor from it. Accepted:
+Hugging Face cache) and says what it is, with its geometry; ``pixel_settings`` reads its ``preprocessor_config.json``;
+``load_tower_model`` / ``load_tower_processor`` build the model and the image processor. Both JSON files are read as
+JSON, without importing transformers (~4-6 s of a small extraction job's start): the config object is built on
+first use (``TowerSpec.vision_config``, which validates it) and the processor only where its resize is needed.
+Accepted:
 
 * a CLIP folder: ``CLIPVisionModel`` (``model_type: clip_vision_model``) or a whole ``CLIPModel`` checkpoint
   (``clip``, as ``openai/clip-vit-large-patch14``), with ``CLIPImageProcessor``; a CLS token then 16 x 16 or
@@ -26,13 +29,15 @@ the CLS token when the strategy is ``full`` and the tower has one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import hash_files
+from video_chatgpt.features.vit import VisionTower, VitShape
 from video_chatgpt.files import read_json
 
 # The original's select layer (LLaVA's mm_vision_select_layer): the output of the second-to-last encoder layer.
@@ -49,6 +54,24 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # in transformers-4.x checkpoints one more "vision_model." level.
 _TOWER_PREFIX = "vision_tower."
 _INNER_PREFIX = "vision_model."
+
+# What transformers' CLIPImageProcessor / SiglipImageProcessor use for a field their preprocessor_config.json leaves
+# out (the released ViT-L/14 config has no do_rescale / rescale_factor). tests/features/test_pixels.py compares these
+# with the classes' own defaults.
+_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PIXEL_DEFAULTS = {
+    "clip": {
+        "do_resize": True, "size": {"shortest_edge": 224}, "do_center_crop": True,
+        "crop_size": {"height": 224, "width": 224}, "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": _OPENAI_CLIP_MEAN, "image_std": _OPENAI_CLIP_STD,
+    },
+    "siglip": {
+        "do_resize": True, "size": {"height": 224, "width": 224}, "do_center_crop": False, "crop_size": None,
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": (0.5, 0.5, 0.5), "image_std": (0.5, 0.5, 0.5),
+    },
+}  # fmt: skip
 
 
 class TowerNotFoundError(UserError, FileNotFoundError):
@@ -86,17 +109,64 @@ class TowerSpec:
     folder: Path  # the local folder it resolved to
     kind: str  # "clip" | "siglip"
     source: str  # "tower" (a CLIP / SigLIP folder) | "llava" (the tower inside a LLaVA folder)
-    vision_config: object  # CLIPVisionConfig | SiglipVisionConfig
-    select_layer: int  # index into hidden_states (num_layers + 1 entries: embeddings, then each layer)
-    select_strategy: str  # "default": drop the CLS token if there is one | "full": keep every token
+    config: dict = field(repr=False)  # the vision config's fields as config.json has them
+    select_layer: int = DEFAULT_SELECT_LAYER  # index into hidden_states (num_layers + 1: embeddings, each layer)
+    select_strategy: str = "default"  # "default": drop the CLS token if there is one | "full": keep every token
+
+    @cached_property
+    def vision_config(self):
+        """The ``CLIPVisionConfig`` / ``SiglipVisionConfig`` of the fields (built on first use: only for the defaults
+        of fields config.json leaves out; the released towers' configs have every field the extractor reads)."""
+        from huggingface_hub.errors import StrictDataclassError
+        from transformers import CLIPVisionConfig, SiglipVisionConfig
+
+        config_class = CLIPVisionConfig if self.kind == "clip" else SiglipVisionConfig
+        fields = {
+            k: v for k, v in self.config.items() if k not in ("model_type", "architectures", "transformers_version")
+        }
+        try:
+            return config_class(**fields)
+        except (ValueError, TypeError, StrictDataclassError) as exc:  # transformers validates the fields
+            raise UserError(
+                f"{self.folder / 'config.json'}: not a valid {config_class.__name__} ({exc}); download the tower again"
+            ) from exc
+
+    def _field(self, key: str, kind: type | tuple[type, ...] = int):
+        """A config field as config.json gives it (a positive number, or a name for ``kind=str``); transformers'
+        default when it is absent. A field of another type is one line naming it."""
+        if key not in self.config:
+            return getattr(self.vision_config, key)
+        value = self.config[key]
+        if kind is str:
+            ok = isinstance(value, str)
+        else:
+            ok = isinstance(value, kind) and not isinstance(value, bool) and value > 0
+        if not ok:
+            what = "a name" if kind is str else "a positive number"
+            raise UserError(f"{self.folder / 'config.json'}: {key} {value!r} is not {what}; download the tower again")
+        return value
+
+    @cached_property
+    def vit_shape(self) -> VitShape:
+        """The shape of the tower the extractor runs (``vit.VisionTower``): checked, a bad config is one line."""
+        check_select_layer(self)
+        try:
+            return VitShape(
+                kind=self.kind, image_size=self.image_size, patch_size=self.patch_size, width=self.width,
+                heads=self._field("num_attention_heads"), intermediate=self._field("intermediate_size"),
+                layers=self.layers_kept, layer_norm_eps=float(self._field("layer_norm_eps", (int, float))),
+                activation=self._field("hidden_act", str), channels=self._field("num_channels"),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise UserError(f"{self.folder / 'config.json'}: {exc}; download the tower again") from None
 
     @property
     def image_size(self) -> int:
-        return int(self.vision_config.image_size)
+        return self._field("image_size")
 
     @property
     def patch_size(self) -> int:
-        return int(self.vision_config.patch_size)
+        return self._field("patch_size")
 
     @property
     def grid(self) -> int:
@@ -119,11 +189,11 @@ class TowerSpec:
 
     @property
     def width(self) -> int:
-        return int(self.vision_config.hidden_size)
+        return self._field("hidden_size")
 
     @property
     def num_layers(self) -> int:
-        return int(self.vision_config.num_hidden_layers)
+        return self._field("num_hidden_layers")
 
     @property
     def layers_kept(self) -> int:
@@ -163,17 +233,12 @@ def _read_config(folder: Path, name: str) -> dict:
         raise UserError(f"{exc}; download the tower again") from None
 
 
-def _vision_config(kind: str, config: dict, path: Path):
-    from transformers import CLIPVisionConfig, SiglipVisionConfig
-
-    config_class = CLIPVisionConfig if kind == "clip" else SiglipVisionConfig
-    if config.get("model_type") in ("clip", "siglip"):  # a whole CLIP / SigLIP checkpoint: its vision half
-        config = config.get("vision_config") or {}
-    fields = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "transformers_version")}
-    try:
-        return config_class(**fields)
-    except (ValueError, TypeError) as exc:  # transformers validates the fields (e.g. heads dividing the width)
-        raise UserError(f"{path}: not a valid {config_class.__name__} ({exc}); download the tower again") from exc
+def _vision_fields(config: dict) -> dict:
+    """A tower's vision config fields: a whole CLIP / SigLIP checkpoint's vision half, else the config itself."""
+    if config.get("model_type") in ("clip", "siglip"):
+        vision = config.get("vision_config")
+        return vision if isinstance(vision, dict) else {}
+    return config
 
 
 def _kind_of(model_type: str | None) -> str | None:
@@ -184,18 +249,24 @@ def _kind_of(model_type: str | None) -> str | None:
     return None
 
 
-def resolve_tower(name: str | Path, select_layer: int | None = None) -> TowerSpec:
-    """Read the tower's config and say what it is. ``select_layer``: override the default / the LLaVA folder's."""
+def resolve_tower(name: str | Path, select_layer: int | None = None, check: bool = True) -> TowerSpec:
+    """Read the tower's config and say what it is. ``select_layer``: override the default / the LLaVA folder's.
+
+    ``check=False`` leaves the config's validation to the first use of ``spec.vit_shape`` (the extraction job
+    forks its decode workers before it).
+    """
     folder = tower_folder(name)
     config = _read_config(folder, str(name))
     model_type = config.get("model_type")
     kind = _kind_of(model_type)
     if kind is not None:
-        return TowerSpec(
-            name=str(name), folder=folder, kind=kind, source="tower",
-            vision_config=_vision_config(kind, config, folder / "config.json"),
+        spec = TowerSpec(
+            name=str(name), folder=folder, kind=kind, source="tower", config=_vision_fields(config),
             select_layer=DEFAULT_SELECT_LAYER if select_layer is None else select_layer, select_strategy="default",
         )  # fmt: skip
+        if check:
+            spec.vit_shape  # noqa: B018 (built to validate the config)
+        return spec
     if model_type in _LLAVA_TYPES and isinstance(config.get("vision_config"), dict):
         vision = config["vision_config"]
         kind = _kind_of(vision.get("model_type", "clip_vision_model"))  # transformers' LlavaConfig default: CLIP
@@ -213,11 +284,13 @@ def resolve_tower(name: str | Path, select_layer: int | None = None) -> TowerSpe
         strategy = config.get("vision_feature_select_strategy", "default")
         if strategy not in SELECT_STRATEGIES:
             raise UserError(f"{folder / 'config.json'}: unknown vision_feature_select_strategy {strategy!r}")
-        return TowerSpec(
-            name=str(name), folder=folder, kind=kind, source="llava",
-            vision_config=_vision_config(kind, vision, folder / "config.json"),
+        spec = TowerSpec(
+            name=str(name), folder=folder, kind=kind, source="llava", config=vision,
             select_layer=layer if select_layer is None else select_layer, select_strategy=strategy,
         )  # fmt: skip
+        if check:
+            spec.vit_shape  # noqa: B018 (built to validate the config)
+        return spec
     if "mm_vision_tower" in config:
         raise UserError(
             f"--vision_tower {name}: is a LLaVA folder in the original layout, whose tower is not inside it; pass "
@@ -237,8 +310,19 @@ def check_select_layer(spec: TowerSpec) -> None:
         )
 
 
-def _tower_state_dict(spec: TowerSpec) -> dict[str, torch.Tensor]:
-    """The tower's tensors from a LLaVA folder's weights, keyed as in a ``CLIPVisionModel`` / ``SiglipVisionModel``."""
+def _tower_state_dict(spec: TowerSpec, wanted: set[str]) -> dict[str, torch.Tensor]:
+    """The tower's tensors named in ``wanted`` (``VisionTower`` names), from the folder's weight files: a tower's
+    own (``embeddings.*``, or ``vision_model.embeddings.*`` as transformers 4 and whole CLIP checkpoints write them)
+    or a LLaVA folder's (``vision_tower.*`` / ``model.vision_tower.*``); other tensors are not read."""
+
+    def own_name(key: str) -> str | None:
+        if spec.source == "llava":
+            if _TOWER_PREFIX not in key:
+                return None
+            key = key.split(_TOWER_PREFIX, 1)[1]
+        name = key.split(_INNER_PREFIX, 1)[1] if _INNER_PREFIX in key else key
+        return name if name in wanted else None
+
     tensors: dict[str, torch.Tensor] = {}
     for path in spec.weight_files():
         if path.suffix == ".safetensors":
@@ -246,51 +330,93 @@ def _tower_state_dict(spec: TowerSpec) -> dict[str, torch.Tensor]:
 
             with safe_open(str(path), framework="pt") as f:
                 for key in f.keys():
-                    if _TOWER_PREFIX in key:
-                        tensors[key] = f.get_tensor(key)
+                    if (name := own_name(key)) is not None:
+                        tensors[name] = f.get_tensor(key)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            tensors.update({k: v for k, v in state.items() if _TOWER_PREFIX in k})
-    out = {}
-    for key, value in tensors.items():
-        inner = key.split(_TOWER_PREFIX, 1)[1]
-        out[inner.removeprefix(_INNER_PREFIX)] = value
-    return out
+            tensors.update({name: v for k, v in state.items() if (name := own_name(k)) is not None})
+    return tensors
 
 
-def load_tower_model(spec: TowerSpec, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """The tower in eval mode on ``device``, truncated after the selected layer (``layers_kept`` encoder layers)."""
-    from transformers import CLIPVisionModel, SiglipVisionModel
+def load_tower_model(spec: TowerSpec, device: str | torch.device, dtype: torch.dtype) -> VisionTower:
+    """The tower in eval mode on ``device``: ``vit.VisionTower`` with ``layers_kept`` encoder layers, its output the
+    selected hidden state (the layers after it, the post-layernorm and SigLIP's head do not change it)."""
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the weights
+        model = VisionTower(spec.vit_shape)
+    wanted = set(model.state_dict())
+    state = _tower_state_dict(spec, wanted)
+    if not state and spec.source == "llava":
+        raise UserError(f"{spec.folder}: its weights hold no vision_tower.* tensors; is it a LLaVA folder?")
+    missing = sorted(wanted - set(state))
+    if missing:
+        raise UserError(
+            f"{spec.folder}: the vision tower's weights lack {len(missing)} tensors (e.g. {missing[0]}); "
+            f"is the download complete?"
+        )
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as exc:  # a tensor of another shape than the config says
+        raise UserError(f"{spec.folder}: the weights do not fit its config.json ({exc})") from None
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
-    check_select_layer(spec)
-    model_class = CLIPVisionModel if spec.kind == "clip" else SiglipVisionModel
-    if spec.source == "tower":
-        try:
-            model = model_class.from_pretrained(str(spec.folder), dtype=dtype, local_files_only=True)
-        except OSError as exc:
-            raise UserError(f"{spec.folder}: cannot load the {spec.kind} tower ({exc})") from exc
-    else:
-        model = model_class(spec.vision_config)
-        state = _tower_state_dict(spec)
-        if not state:
-            raise UserError(f"{spec.folder}: its weights hold no vision_tower.* tensors; is it a LLaVA folder?")
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys:
-            raise UserError(
-                f"{spec.folder}: the vision tower's weights lack {len(result.missing_keys)} tensors "
-                f"(e.g. {result.missing_keys[0]}); is the download complete?"
-            )
-        model = model.to(dtype)
-    body = getattr(model, "vision_model", model)  # transformers 4.x nests it in .vision_model
-    # hidden_states has num_layers + 1 entries (embeddings, then each layer's output); the layers after the
-    # selected one do not change it. So the encoder keeps layers_kept layers and its output *is* the feature.
-    body.encoder.layers = body.encoder.layers[: spec.layers_kept]
-    if spec.kind == "siglip":
-        # SigLIP's last_hidden_state is post_layernorm(encoder output), and its head pools it: neither is part of
-        # hidden_states[select_layer] (what LLaVA reads), so both go.
-        body.post_layernorm = torch.nn.Identity()
-        body.use_head = False
-    return model.to(device).eval().requires_grad_(False)
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """The image processor's fields that turn a frame into pixel values, as its ``preprocessor_config.json`` (and
+    the processor class's defaults for what it leaves out) give them. ``size`` / ``crop_size``: an int or a dict
+    (``shortest_edge`` or ``height`` / ``width``)."""
+
+    do_resize: bool
+    size: object
+    do_center_crop: bool
+    crop_size: object
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+
+
+def _preprocessor_path(spec: TowerSpec) -> Path:
+    path = spec.folder / "preprocessor_config.json"
+    if not path.is_file():
+        raise UserError(
+            f"{spec.folder}: no preprocessor_config.json (the tower's pixel normalisation); is the download complete?"
+        )
+    return path
+
+
+def pixel_settings(spec: TowerSpec) -> PixelSettings:
+    """The tower's pixel settings from its ``preprocessor_config.json`` read as JSON (no transformers import).
+
+    A field of an unexpected type is left to transformers: the processor is loaded and its values are used.
+    """
+    config = read_json(_preprocessor_path(spec), expect=dict)
+    values = {}
+    for key, default in PIXEL_DEFAULTS[spec.kind].items():
+        value = config.get(key, default)
+        if key in ("image_mean", "image_std"):
+            ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_number(v) for v in value)
+            value = tuple(value) if ok else None
+        elif key == "rescale_factor":
+            ok = _is_number(value)
+        elif key in ("size", "crop_size"):
+            ok = _is_number(value) or isinstance(value, dict) or value is default is None
+        else:
+            ok = isinstance(value, bool)
+        if not ok:
+            return _settings_of(load_tower_processor(spec))
+        values[key] = value
+    return PixelSettings(**values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _settings_of(processor) -> PixelSettings:
+    names = PixelSettings.__dataclass_fields__
+    return PixelSettings(**{n: getattr(processor, n, None) for n in names})
 
 
 def load_tower_processor(spec: TowerSpec):
@@ -302,8 +428,5 @@ def load_tower_processor(spec: TowerSpec):
     else:
         names = ("SiglipImageProcessorPil", "SiglipImageProcessor")
     processor_class = next(getattr(transformers, n) for n in names if hasattr(transformers, n))
-    if not (spec.folder / "preprocessor_config.json").is_file():
-        raise UserError(
-            f"{spec.folder}: no preprocessor_config.json (the tower's pixel normalisation); is the download complete?"
-        )
+    _preprocessor_path(spec)  # a missing file is one line, not transformers' own error
     return processor_class.from_pretrained(str(spec.folder), local_files_only=True)

@@ -63,7 +63,10 @@ class Embeddings(nn.Module):
         )
         if self.cls:
             self.class_embedding = nn.Parameter(torch.zeros(shape.width))
-        self.position_embedding = nn.Embedding(grid * grid + int(self.cls), shape.width)
+        # _weight: no random initialisation (the weights replace it; on the meta device nn.init.normal_ would
+        # import torch._dynamo, 1.5 s of the extraction command's start-up).
+        positions = grid * grid + int(self.cls)
+        self.position_embedding = nn.Embedding(positions, shape.width, _weight=torch.empty(positions, shape.width))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype))  # (B, C, grid, grid)

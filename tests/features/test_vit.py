@@ -26,9 +26,17 @@ from video_chatgpt.features.towers import load_tower_model, resolve_tower
 SMALL = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4}
 
 
-def _save(tmp_path, name, model):
+def _save(tmp_path, name, model, **kwargs):
     folder = tmp_path / name
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, **kwargs)
+    return folder
+
+
+def _save_bin(tmp_path, name, model):
+    """The 2023 layout of the released towers: config.json + one ``pytorch_model.bin`` (torch.save of the state)."""
+    folder = _save(tmp_path, name, model)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
     return folder
 
 
@@ -49,7 +57,12 @@ def towers(tmp_path_factory):
         "clip (transformers 5 layout)": (_save(tmp, "clip", clip), clip),
         "siglip": (_save(tmp, "siglip", siglip), siglip),
         "whole CLIP checkpoint (vision_model.*)": (_save(tmp, "whole", whole), whole.vision_model),
+        "whole CLIP checkpoint, pytorch_model.bin": (_save_bin(tmp, "whole-bin", whole), whole.vision_model),
         "llava folder (vision_tower.*)": (_save(tmp, "llava", llava), llava.model.vision_tower),
+        "llava folder, sharded with an index": (
+            _save(tmp, "llava-sharded", llava, max_shard_size="40KB"),
+            llava.model.vision_tower,
+        ),
     }
 
 
@@ -92,6 +105,20 @@ def test_bad_weights_and_configs_are_one_line(towers, tmp_path):
     (truncated / "model.safetensors").symlink_to(folder / "model.safetensors")
     with pytest.raises(UserError, match="lack 16 tensors .*is the download complete"):
         load_tower_model(resolve_tower(truncated), "cpu", torch.float32)
+    # Damaged weight files: one line naming the file (the project's one reader of model folders).
+    weights = (folder / "model.safetensors").read_bytes()
+    files = {
+        "cut short": (weights[:-100], "model.safetensors"),
+        "git lfs pointer": (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 9\n",
+                            "Git LFS pointer"),
+    }  # fmt: skip
+    for case, (data, words) in files.items():
+        bad = tmp_path / case
+        bad.mkdir()
+        (bad / "config.json").write_text(config)
+        (bad / "model.safetensors").write_bytes(data)
+        with pytest.raises(UserError, match=words):
+            load_tower_model(resolve_tower(bad), "cpu", torch.float32)
 
 
 def test_the_extraction_command_never_imports_transformers_or_dynamo(tiny_clip, awkward_videos, tmp_path):

@@ -39,6 +39,7 @@ from video_chatgpt.errors import UserError
 from video_chatgpt.features.store import hash_files
 from video_chatgpt.features.vit import VisionTower, VitShape
 from video_chatgpt.files import read_json
+from video_chatgpt.weights.checkpoint import Checkpoint, find_checkpoint, iter_tensors, read_tensor_infos
 
 # The original's select layer (LLaVA's mm_vision_select_layer): the output of the second-to-last encoder layer.
 DEFAULT_SELECT_LAYER = -2
@@ -48,8 +49,6 @@ _CLIP_TYPES = ("clip_vision_model", "clip")
 _SIGLIP_TYPES = ("siglip_vision_model", "siglip")
 _LLAVA_TYPES = ("llava", "llava_next", "llava_next_video")
 # Weight files transformers loads from a folder, in its order of preference (sharded: the index names the shards).
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # The tower's tensors inside a LLaVA checkpoint: "vision_tower.*" (transformers 5) or "model.vision_tower.*", and
 # in transformers-4.x checkpoints one more "vision_model." level.
 _TOWER_PREFIX = "vision_tower."
@@ -201,19 +200,15 @@ class TowerSpec:
         index = self.select_layer if self.select_layer >= 0 else self.num_layers + 1 + self.select_layer
         return index
 
+    @cached_property
+    def checkpoint(self) -> Checkpoint:
+        """The folder's weight files (``weights.checkpoint``: the four layouts ``save_pretrained`` writes, every shard
+        present and not a Git LFS pointer; else one line)."""
+        return find_checkpoint(self.folder, role=f"--vision_tower {self.name}:")
+
     def weight_files(self) -> list[Path]:
         """The weight files transformers would load from the folder (shards in the index's order)."""
-        for index_name in _WEIGHT_INDEXES:
-            index = self.folder / index_name
-            if index.is_file():
-                shards = sorted(set(read_json(index, expect=dict)["weight_map"].values()))
-                return [self.folder / shard for shard in shards]
-        for file_name in _WEIGHT_FILES:
-            if (self.folder / file_name).is_file():
-                return [self.folder / file_name]
-        raise UserError(
-            f"{self.folder}: no weights ({', '.join(_WEIGHT_FILES)} or a sharded index); is the download complete?"
-        )
+        return [self.checkpoint.path(shard) for shard in self.checkpoint.shards]
 
     def sha256(self) -> str:
         """sha256 of the folder's config.json and weight files (names, sizes, contents): what the tower is."""
@@ -323,19 +318,11 @@ def _tower_state_dict(spec: TowerSpec, wanted: set[str]) -> dict[str, torch.Tens
         name = key.split(_INNER_PREFIX, 1)[1] if _INNER_PREFIX in key else key
         return name if name in wanted else None
 
-    tensors: dict[str, torch.Tensor] = {}
-    for path in spec.weight_files():
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    if (name := own_name(key)) is not None:
-                        tensors[name] = f.get_tensor(key)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            tensors.update({name: v for k, v in state.items() if (name := own_name(k)) is not None})
-    return tensors
+    # The project's one reader of model folders: each tensor's own bytes, so a whole CLIP or LLaVA checkpoint costs
+    # only its tower's tensors; a truncated or damaged file is one line naming it.
+    infos = read_tensor_infos(spec.checkpoint)
+    names = {key: name for key in infos if (name := own_name(key)) is not None}
+    return {names[key]: tensor for key, tensor in iter_tensors(spec.checkpoint, list(names), infos)}
 
 
 def load_tower_model(spec: TowerSpec, device: str | torch.device, dtype: torch.dtype) -> VisionTower:

@@ -75,6 +75,28 @@ def test_pixel_settings_equal_the_processors(case, tmp_path):
         assert settings.image_mean == tuple(preprocessor["image_mean"])
 
 
+def test_a_processor_saved_by_transformers_5_is_read_where_transformers_reads_it(tmp_path):
+    # transformers 5 writes a processor's settings as the image_processor block of processor_config.json and reads
+    # that block before preprocessor_config.json: a folder with both follows the nested one, a folder with only it
+    # works, a bad block is one line.
+    nested = {**RELEASED_VIT_L14, "image_mean": [0.1, 0.2, 0.3], "image_std": [0.3, 0.2, 0.1]}
+    both = _tower(tmp_path / "both", CLIP_VISION, RELEASED_VIT_L14)
+    only = _tower(tmp_path / "only", CLIP_VISION, {})
+    (only / "preprocessor_config.json").unlink()
+    for folder in (both, only):
+        (folder / "processor_config.json").write_text(json.dumps({"image_processor": nested}))
+        processor = CLIPImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
+        settings = pixel_settings(resolve_tower(folder))
+        assert settings.image_mean == (0.1, 0.2, 0.3) == tuple(processor.image_mean), folder.name
+        np.testing.assert_array_equal(normalisation_table(settings), normalisation_table(processor))
+    (only / "processor_config.json").write_text(json.dumps({"image_processor": [1, 2]}))
+    with pytest.raises(UserError, match="image_processor is not a JSON object"):
+        pixel_settings(resolve_tower(only))
+    (only / "processor_config.json").write_text(json.dumps({"feature_extractor": {}}))
+    with pytest.raises(UserError, match="no preprocessor_config.json .*processor_config.json"):
+        pixel_settings(resolve_tower(only))
+
+
 def test_the_defaults_are_the_processor_classes(tmp_path):
     for kind, processor in (("clip", CLIPImageProcessorPil()), ("siglip", SiglipImageProcessorPil())):
         defaults = PIXEL_DEFAULTS[kind]

@@ -364,21 +364,32 @@ class PixelSettings:
     image_std: tuple[float, ...]
 
 
-def _preprocessor_path(spec: TowerSpec) -> Path:
+def _image_processor_fields(spec: TowerSpec) -> dict:
+    """The image processor's fields where transformers 5 looks for them: the ``image_processor`` block of
+    ``processor_config.json`` (a processor saved by transformers 5 writes only that), else ``preprocessor_config.json``
+    (the released towers'). Neither: one line."""
+    nested = spec.folder / "processor_config.json"
+    if nested.is_file():
+        block = read_json(nested, expect=dict).get("image_processor")
+        if block is not None:
+            if not isinstance(block, dict):
+                raise UserError(f"{nested}: its image_processor is not a JSON object; download the tower again")
+            return block
     path = spec.folder / "preprocessor_config.json"
     if not path.is_file():
         raise UserError(
-            f"{spec.folder}: no preprocessor_config.json (the tower's pixel normalisation); is the download complete?"
+            f"{spec.folder}: no preprocessor_config.json (the tower's pixel normalisation) and no image_processor in "
+            f"a processor_config.json; is the download complete?"
         )
-    return path
+    return read_json(path, expect=dict)
 
 
 def pixel_settings(spec: TowerSpec) -> PixelSettings:
-    """The tower's pixel settings from its ``preprocessor_config.json`` read as JSON (no transformers import).
+    """The tower's pixel settings from its image processor's JSON fields (no transformers import).
 
     A field of an unexpected type is left to transformers: the processor is loaded and its values are used.
     """
-    config = read_json(_preprocessor_path(spec), expect=dict)
+    config = _image_processor_fields(spec)
     values = {}
     for key, default in PIXEL_DEFAULTS[spec.kind].items():
         value = config.get(key, default)
@@ -407,7 +418,7 @@ def _settings_of(processor) -> PixelSettings:
 
 
 def load_tower_processor(spec: TowerSpec):
-    """The tower's image processor (the PIL one: what the original used), from the folder's preprocessor config."""
+    """The tower's image processor (the PIL one: what the original used), from the folder's processor config."""
     import transformers
 
     if spec.kind == "clip":
@@ -415,5 +426,5 @@ def load_tower_processor(spec: TowerSpec):
     else:
         names = ("SiglipImageProcessorPil", "SiglipImageProcessor")
     processor_class = next(getattr(transformers, n) for n in names if hasattr(transformers, n))
-    _preprocessor_path(spec)  # a missing file is one line, not transformers' own error
+    _image_processor_fields(spec)  # no processor config is one line, not transformers' own error
     return processor_class.from_pretrained(str(spec.folder), local_files_only=True)

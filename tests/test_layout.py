@@ -9,6 +9,7 @@ renamed; importing a conftest loads it a second time beside pytest's own copy.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,14 @@ def test_no_module_under_tests_imports_a_test_module_or_a_conftest():
 )
 def test_the_check_sees_each_form_of_import(source, flagged):
     assert [name for _, name in forbidden_imports(source, "tests.demo.test_browser")] == flagged
+
+
+def test_no_test_module_shadows_the_standard_library():
+    # A script run from a tests folder (tests/helpers/fsdp_probe.py under torchrun) has that folder first on
+    # sys.path: a tests/helpers/http.py there hid the standard library's http, and torch's import failed.
+    shadowing = sorted(
+        str(path.relative_to(TESTS.parent))
+        for path in TESTS.rglob("*.py")
+        if path.stem in sys.stdlib_module_names and path.stem != "__init__"
+    )
+    assert not shadowing, f"rename these: they hide standard-library modules of the same name: {shadowing}"

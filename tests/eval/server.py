@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
-from tests.helpers.http import LocalServer
+from tests.helpers.local_server import LocalServer
 
 _QUESTION = re.compile(r"^Question(?: 1)?: (.*)$", re.MULTILINE)
 

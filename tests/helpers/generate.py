@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler
 import numpy as np
 from PIL import Image
 
-from tests.helpers.http import LocalServer
+from tests.helpers.local_server import LocalServer
 from video_chatgpt.data.generate import KINDS, load_prompts
 from video_chatgpt.sample.videos import COLOURS
 from video_chatgpt.sample.world import COLOUR_QUESTIONS, colour_answer

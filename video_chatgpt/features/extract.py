@@ -669,9 +669,9 @@ def _close_fd(fd: int, worker_id: int) -> None:
 def _start_up(args, spec, shape, device, todo, workers, threads, lock_fd, prepare: bool):
     """Start the decode workers, then, while they decode, (``prepare``) check the folder's manifest and load the tower.
 
-    The workers fork before the tower's config is validated, hashed and loaded, so a run's fixed cost (transformers'
-    imports, the sha256 of the tower's weights for the manifest, the weights) overlaps the first videos' decoding
-    instead of coming before it. Returns ``(encoder, decoded items)``; on an error the workers are stopped.
+    The workers fork before the tower's config is validated, hashed and loaded, so a run's fixed cost (the sha256 of
+    the tower's weights for the manifest, reading the weights) overlaps the first videos' decoding instead of coming
+    before it. Returns ``(encoder, decoded items)``; on an error the workers are stopped.
     """
     loader = DataLoader(
         _DecodeDataset(todo, args.num_frames, spec.image_size, threads),

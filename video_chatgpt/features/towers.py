@@ -1,11 +1,11 @@
 """Vision towers for feature extraction: a CLIP folder, a SigLIP folder, or the tower inside a LLaVA folder.
 
 ``resolve_tower(name)`` reads a tower's ``config.json`` (a local folder, or a hub id resolved offline from the
-Hugging Face cache) and says what it is, with its geometry; ``pixel_settings`` reads its ``preprocessor_config.json``;
-``load_tower_model`` / ``load_tower_processor`` build the model and the image processor. Both JSON files are read as
-JSON, without importing transformers (~4-6 s of a small extraction job's start): the config object is built on
-first use (``TowerSpec.vision_config``, which validates it) and the processor only where its resize is needed.
-Accepted:
+Hugging Face cache) and says what it is, with its geometry; ``pixel_settings`` reads its image processor's fields;
+``load_tower_model`` builds ``vit.VisionTower`` from the folder's weights, ``load_tower_processor`` the image
+processor. The configs are read as JSON, without importing transformers (~4-6 s of a small extraction job's start):
+transformers' config object is built only for the defaults of fields a config leaves out
+(``TowerSpec.vision_config``), and the processor only where its resize is needed. Accepted:
 
 * a CLIP folder: ``CLIPVisionModel`` (``model_type: clip_vision_model``) or a whole ``CLIPModel`` checkpoint
   (``clip``, as ``openai/clip-vit-large-patch14``), with ``CLIPImageProcessor``; a CLS token then 16 x 16 or
@@ -48,7 +48,6 @@ SELECT_STRATEGIES = ("default", "full")  # LLaVA's names: default = drop the CLS
 _CLIP_TYPES = ("clip_vision_model", "clip")
 _SIGLIP_TYPES = ("siglip_vision_model", "siglip")
 _LLAVA_TYPES = ("llava", "llava_next", "llava_next_video")
-# Weight files transformers loads from a folder, in its order of preference (sharded: the index names the shards).
 # The tower's tensors inside a LLaVA checkpoint: "vision_tower.*" (transformers 5) or "model.vision_tower.*", and
 # in transformers-4.x checkpoints one more "vision_model." level.
 _TOWER_PREFIX = "vision_tower."

@@ -90,7 +90,7 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(split).transpose(1, 2)
         v = self.v_proj(x).view(split).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, scale=self.scale, is_causal=False)
-        return self.out_proj(out.transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1).contiguous())
+        return self.out_proj(out.transpose(1, 2).reshape(*x.shape[:-1], -1))  # (B, L, C)
 
 
 class Mlp(nn.Module):

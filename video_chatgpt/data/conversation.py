@@ -209,18 +209,7 @@ def render_sample(
     ids, labels = _encode_pieces(pieces, encoder)
     if encoder.bos_id is not None:  # a tokenizer without BOS (Qwen2) starts with the text
         ids, labels = [encoder.bos_id, *ids], [IGNORE_INDEX, *labels]
-    full = len(ids)
-    truncated = max_length is not None and full > max_length
-    if truncated:
-        last_patch = max((i for i, x in enumerate(ids) if x == video_ids.patch), default=-1)
-        span_end = last_patch + (2 if video_ids.use_start_end else 1) if num_spans else 0
-        if span_end > max_length:
-            raise ValueError(
-                f"model_max_length {max_length} cuts the video span: the sample has {full} tokens and its video "
-                f"span ends at token {span_end}; raise --model_max_length"
-            )
-        ids, labels = ids[:max_length], labels[:max_length]
-    return RenderedSample(ids, labels, num_video_spans=num_spans, truncated=truncated, full_length=full)
+    return _truncated(ids, labels, num_spans, video_ids, max_length)
 
 
 def inference_conversation(question: str, video: bool = True) -> list[dict]:
@@ -407,6 +396,7 @@ def render_plain_sample(
 
 
 def _truncated(ids, labels, num_spans, video_ids: VideoTokenIds, max_length) -> RenderedSample:
+    """Right-truncate to ``max_length``; ``ValueError`` when that would cut the video span."""
     full = len(ids)
     truncated = max_length is not None and full > max_length
     if truncated:

@@ -35,49 +35,13 @@ from video_chatgpt.errors import run_main
 REPO = Path(__file__).resolve().parents[1]
 
 # The document's training flags, verbatim, except paths (filled in below).
-DOCUMENT_TRAIN_FLAGS = [
-    "--version",
-    "v1",
-    "--tune_mm_mlp_adapter",
-    "True",
-    "--mm_use_vid_start_end",
-    "--bf16",
-    "True",
-    "--num_train_epochs",
-    "3",
-    "--per_device_train_batch_size",
-    "4",
-    "--per_device_eval_batch_size",
-    "4",
-    "--gradient_accumulation_steps",
-    "1",
-    "--evaluation_strategy",
-    "no",
-    "--save_strategy",
-    "steps",
-    "--save_steps",
-    "3000",
-    "--save_total_limit",
-    "3",
-    "--learning_rate",
-    "2e-5",
-    "--weight_decay",
-    "0.",
-    "--warmup_ratio",
-    "0.03",
-    "--lr_scheduler_type",
-    "cosine",
-    "--logging_steps",
-    "100",
-    "--tf32",
-    "True",
-    "--model_max_length",
-    "2048",
-    "--gradient_checkpointing",
-    "True",
-    "--lazy_preprocess",
-    "True",
-]
+DOCUMENT_TRAIN_FLAGS = (
+    "--version v1 --tune_mm_mlp_adapter True --mm_use_vid_start_end --bf16 True --num_train_epochs 3 "
+    "--per_device_train_batch_size 4 --per_device_eval_batch_size 4 --gradient_accumulation_steps 1 "
+    "--evaluation_strategy no --save_strategy steps --save_steps 3000 --save_total_limit 3 --learning_rate 2e-5 "
+    "--weight_decay 0. --warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 100 --tf32 True "
+    "--model_max_length 2048 --gradient_checkpointing True --lazy_preprocess True"
+).split()
 # What the tiny sample changes, and why: 2e-5 is the rate for a 7B model whose projector starts from LLaVA's trained
 # image projector and sees 100K videos; the tiny model's projector starts random and has 3 epochs of 256 samples
 # (192 steps) to learn (1e-3 is too slow there: ~40% held-out accuracy; 1e-2 reaches 100%). Logging and saving
@@ -169,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     step(f"sample models: tiny {base_name} base + tiny CLIP tower; base taught the language (no video)")
     models = make_sample_models(work / "models")
     conversations, captions = language_corpus(seed=args.seed + 100)
-    span = video_tokens(
-        resolve_tower(models["vision_tower"]), DEFAULT_NUM_FRAMES
-    )  # the length of the video span the base learns to read
+    span = video_tokens(resolve_tower(models["vision_tower"]), DEFAULT_NUM_FRAMES)  # the video span the base reads
     if args.base == "qwen2":  # another base: a tiny chat LM with its own BPE tokenizer and <|im_start|> template
         from video_chatgpt.sample.models import SAMPLE_CHAT_SPEC, make_tiny_chat_lm
 
@@ -189,63 +151,27 @@ def main(argv: list[str] | None = None) -> int:
 
     step("convert the instruction JSON (the document's command)")
     train_json = work / "video_chatgpt_training.json"
-    run(
-        [
-            py,
-            "scripts/convert_instruction_json_to_training_format.py",
-            "--input_json_file",
-            world["instructions"],
-            "--output_json_file",
-            train_json,
-        ]
-    )
+    convert = [py, "scripts/convert_instruction_json_to_training_format.py"]
+    run([*convert, "--input_json_file", world["instructions"], "--output_json_file", train_json])
 
     step("spatio-temporal CLIP features (the document's command, with the tiny tower)")
     features = work / "clip_features"
-    run(
-        [
-            py,
-            "scripts/save_spatio_temporal_clip_features.py",
-            "--video_dir_path",
-            world["videos_train"],
-            "--clip_feat_path",
-            features,
-            "--vision_tower",
-            models["vision_tower"],
-        ]
-    )
+    extract = [py, "scripts/save_spatio_temporal_clip_features.py", "--video_dir_path", world["videos_train"]]
+    run([*extract, "--clip_feat_path", features, "--vision_tower", models["vision_tower"]])
 
     step("train (the document's single-GPU command; paths and learning rate for the tiny model)")
     out = work / "Video-ChatGPT_7B-1.1_Checkpoints"
+    train = [py, "video_chatgpt/train/train_mem.py"]
     if args.base == "qwen2":
         # Stage 1: the projector alone, plain "<video> caption" template (the records' first answers as captions);
         # stage 2: the instruction data with the chat template, from the stage-1 projector.
         stage1, out = work / "Qwen2-stage1", work / "Qwen2-stage2"
         other = ["--mm_projector_type", "mlp2x_gelu", "--vision_tower", str(models["vision_tower"])]
-        run(
-            [
-                py,
-                "video_chatgpt/train/train_mem.py",
-                *train_flags(base, train_json, features, stage1),
-                *other,
-                "--stage",
-                "pretrain",
-            ]
-        )
-        run(
-            [
-                py,
-                "video_chatgpt/train/train_mem.py",
-                *train_flags(base, train_json, features, out),
-                *other,
-                "--stage",
-                "finetune",
-                "--pretrain_mm_mlp_adapter",
-                str(stage1 / "mm_projector.bin"),
-            ]
-        )
+        run([*train, *train_flags(base, train_json, features, stage1), *other, "--stage", "pretrain"])
+        finetune = ["--stage", "finetune", "--pretrain_mm_mlp_adapter", str(stage1 / "mm_projector.bin")]
+        run([*train, *train_flags(base, train_json, features, out), *other, *finetune])
     else:
-        run([py, "video_chatgpt/train/train_mem.py", *train_flags(base, train_json, features, out)])
+        run([*train, *train_flags(base, train_json, features, out)])
 
     step("evaluate on held-out videos (colour question, 4 choices)")
     from video_chatgpt.inference.engine import load_engine

@@ -22,7 +22,7 @@ import importlib.util
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from video_chatgpt.data.conversation import inference_template, render_sample, t
 from video_chatgpt.data.tokenizer import SegmentEncoder, add_video_tokens, load_hf_tokenizer
 from video_chatgpt.model.video_chatgpt import VideoChatGPTForCausalLM, video_config
 from video_chatgpt.sample.world import language_corpus
+from video_chatgpt.weights.checkpoint import find_checkpoint, iter_tensors, read_tensor_infos
 
 # The real ViT-L/14 preprocessor_config.json (openai/clip-vit-large-patch14), verbatim in content.
 CLIP_PREPROCESSOR_CONFIG = {
@@ -88,6 +89,32 @@ class TinyClipSpec:
     seed: int = 0
 
 
+# The decoder sizes every tiny LM spec has, passed to its transformers config as they are.
+LM_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+
+
+def spec_kwargs(spec, *names: str) -> dict:
+    """A spec's fields as config keyword arguments: ``names``, or all of them but the seed."""
+    return {n: getattr(spec, n) for n in names or [f.name for f in fields(spec) if f.name != "seed"]}
+
+
+def clip_vision_config(spec: TinyClipSpec):
+    """The ``CLIPVisionConfig`` of a tiny CLIP spec."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(**spec_kwargs(spec), projection_dim=spec.hidden_size)
+
+
+def _save_shard(chunk: dict[str, torch.Tensor], path: Path) -> None:
+    """One checkpoint file: safetensors (``.safetensors``) or ``torch.save`` (``.bin``)."""
+    from safetensors.torch import save_file
+
+    if path.suffix == ".safetensors":
+        save_file(chunk, str(path), metadata={"format": "pt"})
+    else:
+        torch.save(chunk, path)
+
+
 def write_llava_tokenizer(path: Path) -> None:
     """Write the slow SentencePiece tokenizer layout of LLaVA-7B-Lightening-v1-1 (32003 tokens) into ``path``."""
     path.mkdir(parents=True, exist_ok=True)
@@ -127,8 +154,6 @@ def write_sharded_state_dict(
     layout of the 2023 LLaVA folders); safetensors shards ``model-0000i-of-0000n.safetensors`` with
     ``model.safetensors.index.json``. One shard is written without an index, as ``save_pretrained`` does.
     """
-    from safetensors.torch import save_file
-
     names = list(state_dict)
     num_shards = max(1, min(num_shards, len(names)))
     per = -(-len(names) // num_shards)
@@ -145,10 +170,7 @@ def write_sharded_state_dict(
         if not chunk:
             continue
         fname = f"{stem}.{ext}" if num_shards == 1 else f"{stem}-{i + 1:05d}-of-{num_shards:05d}.{ext}"
-        if safetensors:
-            save_file(chunk, str(path / fname), metadata={"format": "pt"})
-        else:
-            torch.save(chunk, path / fname)
+        _save_shard(chunk, path / fname)
         shard_files.append(fname)
         for k, v in chunk.items():
             weight_map[k] = fname
@@ -162,21 +184,12 @@ def write_sharded_state_dict(
 
 def make_tiny_clip(path: str | Path, spec: TinyClipSpec = TinyClipSpec()) -> Path:
     """Create a tiny ``CLIPVisionModel`` folder (config, safetensors weights, real ViT-L/14 preprocessor config)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
-    config = CLIPVisionConfig(
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.hidden_size,
-    )
-    CLIPVisionModel(config).save_pretrained(path)
+    CLIPVisionModel(clip_vision_config(spec)).save_pretrained(path)
     (path / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR_CONFIG, indent=2))
     return path
 
@@ -187,13 +200,8 @@ def tiny_llava_state_dict(spec: TinyLlavaSpec, vocab_size: int = 32003) -> tuple
 
     torch.manual_seed(spec.seed)
     config = LlamaConfig(
+        **spec_kwargs(spec, *LM_SIZES, "max_position_embeddings"),
         vocab_size=vocab_size,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
         bos_token_id=1,
@@ -353,7 +361,7 @@ def pretrain_language(
         model = VideoChatGPTForCausalLM.from_pretrained(folder, config=video_config(base.config), dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    stored_dtype = {k: v.dtype for k, v in _read_folder_state(folder).items()}
+    stored_dtype = {k: info.dtype for k, info in read_tensor_infos(find_checkpoint(folder)).items()}
     body = [p for n, p in model.named_parameters() if "mm_projector" not in n]
     optim = torch.optim.AdamW(body, lr=lr, weight_decay=0.0)
     embed = model.get_input_embeddings()
@@ -408,37 +416,18 @@ def _caption_span(embed: torch.nn.Embedding, caption_ids: torch.Tensor, n: int, 
     return torch.where(informative.unsqueeze(1), picked + 0.3 * noise, noise)
 
 
-def _shard_map(folder: Path) -> dict[str, list[str] | None]:
-    """shard file -> its tensor names (None: a single unindexed file holding everything)."""
-    index = next(folder.glob("*.index.json"), None)
-    if index is not None:
-        shards: dict[str, list[str]] = {}
-        for key, shard in json.loads(index.read_text())["weight_map"].items():
-            shards.setdefault(shard, []).append(key)
-        return shards
-    return {p.name: None for p in [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]}
-
-
 def _read_folder_state(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    state: dict[str, torch.Tensor] = {}
-    for shard in _shard_map(folder):
-        path = folder / shard
-        state.update(load_file(str(path)) if shard.endswith(".safetensors") else torch.load(path, weights_only=True))
-    return state
+    ckpt = find_checkpoint(folder)
+    infos = read_tensor_infos(ckpt)
+    return dict(iter_tensors(ckpt, list(infos), infos))
 
 
 def _write_folder_state(folder: Path, state: dict[str, torch.Tensor]) -> None:
     """Write ``state`` back into the folder's existing shards (same files, same keys per file)."""
-    from safetensors.torch import save_file
-
-    for shard, keys in _shard_map(folder).items():
-        chunk = {k: state[k].contiguous() for k in (keys if keys is not None else state)}
-        if shard.endswith(".safetensors"):
-            save_file(chunk, str(folder / shard), metadata={"format": "pt"})
-        else:
-            torch.save(chunk, folder / shard)
+    ckpt = find_checkpoint(folder)
+    for shard in ckpt.shards:
+        keys = state if ckpt.weight_map is None else [k for k, v in ckpt.weight_map.items() if v == shard]
+        _save_shard({k: state[k].contiguous() for k in keys}, ckpt.path(shard))
 
 
 # ------------------------------------------------------------------------------------------- other bases
@@ -615,15 +604,9 @@ def make_tiny_chat_lm(path: str | Path, family: str, spec: TinyChatSpec = TinyCh
     tokenizer = train_chat_tokenizer(fam, spec)
     vocab = -(-len(tokenizer) // fam.pad_vocab_to) * fam.pad_vocab_to
     config = getattr(transformers, fam.config_class)(
+        **spec_kwargs(spec, *LM_SIZES, "max_position_embeddings", "initializer_range"),
         vocab_size=vocab,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=fam.tie_word_embeddings,
-        initializer_range=spec.initializer_range,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -653,15 +636,7 @@ def make_tiny_siglip(path: str | Path, spec: TinySiglipSpec = TinySiglipSpec()) 
 
     path = Path(path)
     torch.manual_seed(spec.seed)
-    config = SiglipVisionConfig(
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-    )
-    SiglipVisionModel(config).save_pretrained(path)
+    SiglipVisionModel(SiglipVisionConfig(**spec_kwargs(spec))).save_pretrained(path)
     (path / "preprocessor_config.json").write_text(
         json.dumps(
             {
@@ -685,27 +660,14 @@ def make_tiny_llava_hf(path: str | Path, spec: TinyChatSpec = TinyChatSpec(), cl
     """Create a tiny ``LlavaForConditionalGeneration`` folder (transformers layout, ``save_pretrained``): a Llama
     text model with the Vicuna/LLaMA SentencePiece tokenizer layout, a tiny CLIP tower inside, LLaVA-1.5's GELU
     projector (``multi_modal_projector.linear_1/linear_2``), ``vision_feature_layer -2``, strategy ``default``."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     path = Path(path)
     clip = clip or TinyClipSpec(image_size=56, patch_size=14)
-    vision = CLIPVisionConfig(
-        hidden_size=clip.hidden_size,
-        intermediate_size=clip.intermediate_size,
-        num_hidden_layers=clip.num_hidden_layers,
-        num_attention_heads=clip.num_attention_heads,
-        image_size=clip.image_size,
-        patch_size=clip.patch_size,
-        projection_dim=clip.hidden_size,
-    )
     # Vocabulary: LLaMA's 32000 + <image> (32000) + <pad> (32001), as llava-hf/llava-1.5-7b-hf.
     text = LlamaConfig(
+        **spec_kwargs(spec, *LM_SIZES),
         vocab_size=32002,
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
         max_position_embeddings=2048,
         bos_token_id=1,
         eos_token_id=2,
@@ -713,7 +675,7 @@ def make_tiny_llava_hf(path: str | Path, spec: TinyChatSpec = TinyChatSpec(), cl
         tie_word_embeddings=False,
     )
     config = LlavaConfig(
-        vision_config=vision,
+        vision_config=clip_vision_config(clip),
         text_config=text,
         image_token_index=32000,
         vision_feature_layer=-2,

@@ -29,7 +29,7 @@ import re
 import shlex
 import statistics
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,6 +63,10 @@ class LogPoint:
     peak_memory_gb: float | None = None
 
 
+_LOGGED_FIELDS = tuple(f.name for f in fields(LogPoint) if f.name != "step")  # read from each log_history entry
+_NAN_FIELDS = ("loss", "grad_norm")  # kept when NaN/inf: the report flags a diverged run
+
+
 @dataclass
 class Run:
     """What a run folder holds, read defensively. ``state_path``: the trainer_state.json that was used."""
@@ -84,20 +88,9 @@ class Run:
         by_step: dict[int, LogPoint] = {}
         for e in self.log_history:
             step = _number(e.get("step"))
-            if step is None or _number(e.get("loss"), allow_nan=True) is None:
-                continue
-            by_step[int(step)] = LogPoint(
-                step=int(step),
-                loss=_number(e.get("loss"), allow_nan=True),
-                learning_rate=_number(e.get("learning_rate")),
-                grad_norm=_number(e.get("grad_norm"), allow_nan=True),
-                epoch=_number(e.get("epoch")),
-                tokens_per_second=_number(e.get("tokens_per_second")),
-                samples_per_second=_number(e.get("samples_per_second")),
-                padding_fraction=_number(e.get("padding_fraction")),
-                padding_removed=_number(e.get("padding_removed")),
-                peak_memory_gb=_number(e.get("peak_memory_gb")),
-            )
+            values = {name: _number(e.get(name), allow_nan=name in _NAN_FIELDS) for name in _LOGGED_FIELDS}
+            if step is not None and values["loss"] is not None:
+                by_step[int(step)] = LogPoint(step=int(step), **values)
         return [by_step[s] for s in sorted(by_step)]
 
     @property
@@ -210,18 +203,12 @@ def plot_curves(run: Run, path: str | Path) -> Path | None:
     window = smoothing_window(len(points))
     if window:
         ax_loss.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=1, label="loss (each logged step)")
-        ax_loss.plot(
-            steps,
-            moving_average(losses, window),
-            color="tab:blue",
-            linewidth=2.2,
-            label=f"moving average ({window} points)",
-        )
+        smooth = moving_average(losses, window)
+        ax_loss.plot(steps, smooth, color="tab:blue", linewidth=2.2, label=f"moving average ({window} points)")
     else:
         ax_loss.plot(steps, losses, "o-", color="tab:blue", linewidth=1.8, markersize=5, label="loss")
-    evals = run.eval_points
-    if evals:
-        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], "s--", color="tab:orange", label="eval loss")
+    if run.eval_points:
+        ax_loss.plot(*zip(*run.eval_points), "s--", color="tab:orange", label="eval loss")
     for step, name in run.resume_steps:
         for ax in (ax_loss, ax_lr):
             ax.axvline(step, color="0.45", linestyle="--", linewidth=1)
@@ -245,15 +232,8 @@ def plot_curves(run: Run, path: str | Path) -> Path | None:
 
     lr = [(p.step, p.learning_rate) for p in points if p.learning_rate is not None]
     if lr:
-        ax_lr.plot(
-            [s for s, _ in lr],
-            [v for _, v in lr],
-            "-",
-            color="tab:green",
-            linewidth=1.8,
-            marker="o" if len(lr) < 20 else None,
-            markersize=4,
-        )
+        marker = "o" if len(lr) < 20 else None
+        ax_lr.plot(*zip(*lr), "-", color="tab:green", linewidth=1.8, marker=marker, markersize=4)
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     else:
         ax_lr.text(0.5, 0.5, f"learning rate {NOT_RECORDED}", transform=ax_lr.transAxes, ha="center", va="center")
@@ -442,13 +422,8 @@ def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
     if lora:  # --lora_enable: the adapters apart from the projector, with peft's settings
         adapter = _lora_settings(run.output_dir)
         leaves = sorted({str(p["name"]).split(".lora_")[0].rsplit(".", 1)[-1] for p in lora})
-        rows.append(
-            [
-                "LoRA adapters",
-                f"{_fmt(int(sum(_number(p.get('count')) or 0 for p in lora)))} parameters "
-                f"in {len(lora)} tensors on {', '.join(leaves)}{adapter}",
-            ]
-        )
+        count = _fmt(int(sum(_number(p.get("count")) or 0 for p in lora)))
+        rows.append(["LoRA adapters", f"{count} parameters in {len(lora)} tensors on {', '.join(leaves)}{adapter}"])
     if state.get("train_batch_size") is not None:
         rows.append(["batch size per device", _fmt(state.get("train_batch_size"))])
     return _table(["", "value"], rows)
@@ -632,7 +607,8 @@ def write_report(output_dir: str | Path) -> list[Path]:
     if not out.is_dir():
         raise UserError(f"{out}: is a file, not a run folder; pass the run's --output_dir")
     run = read_run(out)
-    if run.state_path is None and run.run_info is None and not run.problems and not _checkpoints(out):
+    checkpoints = any(_CHECKPOINT.match(d.name) and d.is_dir() for d in out.iterdir())
+    if run.state_path is None and run.run_info is None and not run.problems and not checkpoints:
         raise UserError(
             f"{out}: holds no training run (no {TRAINER_STATE_FILE}, no checkpoint-N/ folder, no {RUN_INFO_FILE}); pass the "
             f"--output_dir of a run that has started"
@@ -644,10 +620,6 @@ def write_report(output_dir: str | Path) -> list[Path]:
         plot_error = f"{type(exc).__name__}: {exc}"
     report = write_text_atomically(out / REPORT_FILE, format_report(run, plot, plot_error))
     return [report] + ([plot] if plot is not None else [])
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    return [d for d in out.iterdir() if _CHECKPOINT.match(d.name) and d.is_dir()]
 
 
 def build_parser() -> argparse.ArgumentParser:

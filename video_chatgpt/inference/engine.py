@@ -18,11 +18,12 @@ generation at the next token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from video_chatgpt.data.conversation import (
 )
 from video_chatgpt.data.tokenizer import SegmentEncoder, VideoTokenIds
 from video_chatgpt.errors import UserError
-from video_chatgpt.features.encoder import video_tokens
+from video_chatgpt.features.encoder import default_dtype, video_tokens
 from video_chatgpt.features.extract import VideoFeatureExtractor
 from video_chatgpt.features.towers import resolve_tower
 from video_chatgpt.model.loading import load_trained_model
@@ -93,7 +94,7 @@ def video_extractor(
         vision_tower,
         num_frames=num_frames,
         device=device,
-        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+        dtype=default_dtype(device),
         spatial_pool=spatial_pool_for(vision_tower, num_frames, video_token_len),
     )
 
@@ -109,11 +110,6 @@ def spatial_pool_for(vision_tower: str, num_frames: int, video_token_len: int | 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp16 on GPU (as the original's inference), fp32 on CPU."""
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 @dataclass
@@ -252,28 +248,31 @@ class Engine:
         mask = torch.tensor([[0] * (longest - len(i)) + [1] * len(i) for i, _ in prompts], device=self.device)
         feats = torch.cat([f for _, f in prompts])  # (B, N, C)
         kwargs = {**self._generate_kwargs(temperature, top_p, max_new_tokens), **generate_kwargs}
-        rng_devices = [self.device] if self.device.type == "cuda" else []
-        with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
+        with self._seeded(seed):
             self.model.generate_with_video(
                 ids, feats, attention_mask=mask, streamer=streamer, stopping_criteria=stopping_criteria, **kwargs
             )
 
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None) -> Iterator[None]:
+        """Inference mode; with a ``seed``, torch's RNG seeded inside and restored after (the global one untouched)."""
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+
     def _pieces(self, prompt, feats, kwargs: dict, seed, stop, token_timeout) -> Iterator[str]:
         tokens: queue.Queue = queue.Queue()  # lists of new token ids, then an exception or _END
         finished = threading.Event()  # set when this iterator ends (closed early included)
-        rng_devices = [self.device] if self.device.type == "cuda" else []
 
         def generate() -> None:
             try:
-                with torch.inference_mode(), torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
-                    if seed is not None:
-                        torch.manual_seed(seed)
+                with self._seeded(seed):
                     self.model.generate_with_video(
                         prompt,
                         feats,
-                        streamer=_TokenQueue(tokens),
+                        streamer=StepStreamer(tokens.put),
                         stopping_criteria=StoppingCriteriaList([_StopWhenSet(finished, stop)]),
                         **kwargs,
                     )
@@ -309,10 +308,8 @@ class Engine:
         history: Sequence[Turn] = (),
     ) -> str:
         """The whole answer of ``stream`` (same arguments) as one string."""
-        pieces = self.stream(
-            question, features, history=history, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
-        )
-        return "".join(pieces)
+        settings = {"history": history, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
+        return "".join(self.stream(question, features, **settings))
 
     @torch.inference_mode()
     def score_answers(self, question: str, features: np.ndarray, answers: list[str]) -> list[float]:
@@ -320,10 +317,7 @@ class Engine:
         feats = self._features_tensor(features)
         scores = []
         for answer in answers:
-            conv = [
-                {"from": "human", "value": inference_conversation(question)[0]["value"]},
-                {"from": "gpt", "value": answer},
-            ]
+            conv = [inference_conversation(question)[0], {"from": "gpt", "value": answer}]
             r = render_sample(conv, self.encoder, self.video_ids, feats.shape[1], template=self.conv_mode)
             ids = torch.tensor([r.input_ids], device=self.device)
             labels = torch.tensor([r.labels], device=self.device)
@@ -343,23 +337,24 @@ def _next_item(tokens: queue.Queue, timeout: float | None):
         raise TimeoutError(f"no new token for {timeout:g} s; the generation is stuck") from None
 
 
-class _TokenQueue(BaseStreamer):
-    """``generate``'s streamer: hands each step's new token ids to the reading thread.
+class StepStreamer(BaseStreamer):
+    """``generate``'s streamer: each step's new token ids ((B,), one per row) as a list to ``on_step``.
 
-    ``generate`` first puts the prompt ids (an empty (1, 0) tensor, as the prompt goes in as embeddings): skipped."""
+    ``generate`` first puts the prompt ids (an empty (1, 0) tensor, as the prompt goes in as embeddings): skipped.
+    The end is the caller's to signal (``Engine.stream``'s thread puts _END itself, also when generate raised)."""
 
-    def __init__(self, tokens: queue.Queue):
-        self.tokens = tokens
+    def __init__(self, on_step: Callable[[list[int]], None]):
+        self.on_step = on_step
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
-        self.tokens.put(value.reshape(-1).tolist())  # (1,) for one sequence
+        self.on_step(value.reshape(-1).tolist())
 
     def end(self) -> None:
-        pass  # the generating thread puts _END itself, also when generate raised
+        pass
 
 
 class _StopWhenSet(StoppingCriteria):

@@ -24,9 +24,8 @@ from typing import Protocol
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
-from video_chatgpt.inference.engine import Detokenizer, Engine
+from video_chatgpt.inference.engine import Detokenizer, Engine, StepStreamer
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class Batcher:
         try:
             self.engine.generate_batch(
                 [(job.ids, job.features) for job in batch],
-                streamer=_BatchStreamer(self, batch),
+                streamer=StepStreamer(lambda tokens: self._step(batch, tokens)),
                 stopping_criteria=StoppingCriteriaList([_JobsFinished(batch)]),
                 max_new_tokens=max(job.max_tokens for job in batch),
                 temperature=sampling.temperature,
@@ -234,23 +233,6 @@ def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     """Where the first of ``stops`` begins in ``text`` (None: nowhere)."""
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(found) if found else None
-
-
-class _BatchStreamer(BaseStreamer):
-    """``generate``'s streamer for a batch: each step's (B,) new tokens to the batcher (the prompt is skipped)."""
-
-    def __init__(self, batcher: Batcher, batch: list[Job]):
-        self.batcher, self.batch = batcher, batch
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.batcher._step(self.batch, value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass
 
 
 class _JobsFinished(StoppingCriteria):

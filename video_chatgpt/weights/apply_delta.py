@@ -61,9 +61,9 @@ def apply_delta(
     )
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = command_parser("apply-delta", "base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)")
-    p.prog = prog or p.prog
+def delta_parser(command: str, description: str, target: str, delta: str, example: str, output: str):
+    """The flags of apply-delta / make-delta (the same flags; the help of the target, delta and output differs)."""
+    p = command_parser(command, description)
     p.add_argument(
         "--base-model-path",
         "--base_model_path",
@@ -71,22 +71,29 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         required=True,
         help="Hugging Face-format LLaMA-7B folder (or hub id)",
     )
-    p.add_argument("--target-model-path", "--target_model_path", type=str, required=True, help="output folder")
-    p.add_argument(
-        "--delta-path",
-        "--delta_path",
-        type=str,
-        required=True,
-        help="delta folder or hub id, e.g. liuhaotian/LLaVA-Lightning-7B-delta-v1-1",
-    )
+    p.add_argument("--target-model-path", "--target_model_path", type=str, required=True, help=target)
+    p.add_argument("--delta-path", "--delta_path", type=str, required=True, help=delta)
     p.add_argument(
         "--max-shard-size",
         "--max_shard_size",
         default=DEFAULT_MAX_SHARD_SIZE,
-        help=f"largest output file, e.g. 2GB, 500MB (default {DEFAULT_MAX_SHARD_SIZE}; does not change memory use)",
+        help=f"largest output file{example} (default {DEFAULT_MAX_SHARD_SIZE}; does not change memory use)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty target folder")
+    p.add_argument("--overwrite", action="store_true", help=f"replace a non-empty {output} folder")
     p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
+    return p
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = delta_parser(
+        "apply-delta",
+        "base LLaMA + LLaVA delta -> LLaVA weights (bounded memory)",
+        target="output folder",
+        delta="delta folder or hub id, e.g. liuhaotian/LLaVA-Lightning-7B-delta-v1-1",
+        example=", e.g. 2GB, 500MB",
+        output="target",
+    )
+    p.prog = prog or p.prog
     return p
 
 

@@ -20,9 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from video_chatgpt.args import command_parser
 from video_chatgpt.errors import run_main
-from video_chatgpt.weights.apply_delta import run_cli
+from video_chatgpt.weights.apply_delta import delta_parser, run_cli
 from video_chatgpt.weights.delta import DeltaResult, Log, combine_folders
 from video_chatgpt.weights.hub import resolve_model_folder
 from video_chatgpt.weights.writer import DEFAULT_MAX_SHARD_SIZE
@@ -55,27 +54,15 @@ def make_delta(
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = command_parser("make-delta", "target - base -> a delta folder (inverse of apply-delta)")
+    p = delta_parser(
+        "make-delta",
+        "target - base -> a delta folder (inverse of apply-delta)",
+        target="the LLaVA model folder (or hub id)",
+        delta="output folder for the delta",
+        example="",
+        output="delta",
+    )
     p.prog = prog or p.prog
-    p.add_argument(
-        "--base-model-path",
-        "--base_model_path",
-        type=str,
-        required=True,
-        help="Hugging Face-format LLaMA-7B folder (or hub id)",
-    )
-    p.add_argument(
-        "--target-model-path", "--target_model_path", type=str, required=True, help="the LLaVA model folder (or hub id)"
-    )
-    p.add_argument("--delta-path", "--delta_path", type=str, required=True, help="output folder for the delta")
-    p.add_argument(
-        "--max-shard-size",
-        "--max_shard_size",
-        default=DEFAULT_MAX_SHARD_SIZE,
-        help=f"largest output file (default {DEFAULT_MAX_SHARD_SIZE}; does not change memory use)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty delta folder")
-    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     return p
 
 

@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import struct
 import sys
@@ -92,10 +93,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        numel = 1
-        for d in self.shape:
-            numel *= d
-        return numel * _itemsize(self.dtype)
+        return tensor_nbytes(self.shape, self.dtype)
 
 
 @dataclass(frozen=True)
@@ -117,8 +115,9 @@ class Checkpoint:
         return f"{len(self.shards)} {kind} shard(s){index}"
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+def tensor_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a dense tensor of ``shape`` and ``dtype``."""
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
 
 
 def is_lfs_pointer(path: str | Path) -> bool:

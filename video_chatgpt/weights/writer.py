@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from video_chatgpt.weights.checkpoint import TORCH_TO_SAFETENSORS, WeightsError
+from video_chatgpt.weights.checkpoint import TORCH_TO_SAFETENSORS, WeightsError, tensor_nbytes
 
 # Files of ~2 GB: a 7B fp16 model is 7 files, each small enough to re-download; memory does not depend on it.
 DEFAULT_MAX_SHARD_SIZE = "2GB"
@@ -81,10 +81,7 @@ class OutputTensor:
 
     @property
     def nbytes(self) -> int:
-        numel = 1
-        for d in self.shape:
-            numel *= d
-        return numel * torch.empty((), dtype=self.dtype).element_size()
+        return tensor_nbytes(self.shape, self.dtype)
 
 
 def plan_shards(tensors: list[OutputTensor], max_shard_bytes: int) -> list[list[OutputTensor]]:

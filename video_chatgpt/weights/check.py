@@ -190,12 +190,12 @@ def check_tensors(config: dict, infos: dict[str, TensorInfo], folder: Path, repo
     hidden, vocab, mm_hidden = (config.get(k) for k in ("hidden_size", "vocab_size", "mm_hidden_size"))
     ints = all(isinstance(v, int) for v in (hidden, vocab, mm_hidden))
     expected = {
-        EMBED_TOKENS_KEY: (vocab, hidden),
-        LM_HEAD_KEY: (vocab, hidden),
-        PROJECTOR_WEIGHT_KEY: (hidden, mm_hidden),
-        PROJECTOR_BIAS_KEY: (hidden,),
+        EMBED_TOKENS_KEY: ((vocab, hidden), "(vocab_size, hidden_size)"),
+        LM_HEAD_KEY: ((vocab, hidden), "(vocab_size, hidden_size)"),
+        PROJECTOR_WEIGHT_KEY: ((hidden, mm_hidden), "(hidden_size, mm_hidden_size)"),
+        PROJECTOR_BIAS_KEY: ((hidden,), "(hidden_size,)"),
     }
-    for name, shape in expected.items():
+    for name, (shape, why) in expected.items():
         info = infos.get(name)
         if info is None:
             if name == LM_HEAD_KEY and config.get("tie_word_embeddings"):
@@ -203,13 +203,6 @@ def check_tensors(config: dict, infos: dict[str, TensorInfo], folder: Path, repo
             what = "the image projector" if name.startswith(PROJECTOR_PREFIX) else "a LLaMA weight"
             report.problems.append(f"{folder}: tensor {name!r} ({what}) is not in the checkpoint")
         elif ints and info.shape != shape:
-            why = (
-                "(hidden_size, mm_hidden_size)"
-                if name == PROJECTOR_WEIGHT_KEY
-                else "(hidden_size,)"
-                if name == PROJECTOR_BIAS_KEY
-                else "(vocab_size, hidden_size)"
-            )
             report.problems.append(
                 f"{info.file}: tensor {name!r} has shape {info.shape}, but config.json says {shape} {why}"
             )
@@ -225,29 +218,28 @@ def check_tensors(config: dict, infos: dict[str, TensorInfo], folder: Path, repo
             )
 
 
+# Where a tokenizer folder lists its added tokens: file -> its (token, id) pairs.
+_ADDED_TOKEN_SOURCES = {
+    "added_tokens.json": lambda d: {k: v for k, v in d.items() if isinstance(v, int)},
+    "tokenizer_config.json": lambda d: {
+        v["content"]: int(k)
+        for k, v in (d.get("added_tokens_decoder") or {}).items()
+        if isinstance(v, dict) and "content" in v
+    },
+    "tokenizer.json": lambda d: ((e["content"], int(e["id"])) for e in d.get("added_tokens") or []),
+}
+
+
 def _added_tokens(folder: Path) -> dict[str, int]:
     """token -> id for added tokens, from added_tokens.json, tokenizer_config.json and tokenizer.json."""
     found: dict[str, int] = {}
-    added = folder / "added_tokens.json"
-    if added.is_file() and not is_lfs_pointer(added):
-        try:
-            found.update({k: v for k, v in read_json(added).items() if isinstance(v, int)})
-        except (OSError, UserError, AttributeError):
-            pass  # reported by check_tokenizer when the file is unreadable
-    tcfg = folder / "tokenizer_config.json"
-    if tcfg.is_file() and not is_lfs_pointer(tcfg):
-        try:
-            decoder = read_json(tcfg).get("added_tokens_decoder") or {}
-            found.update({v["content"]: int(k) for k, v in decoder.items() if isinstance(v, dict) and "content" in v})
-        except (OSError, UserError, AttributeError, ValueError):
-            pass
-    tjson = folder / "tokenizer.json"
-    if tjson.is_file() and not is_lfs_pointer(tjson):
-        try:
-            for entry in read_json(tjson).get("added_tokens") or []:
-                found[entry["content"]] = int(entry["id"])
-        except (OSError, UserError, AttributeError, KeyError, TypeError, ValueError):
-            pass
+    for name, pairs in _ADDED_TOKEN_SOURCES.items():
+        path = folder / name
+        if path.is_file() and not is_lfs_pointer(path):
+            try:
+                found.update(pairs(read_json(path)))
+            except (OSError, UserError, AttributeError, KeyError, TypeError, ValueError):
+                pass  # reported by check_tokenizer when the file is unreadable
     return found
 
 

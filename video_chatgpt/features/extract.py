@@ -17,40 +17,28 @@ Run (the flags of the original ``scripts/save_spatio_temporal_clip_features.py``
 
 What a run does:
 
-0. Locks the output folder (``fcntl.flock`` on ``<clip_feat_path>/.extract.lock``, taken by rank 0 and released
-   by the OS even when the process is killed): a second extraction into the same folder stops with one line. Then,
-   before anything is written or the tower loaded (alone: while the decode workers of step 2 already decode), the
-   folder's manifest, ``features_manifest.json`` (``store.MANIFEST_NAME``): the tower (name, sha256 of its
-   config and weight files, hashed once per run), select layer and strategy, num_frames, spatial_pool, dtype,
-   format, feature shape and project version. A folder whose manifest records other settings stops the run with
-   one line naming each differing setting (use another folder, or ``--overwrite`` to extract every video again).
-   A folder with feature files but no manifest (the original's, or one made before manifests): files whose header
-   has this run's shape are kept as done and a manifest is written (it says how many files it adopted, checked
-   by shape only); files of another shape stop the run (``--overwrite`` replaces them).
-1. Lists the video folder (sorted; hidden files are skipped) and gives rank ``r`` of ``W`` the videos
-   ``videos[r::W]`` (``RANK`` / ``WORLD_SIZE`` from torchrun). Two files with one video id (``v_x.mp4``, ``v_x.mkv``)
-   keep the first; the others fail with that reason. Videos whose feature file exists *and is valid* (its header
-   read safely: the expected shape, float16, not truncated) are skipped (resume); a damaged one is extracted again
-   and noted in the report.
-2. ``--num_workers`` processes decode the videos in parallel (``decode.decode_sampled``: the sampled frames
-   located by timestamp and reached from the keyframe before each, or decoded straight through where the file does
-   not allow that; only they are converted and resized) while the main process encodes; decoding dominates on real
-   videos. The workers start before the tower is loaded, so the run's fixed cost (the tower's sha256, imports and
-   weights) overlaps the first videos' decoding (``startup_s`` in the report).
-3. The main process concatenates frames of consecutive videos into encoder batches of exactly ``--infer_batch``
-   frames (the last one smaller): a batch can hold the end of one video and the start of the next, so short
-   videos do not run small forwards. (The original's ``--infer_batch`` also counts frames per forward, but only
-   within one video.) Per-frame features are float16, as the original's fp16 tower gave them.
-4. When all of a video's frames are encoded it is pooled (``pooling.pool_video_features``) and written with
-   ``store.save_features``: a temporary file in the same folder, then a rename, so a killed run never leaves a
-   truncated feature file. Temporary files of a killed run are removed by the next run of the same rank split
-   (and those of the manifest and the reports by rank 0). A video whose features are not finite (NaN or inf: an
-   overflowing float16 tower) is not written; it fails with that reason.
-5. A video that cannot be decoded (corrupt, empty, not a video, no frames) is skipped with its reason; the run goes
-   on. At the end the failures are printed and written, with notes (a container whose frame count was wrong:
-   the frames that really decode were sampled) and timings, to ``<clip_feat_path>/extraction_report.json`` (a
-   ``.json``, never taken for a feature file; with several ranks, one file per rank merged by rank 0).
-   The exit status is 1 if any video failed, else 0.
+0. Locks the output folder (``fcntl.flock`` on ``<clip_feat_path>/.extract.lock``, released by the OS even when the
+   process is killed): a second extraction into the same folder stops with one line. Then, before anything is
+   written, checks the folder's manifest (``features_manifest.json``: tower and its sha256, select layer and
+   strategy, num_frames, spatial_pool, dtype, format, feature shape; see ``build_manifest``): other settings stop
+   the run with one line naming each difference (use another folder, or ``--overwrite``). A folder with feature
+   files but no manifest (the original's) keeps the files of this run's shape as done; another shape stops the run.
+1. Lists the video folder (sorted, hidden files skipped) and gives rank ``r`` of ``W`` (torchrun's ``RANK`` /
+   ``WORLD_SIZE``) the videos ``videos[r::W]``. Of two files with one video id the first is kept, the others fail.
+   Videos whose feature file exists and is valid (header read safely: expected shape, float16, not truncated) are
+   skipped (resume); a damaged one is extracted again and noted in the report.
+2. ``--num_workers`` processes decode the videos (``decode.decode_sampled``) while the main process encodes. The
+   workers start before the tower is loaded, so the run's fixed cost (the tower's sha256 and weights) overlaps the
+   first videos' decoding (``startup_s`` in the report).
+3. Frames of consecutive videos go to the encoder in batches of exactly ``--infer_batch`` (the last one smaller), so
+   short videos do not run small forwards (the original batched within one video). Per-frame features are float16,
+   as the original's fp16 tower gave them.
+4. A video whose frames are all encoded is pooled (``pooling.pool_video_features``) and written atomically
+   (``store.save_features``: a temporary file, then a rename; a killed run's temporaries are removed by the next
+   run). A video whose features are not finite (an overflowing float16 tower) is not written and fails.
+5. A video that cannot be decoded is skipped with its reason; the run goes on. At the end the failures are printed
+   and written, with notes and timings, to ``<clip_feat_path>/extraction_report.json`` (several ranks: one file per
+   rank, merged by rank 0). The exit status is 1 if any video failed, else 0.
 
 Speed knobs: ``--num_workers`` (decode processes per rank; default: all the rank's cores with a GPU encoder,
 half of them with a CPU encoder, which gets the other half as torch threads), ``--decoder_threads`` (FFmpeg threads
@@ -193,15 +181,10 @@ def parse_args(argv: list[str] | None) -> ExtractArgs | int:
         return ns
     try:
         return ExtractArgs(**vars(ns))
-    except ValueError as exc:
-        return parse_args_or_status_error(parser, str(exc))
-
-
-def parse_args_or_status_error(parser: argparse.ArgumentParser, message: str) -> int:
-    """Print a usage error as argparse does (usage line, ``prog: error: message``); returns its status, 2."""
-    parser.print_usage(sys.stderr)
-    print(f"{parser.prog}: error: {message}", file=sys.stderr)
-    return 2
+    except ValueError as exc:  # a usage error, printed as argparse does (status 2)
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 @dataclass(frozen=True)
@@ -782,12 +765,11 @@ def merge_reports(out_dir: Path, world_size: int) -> dict:
     merged = dict(parts[0], rank=None, world_size=world_size)
     for key in ("extracted", "failed", "notes"):
         merged[key] = [x for part in parts for x in part[key]]
-    for key in ("videos", "skipped_existing", "frames_encoded", "packets_decoded", "seeks"):
+    counts = ("videos", "skipped_existing", "frames_encoded", "packets_decoded", "seeks")
+    for key in (*counts, "decode_s", "wait_for_decode_s", "encode_s", "write_s"):
         merged[key] = sum(part[key] for part in parts)
-    for key in ("decode_s", "wait_for_decode_s", "encode_s", "write_s"):
-        merged[key] = sum(part[key] for part in parts)
-    merged["elapsed_s"] = max(part["elapsed_s"] for part in parts)
-    merged["startup_s"] = max(part["startup_s"] for part in parts)
+    for key in ("elapsed_s", "startup_s"):
+        merged[key] = max(part[key] for part in parts)
     merged["complete"] = all(part["complete"] for part in parts)
     write_bytes_atomically(out_dir / REPORT_NAME, (json.dumps(merged, indent=2) + "\n").encode())
     return merged

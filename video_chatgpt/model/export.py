@@ -53,16 +53,15 @@ from video_chatgpt.files import (
     staged_folder,
     write_json_atomically,
 )
-from video_chatgpt.model.loading import load_trained_model, read_projector_file
+from video_chatgpt.model.loading import load_trained_model, read_projector_file, take_meta_buffers
 from video_chatgpt.model.lora import has_lora, merge_adapter
-from video_chatgpt.model.video_chatgpt import VideoSpan, build_projector, place_video
+from video_chatgpt.model.video_chatgpt import FILE_CONFIG_KEYS, VideoSpan, build_projector, place_video
 
 logger = logging.getLogger(__name__)
 
 EXPORT_INFO_FILE = "video_chatgpt_export.json"
 EXPORT_FORMAT = 1
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-_FILE_KEYS = ("model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ def plain_language_model(model: nn.Module) -> nn.Module:
         config_class, source, prefix = type(lm.config), lm, "language_model."
     # Only the fields of the LM's own config class: not the video keys (MM_CONFIG_KEYS, the base kind), nor a LLaVA
     # config's extras (image_aspect_ratio, ...), nor the file's bookkeeping (model_type, architectures, ...).
-    known = set(config_class().to_dict()) - {*MM_CONFIG_KEYS, *_FILE_KEYS}
+    known = set(config_class().to_dict()) - {*MM_CONFIG_KEYS, *FILE_CONFIG_KEYS}
     fields = {k: v for k, v in model.config.to_dict().items() if k in known}
     config = config_class(**fields)
     with torch.device("meta"):
@@ -165,20 +164,7 @@ def plain_language_model(model: nn.Module) -> nn.Module:
     plain.load_state_dict(state, strict=False, assign=True)
     if tied:
         plain.tie_weights()
-    # Buffers outside the state dict (rotary inv_freq) were built on the meta device: take the loaded model's.
-    for name, buffer in source.named_buffers():
-        module_name, _, attr = name.rpartition(".")
-        if name.startswith(PROJECTOR_PREFIX) or "video_token_embed" in name:
-            continue
-        try:
-            target = plain.get_submodule(module_name)
-        except AttributeError:
-            continue
-        if getattr(target, attr, None) is not None and getattr(target, attr).device.type == "meta":
-            setattr(target, attr, buffer)
-    left = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.device.type == "meta"]
-    if left:
-        raise ValueError(f"{left[:4]} of the plain language model were not filled")
+    take_meta_buffers(plain, source, "the plain language model were not filled")
     plain.generation_config = source.generation_config
     return plain
 
@@ -222,10 +208,7 @@ def export_lm(
         torch_dtype = DTYPES[dtype]
         plain.to(torch_dtype)
         config = model.config
-        projector = {
-            PROJECTOR_PREFIX + k: v.detach().float().cpu().clone()
-            for k, v in model.model.mm_projector.state_dict().items()
-        }
+        projector = model.projector_tensors()
         info = ExportInfo(
             format=EXPORT_FORMAT,
             architecture=type(plain).__name__,

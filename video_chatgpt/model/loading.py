@@ -238,17 +238,28 @@ def load_llava_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) 
         raise ValueError(
             f"its language model does not fit {type(lm).__name__}: missing {missing[:4]}, unexpected {unexpected[:4]}"
         )
-    # Buffers that are not in a state dict (rotary inv_freq) were built on the meta device: take the loaded ones.
-    for name, buffer in full.model.language_model.named_buffers():
-        module_name, _, attr = name.rpartition(".")
-        setattr(lm.model.get_submodule(module_name), attr, buffer)
     if getattr(config.text_config, "tie_word_embeddings", False):
         lm.tie_weights()
-    left = [n for n, t in [*lm.named_parameters(), *lm.named_buffers()] if t.device.type == "meta"]
-    if left:
-        raise ValueError(f"{left[:4]} of its language model were not loaded")
+    take_meta_buffers(lm.model, full.model.language_model, "its language model were not loaded")
     lm.generation_config.eos_token_id = getattr(config.text_config, "eos_token_id", None)
     return LlavaHfParts(lm, state, projector.linear_1.in_features, config.vision_feature_layer)
+
+
+def take_meta_buffers(target: nn.Module, source: nn.Module, what: str) -> None:
+    """``target`` was built on the meta device and filled by assignment: the buffers no state dict holds (rotary
+    ``inv_freq``) are still on meta, so take ``source``'s of the same name. ``ValueError`` ("... of ``what``") when a
+    tensor of ``target`` is still on meta after that."""
+    for name, buffer in source.named_buffers():
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = target.get_submodule(module_name)
+        except AttributeError:  # source's own parts (the projector, the trainable rows)
+            continue
+        if getattr(module, attr, None) is not None and getattr(module, attr).device.type == "meta":
+            setattr(module, attr, buffer)
+    left = [n for n, t in [*target.named_parameters(), *target.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise ValueError(f"{left[:4]} of {what}")
 
 
 def _checkpoint_key(folder: str | Path, suffix: str) -> str:

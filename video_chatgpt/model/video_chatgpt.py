@@ -44,7 +44,7 @@ from video_chatgpt.constants import EMBED_TOKENS_KEY, IGNORE_INDEX, MM_CONFIG_KE
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
 # config.json keys that describe the file, not the model (transformers sets them itself).
-_NOT_CONFIG_FIELDS = ("model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
+FILE_CONFIG_KEYS = ("model_type", "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
 
 
 def build_projector(projector_type: str, in_width: int, out_width: int) -> nn.Module:
@@ -56,46 +56,39 @@ def build_projector(projector_type: str, in_width: int, out_width: int) -> nn.Mo
     raise ValueError(f"--mm_projector_type {projector_type!r}: expected one of {', '.join(PROJECTOR_TYPES)}")
 
 
+# The multimodal fields of ``VideoChatGPTConfig`` and their defaults, in the order they are set.
+VIDEO_CONFIG_FIELDS = (
+    ("mm_projector_type", "linear"),
+    ("conv_template", None),
+    ("mm_vision_tower", None),
+    ("mm_hidden_size", None),
+    ("use_mm_proj", True),
+    ("mm_use_vid_start_end", False),
+    ("mm_vision_select_layer", -2),
+    ("video_token_len", None),
+    ("num_video_frames", None),
+    ("video_patch_token_id", None),
+    ("video_start_token_id", None),
+    ("video_end_token_id", None),
+)
+
+
 class VideoChatGPTConfig(LlamaConfig):
-    """LLaMA config plus the multimodal fields. ``video_token_len`` = temporal + spatial tokens per video."""
+    """LLaMA config plus the multimodal fields (``VIDEO_CONFIG_FIELDS``). ``video_token_len`` = temporal + spatial
+    tokens per video."""
 
     model_type = "video_chatgpt"
 
-    def __init__(
-        self,
-        mm_vision_tower: str | None = None,
-        mm_hidden_size: int | None = None,
-        use_mm_proj: bool = True,
-        mm_use_vid_start_end: bool = False,
-        mm_vision_select_layer: int = -2,
-        video_token_len: int | None = None,
-        num_video_frames: int | None = None,
-        video_patch_token_id: int | None = None,
-        video_start_token_id: int | None = None,
-        video_end_token_id: int | None = None,
-        mm_projector_type: str = "linear",
-        conv_template: str | None = None,
-        **kwargs,
-    ):
-        self.mm_projector_type = mm_projector_type
-        self.conv_template = conv_template
-        self.mm_vision_tower = mm_vision_tower
-        self.mm_hidden_size = mm_hidden_size
-        self.use_mm_proj = use_mm_proj
-        self.mm_use_vid_start_end = mm_use_vid_start_end
-        self.mm_vision_select_layer = mm_vision_select_layer
-        self.video_token_len = video_token_len
-        self.num_video_frames = num_video_frames
-        self.video_patch_token_id = video_patch_token_id
-        self.video_start_token_id = video_start_token_id
-        self.video_end_token_id = video_end_token_id
+    def __init__(self, **kwargs):
+        for key, default in VIDEO_CONFIG_FIELDS:
+            setattr(self, key, kwargs.pop(key, default))
         super().__init__(**kwargs)
 
 
 def video_config(raw: dict, **overrides) -> VideoChatGPTConfig:
     """A LLaVA / Video-ChatGPT / LLaMA ``config.json`` (as a dict) as a ``VideoChatGPTConfig`` (never via AutoConfig,
     which would map LLaVA's ``model_type: "llava"`` to an unrelated nested config). ``overrides`` go on top."""
-    raw = {k: v for k, v in raw.items() if k not in _NOT_CONFIG_FIELDS}
+    raw = {k: v for k, v in raw.items() if k not in FILE_CONFIG_KEYS}
     raw.update(overrides)
     return VideoChatGPTConfig(**raw)
 
@@ -339,15 +332,17 @@ class VideoMixin:
             weight[ids.to(weight.device)] = rows.detach().float().to(weight.device)
         return weight
 
-    def projector_state_dict(self) -> dict[str, torch.Tensor]:
-        """The saved artefact ``mm_projector.bin``, fp32 on CPU: ``model.mm_projector.*`` (for ``linear`` the
-        original's ``weight``/``bias``) and the full ``model.embed_tokens.weight`` with the trained rows folded in."""
-        state = {
+    def projector_tensors(self) -> dict[str, torch.Tensor]:
+        """``model.mm_projector.*`` fp32 on CPU (for ``linear`` the original's ``weight``/``bias``)."""
+        return {
             PROJECTOR_PREFIX + k: v.detach().float().cpu().clone()
             for k, v in self.model.mm_projector.state_dict().items()
         }
-        state[EMBED_TOKENS_KEY] = self.full_input_embedding().cpu()
-        return state
+
+    def projector_state_dict(self) -> dict[str, torch.Tensor]:
+        """The saved artefact ``mm_projector.bin``: ``projector_tensors`` and the full fp32
+        ``model.embed_tokens.weight`` with the trained rows folded in."""
+        return {**self.projector_tensors(), EMBED_TOKENS_KEY: self.full_input_embedding().cpu()}
 
 
 class VideoChatGPTForCausalLM(VideoMixin, LlamaForCausalLM):

@@ -36,19 +36,19 @@ from video_chatgpt.bases import open_base
 from video_chatgpt.constants import BASE_POINTER_FILE, PROJECTOR_FILE
 from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.files import check_output_folder, folder_lock, recover_killed_folder, staged_folder
+from video_chatgpt.model.export import DTYPES
 from video_chatgpt.model.loading import load_trained_model
 from video_chatgpt.model.lora import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, merge_adapter
 from video_chatgpt.weights.writer import parse_size
 
 logger = logging.getLogger(__name__)
-DTYPES = ("fp16", "bf16", "fp32")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = command_parser("merge-lora", __doc__.split("\n\n")[0])
     p.add_argument("run", help="LoRA training output folder (adapter_model.safetensors + mm_projector.bin)")
     p.add_argument("out", help="merged model folder to write")
-    p.add_argument("--dtype", default="fp16", choices=DTYPES, help="dtype of the merged weights (default fp16)")
+    p.add_argument("--dtype", default="fp16", choices=list(DTYPES), help="dtype of the merged weights (default fp16)")
     p.add_argument("--max_shard_size", default="5GB", help="largest safetensors shard (default 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing <out>")
     args = p.parse_args(argv)
@@ -76,17 +76,15 @@ def merge_run(
 
         model, tokenizer, _ = load_trained_model(base, torch.float32)  # base + tokens + projector + adapter
         merge_adapter(model)
-        torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-        model.to(torch_dtype)
+        model.to(DTYPES[dtype])
         with staged_folder(out) as tmp:
             # VideoChatGPTForCausalLM saves itself; any other base saves its causal LM (whose config has the mm_*
             # fields).
             saver = model if hasattr(model, "save_pretrained") else model.language_model
             saver.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            for name in ("tokenizer.model",):
-                if (run / name).is_file():
-                    shutil.copyfile(run / name, tmp / name)
+            if (run / "tokenizer.model").is_file():
+                shutil.copyfile(run / "tokenizer.model", tmp / "tokenizer.model")
             shutil.copyfile(run / PROJECTOR_FILE, tmp / PROJECTOR_FILE)
             pointer = {"base_model": str(out.resolve()), "projector": PROJECTOR_FILE, "merged_from": str(run.resolve())}
             (tmp / BASE_POINTER_FILE).write_text(json.dumps(pointer))

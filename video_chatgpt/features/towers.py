@@ -196,8 +196,7 @@ class TowerSpec:
     @property
     def layers_kept(self) -> int:
         """Encoder layers up to the selected hidden state (the later ones do not change it and are dropped)."""
-        index = self.select_layer if self.select_layer >= 0 else self.num_layers + 1 + self.select_layer
-        return index
+        return self.select_layer if self.select_layer >= 0 else self.num_layers + 1 + self.select_layer
 
     @cached_property
     def checkpoint(self) -> Checkpoint:
@@ -258,10 +257,7 @@ def resolve_tower(name: str | Path, select_layer: int | None = None, check: bool
             name=str(name), folder=folder, kind=kind, source="tower", config=_vision_fields(config),
             select_layer=DEFAULT_SELECT_LAYER if select_layer is None else select_layer, select_strategy="default",
         )  # fmt: skip
-        if check:
-            spec.vit_shape  # noqa: B018 (built to validate the config)
-        return spec
-    if model_type in _LLAVA_TYPES and isinstance(config.get("vision_config"), dict):
+    elif model_type in _LLAVA_TYPES and isinstance(config.get("vision_config"), dict):
         vision = config["vision_config"]
         kind = _kind_of(vision.get("model_type", "clip_vision_model"))  # transformers' LlavaConfig default: CLIP
         if kind is None:
@@ -282,19 +278,20 @@ def resolve_tower(name: str | Path, select_layer: int | None = None, check: bool
             name=str(name), folder=folder, kind=kind, source="llava", config=vision,
             select_layer=layer if select_layer is None else select_layer, select_strategy=strategy,
         )  # fmt: skip
-        if check:
-            spec.vit_shape  # noqa: B018 (built to validate the config)
-        return spec
-    if "mm_vision_tower" in config:
+    elif "mm_vision_tower" in config:
         raise UserError(
             f"--vision_tower {name}: is a LLaVA folder in the original layout, whose tower is not inside it; pass "
             f"its tower instead: --vision_tower {config['mm_vision_tower']}"
         )
-    raise UserError(
-        f"--vision_tower {name}: {folder / 'config.json'} has model_type {model_type!r}; pass a CLIP or SigLIP "
-        f"vision tower folder (model_type clip_vision_model / siglip_vision_model) or a LLaVA-1.5/NeXT folder in "
-        f"the transformers layout"
-    )
+    else:
+        raise UserError(
+            f"--vision_tower {name}: {folder / 'config.json'} has model_type {model_type!r}; pass a CLIP or SigLIP "
+            f"vision tower folder (model_type clip_vision_model / siglip_vision_model) or a LLaVA-1.5/NeXT folder "
+            f"in the transformers layout"
+        )
+    if check:
+        spec.vit_shape  # noqa: B018 (built to validate the config)
+    return spec
 
 
 def check_select_layer(spec: TowerSpec) -> None:

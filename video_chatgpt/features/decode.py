@@ -12,24 +12,19 @@ PyAV's RGB frames and frame count equal decord's bit for bit (checked in ``tests
   with the indices of the real count and a note says so.
 * **located by timestamp** (``method="seek"``): a demux pass (packets only, no decoding: ~1% of a decode) lists
   each packet's timestamp and keyframe flag. Where one packet is one output frame (``SEEKABLE_CODECS``: h264, hevc,
-  vp9) and the list is consistent (as many packets as the container says, every one with its own timestamp, no
-  packet to discard, a keyframe first), frame ``i`` is the packet with the ``i``-th smallest timestamp. Each
-  sampled frame is then decoded from the last keyframe before it (in decode order, with a timestamp not after the
-  frame's, so the frames an open GOP places before its keyframe are reached from the keyframe before); nearby
-  frames share one forward decode, a far one gets a seek (``container.seek(..., backward=True)``), and packets
-  between that are not sampled and that no other frame refers to are not decoded at all (``skip_frame="NONREF"``);
-  after a run's last wanted packet the decoder is drained instead of fed more packets. The plan (``plan_runs``)
-  costs each seek ``SEEK_COST_FRAMES`` decoded frames, so a short or keyframe-dense video, or densely sampled
-  frames, come out as one forward pass from the start (still skipping what no frame needs); a video whose every
-  frame is sampled (``N <= num_frames``) is decoded straight through without the demux pass. Decoding from a keyframe gives the same pixels as decoding from the start (that is what a keyframe is;
-  the frames after an open GOP's keyframe are exact too: H.264 recovery points, HEVC CRA), checked against the
-  straight path in ``tests/features/test_seek.py``. Every doubt on the way (a seek that lands after the keyframe it
-  aimed at, a frame without a known timestamp, frames out of order, a frame the decoder marks corrupt, a sampled
-  frame that never comes out) abandons the plan for the straight path, so the frames kept are the same either way.
-  (What the plan cannot see is damage in the parts it does not decode: a packet mid-video that the decoder would
-  drop shortens ``N`` straight through but not here. A truncated mp4 has fewer packets than its header says, and a
-  packet cut short is marked corrupt by the demuxer, so those go straight through; damage inside a complete file
-  is not seen.)
+  vp9) and the list is consistent (``_table_problem``), frame ``i`` is the packet with the ``i``-th smallest
+  timestamp. Each sampled frame is decoded from the last keyframe before it (in decode order, with a timestamp not
+  after the frame's: the frames an open GOP shows before its keyframe come from the keyframe before); nearby frames
+  share one forward decode, a far one gets a seek, packets that no kept frame refers to are not decoded
+  (``skip_frame="NONREF"``), and after a run's last wanted packet the decoder is drained. ``plan_runs`` costs each
+  seek ``SEEK_COST_FRAMES`` decoded frames, so a short or keyframe-dense video comes out as one forward pass; a video
+  whose every frame is sampled (``N <= num_frames``) is decoded straight through without the demux pass. Decoding
+  from a keyframe gives the same pixels as from the start (that is what a keyframe is; H.264 recovery points and
+  HEVC CRA too), checked in ``tests/features/test_seek.py``. Every doubt (a seek that lands after its keyframe, an
+  unknown timestamp, frames out of order, a corrupt frame, a sampled frame that never comes out) abandons the plan
+  for the straight path, so the frames kept are the same either way. (Damage in the parts it does not decode is not
+  seen; a truncated mp4 has fewer packets than its header says and a packet cut short is marked corrupt, so those
+  go straight through.)
 
 Resizing is the original's: ``torch.nn.functional.interpolate(mode="nearest")`` to ``size x size`` (aspect ratio
 not kept), which on uint8 input is a pure gather of rows and columns; the row/column indices are taken from

@@ -1,20 +1,15 @@
 """Read Hugging Face model folders tensor by tensor, without loading a whole model.
 
-A model folder holds its weights in one of four layouts (what ``save_pretrained`` writes, old and new):
-
-* ``model.safetensors.index.json`` + ``model-0000i-of-0000n.safetensors`` shards,
-* ``model.safetensors`` (one file, no index),
-* ``pytorch_model.bin.index.json`` + ``pytorch_model-0000i-of-0000n.bin`` shards (the 2023 LLaVA / LLaMA folders),
-* ``pytorch_model.bin`` (one file, no index).
+A model folder holds its weights in one of four layouts (what ``save_pretrained`` writes, old and new): one
+``model.safetensors`` or ``pytorch_model.bin``, or shards (``model-0000i-of-0000n.safetensors`` /
+``pytorch_model-0000i-of-0000n.bin``, the latter the 2023 LLaVA / LLaMA folders) named by a ``*.index.json``.
 
 ``find_checkpoint(folder)`` finds the layout and checks that every shard the index names is there and is not a
-Git LFS pointer (a few hundred bytes of text left by a failed ``git clone`` without ``git lfs``).
-``read_tensor_infos(ckpt)`` gets every tensor's shape and dtype: from the safetensors header (the first few KB of
-the file; the file size is checked against the header, so a truncated download is caught), or for ``.bin`` from
-the pickle and the zip directory (``torchzip``; a truncated zip has no directory and is caught), no data read.
-``TensorReader`` then gives tensors by name, reading just that tensor's bytes (safetensors: at the header's
-offset; ``.bin``: at its storage in the zip, see ``torchzip``), so memory is bounded by the tensors in use, whatever
-the shard or model size. (A pre-1.6 ``.bin`` that is not a zip is loaded whole, one shard at a time.)
+Git LFS pointer (a few hundred bytes of text left by a ``git clone`` without ``git lfs``). ``read_tensor_infos(ckpt)``
+gets every tensor's shape and dtype without reading data: from the safetensors header (checked against the file
+size) or, for ``.bin``, the pickle and the zip directory (``torchzip``), so a truncated download is caught.
+``TensorReader`` then reads just the bytes of each tensor asked for, so memory is bounded by the tensors in use,
+whatever the shard or model size (a pre-1.6 ``.bin`` that is not a zip is loaded whole, one shard at a time).
 
 Every error is a ``WeightsError`` (a ``ValueError``) whose message names the file, and the tensor where there is one.
 

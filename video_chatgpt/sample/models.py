@@ -532,13 +532,7 @@ class TinyChatSpec:
 # 0.02 init (it is taught the language by ``pretrain_language``, so it needs no large init to react to its input),
 # and room for the 356-token video span plus the chat template's turns (~450 tokens).
 SAMPLE_CHAT_SPEC = TinyChatSpec(
-    hidden_size=64,
-    intermediate_size=172,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=2048,
-    initializer_range=0.02,
+    hidden_size=64, intermediate_size=172, max_position_embeddings=2048, initializer_range=0.02
 )
 
 

@@ -39,77 +39,60 @@ from video_chatgpt.train.lora import check_flags
 logger = logging.getLogger(__name__)
 
 
+def flag_field(default, help_: str, **metadata):
+    """A dataclass field for a command-line flag: its default and its help (``aliases``: other spellings)."""
+    return field(default=default, metadata={"help": help_, **metadata})
+
+
 @dataclass
 class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "the base: LLaVA-7B-Lightening-v1-1 folder, a LLaVA-1.5/NeXT folder, or any causal LM folder"
-        },
+    model_name_or_path: str | None = flag_field(
+        None, "the base: LLaVA-7B-Lightening-v1-1 folder, a LLaVA-1.5/NeXT folder, or any causal LM folder"
     )
-    version: str = field(
-        default="v0",
-        metadata={"help": "conversation version; as in the original, training always uses the vicuna_v1_1 template"},
+    version: str = flag_field(
+        "v0", "conversation version; as in the original, training always uses the vicuna_v1_1 template"
     )
-    freeze_backbone: bool = field(default=False, metadata={"help": "freeze the LLaMA body (not lm_head)"})
-    tune_mm_mlp_adapter: bool = field(
-        default=False,
-        metadata={"help": "train only the video projector (and the <vid_start>/<vid_end> rows with start/end)"},
+    freeze_backbone: bool = flag_field(False, "freeze the LLaMA body (not lm_head)")
+    tune_mm_mlp_adapter: bool = flag_field(
+        False, "train only the video projector (and the <vid_start>/<vid_end> rows with start/end)"
     )
-    pretrain_mm_mlp_adapter: str | None = field(
-        default=None, metadata={"help": "an mm_projector.bin to start the projector (and start/end rows) from"}
+    pretrain_mm_mlp_adapter: str | None = flag_field(
+        None, "an mm_projector.bin to start the projector (and start/end rows) from"
     )
-    mm_use_vid_start_end: bool = field(
-        default=False, metadata={"help": "bracket the video tokens with <vid_start> ... <vid_end>"}
-    )
-    attn_implementation: str = field(
-        default="sdpa", metadata={"help": "sdpa | flash_attention_2 (needs flash-attn) | eager"}
-    )
+    mm_use_vid_start_end: bool = flag_field(False, "bracket the video tokens with <vid_start> ... <vid_end>")
+    attn_implementation: str = flag_field("sdpa", "sdpa | flash_attention_2 (needs flash-attn) | eager")
     # Other bases: any AutoModelForCausalLM + any CLIP/SigLIP tower, or a LLaVA-1.5/NeXT folder.
-    vision_tower: str | None = field(
-        default=None,
-        metadata={
-            "help": "the tower the features were made with (recorded as mm_vision_tower for chat/predict); "
-            "default: the base config's mm_vision_tower (a LLaVA-1.5 folder: the folder itself)"
-        },
+    vision_tower: str | None = flag_field(
+        None,
+        "the tower the features were made with (recorded as mm_vision_tower for chat/predict); "
+        "default: the base config's mm_vision_tower (a LLaVA-1.5 folder: the folder itself)",
     )
-    mm_projector_type: str | None = field(
-        default=None,
-        metadata={
-            "help": "linear (the original) | mlp2x_gelu (LLaVA-1.5: Linear-GELU-Linear); default: the base's "
-            "(linear for the document's LLaVA, mlp2x_gelu for a LLaVA-1.5 folder, linear otherwise)"
-        },
+    mm_projector_type: str | None = flag_field(
+        None,
+        "linear (the original) | mlp2x_gelu (LLaVA-1.5: Linear-GELU-Linear); default: the base's "
+        "(linear for the document's LLaVA, mlp2x_gelu for a LLaVA-1.5 folder, linear otherwise)",
     )
-    stage: str | None = field(
-        default=None,
-        metadata={
-            "help": "pretrain: the projector alone on video-caption pairs with the plain '<video>caption' "
-            "template (LLaVA's stage 1); finetune: the instruction data with the base's template, "
-            "starting from --pretrain_mm_mlp_adapter <stage-1 mm_projector.bin>; default: the "
-            "document's single stage"
-        },
+    stage: str | None = flag_field(
+        None,
+        "pretrain: the projector alone on video-caption pairs with the plain '<video>caption' "
+        "template (LLaVA's stage 1); finetune: the instruction data with the base's template, "
+        "starting from --pretrain_mm_mlp_adapter <stage-1 mm_projector.bin>; default: the "
+        "document's single stage",
     )
 
 
 @dataclass
 class DataArguments:
-    data_path: str | None = field(default=None, metadata={"help": "training JSON (convert_instruction_json_...)"})
-    lazy_preprocess: bool = field(
-        default=False, metadata={"help": "render samples when they are read (True) or all at start (False)"}
+    data_path: str | None = flag_field(None, "training JSON (convert_instruction_json_...)")
+    lazy_preprocess: bool = flag_field(False, "render samples when they are read (True) or all at start (False)")
+    is_multimodal: bool = flag_field(False, "accepted and ignored: always multimodal")
+    sep_video_conv_front: bool = flag_field(False, "not supported (rejected if True)")
+    video_token_len: int = flag_field(0, "accepted and ignored: read from the features")
+    video_folder: str | None = flag_field(
+        None, "folder of <video_id>.pkl / .npy feature files", aliases=["--features_dir"]
     )
-    is_multimodal: bool = field(default=False, metadata={"help": "accepted and ignored: always multimodal"})
-    sep_video_conv_front: bool = field(default=False, metadata={"help": "not supported (rejected if True)"})
-    video_token_len: int = field(default=0, metadata={"help": "accepted and ignored: read from the features"})
-    video_folder: str | None = field(
-        default=None,
-        metadata={"help": "folder of <video_id>.pkl / .npy feature files", "aliases": ["--features_dir"]},
-    )
-    frame_aspect_ratio: str = field(
-        default="square", metadata={"help": "accepted and ignored: features are precomputed"}
-    )
-    skip_data_check: bool = field(
-        default=False, metadata={"help": "do not run the data check before training (not recommended)"}
-    )
+    frame_aspect_ratio: str = flag_field("square", "accepted and ignored: features are precomputed")
+    skip_data_check: bool = flag_field(False, "do not run the data check before training (not recommended)")
 
 
 @dataclass
@@ -117,56 +100,45 @@ class TrainingArguments(transformers.TrainingArguments):
     cache_dir: str | None = field(default=None)
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
-    freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "keep the projector frozen"})
-    force_fsdp: bool = field(default=False, metadata={"help": "accepted and ignored: --fsdp alone selects FSDP"})
-    model_max_length: int = field(
-        default=512, metadata={"help": "maximum sequence length; longer samples are truncated on the right"}
+    freeze_mm_mlp_adapter: bool = flag_field(False, "keep the projector frozen")
+    force_fsdp: bool = flag_field(False, "accepted and ignored: --fsdp alone selects FSDP")
+    model_max_length: int = flag_field(512, "maximum sequence length; longer samples are truncated on the right")
+    evaluation_strategy: str | None = flag_field(
+        None, "old name of --eval_strategy (kept so the document's command works)"
     )
-    evaluation_strategy: str | None = field(
-        default=None, metadata={"help": "old name of --eval_strategy (kept so the document's command works)"}
+    warmup_ratio: float | None = flag_field(
+        None, "old name of a fractional --warmup_steps: warmup over this ratio of all steps"
     )
-    warmup_ratio: float | None = field(
-        default=None, metadata={"help": "old name of a fractional --warmup_steps: warmup over this ratio of all steps"}
+    group_by_length: bool = flag_field(
+        False,
+        "batches of samples of similar length (less padding; the order is still shuffled with --seed); "
+        "same as --train_sampling_strategy group_by_length; see docs/packing.md",
     )
-    group_by_length: bool = field(
-        default=False,
-        metadata={
-            "help": "batches of samples of similar length (less padding; the order is still shuffled with --seed); "
-            "same as --train_sampling_strategy group_by_length; see docs/packing.md"
-        },
-    )
-    packing: bool = field(
-        default=False,
-        metadata={
-            "help": "padding-free: the samples of a batch concatenated into one row, attention kept within each "
-            "sample; --per_device_train_batch_size still counts samples; see docs/packing.md"
-        },
+    packing: bool = flag_field(
+        False,
+        "padding-free: the samples of a batch concatenated into one row, attention kept within each "
+        "sample; --per_device_train_batch_size still counts samples; see docs/packing.md",
     )
     ddp_find_unused_parameters: bool | None = field(default=False)
     ddp_broadcast_buffers: bool | None = field(default=False)
     # LoRA / QLoRA on the language model, in LLaVA's flag names; see video_chatgpt/train/lora.py.
-    lora_enable: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM (and the projector)"})
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    lora_target_modules: str | None = field(
-        default=None,
-        metadata={
-            "help": "comma-separated linear layer names of the LLM (e.g. q_proj,v_proj); default: all of "
-            "its linear layers (never lm_head, the projector or the vision side)"
-        },
+    lora_enable: bool = flag_field(False, "train LoRA adapters on the LLM (and the projector)")
+    lora_r: int = flag_field(64, "LoRA rank")
+    lora_alpha: int = flag_field(16, "LoRA alpha (scaling = alpha / r)")
+    lora_dropout: float = flag_field(0.05, "dropout on the LoRA input")
+    lora_target_modules: str | None = flag_field(
+        None,
+        "comma-separated linear layer names of the LLM (e.g. q_proj,v_proj); default: all of "
+        "its linear layers (never lm_head, the projector or the vision side)",
     )
-    lora_weight_path: str = field(default="", metadata={"help": "accepted as in LLaVA; unused"})
-    lora_bias: str = field(default="none", metadata={"help": "none (the only supported value)"})
-    mm_projector_lr: float | None = field(
-        default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
+    lora_weight_path: str = flag_field("", "accepted as in LLaVA; unused")
+    lora_bias: str = flag_field("none", "none (the only supported value)")
+    mm_projector_lr: float | None = flag_field(None, "learning rate of the projector (default: --learning_rate)")
+    bits: int = flag_field(16, "16 (no quantisation), 8 or 4 (QLoRA; bitsandbytes, CUDA only)")
+    double_quant: bool = flag_field(
+        True, "4-bit: also quantise the quantisation constants (True) or not (False, --no_double_quant)"
     )
-    bits: int = field(default=16, metadata={"help": "16 (no quantisation), 8 or 4 (QLoRA; bitsandbytes, CUDA only)"})
-    double_quant: bool = field(
-        default=True,
-        metadata={"help": "4-bit: also quantise the quantisation constants (True) or not (False, --no_double_quant)"},
-    )
-    quant_type: str = field(default="nf4", metadata={"help": "4-bit: nf4 or fp4"})
+    quant_type: str = flag_field("nf4", "4-bit: nf4 or fp4")
 
     def __post_init__(self):
         # --group_by_length (LLaVA's and older transformers' flag) is transformers 5's sampling strategy of that name;
@@ -250,13 +222,19 @@ def ignored_flag_notes(argv: list[str]) -> list[str]:
     return [f"--{flag} has no effect: {why}" for flag, why in IGNORED_FLAGS.items() if flag in given]
 
 
-def precision_fallback_note(argv: list[str], training_args: TrainingArguments) -> str | None:
-    """The sentence for the report when ``--bf16``/``--fp16`` was asked for but the run computes in fp32 (CPU)."""
+def asked_precision(argv: list[str]) -> list[str]:
+    """Which of ``--bf16`` / ``--fp16`` (``--bf16`` or ``--bf16 True``) the command line asks for, whatever
+    ``TrainingArguments`` then made of them (it drops them on a CPU without native bf16)."""
     parser = argparse.ArgumentParser(add_help=False)
     for flag in ("bf16", "fp16"):
         parser.add_argument(f"--{flag}", type=string_to_bool, nargs="?", const=True, default=False)
     asked, _ = parser.parse_known_args(argv)
-    wanted = [flag for flag in ("bf16", "fp16") if getattr(asked, flag)]
+    return [flag for flag in ("bf16", "fp16") if getattr(asked, flag)]
+
+
+def precision_fallback_note(argv: list[str], training_args: TrainingArguments) -> str | None:
+    """The sentence for the report when ``--bf16``/``--fp16`` was asked for but the run computes in fp32 (CPU)."""
+    wanted = asked_precision(argv)
     if not wanted or training_args.bf16 or training_args.fp16:
         return None
     return (

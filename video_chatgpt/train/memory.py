@@ -28,15 +28,12 @@ The optimizer step is a second candidate peak (activations gone, AdamW's tempora
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-from transformers.hf_argparser import string_to_bool
 
 from video_chatgpt.args import program
 from video_chatgpt.bases import Base, base_kind_of, open_base
@@ -46,7 +43,9 @@ from video_chatgpt.features.towers import resolve_tower
 from video_chatgpt.train.arguments import (
     TRAINING_MODES,
     TrainingMode,
+    asked_precision,
     check_deepspeed_file,
+    flag_field,
     handle_help,
     training_mode,
     training_parser,
@@ -120,7 +119,7 @@ class ModelShape:
             return value
 
         hidden, heads = size("hidden_size"), size("num_attention_heads")
-        shape = cls(
+        return cls(
             hidden=hidden,
             layers=size("num_hidden_layers"),
             heads=heads,
@@ -133,7 +132,6 @@ class ModelShape:
             tied_embeddings=bool(text.get("tie_word_embeddings", False)),
             video_tokens=base.video_token_len,
         )
-        return shape
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer."""
@@ -299,13 +297,8 @@ def frozen_weight_bytes(shape: ModelShape, s: StepSettings) -> list[Part]:
     """The frozen (or, in full fine-tuning, all) weights of the LLM by dtype; trainables are counted apart."""
     w = DTYPE_BYTES[s.weight_dtype]
     if s.train == "full":
-        return [
-            Part(
-                f"weights fp32 (all {shape.llm_params():,} LLM parameters train)",
-                0.0,
-                "counted with the trainable parameters",
-            )
-        ]
+        label = f"weights fp32 (all {shape.llm_params():,} LLM parameters train)"
+        return [Part(label, 0.0, "counted with the trainable parameters")]
     linear = shape.layers * shape.layer_linear_params()
     other = shape.embedding_params() + shape.norm_params()
     if s.bits == 16:
@@ -431,10 +424,9 @@ def plan_step(shape: ModelShape, s: StepSettings) -> MemoryPlan:
     overhead = []
     if s.device == "cuda":
         allocated = max(sum(p.bytes for p in parts), step_peak)
+        reserve = f"CUDA allocator reserve ({ALLOCATOR_RESERVE:.0%} of the allocated peak)"
         overhead = [
-            Part(
-                f"CUDA allocator reserve ({ALLOCATOR_RESERVE:.0%} of the allocated peak)", ALLOCATOR_RESERVE * allocated
-            ),
+            Part(reserve, ALLOCATOR_RESERVE * allocated),
             Part("CUDA context, kernels, cuBLAS workspace", CUDA_CONTEXT_GIB * GIB),
         ]
     return MemoryPlan(shape, s, parts, step_peak, trainable, act_off, act_on, overhead)
@@ -471,43 +463,29 @@ class PlanArguments:
         "bf16", "gradient_checkpointing", "attn_implementation", "lora_enable", "lora_r", "lora_dropout",
         "lora_target_modules", "bits", "double_quant",
     )  # fmt: skip
-    gpu_memory: float = field(default=24.0, metadata={"help": "GiB of the accelerator to fit (default 24)"})
-    tokens_per_sample: int | None = field(
-        default=None,
-        metadata={
-            "help": f"padded tokens per sample, video tokens included (default: video tokens + "
-            f"{DEFAULT_TEXT_TOKENS} text tokens, at most --model_max_length)"
-        },
+    gpu_memory: float = flag_field(24.0, "GiB of the accelerator to fit (default 24)")
+    tokens_per_sample: int | None = flag_field(
+        None,
+        f"padded tokens per sample, video tokens included (default: video tokens + "
+        f"{DEFAULT_TEXT_TOKENS} text tokens, at most --model_max_length)",
     )
-    supervised_tokens: int = field(
-        default=DEFAULT_SUPERVISED_TOKENS, metadata={"help": "supervised (answer) tokens per sample"}
+    supervised_tokens: int = flag_field(DEFAULT_SUPERVISED_TOKENS, "supervised (answer) tokens per sample")
+    video_tokens: int | None = flag_field(
+        None,
+        "video tokens per sample (default: the config's video_token_len, else the vision "
+        "tower's count when its config can be read)",
     )
-    video_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "video tokens per sample (default: the config's video_token_len, else the vision "
-            "tower's count when its config can be read)"
-        },
-    )
-    device: str = field(default="cuda", metadata={"help": "cuda (default) or cpu: the device the plan is for"})
+    device: str = flag_field("cuda", "cuda (default) or cpu: the device the plan is for")
 
     def __post_init__(self):
         if not math.isfinite(self.gpu_memory) or self.gpu_memory <= 0:
             raise ValueError(f"--gpu_memory {self.gpu_memory}: need a positive number of GiB")
-        for flag in ("tokens_per_sample", "video_tokens"):
-            value = getattr(self, flag)
+        for name in ("tokens_per_sample", "video_tokens"):
+            value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"--{flag} {value}: need a positive number")
+                raise ValueError(f"--{name} {value}: need a positive number")
         if self.supervised_tokens < 0:
             raise ValueError(f"--supervised_tokens {self.supervised_tokens}: need 0 or more")
-
-
-def _asked(argv: list[str], flag: str) -> bool:
-    """Whether ``--flag`` / ``--flag True`` was given (TrainingArguments drops --bf16 on a CPU-only machine, but
-    the plan is for the accelerator)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument(f"--{flag}", type=string_to_bool, nargs="?", const=True, default=False)
-    return bool(parser.parse_known_args(argv)[0].__dict__[flag])
 
 
 def _video_tokens(shape: ModelShape, base: Base, given: int | None, tower: str | None) -> int:
@@ -562,7 +540,7 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
         shape = replace(shape, projector_type=model_args.mm_projector_type)
     video = _video_tokens(shape, base, plan_args.video_tokens, model_args.vision_tower)
     tokens = plan_args.tokens_per_sample or min(targs.model_max_length, video + DEFAULT_TEXT_TOKENS)
-    compute = "bf16" if _asked(argv, "bf16") else "fp16" if _asked(argv, "fp16") else "fp32"
+    compute = next(iter(asked_precision(argv)), "fp32")  # the plan is for the accelerator, whatever this machine has
     train = training_mode(model_args, targs)
     if train == "full" and model_args.freeze_backbone:
         # --freeze_backbone alone (the LLM body frozen, lm_head still trains) is planned as the projector mode: the

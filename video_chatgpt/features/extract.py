@@ -632,9 +632,7 @@ def run(args: ExtractArgs, env: DistEnv = DistEnv(), folder_ready: bool = False,
     spec = resolve_tower(args.vision_tower, args.select_layer, check=False)
     shape = feature_shape_of(spec, args)
     make_output_folder(args.clip_feat_path)
-    lock = None
-    if not folder_ready:
-        lock = lock_folder(args.clip_feat_path)
+    lock = None if folder_ready else lock_folder(args.clip_feat_path)
     try:
         held = lock.fileno() if lock is not None else lock_fd
         return _run_locked(args, env, spec, shape, device, videos, started, held, prepare=not folder_ready)

@@ -8,7 +8,7 @@ a video with fewer frames than are sampled, an odd frame size, a corrupt file, a
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +167,3 @@ def make_awkward_videos(out: str | Path, seed: int = 0) -> dict[str, Path]:
     paths["not_video"] = out / "v_awknotvid1.mp4"
     paths["not_video"].write_text("this is not a video\n")
     return paths
-
-
-def truth_record(truth: VideoTruth) -> dict:
-    return asdict(truth)

@@ -15,11 +15,12 @@ CLI: ``video-chatgpt sample world --out runs/sample/world``
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from video_chatgpt.sample.videos import COLOURS, VideoTruth, make_synthetic_video, random_truths, truth_record
+from video_chatgpt.sample.videos import COLOURS, VideoTruth, make_synthetic_video, random_truths
 
 COLOUR_QUESTIONS = (
     "What colour is the moving object in the video?",
@@ -77,7 +78,7 @@ def make_sample_world(out: str | Path, num_train: int = 48, num_test: int = 16, 
     ]
     (out / "test_qa.json").write_text(json.dumps(test_qa, indent=1))
     (out / "truth.json").write_text(
-        json.dumps({"train": [truth_record(t) for t in train], "test": [truth_record(t) for t in test]}, indent=1)
+        json.dumps({"train": [asdict(t) for t in train], "test": [asdict(t) for t in test]}, indent=1)
     )
     return {
         "videos_train": out / "videos" / "train",

@@ -233,10 +233,7 @@ def combine(kind: str, source: torch.Tensor, base: torch.Tensor | None, subtract
         # copy=True: never write into the input (a .bin input is a private memory map of the file).
         out = source.to(OUTPUT_DTYPE, copy=True).contiguous()
         block = out[: b.shape[0], : b.shape[1]]
-        if subtract:
-            block.sub_(b)
-        else:
-            block.add_(b)
+        (block.sub_ if subtract else block.add_)(b)
         return out
     raise ValueError(f"unknown step kind {kind!r}")
 

@@ -217,33 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("the server")
     g.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines (default: this one only)")
     g.add_argument("--port", type=int, default=8000, help="port to serve on")
-    g.add_argument("--served_model_name", default=None, help="the model's name in the API (default: the folder's)")
-    g.add_argument("--api_key_env", default=None, help="name of the environment variable holding the API key")
-    g.add_argument("--allowed_local_media_path", default=None, help="folder whose videos and feature files requests "
+    g.add_argument("--served_model_name", help="the model's name in the API (default: the folder's)")
+    g.add_argument("--api_key_env", help="name of the environment variable holding the API key")
+    g.add_argument("--allowed_local_media_path", help="folder whose videos and feature files requests "
                    "may name by path or file:// URL (default: none; inline data: videos only)")  # fmt: skip
     g.add_argument("--max_video_seconds", type=float, default=DEFAULT_MAX_VIDEO_SECONDS)
     g.add_argument("--max_batch_size", type=int, default=8, help="requests generated together in one batch")
     g.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond this are refused with 503")
     g.add_argument("--max_request_mb", type=float, default=DEFAULT_MAX_REQUEST_MB, help="larger bodies: 413")
-    g.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="local",
-        help="local: the model in this process; vllm: "
-        "a vLLM server over the export-lm folder named by --model_name_or_path (docs/vllm.md)",
-    )
-    g.add_argument(
-        "--vllm_url", default=None, help="--backend vllm: vLLM's OpenAI base URL, e.g. http://127.0.0.1:8001/v1"
-    )
-    g.add_argument(
-        "--vllm_model",
-        default=None,
-        help="--backend vllm: the name vLLM serves the export under "
-        "(its --served-model-name; default: the folder as given)",
-    )
-    g.add_argument(
-        "--vllm_api_key_env", default=None, help="--backend vllm: environment variable with vLLM's --api-key"
-    )
+    g.add_argument("--backend", choices=BACKENDS, default="local", help="local: the model in this process; vllm: "
+                   "a vLLM server over the export-lm folder named by --model_name_or_path (docs/vllm.md)")  # fmt: skip
+    g.add_argument("--vllm_url", help="--backend vllm: vLLM's OpenAI base URL, e.g. http://127.0.0.1:8001/v1")
+    g.add_argument("--vllm_model", help="--backend vllm: the name vLLM serves the export under "
+                   "(its --served-model-name; default: the folder as given)")  # fmt: skip
+    g.add_argument("--vllm_api_key_env", help="--backend vllm: environment variable with vLLM's --api-key")
     g.add_argument("--vllm_timeout", type=float, default=600.0, help="--backend vllm: seconds per request, in all")
     add_model_flags(p)
     return p

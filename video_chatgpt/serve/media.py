@@ -22,6 +22,7 @@ import re
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -72,6 +73,14 @@ class FeatureCache:
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
+
+    def get_or_compute(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached features of ``key``, else ``compute()``'s, cached (two threads may both compute a new key)."""
+        found = self.get(key)
+        if found is None:
+            found = compute()
+            self.put(key, found)
+        return found
 
     def __len__(self) -> int:
         return len(self._items)
@@ -139,13 +148,7 @@ class Media:
         if url.startswith("data:"):
             return self._inline_video(url, param)
         path = self.local_file(url, param)
-        key = _file_sha256(path)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        features = self._extract(path, param, Path(url).name)
-        self.cache.put(key, features)
-        return features
+        return self.cache.get_or_compute(_file_sha256(path), lambda: self._extract(path, param, Path(url).name))
 
     def _inline_video(self, url: str, param: str) -> np.ndarray:
         match = _DATA_URL.fullmatch(url)
@@ -155,17 +158,14 @@ class Media:
             data = base64.b64decode(match.group(2), validate=True)
         except (binascii.Error, ValueError):
             raise MediaError(f"{param}: the data: URL is not valid base64", param) from None
-        key = hashlib.sha256(data).hexdigest()
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        suffix = _SUFFIX_OF_TYPE.get(match.group(1), ".video")
-        with tempfile.TemporaryDirectory(prefix="video-chatgpt-serve-") as folder:
-            path = Path(folder) / f"inline{suffix}"
-            path.write_bytes(data)
-            features = self._extract(path, param, "the inline video")
-        self.cache.put(key, features)
-        return features
+
+        def extract() -> np.ndarray:
+            with tempfile.TemporaryDirectory(prefix="video-chatgpt-serve-") as folder:
+                path = Path(folder) / f"inline{_SUFFIX_OF_TYPE.get(match.group(1), '.video')}"
+                path.write_bytes(data)
+                return self._extract(path, param, "the inline video")
+
+        return self.cache.get_or_compute(hashlib.sha256(data).hexdigest(), extract)
 
     def _extract(self, path: Path, param: str, name: str) -> np.ndarray:
         try:

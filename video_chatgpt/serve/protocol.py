@@ -150,10 +150,8 @@ def parse_chat_request(body: object) -> ChatRequest:
 
     if body.get("n") not in (None, 1):
         raise bad("n: only 1 answer per request", "n")
-    if "max_completion_tokens" in body and body["max_completion_tokens"] is not None:
-        max_tokens = _number(body, "max_completion_tokens", 1, 2**31, DEFAULT_MAX_NEW_TOKENS, integer=True)
-    else:
-        max_tokens = _number(body, "max_tokens", 1, 2**31, DEFAULT_MAX_NEW_TOKENS, integer=True)
+    tokens_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _number(body, tokens_key, 1, 2**31, DEFAULT_MAX_NEW_TOKENS, integer=True)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else (stop or [])
     if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):

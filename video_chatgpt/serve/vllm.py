@@ -57,6 +57,7 @@ from video_chatgpt.inference.engine import (
     PromptTooLong,
     Turn,
     conversation_records,
+    default_device,
     video_extractor,
 )
 from video_chatgpt.llm_client import ChatClient, ConnectionFailed, DeadlinePassed, HttpReply, ReplyError, clip
@@ -170,6 +171,19 @@ def read_completion_reply(body: bytes) -> tuple[str, Usage | None, str | None]:
     if choice is None:
         raise VllmError("vLLM's reply has no choices")
     return choice["text"], _usage(obj.get("usage")), choice.get("finish_reason")
+
+
+def open_stream(client: ChatClient, body: dict) -> CompletionStream:
+    """Send a streamed request; a refusal or a failure before the first line is raised now (``VllmError``)."""
+    lines = client.stream_lines(COMPLETIONS_PATH, body)
+    try:
+        head = next(lines)
+    except (DeadlinePassed, ConnectionFailed, ReplyError) as exc:
+        raise _wire_error(exc) from None
+    if head.status != 200:
+        lines.close()
+        raise _refusal(head)
+    return CompletionStream(lines)
 
 
 class CompletionStream:
@@ -311,16 +325,7 @@ class VllmBackend:
     def stream(self, question: str, features: np.ndarray, **settings) -> CompletionStream:
         """The answer as text pieces while vLLM generates it (settings as ``complete``). The request is sent now,
         so a refusal (``VllmError``) is raised here, before the first piece."""
-        body = self.request(question, features, stream=True, **settings)
-        lines = self.client.stream_lines(COMPLETIONS_PATH, body)
-        try:
-            head = next(lines)
-        except (DeadlinePassed, ConnectionFailed, ReplyError) as exc:
-            raise _wire_error(exc) from None
-        if head.status != 200:
-            lines.close()
-            raise _refusal(head)
-        return CompletionStream(lines)
+        return open_stream(self.client, self.request(question, features, stream=True, **settings))
 
     def close(self) -> None:
         self.client.close()
@@ -347,7 +352,7 @@ class ExportedPrompts:
         self.backend = backend
         info = backend.info
         self.model = _ExportedModel(_ExportedConfig(info.video_token_len, info.feature_width))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else default_device()
         self._extractor = None
 
     @property
@@ -413,12 +418,7 @@ class VllmServeBackend:
                 self.vllm.model_name, embeds, max_tokens=job.max_tokens, temperature=job.sampling.temperature,
                 top_p=job.sampling.top_p, seed=job.sampling.seed, stop=list(job.stop) or None, stream=True,
             )  # fmt: skip
-            lines = self.vllm.client.stream_lines(COMPLETIONS_PATH, body)
-            head = next(lines)
-            if head.status != 200:
-                lines.close()
-                raise _refusal(head)
-            pieces = CompletionStream(lines)
+            pieces = open_stream(self.vllm.client, body)  # wire errors: VllmError, here and while it is read
             generated = 0
             for piece in pieces:
                 if job.cancelled.is_set():  # the client went away: hang up on vLLM
@@ -434,8 +434,6 @@ class VllmServeBackend:
             ))  # fmt: skip
         except VllmError as exc:
             job.emit(Failed(f"vLLM: {exc}"))
-        except (DeadlinePassed, ConnectionFailed, ReplyError) as exc:
-            job.emit(Failed(f"vLLM: {_wire_error(exc)}"))
         finally:
             with self._lock:
                 self._running -= 1

@@ -612,16 +612,12 @@ def make_tiny_chat_lm(path: str | Path, family: str, spec: TinyChatSpec = TinyCh
 
 
 @dataclass(frozen=True)
-class TinySiglipSpec:
-    """A tiny SigLIP vision tower: no CLS token, patch 16 (SigLIP-so400m/14-384 and base/16 geometry, tiny width)."""
+class TinySiglipSpec(TinyClipSpec):
+    """A tiny SigLIP vision tower, the tiny CLIP's sizes but patch 16 and 64 px (SigLIP-so400m/14-384 and base/16
+    geometry, tiny width; no CLS token)."""
 
-    hidden_size: int = 32
-    intermediate_size: int = 64
-    num_hidden_layers: int = 3
-    num_attention_heads: int = 4
     image_size: int = 64
     patch_size: int = 16
-    seed: int = 0
 
 
 def make_tiny_siglip(path: str | Path, spec: TinySiglipSpec = TinySiglipSpec()) -> Path:

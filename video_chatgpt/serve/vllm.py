@@ -7,29 +7,13 @@ vLLM serves the plain language model that ``video-chatgpt export-lm`` writes, st
 
 This module computes, on the CPU, exactly what our model feeds its decoder (the token embeddings of the prompt in
 the model's template with the projected video features at the video span: ``model.export.PromptEmbedder``, the same
-``place_video`` as ``VideoMixin.decoder_inputs``) and sends it to vLLM as ``prompt_embeds``. The interface mirrors
-``Engine.stream``/``Engine.answer``, so ``serve`` wires it in a few lines::
-
-    backend = VllmBackend("http://127.0.0.1:8001/v1", "video-chatgpt", "runs/stage2-lm", api_key=None, timeout=600)
-    text, usage = backend.complete(question, features, history=[(q1, a1)], temperature=0.0, max_new_tokens=512)
-    stream = backend.stream(question, features, temperature=0.2, top_p=0.9, seed=0, stop=["###"])
-    for piece in stream: ...            # text pieces as vLLM streams them; afterwards stream.usage, stream.finish_reason
-
-``question``/``history`` as in ``Engine.stream`` (the video goes with the first question); ``features``: the (N, C)
-video features (a feature file's array, or the extractor's: ``backend.info`` has the export's ``vision_tower``,
-``num_frames`` and ``video_token_len``; no language model is loaded on our side). ``usage`` is ``Usage(prompt_tokens, completion_tokens)``
-as vLLM counts them. Errors: ``UserError`` for features of the wrong shape, ``PromptTooLong`` when the prompt fills
-the model's context, ``VllmError`` (with ``status``: vLLM's own 4xx, or 502/504 when vLLM cannot be reached, times out
-or answers something that is not a completion) for everything on the wire.
-
-The wire format (vLLM's ``docs/features/prompt_embeds.md`` and its ``safe_load_prompt_embeds``): ``POST
-{url}/completions`` with a JSON body holding ``model``, ``prompt_embeds`` (the base64 text of ``torch.save`` of one
-2-D ``(tokens, hidden)`` tensor, float32/float16/bfloat16; sent in the exported weights' dtype), no ``prompt``,
-and ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``; ``stream: true`` with ``stream_options:
-{"include_usage": true}`` gives server-sent ``data: {...}`` chunks (``choices[0].text`` pieces, then a chunk with
-``usage``) ending in ``data: [DONE]``. HTTP goes through the project's bounded client (``llm_client.ChatClient``: a
-total deadline per request, a reply size cap). Tested here against a stand-in for vLLM that speaks this protocol,
-not against vLLM itself (see docs/vllm.md).
+``place_video`` as ``VideoMixin.decoder_inputs``) and sends it to vLLM's ``POST {url}/completions`` as
+``prompt_embeds`` (base64 of ``torch.save`` of one 2-D ``(tokens, hidden)`` tensor, no ``prompt``; streamed as
+server-sent ``data: {...}`` chunks ending in ``data: [DONE]``). ``VllmBackend`` mirrors ``Engine.stream``/``answer``
+(``complete``, ``stream``); ``VllmServeBackend`` is ``serve --backend vllm``. Errors: ``UserError`` for features of
+the wrong shape, ``PromptTooLong``, ``VllmError`` (``status``: vLLM's own 4xx, else 502, or 504 past the timeout) for
+everything on the wire, which goes through the project's bounded client (``llm_client.ChatClient``). The Python use,
+the wire format and what is tested (a stand-in for vLLM, not vLLM itself): docs/vllm.md.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from video_chatgpt.weights.checkpoint import (
     TensorInfo,
     WeightsError,
     find_checkpoint,
+    indexed_tensors,
     is_lfs_pointer,
     lfs_pointer_message,
     read_shard_infos,
@@ -166,16 +167,13 @@ def check_checkpoint(folder: Path, report: WeightsReport) -> dict[str, TensorInf
         except WeightsError as exc:
             report.problems.append(str(exc))
             continue
-        if ckpt.weight_map is not None:
-            expected = [k for k, v in ckpt.weight_map.items() if v == shard]
-            missing = [k for k in expected if k not in shard_infos]
-            if missing:
-                report.problems.append(
-                    f"{ckpt.path(shard)}: {ckpt.index_file} lists tensor {missing[0]!r} ({len(missing)} in all) "
-                    f"but the shard does not hold it: incomplete or from another model"
-                )
-            shard_infos = {k: v for k, v in shard_infos.items() if k in set(expected)}
-        infos.update(shard_infos)
+        kept, missing = indexed_tensors(ckpt, shard, shard_infos)
+        if missing:
+            report.problems.append(
+                f"{ckpt.path(shard)}: {ckpt.index_file} lists tensor {missing[0]!r} ({len(missing)} in all) "
+                f"but the shard does not hold it: incomplete or from another model"
+            )
+        infos.update(kept)
     not_float = [i for i in infos.values() if not i.dtype.is_floating_point]
     for i in not_float[:5]:
         report.problems.append(f"{i.file}: tensor {i.name!r} has dtype {i.dtype}; weights must be floating point")

@@ -347,6 +347,17 @@ def read_shard_infos(ckpt: Checkpoint, shard: str) -> dict[str, TensorInfo]:
     return infos
 
 
+def indexed_tensors(
+    ckpt: Checkpoint, shard: str, found: dict[str, TensorInfo]
+) -> tuple[dict[str, TensorInfo], list[str]]:
+    """Of the tensors ``found`` in ``shard``: those the index maps to it (all of them without an index), and the
+    names the index maps to it that the shard lacks."""
+    if ckpt.weight_map is None:
+        return found, []
+    kept = {k: v for k, v in found.items() if ckpt.weight_map.get(k) == shard}
+    return kept, [k for k, v in ckpt.weight_map.items() if v == shard and k not in found]
+
+
 def read_tensor_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
     """Shapes and dtypes of the whole checkpoint, shard by shard (insertion order = shard order, then file order).
 
@@ -356,19 +367,13 @@ def read_tensor_infos(ckpt: Checkpoint) -> dict[str, TensorInfo]:
     infos: dict[str, TensorInfo] = {}
     problems = []
     for shard in ckpt.shards:
-        shard_infos = read_shard_infos(ckpt, shard)
-        if ckpt.weight_map is None:
-            infos.update(shard_infos)
-            continue
-        expected = [k for k, v in ckpt.weight_map.items() if v == shard]
-        missing = [k for k in expected if k not in shard_infos]
+        kept, missing = indexed_tensors(ckpt, shard, read_shard_infos(ckpt, shard))
         if missing:
             problems.append(
                 f"{ckpt.path(shard)}: {ckpt.index_file} says it holds tensor {missing[0]!r} "
                 f"({len(missing)} missing in all), but it does not; the shard is incomplete or from another model"
             )
-        expected_set = set(expected)
-        infos.update((k, v) for k, v in shard_infos.items() if k in expected_set)
+        infos.update(kept)
     if problems:
         raise WeightsError("\n".join(problems))
     return infos

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -41,8 +40,8 @@ from video_chatgpt.errors import UserError, run_main
 from video_chatgpt.eval import evaluate
 from video_chatgpt.eval.evaluate import DEFAULT_API_BASE, DEFAULT_JUDGE, RESULTS_JSON
 from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBENCH, guess_qa_dataset
-from video_chatgpt.eval.report import published_cell
-from video_chatgpt.files import read_json, write_bytes_atomically
+from video_chatgpt.eval.report import num, published_cell
+from video_chatgpt.files import read_json, write_json_atomically, write_text_atomically
 from video_chatgpt.inference import predict
 from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE
 from video_chatgpt.inference.flags import add_model_flags, model_flag_problem, model_flags_argv
@@ -57,6 +56,7 @@ QA_PAIR = (
     (re.compile(r"^(?P<stem>.*)questions\.json$"), "answers.json"),
 )
 SUMMARY_JSON, SUMMARY_MD = "benchmark.json", "benchmark.md"
+SUMMARY_COUNTS = ("mean", "mean_int", "judged", "failed", "total")  # of each criterion's results, in each row
 
 
 @dataclass(frozen=True)
@@ -162,42 +162,21 @@ JUDGE_FLAGS = ("judge_model", "api_base", "api_key_env", "num_workers", "max_ret
 
 def predict_argv(args, s: BenchmarkSet) -> list[str]:
     video_dir = s.video_dir if s.video_dir is not None and s.video_dir.is_dir() else args.video_dir
-    files = (
-        ["--gt_file", str(s.files[0])]
-        if len(s.files) == 1
-        else ["--gt_file_question", str(s.files[0]), "--gt_file_answers", str(s.files[1])]
-    )
-    sources = (["--video_dir", str(video_dir)] if video_dir else []) + (
-        ["--features_dir", str(args.features_dir)] if args.features_dir else []
-    )
-    return [
-        "--task",
-        s.task,
-        *files,
-        *sources,
-        "--output_dir",
-        str(args.output_dir / "preds"),
-        "--output_name",
-        s.label,
-        *model_flags_argv(args),
-        *_flags(args, GENERATION_FLAGS),
-    ]
+    if len(s.files) == 1:
+        argv = ["--task", s.task, "--gt_file", str(s.files[0])]
+    else:
+        argv = ["--task", s.task, "--gt_file_question", str(s.files[0]), "--gt_file_answers", str(s.files[1])]
+    argv += ["--video_dir", str(video_dir)] if video_dir else []
+    argv += ["--features_dir", str(args.features_dir)] if args.features_dir else []
+    argv += ["--output_dir", str(args.output_dir / "preds"), "--output_name", s.label]
+    return argv + model_flags_argv(args) + _flags(args, GENERATION_FLAGS)
 
 
 def evaluate_argv(args, s: BenchmarkSet, criterion: str) -> list[str]:
-    dataset = ["--dataset", s.dataset] if s.dataset else []
-    return [
-        "--task",
-        criterion,
-        "--pred_path",
-        str(args.output_dir / "preds" / f"{s.label}.json"),
-        *dataset,
-        "--output_dir",
-        str(args.output_dir / "eval" / s.label),
-        "--temperature",
-        str(args.judge_temperature),
-        *_flags(args, JUDGE_FLAGS),
-    ]
+    argv = ["--task", criterion, "--pred_path", str(args.output_dir / "preds" / f"{s.label}.json")]
+    argv += ["--dataset", s.dataset] if s.dataset else []
+    argv += ["--output_dir", str(args.output_dir / "eval" / s.label), "--temperature", str(args.judge_temperature)]
+    return argv + _flags(args, JUDGE_FLAGS)
 
 
 def summary_rows(sets: list[BenchmarkSet], results: dict[str, dict]) -> list[dict]:
@@ -210,15 +189,7 @@ def summary_rows(sets: list[BenchmarkSet], results: dict[str, dict]) -> list[dic
             if r is None:
                 rows.append({"set": s.label, "criterion": criterion, "missing": True})
                 continue
-            row = {
-                "set": s.label,
-                "criterion": criterion,
-                "mean": r["mean"],
-                "mean_int": r["mean_int"],
-                "judged": r["judged"],
-                "failed": r["failed"],
-                "total": r["total"],
-            }
+            row = {"set": s.label, "criterion": criterion, **{k: r[k] for k in SUMMARY_COUNTS}}
             if criterion == "qa":
                 published = PUBLISHED_QA.get(s.dataset or "", (None, None))
                 row.update(
@@ -234,9 +205,6 @@ def summary_rows(sets: list[BenchmarkSet], results: dict[str, dict]) -> list[dic
 
 
 def render_summary(rows: list[dict], judge: str) -> str:
-    def num(v, d=2):
-        return "-" if v is None else f"{v:.{d}f}"
-
     lines = [
         "# Benchmark",
         "",
@@ -296,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         "sets": [s.label for s in sets],
         "rows": rows,
     }
-    write_bytes_atomically(args.output_dir / SUMMARY_JSON, json.dumps(summary, indent=1).encode())
+    write_json_atomically(args.output_dir / SUMMARY_JSON, summary, indent=1)
     markdown = render_summary(rows, args.judge_model)
-    write_bytes_atomically(args.output_dir / SUMMARY_MD, markdown.encode())
+    write_text_atomically(args.output_dir / SUMMARY_MD, markdown)
     print("\n" + markdown)
     if status or any(r.get("missing") for r in rows):
         print(

@@ -130,14 +130,8 @@ def jobs_of(args) -> list[tuple[str, Path]]:
                 "--output_json names one file; with --task vcgbench each criterion's combined file is "
                 "<output_dir>/<criterion>_combined.json"
             )
-        general = Path(files["general"])
-        return [
-            ("correctness", general),
-            ("detail", general),
-            ("context", general),
-            ("temporal", Path(files["temporal"])),
-            ("consistency", Path(files["consistency"])),
-        ]
+        general = [(name, Path(files["general"])) for name in ("correctness", "detail", "context")]
+        return general + [(name, Path(files[name])) for name in ("temporal", "consistency")]
     if not args.pred_path:
         raise UserError(f"--task {args.task} needs --pred_path (a prediction file of `video-chatgpt predict`)")
     return [(args.task, Path(args.pred_path))]

@@ -40,6 +40,8 @@ SLOTS = {
     QA: ("question", "answer", "pred"),
     CONSISTENCY: ("question1", "question2", "answer", "pred1", "pred2"),
 }
+# The qa_set field a slot is filled from, where its name differs (pred, pred1, pred2 are their own).
+SLOT_FIELDS = {"question": "q", "answer": "a", "question1": "q1", "question2": "q2"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,6 @@ CRITERIA: dict[str, Criterion] = {
         Criterion("qa", "evaluate_activitynet_qa", QA, "Zero-shot QA"),
     )
 }
-VCGBENCH = ("correctness", "detail", "context", "temporal", "consistency")
 
 # The original's published numbers (Video-ChatGPT README), judged by gpt-3.5-turbo in 2023.
 PUBLISHED_VCGBENCH = {"correctness": 2.40, "detail": 2.52, "context": 2.62, "temporal": 1.98, "consistency": 2.37}
@@ -99,21 +100,9 @@ def fill(template: str, values: dict[str, str]) -> str:
     return _SLOT.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
 
 
-def slot_values(kind: str, qa_set: dict) -> dict[str, str]:
-    if kind == CONSISTENCY:
-        return {
-            "question1": qa_set["q1"],
-            "question2": qa_set["q2"],
-            "answer": qa_set["a"],
-            "pred1": qa_set["pred1"],
-            "pred2": qa_set["pred2"],
-        }
-    return {"question": qa_set["q"], "answer": qa_set["a"], "pred": qa_set["pred"]}
-
-
 def build_messages(prompt: dict, kind: str, qa_set: dict) -> list[dict[str, str]]:
     """The chat messages for one record: the criterion's system + user messages with the record's slots filled."""
-    values = slot_values(kind, qa_set)
+    values = {slot: qa_set[SLOT_FIELDS.get(slot, slot)] for slot in SLOTS[kind]}
     return [{"role": m["role"], "content": fill(m["content"], values)} for m in prompt["messages"]]
 
 
@@ -153,7 +142,7 @@ def qa_items(kind: str, records: list, source: str) -> list[tuple[str, dict]]:
     """``[(key, qa_set)]`` of a prediction file, keys ``<video_name>_<n>`` as the original makes them."""
     if not isinstance(records, list):
         raise UserError(f"{source}: expected a JSON list of prediction records, found {type(records).__name__}")
-    fields = ("q1", "q2", "a", "pred1", "pred2") if kind == CONSISTENCY else ("q", "a", "pred")
+    fields = [SLOT_FIELDS.get(slot, slot) for slot in SLOTS[kind]]
     counts: dict[str, int] = {}
     items = []
     for i, record in enumerate(records):

@@ -8,7 +8,7 @@ from video_chatgpt.eval.protocol import CRITERIA, PUBLISHED_QA, PUBLISHED_VCGBEN
 NOT_COMPARABLE = "(test judge, not comparable)"
 
 
-def _num(value, digits: int = 2) -> str:
+def num(value, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -18,7 +18,7 @@ def _ci(ci, digits: int = 2) -> str:
 
 def published_cell(value, judge_model: str, digits: int = 2) -> str:
     """A published number for a table row: marked as not comparable when a test judge scored ours."""
-    text = _num(value, digits)
+    text = num(value, digits)
     return f"{text} {NOT_COMPARABLE}" if judge_model in TEST_JUDGES and value is not None else text
 
 
@@ -26,9 +26,9 @@ def summary_lines(results: dict) -> list[str]:
     """One line per criterion for the terminal (the tables, intervals and failures are in results.md)."""
     lines = []
     for name, s in results["criteria"].items():
-        accuracy = f"accuracy {_num(s['accuracy'], 1)}%, " if CRITERIA[name].kind == QA else ""
+        accuracy = f"accuracy {num(s['accuracy'], 1)}%, " if CRITERIA[name].kind == QA else ""
         lines.append(
-            f"{CRITERIA[name].title}: {accuracy}score {_num(s['mean'])} (int() {_num(s['mean_int'])}), "
+            f"{CRITERIA[name].title}: {accuracy}score {num(s['mean'])} (int() {num(s['mean_int'])}), "
             f"{s['judged']}/{s['total']} judged, {s['failed']} failed"
         )
     return lines
@@ -62,7 +62,7 @@ def render_markdown(results: dict) -> str:
         ]
         for name, s in vcg.items():
             lines.append(
-                f"| {CRITERIA[name].title} | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | "
+                f"| {CRITERIA[name].title} | {num(s['mean'])} | {_ci(s['ci95'])} | {num(s['mean_int'])} | "
                 f"{published_cell(PUBLISHED_VCGBENCH.get(name), judge['model'])} | {s['judged']} | {s['failed']} | {s['total']} |"
             )
         lines.append("")
@@ -75,9 +75,9 @@ def render_markdown(results: dict) -> str:
             "",
             "| | ours | 95% CI | int() | published | judged | failed | total |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
-            f"| accuracy (%) | {_num(s['accuracy'], 1)} | {_ci(s['accuracy_ci95'], 1)} | - | "
+            f"| accuracy (%) | {num(s['accuracy'], 1)} | {_ci(s['accuracy_ci95'], 1)} | - | "
             f"{published_cell(published[0], judge['model'], 1)} | {s['judged']} | {s['failed']} | {s['total']} |",
-            f"| score | {_num(s['mean'])} | {_ci(s['ci95'])} | {_num(s['mean_int'])} | "
+            f"| score | {num(s['mean'])} | {_ci(s['ci95'])} | {num(s['mean_int'])} | "
             f"{published_cell(published[1], judge['model'], 1)} | "
             f"{s['judged']} | {s['failed']} | {s['total']} |",
             "",

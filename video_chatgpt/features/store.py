@@ -196,18 +196,6 @@ class _NdarrayUnpickler(pickle.Unpickler):
         return target
 
 
-def _load_pickle(path: Path, max_bytes: int | None = None) -> object:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if max_bytes is not None and size > max_bytes:
-            raise FeatureFileError(
-                f"{path}: {size} bytes, more than the {max_bytes} a feature file of the expected shape can take"
-            )
-        scan_pickle(f, size)
-        f.seek(0)
-        return _NdarrayUnpickler(f).load()
-
-
 class _HeaderReader:
     """The file for the unpickler, with the array's data segments (from ``scan_pickle``) seeked over, not read."""
 
@@ -312,18 +300,24 @@ def load_features(
     """
     path = Path(path)
     try:
-        if path.suffix == ".npy":
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                bound = max_file_bytes(expected_shape)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            bound = max_file_bytes(expected_shape)
+            if path.suffix == ".npy":
                 if size > bound:
                     raise FeatureFileError(f"{path}: more than the {bound} bytes a file of the expected shape takes")
                 # np.load allocates the header's shape before reading: check first that the file holds that much.
                 _npy_header(f, size)
                 f.seek(0)
                 array = np.load(f, allow_pickle=False)
-        else:
-            array = _load_pickle(path, max_file_bytes(expected_shape))
+            else:
+                if size > bound:
+                    raise FeatureFileError(
+                        f"{path}: {size} bytes, more than the {bound} a feature file of the expected shape can take"
+                    )
+                scan_pickle(f, size)  # bounds every payload by the file's size before the unpickler allocates
+                f.seek(0)
+                array = _NdarrayUnpickler(f).load()
     except (FileNotFoundError, FeatureFileError):
         raise
     except MemoryError as exc:

@@ -358,13 +358,8 @@ _PARSE_ERRORS = (
 
 
 def read_feature_header(path: str | Path) -> FeatureInfo:
-    """Shape and dtype of a feature file without reading its data (``features.store.read_feature_header``).
-
-    Every length, memo index and array shape in a pickle is bounded by the file's size before anything is
-    allocated, so a tiny forged file cannot ask for gigabytes. Raises ``FileNotFoundError``, or
-    ``FeatureFileError`` for a file ``load_features`` would reject as unreadable (not an ndarray, unsafe or forged
-    pickle, truncated, non-numeric dtype, not 2-D).
-    """
+    """Shape and dtype of a feature file without reading its data (``features.store.read_feature_header``, whose
+    lengths are bounded by the file's size); ``FileNotFoundError`` or ``FeatureFileError`` as ``load_features``."""
     shape, dtype = store_read_feature_header(path)
     return FeatureInfo(tuple(shape), str(dtype))
 
@@ -492,15 +487,7 @@ def check_training_data(
                 )
             else:
                 _check_lengths(
-                    report,
-                    records,
-                    renderable,
-                    base,
-                    model_max_length,
-                    rows,
-                    use_vid_start_end,
-                    pool,
-                    stage,
+                    report, records, renderable, base, model_max_length, rows, use_vid_start_end, pool, stage
                 )
             lap("tokens")
     return report
@@ -604,7 +591,7 @@ def _check_features(report, checks, folder, expected, deep, sample_size, pool, l
     report.num_files_loaded = len(loaded)
 
 
-def _check_lengths(report, records, renderable, base, max_length, rows, use_vid_start_end, pool, stage=None) -> None:
+def _check_lengths(report, records, renderable, base, max_length, rows, use_vid_start_end, pool, stage) -> None:
     require_tokenizer(base.folder, "--model_name_or_path")  # one line instead of transformers' hints
     tokenizer, video_ids, _ = load_video_tokenizer(base.folder, use_vid_start_end, max_length)
     encoder = SegmentEncoder(tokenizer)

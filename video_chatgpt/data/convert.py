@@ -29,13 +29,14 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from video_chatgpt.args import command_parser
+from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
 from video_chatgpt.errors import UserError, error_message, run_main
 from video_chatgpt.features.store import index_feature_folder
@@ -158,6 +159,28 @@ def check_written_output(output: str | Path, inputs: dict, flag: str) -> None:
         raise ConversionError(str(exc)) from None
 
 
+def feature_index_of(clip_feature_path: str | Path | None) -> dict[str, str] | None:
+    """``index_feature_folder`` of ``--clip_feature_path`` (None when not given); a ``ConversionError`` for a
+    path that is not a folder."""
+    if not clip_feature_path:
+        return None
+    if not Path(clip_feature_path).is_dir():
+        raise ConversionError("--clip_feature_path is not a folder", source=str(clip_feature_path))
+    return index_feature_folder(clip_feature_path)
+
+
+@contextlib.contextmanager
+def nothing_written(output: str | Path) -> Iterator[None]:
+    """A command's bad input (``ConversionError``) or failed write (``OSError``: the temporary file is already gone)
+    as one ``UserError`` line saying that nothing was written."""
+    try:
+        yield
+    except ConversionError as exc:
+        raise UserError(f"{exc}; nothing was written") from exc
+    except OSError as exc:  # e.g. a read-only output folder or a full disk
+        raise UserError(f"{error_message(exc)}; nothing was written to {output}") from exc
+
+
 def read_items(path: str | Path) -> object:
     """Parse the input JSON (``files.read_json``: UTF-8/16/32, bounded, any nesting); any failure becomes
     ``ConversionError`` naming the file and what is wrong."""
@@ -179,12 +202,7 @@ def convert_file(
     """Read, convert and atomically write. Raises ``ConversionError`` (message starts with the file) on bad input."""
     # The atomic rename would put the training JSON where the VideoInstruct JSON was: the input would be gone.
     check_written_output(output_json_file, {"--input_json_file": input_json_file}, "--output_json_file")
-    feature_index = None
-    if clip_feature_path:
-        folder = Path(clip_feature_path)
-        if not folder.is_dir():
-            raise ConversionError("--clip_feature_path is not a folder", source=str(folder))
-        feature_index = index_feature_folder(folder)
+    feature_index = feature_index_of(Path(clip_feature_path) if clip_feature_path else None)  # names it as a Path
     items = read_items(input_json_file)
     try:
         records, stats = convert_records(items, feature_index, skip_invalid=skip_invalid)
@@ -245,16 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Command line: returns 0 on success, 2 on bad flags; raises ``UserError`` on bad input (nothing written),
     which ``run_main`` (the console command, the script) prints as one line with exit status 1."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and on bad flags (2); return that status instead
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
+    args = parse_args_or_status(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or bad flags (2)
+        return args
+    with nothing_written(args.output_json_file):
         stats = convert_file(args.input_json_file, args.output_json_file, args.clip_feature_path, args.skip_invalid)
-    except ConversionError as exc:
-        raise UserError(f"{exc}; nothing was written") from exc
-    except OSError as exc:  # e.g. a read-only output folder or a full disk; the temporary file is already gone
-        raise UserError(f"{error_message(exc)}; nothing was written to {args.output_json_file}") from exc
     for line in summary_lines(stats, args.clip_feature_path):
         print(line)
     return 0

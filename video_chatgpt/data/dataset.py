@@ -149,14 +149,14 @@ def estimate_length(record: dict, num_video_tokens: int, max_length: int | None 
     return length if max_length is None else min(length, max_length)
 
 
-def _stack_features(items: list[dict[str, torch.Tensor]]) -> torch.Tensor | None:
-    """(B, N, C) features of a batch, or None when no sample has a video; a mix is refused."""
+def _with_features(batch: dict, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``batch`` plus the (B, N, C) features of its samples, when they have a video; a mix is refused."""
     with_video = ["video_spatio_temporal_features" in x for x in items]
-    if not any(with_video):
-        return None
-    if not all(with_video):
+    if any(with_video) and not all(with_video):
         raise ValueError("a batch mixes samples with and without video; give every record a 'video'")
-    return torch.stack([x["video_spatio_temporal_features"] for x in items])
+    if any(with_video):
+        batch["video_spatio_temporal_features"] = torch.stack([x["video_spatio_temporal_features"] for x in items])
+    return batch
 
 
 def _sample_labels(x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -186,15 +186,8 @@ class VideoDataCollator:
         for b, x in enumerate(items):
             input_ids[b, : len(x["input_ids"])] = x["input_ids"]
             labels[b, : len(x["labels"])] = _sample_labels(x)
-        batch = {
-            "input_ids": input_ids,
-            "labels": labels,
-            "attention_mask": (torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)).long(),
-        }
-        features = _stack_features(items)
-        if features is not None:
-            batch["video_spatio_temporal_features"] = features
-        return batch
+        attention_mask = (torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)).long()
+        return _with_features({"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}, items)
 
 
 @dataclass
@@ -223,10 +216,7 @@ class PackedVideoDataCollator:
         if self.flash_attn_kwargs:
             cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
-        features = _stack_features(items)
-        if features is not None:
-            batch["video_spatio_temporal_features"] = features
-        return batch
+        return _with_features(batch, items)
 
 
 def sample_lengths(batch: dict[str, torch.Tensor]) -> list[int]:

@@ -10,38 +10,20 @@ docs/own-videos.md for serving them locally)::
     video-chatgpt convert --input_json_file my_videos_qa.json --output_json_file my_videos_training.json
 
 Per video (a file of ``--video_dir``; its id is the name before the first dot, as ``convert`` and the feature
-extractor use), four steps, each cached on its own:
-
-1. **keyframes** (``data.keyframes``): frame 0, the scene changes, then evenly spread frames up to ``--keyframes``,
-   decoded with the project's decoder and stored as JPEG;
-2. **captions**: one request to the VLM per keyframe (the image as a ``data:image/jpeg;base64`` URL), each caption
-   kept with the frame's time;
-3. **description**: one request to the LLM with the timed captions and the user's caption (``--captions``: a JSON
-   object ``{"<video id or file name>": "caption or transcript"}``), asking for one detailed paragraph;
-4. **QA pairs**: one request to the LLM per question kind (``--kinds``, default all): the original's ``summary``
-   (summarisation questions answered by a summary) and ``descriptive`` QA, and VideoGPT+'s ``temporal``,
-   ``spatial``, ``reasoning`` and ``consistency`` (two phrasings of a question, one answer: two records), grounded
-   only in the description. The reply is asked for as a JSON list and read leniently (code fences, text around it,
-   ``<think>`` blocks, a wrapping object, ``question``/``answer`` keys).
-
-The prompts are files of ``video_chatgpt/data/prompts/`` (written for this project); their sha256 are part of the
+extractor use), four steps, each cached on its own: **keyframes** (``data.keyframes``: frame 0, the scene changes,
+then evenly spread frames, as JPEG); one VLM request per keyframe for a timed **caption**; one LLM request for a
+**description** from the timed captions and the user's ``--captions`` text; one LLM request per question kind
+(``--kinds``: the original's ``summary`` and ``descriptive``, VideoGPT+'s ``temporal``, ``spatial``, ``reasoning``,
+``consistency``) for **QA pairs** grounded only in the description, read leniently (``parse_pairs``) and filtered
+(``clean_pairs``). The prompts are the files of ``video_chatgpt/data/prompts/``; their sha256 are part of the
 cache's settings and of the provenance.
 
-**Kill and resume**: every answer is written to ``<output_json>.cache/<video id>/`` as it arrives (keyframes, one
-file per frame caption, the description, one file per kind; atomic writes), so a killed run loses only the requests
-in flight and a rerun asks only what is missing. ``settings.json`` there holds the models, prompt hashes and the
-settings that change the answers (temperature, seed, keyframes, image size, pairs per kind, the captions file's
-hash); a rerun with other ones is refused (one line): use another ``--output_json`` or delete the cache. The API
-bases are not part of it (a server may move); ``--kinds`` neither (a kind added later is asked, the others reused).
-
-**Output**: ``--output_json`` in the VideoInstruct format ``[{"video_id", "q", "a"}]`` (what ``convert`` reads), and
-``<output_json stem>.provenance.jsonl`` beside it: a header line (settings, prompt hashes), then one line per
-video (its frames with their times, scene scores, captions and raw replies, the description, each kind's raw reply,
-what was kept and dropped, or why the video was skipped or failed). Pairs with an empty question or answer, a
-duplicate question (within a video), an answer longer than ``MAX_ANSWER_WORDS`` words or one that only restates the
-question are dropped and counted. Videos that do not decode, or have no frames, are listed with the reason and
-skipped. A request that fails after ``--max_retries`` retries (HTTP errors, timeouts, a reply that does not parse)
-is a failure with its reason; the video stops at that step and a rerun asks it again.
+Every answer is written to ``<output_json>.cache/<video id>/`` as it arrives (atomic writes), so a killed run loses
+only the requests in flight and a rerun asks only what is missing; a rerun with settings that change the answers is
+refused (``check_cache_settings``). The output is ``--output_json`` in the VideoInstruct format ``[{"video_id", "q",
+"a"}]`` (what ``convert`` reads) and ``<output_json stem>.provenance.jsonl`` (the settings, then one line per video:
+frames, captions, raw replies, what was kept and dropped, or why it was skipped or failed). docs/own-videos.md has
+the whole story: servers, cache, output, what is dropped.
 
 Exit status 0 when every video is done or skipped (undecodable), 1 when some request failed (listed; rerun to
 retry), 2 on bad flags.
@@ -489,16 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     key = key_from_environment(args.api_key_env, hosts, "video-chatgpt data generate")
 
     def asker(model: str, api_base: str, role: str) -> Asker:
-        client = ClientSettings(
-            model,
-            api_base,
-            args.temperature,
-            args.seed,
-            args.timeout,
-            args.max_retries,
-            args.backoff,
-            args.max_backoff,
-        )
+        retry = {name: getattr(args, name) for name in ("timeout", "max_retries", "backoff", "max_backoff")}
+        client = ClientSettings(model, api_base, args.temperature, args.seed, **retry)
         return Asker(client, key, jitter_seed=args.seed, role=role)
 
     vlm = asker(args.vlm_model, args.vlm_api_base, "VLM")

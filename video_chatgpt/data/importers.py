@@ -59,9 +59,17 @@ from pathlib import Path
 
 from video_chatgpt.args import command_parser, parse_args_or_status
 from video_chatgpt.constants import VIDEO_PLACEHOLDER
-from video_chatgpt.data.convert import ConversionError, _json_type, check_written_output, read_items, training_json_text
-from video_chatgpt.errors import UserError, error_message, run_main
-from video_chatgpt.features.store import index_feature_folder, video_id_of
+from video_chatgpt.data.convert import (
+    ConversionError,
+    _json_type,
+    check_written_output,
+    feature_index_of,
+    nothing_written,
+    read_items,
+    training_json_text,
+)
+from video_chatgpt.errors import UserError, run_main
+from video_chatgpt.features.store import video_id_of
 from video_chatgpt.files import parse_json, write_text_atomically
 
 FORMATS = ("llava", "sharegpt", "qwen")
@@ -497,11 +505,7 @@ def import_file(
         raise UserError(f"--format {fmt}: unknown; expected one of {', '.join(FORMATS)}")
     # The atomic rename would put the training JSON where the source was: the input would be gone.
     check_written_output(output_json, {"--input": input_path}, "--output_json")
-    feature_index = None
-    if clip_feature_path:
-        if not Path(clip_feature_path).is_dir():
-            raise ConversionError("--clip_feature_path is not a folder", source=str(clip_feature_path))
-        feature_index = index_feature_folder(clip_feature_path)
+    feature_index = feature_index_of(clip_feature_path)
     items, lines = read_input(input_path)
     records, stats = import_records(items, fmt, feature_index, skip_invalid, str(input_path), lines)
     if not records:
@@ -540,12 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args_or_status(build_parser(), argv)
     if isinstance(args, int):  # --help (0) or bad flags (2)
         return args
-    try:
+    with nothing_written(args.output_json):
         stats = import_file(args.format, args.input, args.output_json, args.clip_feature_path, args.skip_invalid)
-    except ConversionError as exc:
-        raise UserError(f"{exc}; nothing was written") from exc
-    except OSError as exc:  # e.g. a read-only output folder or a full disk; the temporary file is already gone
-        raise UserError(f"{error_message(exc)}; nothing was written to {args.output_json}") from exc
     for line in stats.details:
         print(line)
     print(summary_line(stats, args.output_json))

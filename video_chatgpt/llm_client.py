@@ -392,10 +392,7 @@ class Asker:
         payload = {"model": s.model, "messages": messages, "temperature": s.temperature}
         if s.seed is not None:
             payload["seed"] = s.seed
-        outcome = {"ok": False, "reply": None, "reason": "not attempted", "raw": None, "model": None}
-        attempts = 0
         for attempt in range(s.max_retries + 1):
-            attempts += 1
             with self._lock:
                 self.requests += 1
             outcome, wait, final = self._attempt(payload, parse, attempt)
@@ -403,7 +400,7 @@ class Asker:
                 break
             if attempt < s.max_retries and wait > 0:
                 time.sleep(wait)
-        return {**outcome, "attempts": attempts}
+        return {**outcome, "attempts": attempt + 1}
 
     def _attempt(self, payload: dict, parse: Callable, attempt: int) -> tuple[dict, float, bool]:
         """One request: ``(outcome, seconds to wait before the next attempt, whether to stop here)``."""

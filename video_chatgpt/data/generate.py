@@ -91,12 +91,8 @@ def prompt_hashes(prompts: dict[str, str]) -> dict[str, str]:
 def caption_messages(prompts: dict[str, str], time: float, jpeg: bytes) -> list[dict]:
     url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
     text = prompts["caption"].strip().replace("{time}", f"{time:.1f} s")
-    return [
-        {
-            "role": "user",
-            "content": [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}],
-        }
-    ]
+    content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+    return [{"role": "user", "content": content}]
 
 
 def describe_messages(prompts: dict[str, str], captions: list[tuple[float, str]], user_caption: str | None) -> list:
@@ -449,19 +445,14 @@ def main(argv: list[str] | None = None) -> int:
     cache = output.with_name(output.name + ".cache")
     provenance_path = output.with_name(output.name.split(".")[0] + ".provenance.jsonl")
     inputs = {"--video_dir": args.video_dir, "--captions": args.captions}
-    check_output(output, inputs, "--output_json")
-    check_output(cache, inputs, "--output_json (its cache folder)")
-    check_output(provenance_path, inputs, "--output_json (its provenance file)")
+    for path, what in ((output, ""), (cache, " (its cache folder)"), (provenance_path, " (its provenance file)")):
+        check_output(path, inputs, f"--output_json{what}")
     user_captions, captions_sha = read_user_captions(args.captions)
     videos = list_videos(args.video_dir)
     prompts = load_prompts()
     settings = {
         "version": CACHE_VERSION,
-        "vlm_model": args.vlm_model,
-        "llm_model": args.llm_model,
-        "temperature": args.temperature,
-        "seed": args.seed,
-        "keyframes": args.keyframes,
+        **{name: getattr(args, name) for name in ("vlm_model", "llm_model", "temperature", "seed", "keyframes")},
         "max_image_side": MAX_IMAGE_SIDE,
         "pairs_per_kind": PAIRS_PER_KIND,
         "prompts_sha256": prompt_hashes(prompts),
@@ -496,16 +487,14 @@ def main(argv: list[str] | None = None) -> int:
                 for future in as_completed(futures):
                     outcomes.append(future.result())
                     bar.update(1)
-            except ServerRefused as exc:
+            except BaseException as exc:
                 for f in futures:
                     f.cancel()
-                raise UserError(
-                    f"{exc}; check --vlm_model/--llm_model, the API bases and the key in ${args.api_key_env} "
-                    "(what was answered is cached)"
-                ) from None
-            except BaseException:
-                for f in futures:
-                    f.cancel()
+                if isinstance(exc, ServerRefused):
+                    raise UserError(
+                        f"{exc}; check --vlm_model/--llm_model, the API bases and the key in ${args.api_key_env} "
+                        "(what was answered is cached)"
+                    ) from None
                 raise
     finally:
         bar.close()

@@ -271,6 +271,15 @@ def test_plan_memory_plans_the_mode_training_runs(tmp_path):
         assert settings.train == training_mode(model_args, args) == mode, flags
 
 
+def test_plan_memory_plans_the_lora_targets_training_uses(tmp_path):
+    """--lora_target_modules read as training reads it (LoraSettings): no name given (",") means every linear."""
+    folder = write_config(tmp_path / "LLaVA-7B", LLAMA_7B)
+    common = ["--model_name_or_path", str(folder), "--video_tokens", "356", "--lora_enable", "True"]
+    for given, planned in [(",", memory.LLM_LINEARS), (" q_proj, ,v_proj ", ("q_proj", "v_proj"))]:
+        _, settings, _ = memory.settings_from_flags([*common, "--lora_target_modules", given])
+        assert settings.lora_targets == planned
+
+
 def test_from_config_reads_other_layouts():
     nested = {
         "text_config": {

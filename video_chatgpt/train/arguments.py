@@ -398,29 +398,34 @@ def _metavar(f: dataclasses.Field) -> str:
     return "N" if kind.startswith("int") else "X" if kind.startswith("float") else "VALUE"
 
 
-def handle_help(argv: list[str], parser: transformers.HfArgumentParser, *extra_dataclasses) -> bool:
-    """Print ``--help`` (the project's flags, grouped) or ``--help-all`` (every flag) when asked; True if printed."""
-    if "--help-all" in argv:
-        parser.print_help()
-        return True
-    if "-h" in argv or "--help" in argv:
-        _help_parser(parser.prog, *extra_dataclasses).print_help()
-        return True
-    return False
-
-
-def missing_required(argv: list[str]) -> list[str]:
-    """The required flags (``REQUIRED_FLAGS``, any spelling) absent from ``argv``."""
+def missing_required(argv: list[str], required: tuple[str, ...] = REQUIRED_FLAGS) -> list[str]:
+    """The required flags (any spelling) absent from ``argv``."""
     given = _given_flags(argv)
     spellings = {"video_folder": {"video_folder", "features_dir"}}
     canonical = {"video_folder": "features_dir"}
-    return [f"--{canonical.get(n, n)}" for n in REQUIRED_FLAGS if not spellings.get(n, {n}) & given]
+    return [f"--{canonical.get(n, n)}" for n in required if not spellings.get(n, {n}) & given]
 
 
-def training_parser(prog: str, *extra_dataclasses) -> transformers.HfArgumentParser:
-    """The training flags' parser (plus ``extra_dataclasses``, e.g. plan-memory's own flags)."""
+def training_parser(
+    argv: list[str], prog: str, *extra_dataclasses, required: tuple[str, ...] = REQUIRED_FLAGS
+) -> transformers.HfArgumentParser:
+    """The training flags' parser (plus ``extra_dataclasses``, e.g. plan-memory's own flags), once ``argv`` passed
+    the checks that come first: the ``--deepspeed`` file (TrainingArguments reads it unbounded), ``--help`` (the
+    project's flags, grouped) or ``--help-all`` (every flag) printed with ``SystemExit(0)``, unknown flags and bad
+    values (argparse's usage error, exit 2), then one ``UserError`` naming every missing ``required`` flag."""
+    check_deepspeed_file(argv)
     parser = transformers.HfArgumentParser((*extra_dataclasses, ModelArguments, DataArguments, TrainingArguments))
     parser.prog = prog
+    if "--help-all" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    if "-h" in argv or "--help" in argv:
+        _help_parser(prog, *extra_dataclasses).print_help()
+        raise SystemExit(0)
+    parser.parse_args(argv)
+    missing = missing_required(argv, required)
+    if missing:
+        raise UserError(f"missing {', '.join(missing)} (see {prog} --help)")
     return parser
 
 
@@ -430,14 +435,7 @@ def parse_arguments(
     """Parse the document's command line (``argv`` without the program name). ``--help`` prints the project's
     flags and exits 0 (``SystemExit``); a missing required flag is one ``UserError`` naming all that are missing."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    check_deepspeed_file(argv)  # read by TrainingArguments itself, unbounded
-    parser = training_parser(prog or program("train"))
-    if handle_help(argv, parser):
-        raise SystemExit(0)
-    parser.parse_args(argv)  # unknown flags and bad values first: argparse's usage error, exit 2
-    missing = missing_required(argv)
-    if missing:
-        raise UserError(f"missing {', '.join(missing)} (see {parser.prog} --help)")
+    parser = training_parser(argv, prog or program("train"))
     try:
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as exc:  # TrainingArguments' own checks of a value (one line, not a traceback)

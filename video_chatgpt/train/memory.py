@@ -28,6 +28,7 @@ The optimizer step is a second candidate peak (activations gone, AdamW's tempora
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import sys
@@ -44,12 +45,11 @@ from video_chatgpt.train.arguments import (
     TRAINING_MODES,
     TrainingMode,
     asked_precision,
-    check_deepspeed_file,
     flag_field,
-    handle_help,
     training_mode,
     training_parser,
 )
+from video_chatgpt.train.lora import LoraSettings
 
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -67,9 +67,7 @@ ALLOCATOR_RESERVE = 0.08
 NF4_BLOCK = 64
 DOUBLE_QUANT_BLOCK = 256
 # The linear layers of a LLaMA-family decoder layer (Llama, Mistral, Qwen2 name them alike); LoRA's default targets.
-ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
-LLM_LINEARS = ATTENTION_LINEARS + MLP_LINEARS
+LLM_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
 DEVICES = ("cuda", "cpu")
 # Plan defaults for the token count of a sample when it is not given: the text around the video in the
@@ -434,19 +432,10 @@ def plan_step(shape: ModelShape, s: StepSettings) -> MemoryPlan:
 
 def max_batch_size(shape: ModelShape, s: StepSettings, gpu_gib: float, limit: int = 4096) -> int:
     """The largest per-device batch whose planned total fits ``gpu_gib`` GiB (0 when even 1 does not)."""
-    if plan_step(shape, replace(s, batch=1)).total_gib > gpu_gib:
-        return 0
-    low, high = 1, 2
-    while high <= limit and plan_step(shape, replace(s, batch=high)).total_gib <= gpu_gib:
-        low, high = high, high * 2
-    high = min(high, limit + 1)
-    while high - low > 1:  # the total grows with the batch: bisect between a fitting and a failing size
-        mid = (low + high) // 2
-        if plan_step(shape, replace(s, batch=mid)).total_gib <= gpu_gib:
-            low = mid
-        else:
-            high = mid
-    return low
+    # the total grows with the batch: bisect for the number of sizes in 1..limit that fit
+    return bisect.bisect_right(
+        range(1, limit + 1), gpu_gib, key=lambda b: plan_step(shape, replace(s, batch=b)).total_gib
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- command
@@ -509,13 +498,7 @@ def _video_tokens(shape: ModelShape, base: Base, given: int | None, tower: str |
 
 def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, PlanArguments]:
     """Parse the training flags (``train.arguments``' parser) plus ``PlanArguments``."""
-    check_deepspeed_file(argv)  # as train: one line naming a missing or unreadable config
-    parser = training_parser(program("plan-memory"), PlanArguments)
-    if handle_help(argv, parser, PlanArguments):
-        raise SystemExit(0)
-    parser.parse_args(argv)  # unknown flags and bad values first: argparse's usage error, exit 2
-    if not any(a.split("=")[0] in ("--model_name_or_path", "--model-name-or-path") for a in argv):
-        raise UserError(f"missing --model_name_or_path (see {parser.prog} --help)")
+    parser = training_parser(argv, program("plan-memory"), PlanArguments, required=("model_name_or_path",))
     # TrainingArguments warns about this machine (no CUDA: CPU training, bf16 -> fp32); the plan is for the device.
     quiet = logging.getLogger("video_chatgpt.train.arguments")
     level = quiet.level
@@ -546,11 +529,7 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
         # --freeze_backbone alone (the LLM body frozen, lm_head still trains) is planned as the projector mode: the
         # frozen weights in the compute dtype (as train.model_dtype loads them); lm_head's training is not counted.
         train = "projector"
-    targets = (
-        LLM_LINEARS
-        if not targs.lora_target_modules
-        else tuple(t.strip() for t in targs.lora_target_modules.split(",") if t.strip())
-    )
+    targets = LoraSettings.from_training_args(targs).targets or LLM_LINEARS  # as training: none named, all of them
     rows = 2 if model_args.mm_use_vid_start_end and train != "full" else 0
     try:
         settings = StepSettings(
@@ -592,16 +571,14 @@ def format_plan(plan: MemoryPlan, gpu_gib: float, best_batch: int, best_batch_ot
         f"{'part':<{width}} {'GiB':>8}",
         f"{'-' * width} {'-' * 8}",
     ]
-    for part in plan.parts:
-        lines.append(f"{part.name:<{width}} {part.gib:>8.3f}")
-    lines.append(f"{'= forward/backward peak (allocated)':<{width}} {plan.backward_peak_bytes / GIB:>8.3f}")
-    lines.append(
-        f"{'  optimizer-step peak (allocated; activations freed, AdamW temporary)':<{width}} "
-        f"{plan.step_peak_bytes / GIB:>8.3f}"
-    )
-    for part in plan.overhead:
-        lines.append(f"{'+ ' + part.name:<{width}} {part.gib:>8.3f}")
-    lines.append(f"{'= planned peak of the device':<{width}} {plan.total_gib:>8.3f}")
+    rows = [(part.name, part.bytes) for part in plan.parts]
+    rows += [
+        ("= forward/backward peak (allocated)", plan.backward_peak_bytes),
+        ("  optimizer-step peak (allocated; activations freed, AdamW temporary)", plan.step_peak_bytes),
+        *[("+ " + part.name, part.bytes) for part in plan.overhead],
+        ("= planned peak of the device", plan.total_bytes),
+    ]
+    lines += [f"{name:<{width}} {size / GIB:>8.3f}" for name, size in rows]
     lines += [
         "",
         f"activations: {plan.activation_bytes_no_checkpointing / GIB:.3f} GiB without gradient checkpointing, "

@@ -270,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The flags a resumed run must repeat, besides the model folder, in the sidecar's order.
+OPTIONAL_PATHS = ("projection_path", "lora_path")
+SETTINGS = ("conv_mode", "prompt_ids", "temperature", "seed", "max_new_tokens", "vision_tower", "num_frames", "dtype")
+
+
 def made_from(args, question_files: list[dict]) -> dict:
     """What a prediction file depends on: compared on resume (the paths of the videos are not: they may move)."""
     return {
@@ -277,16 +282,8 @@ def made_from(args, question_files: list[dict]) -> dict:
         "question_files": question_files,
         "settings": {
             "model_name": str(Path(args.model_name).resolve()),
-            "projection_path": str(Path(args.projection_path).resolve()) if args.projection_path else None,
-            "lora_path": str(Path(args.lora_path).resolve()) if args.lora_path else None,
-            "conv_mode": args.conv_mode,
-            "prompt_ids": args.prompt_ids,
-            "temperature": args.temperature,
-            "seed": args.seed,
-            "max_new_tokens": args.max_new_tokens,
-            "vision_tower": args.vision_tower,
-            "num_frames": args.num_frames,
-            "dtype": args.dtype,
+            **{k: str(Path(getattr(args, k)).resolve()) if getattr(args, k) else None for k in OPTIONAL_PATHS},
+            **{k: getattr(args, k) for k in SETTINGS},
         },
     }
 

@@ -78,17 +78,13 @@ IMAGE_TAG = "<image>"
 QWEN_VL_IMAGE = re.compile(r"<img>.*?</img>", re.DOTALL)
 
 # Role names of the three formats -> the training JSON's (plus "system" and "tool", which are never written).
-ROLES = {
-    "human": "human",
-    "user": "human",
-    "gpt": "gpt",
-    "assistant": "gpt",
-    "system": "system",
-    "function_call": "tool",
-    "observation": "tool",
-    "function": "tool",
-    "tool": "tool",
+ROLE_NAMES = {
+    "human": ("human", "user"),
+    "gpt": ("gpt", "assistant"),
+    "system": ("system",),
+    "tool": ("function_call", "observation", "function", "tool"),
 }
+ROLES = {name: role for role, names in ROLE_NAMES.items() for name in names}
 
 # Why a record is refused -> the words of the summary. Insertion order is the summary's order.
 REFUSALS = {
@@ -218,10 +214,9 @@ def parse_llava(record: Mapping) -> Sample:
 
 def parse_sharegpt(record: Mapping) -> Sample:
     """LLaMA-Factory ShareGPT: ``messages`` (role/content) or ``conversations`` (from/value); ``videos``, ..."""
-    if "messages" in record:
-        key, role_key, text_key = "messages", "role", "content"
-    else:
-        key, role_key, text_key = "conversations", "from", "value"
+    key, role_key, text_key = (
+        ("messages", "role", "content") if "messages" in record else ("conversations", "from", "value")
+    )
     turns = _text_turns(record, key, role_key, text_key)
     system = record.get("system")
     if system is not None:

@@ -263,26 +263,26 @@ def check_record(index: int, record: object) -> RecordCheck:
     def bad(kind: str, message: str) -> Problem:
         return Problem(kind, message, index=index)
 
+    def malformed(message: str) -> RecordCheck:
+        return RecordCheck([bad("malformed", message)], None, False)
+
     if not isinstance(record, Mapping):
-        return RecordCheck([bad("malformed", f"is a {type(record).__name__}, expected an object")], None, False)
+        return malformed(f"is a {type(record).__name__}, expected an object")
     video = record.get("video")
     if "video" in record and (not isinstance(video, str) or not video):
-        return RecordCheck([bad("malformed", f"'video' is {video!r}, expected a file name")], None, False)
+        return malformed(f"'video' is {video!r}, expected a file name")
     conv = record.get("conversations")
     if not isinstance(conv, list) or not conv:
-        message = f"'conversations' is {_short(conv)}, expected a non-empty list of turns"
-        return RecordCheck([bad("malformed", message)], None, False)
+        return malformed(f"'conversations' is {_short(conv)}, expected a non-empty list of turns")
     for k, turn in enumerate(conv):
         if not (isinstance(turn, Mapping) and isinstance(turn.get("from"), str) and isinstance(turn.get("value"), str)):
-            message = f"turn {k} is {_short(turn)}, expected {{'from': str, 'value': str}}"
-            return RecordCheck([bad("malformed", message)], None, False)
+            return malformed(f"turn {k} is {_short(turn)}, expected {{'from': str, 'value': str}}")
     # render_sample drops a leading non-human turn, then needs human, gpt, human, ... (the original asserted it).
     turns = conv[1:] if conv[0]["from"] != "human" else conv
     for k, turn in enumerate(turns):
         expected = "human" if k % 2 == 0 else "gpt"
         if turn["from"] != expected:
-            message = f"turn {k} is from {turn['from']!r}, expected {expected!r} (turns alternate human, gpt)"
-            return RecordCheck([bad("malformed", message)], None, False)
+            return malformed(f"turn {k} is from {turn['from']!r}, expected {expected!r} (turns alternate human, gpt)")
 
     problems = []
     if video is not None and (reason := unsafe_video_reason(video)) is not None:
@@ -329,17 +329,10 @@ def _text_only_among_video(checks: Sequence[RecordCheck]) -> list[Problem]:
 def length_stats(lengths: Sequence[int], num_video_tokens: int, model_max_length: int | None) -> TokenLengths:
     """Summary of rendered lengths (quantiles are actual lengths: the nearest rank)."""
     a = np.asarray(lengths, dtype=np.int64)
-    q = np.quantile(a, [0.5, 0.95, 0.99], method="nearest")
+    median, p95, p99 = (int(x) for x in np.quantile(a, [0.5, 0.95, 0.99], method="nearest"))
+    truncated = 0 if model_max_length is None else int((a > model_max_length).sum())
     return TokenLengths(
-        count=len(a),
-        min=int(a.min()),
-        median=int(q[0]),
-        p95=int(q[1]),
-        p99=int(q[2]),
-        max=int(a.max()),
-        num_video_tokens=num_video_tokens,
-        model_max_length=model_max_length,
-        num_truncated=0 if model_max_length is None else int((a > model_max_length).sum()),
+        len(a), int(a.min()), median, p95, p99, int(a.max()), num_video_tokens, model_max_length, truncated
     )
 
 

@@ -127,19 +127,12 @@ def retry_after_seconds(headers) -> float | None:
     """The wait a 429/503 asks for: ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
     if headers is None:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
+    for name, per_second in (("retry-after-ms", 1000), ("retry-after", 1)):
+        with contextlib.suppress(TypeError, ValueError):  # absent (None) or not a number
+            return max(0.0, float(headers.get(name)) / per_second)
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -227,59 +220,58 @@ class ChatClient:
             follow_redirects=False,
         )
 
-    def post(self, path: str, payload: dict) -> HttpReply:
-        """One request and its whole reply, within ``timeout`` seconds in total.
-
-        Raises ``DeadlinePassed``, ``ReplyError`` (larger than ``max_reply_bytes``, or compressed although it was
-        asked not to be) or ``ConnectionFailed``.
-        """
+    @contextlib.contextmanager
+    def _exchange(self, path: str, payload: dict, headers: dict[str, str] | None = None):
+        """POST ``payload`` under one deadline: yields ``(response, its headers with lower-case names, deadline)``;
+        a transport error (in the request or while the caller reads) becomes ``DeadlinePassed`` or
+        ``ConnectionFailed``."""
         # Encoded here, not by httpx2 (which refuses NaN and cannot encode the lone surrogates a JSON file can hold):
         # ASCII JSON carries any text as escapes.
         content = json.dumps(payload).encode()
         deadline = _Deadline(self.timeout)
         with deadline:
             try:
-                with self._http.stream("POST", path, content=content, extensions={"trace": deadline.trace}) as response:
-                    headers = {k.lower(): v for k, v in response.headers.items()}
-                    return HttpReply(response.status_code, headers, self._read_body(response, headers))
+                with self._http.stream(
+                    "POST", path, content=content, headers=headers, extensions={"trace": deadline.trace}
+                ) as response:
+                    yield response, {k.lower(): v for k, v in response.headers.items()}, deadline
             except self._httpx.RequestError as exc:  # transport errors, and any other the HTTP layer raises
                 raise self._transport_error(exc, deadline) from None
+
+    def post(self, path: str, payload: dict) -> HttpReply:
+        """One request and its whole reply, within ``timeout`` seconds in total.
+
+        Raises ``DeadlinePassed``, ``ReplyError`` (larger than ``max_reply_bytes``, or compressed although it was
+        asked not to be) or ``ConnectionFailed``.
+        """
+        with self._exchange(path, payload) as (response, headers, _):
+            return HttpReply(response.status_code, headers, self._read_body(response, headers))
 
     def stream_lines(self, path: str, payload: dict) -> Iterator[HttpReply | bytes]:
         """A streamed request (server-sent events, e.g. vLLM's ``stream: true``): first an ``HttpReply`` with the
         status and headers (its body the whole reply when the status is not 200, else empty), then each line of a
         200 reply's body as it arrives, without its line end. The bounds of ``post``: ``timeout`` seconds in total
         and ``max_reply_bytes`` in all; closing the iterator early closes the connection. Raises as ``post``."""
-        content = json.dumps(payload).encode()
-        deadline = _Deadline(self.timeout)
-        with deadline:
-            try:
-                with self._http.stream(
-                    "POST", path, content=content, headers={"Accept": "text/event-stream"},
-                    extensions={"trace": deadline.trace},
-                ) as response:  # fmt: skip
-                    headers = {k.lower(): v for k, v in response.headers.items()}
-                    if response.status_code != 200:
-                        yield HttpReply(response.status_code, headers, self._read_body(response, headers))
-                        return
-                    yield HttpReply(200, headers, b"")
-                    encoding = headers.get("content-encoding", "identity").strip().lower()
-                    if encoding not in ("", "identity"):
-                        raise ReplyError(f"a compressed stream (Content-Encoding: {encoding[:40]})")
-                    size, pending = 0, b""
-                    for chunk in response.iter_raw():
-                        size += len(chunk)
-                        if size > self.max_reply_bytes:
-                            raise ReplyError(f"more than the {self.max_reply_bytes} bytes a reply may have")
-                        *lines, pending = (pending + chunk).split(b"\n")
-                        for line in lines:
-                            yield line.rstrip(b"\r")
-                    if deadline.expired:  # the shut-down socket reads as the end of the body
-                        raise DeadlinePassed(f"no complete reply within {self.timeout:g} s")
-                    if pending:
-                        yield pending
-            except self._httpx.RequestError as exc:
-                raise self._transport_error(exc, deadline) from None
+        with self._exchange(path, payload, {"Accept": "text/event-stream"}) as (response, headers, deadline):
+            if response.status_code != 200:
+                yield HttpReply(response.status_code, headers, self._read_body(response, headers))
+                return
+            yield HttpReply(200, headers, b"")
+            encoding = headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ReplyError(f"a compressed stream (Content-Encoding: {encoding[:40]})")
+            size, pending = 0, b""
+            for chunk in response.iter_raw():
+                size += len(chunk)
+                if size > self.max_reply_bytes:
+                    raise ReplyError(f"more than the {self.max_reply_bytes} bytes a reply may have")
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    yield line.rstrip(b"\r")
+            if deadline.expired:  # the shut-down socket reads as the end of the body
+                raise DeadlinePassed(f"no complete reply within {self.timeout:g} s")
+            if pending:
+                yield pending
 
     def _transport_error(self, exc: Exception, deadline: _Deadline) -> Exception:
         if deadline.expired:

@@ -72,10 +72,15 @@ def check_features(features: np.ndarray, engine, path: Path) -> None:
     expected, source = expected_video_tokens(engine)
     if expected is None:
         print(f"video-chatgpt chat: warning: the feature row count is not checked: {source}", file=sys.stderr)
-    elif features.shape[0] != expected:
+    check_rows(f"--features_path {path}", features.shape[0], expected, source)
+
+
+def check_rows(where: str, rows: int, expected: int | None, source: str) -> None:
+    """Refuse features of ``rows`` rows when the model takes ``expected`` video tokens (``expected_video_tokens``)."""
+    if expected is not None and rows != expected:
         raise UserError(
-            f"--features_path {path}: {features.shape[0]} feature rows, but the model takes {expected} video tokens "
-            f"({source}); extract the features with the model's vision tower and --num_frames"
+            f"{where}: {rows} feature rows, but the model takes {expected} video tokens ({source}); extract the "
+            f"features with the model's vision tower and --num_frames"
         )
 
 

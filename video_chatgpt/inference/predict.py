@@ -47,7 +47,7 @@ from video_chatgpt.errors import UserError
 from video_chatgpt.features.decode import VideoDecodeError
 from video_chatgpt.features.store import FEATURE_SUFFIXES, FeatureFileError, load_features
 from video_chatgpt.files import check_output, inside, parse_json, read_bytes_bounded, read_json, write_json_atomically
-from video_chatgpt.inference.chat import expected_video_tokens
+from video_chatgpt.inference.chat import check_rows, expected_video_tokens
 from video_chatgpt.inference.engine import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, load_engine
 from video_chatgpt.inference.flags import add_model_flags, check_model_flags, engine_kwargs
 
@@ -379,11 +379,7 @@ def _predict(args, todo: list[dict], files: PredictionFiles, engine) -> list[dic
             except (VideoDecodeError, FeatureFileError) as exc:
                 errors.append({**error, "reason": f"unreadable: {exc}"})
                 continue
-            if rows is not None and features.shape[0] != rows:
-                raise UserError(
-                    f"{source}: {features.shape[0]} feature rows, but the model takes {rows} video tokens "
-                    f"({rows_source}); extract the features with the model's vision tower and --num_frames"
-                )
+            check_rows(str(source), features.shape[0], rows, rows_source)
             answered = dict(record)
             for out_key, question in questions_of(args.task, record).items():
                 answered[out_key] = engine.answer(

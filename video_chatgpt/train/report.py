@@ -376,8 +376,14 @@ def _trainable_parameters(info: dict) -> list[dict]:
     return [p for p in info.get("trainable_parameters") or [] if isinstance(p, dict)]
 
 
-def _counts(params: list[dict]) -> list[float]:
-    return [c for c in (_number(p.get("count")) for p in params) if c is not None]
+def _numbers(entries: list[dict], key: str) -> list[float]:
+    """The finite numbers at ``key`` of run_info.json's entries (segments, trainable parameters)."""
+    return [v for v in (_number(e.get(key)) for e in entries) if v is not None]
+
+
+def _logged(points: list[LogPoint], name: str) -> list[float]:
+    """The logged values of one ``LogPoint`` field, where recorded."""
+    return [v for v in (getattr(p, name) for p in points) if v is not None]
 
 
 def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
@@ -390,14 +396,13 @@ def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
     if step is not None and _number(state.get("epoch")) is not None:
         steps += f" (epoch {_fmt(state['epoch'], 3)})"
     last = next((p for p in reversed(points) if p.loss is not None), None)
-    wall = [_number(s.get("wall_time_s")) for s in segments]
-    wall_s = sum(w for w in wall if w is not None) if any(w is not None for w in wall) else None
+    wall = _numbers(segments, "wall_time_s")
+    wall_s = sum(wall) if wall else None
     wall_text = _duration(wall_s)
     if wall_s is not None and len(segments) > 1:
         wall_text += f", summed over {len(segments)} run segments (listed below)"
-    gpu = [p.peak_memory_gb for p in points if p.peak_memory_gb is not None]
-    gpu += [v for v in (_number(s.get("peak_gpu_memory_gb")) for s in segments) if v is not None]
-    rss = [v for v in (_number(s.get("peak_rss_gb")) for s in segments) if v is not None]
+    gpu = _logged(points, "peak_memory_gb") + _numbers(segments, "peak_gpu_memory_gb")
+    rss = _numbers(segments, "peak_rss_gb")
     rows = [
         ["steps", steps],
         ["last logged loss", NOT_RECORDED if last is None else f"{_fmt(last.loss, 5)} (step {last.step})"],
@@ -405,15 +410,15 @@ def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
             "train loss (Trainer's mean over the last segment)",
             _fmt(_number(segments[-1].get("train_loss")), 5) if segments else NOT_RECORDED,
         ],
-        ["tokens/s", _rate([p.tokens_per_second for p in points if p.tokens_per_second is not None])],
-        ["samples/s", _rate([p.samples_per_second for p in points if p.samples_per_second is not None])],
+        ["tokens/s", _rate(_logged(points, "tokens_per_second"))],
+        ["samples/s", _rate(_logged(points, "samples_per_second"))],
         *_padding_rows(points),
         ["wall time", wall_text],
         ["peak GPU memory", f"{max(gpu):.2f} GB (torch max allocated)" if gpu else NOT_RECORDED],
         ["peak host memory (RSS)", f"{max(rss):.2f} GB" if rss else NOT_RECORDED],
         [
             "trainable parameters",
-            f"{_fmt(int(sum(_counts(params))))} in {len(params)} tensors" if params else NOT_RECORDED,
+            f"{_fmt(int(sum(_numbers(params, 'count'))))} in {len(params)} tensors" if params else NOT_RECORDED,
         ],
         ["world size (processes)", _fmt(info.get("world_size"))],
         ["feature shape (video tokens, width)", _fmt(info.get("feature_shape"))],
@@ -422,7 +427,7 @@ def _summary_section(run: Run, info: dict, params: list[dict]) -> list[str]:
     if lora:  # --lora_enable: the adapters apart from the projector, with peft's settings
         adapter = _lora_settings(run.output_dir)
         leaves = sorted({str(p["name"]).split(".lora_")[0].rsplit(".", 1)[-1] for p in lora})
-        count = _fmt(int(sum(_number(p.get("count")) or 0 for p in lora)))
+        count = _fmt(int(sum(_numbers(lora, "count"))))
         rows.append(["LoRA adapters", f"{count} parameters in {len(lora)} tensors on {', '.join(leaves)}{adapter}"])
     if state.get("train_batch_size") is not None:
         rows.append(["batch size per device", _fmt(state.get("train_batch_size"))])
@@ -436,8 +441,7 @@ def _padding_rows(points: list[LogPoint]) -> list[list[str]]:
     def mean(values: list[float]) -> str:
         return f"{100 * statistics.fmean(values):.1f}%" if values else NOT_RECORDED
 
-    computed = [p.padding_fraction for p in points if p.padding_fraction is not None]
-    removed = [p.padding_removed for p in points if p.padding_removed is not None]
+    computed, removed = _logged(points, "padding_fraction"), _logged(points, "padding_removed")
     return [
         ["padding (computed positions)", mean(computed)],
         ["padding removed by --packing", mean(removed) + (" of the padded batches' positions" if removed else "")],
@@ -519,7 +523,7 @@ def _parameters_section(params: list[dict]) -> list[str]:
     """The trainable tensors by name, with their count and share of the total."""
     if not params:
         return [f"Trainable parameters: {NOT_RECORDED}."]
-    total = sum(_counts(params))
+    total = sum(_numbers(params, "count"))
     rows = [
         [
             f"`{p.get('name')}`",

@@ -774,16 +774,15 @@ def print_outcome(failed: list[dict], notes: list[dict], summary: str, path: Pat
 
 def _prepare_on_rank0(args: ExtractArgs, env: DistEnv):
     """Rank 0 of a launch: lock and prepare the folder. Returns ``(lock file or None, error or None)``."""
+    lock = None
     try:
         spec = resolve_tower(args.vision_tower, args.select_layer)
         make_output_folder(args.clip_feat_path)
         lock = lock_folder(args.clip_feat_path)
-    except (UserError, OSError) as exc:
-        return None, exc
-    try:
         prepare_folder(args, spec, feature_shape_of(spec, args))
     except (UserError, OSError) as exc:
-        lock.close()
+        if lock is not None:
+            lock.close()
         return None, exc
     return lock, None
 

@@ -25,10 +25,9 @@ data (``features.store.read_feature_header``: ``.npy`` header / restricted unpic
 every length bounded by the file size, so a forged tiny pickle cannot allocate gigabytes). Then the values are
 read for NaN/inf: every file with ``deep=True`` (what ``data check`` does unless ``--quick``; one pass that loads
 each file, its header parsed on the way), else a spread-out sample of ``sample_size`` files. One NaN in one file is
-enough to make every projector weight NaN, so the command reads them all by default. Measured on 13,000 cached
-files of 356 x 1024 fp16 (VideoInstruct-100K's count; 9.5 GB), 2 threads: 10.4 CPU-s (36 s wall on this shared
-2-core machine at load 6.7) against 5.8 CPU-s (14 s wall) for ``--quick``; uncached it is bound by the disk (9.5 GB:
-~20 s on a local SSD, minutes on a network file system). ``--quick`` reads 16 and says so in its output.
+enough to make every projector weight NaN, so the command reads them all by default: on 13,000 cached files of
+356 x 1024 fp16 (VideoInstruct-100K's count; 9.5 GB) 10.4 CPU-s against 5.8 for ``--quick`` (which reads 16 and
+says so); uncached, the disk bounds it (~20 s on a local SSD, minutes on a network file system).
 Token lengths use ``render_sample`` with the training template, i.e. the very ids the trainer builds; records are
 rendered in ``num_workers`` threads (SentencePiece releases the GIL while encoding).
 """

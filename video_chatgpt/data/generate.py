@@ -9,21 +9,13 @@ docs/own-videos.md for serving them locally)::
         [--captions my_captions.json] [--keyframes 8] [--kinds summary,descriptive,temporal] [--num_workers 4]
     video-chatgpt convert --input_json_file my_videos_qa.json --output_json_file my_videos_training.json
 
-Per video (a file of ``--video_dir``; its id is the name before the first dot, as ``convert`` and the feature
-extractor use), four steps, each cached on its own: **keyframes** (``data.keyframes``: frame 0, the scene changes,
-then evenly spread frames, as JPEG); one VLM request per keyframe for a timed **caption**; one LLM request for a
-**description** from the timed captions and the user's ``--captions`` text; one LLM request per question kind
-(``--kinds``: the original's ``summary`` and ``descriptive``, VideoGPT+'s ``temporal``, ``spatial``, ``reasoning``,
-``consistency``) for **QA pairs** grounded only in the description, read leniently (``parse_pairs``) and filtered
-(``clean_pairs``). The prompts are the files of ``video_chatgpt/data/prompts/``; their sha256 are part of the
-cache's settings and of the provenance.
-
-Every answer is written to ``<output_json>.cache/<video id>/`` as it arrives (atomic writes), so a killed run loses
-only the requests in flight and a rerun asks only what is missing; a rerun with settings that change the answers is
-refused (``check_cache_settings``). The output is ``--output_json`` in the VideoInstruct format ``[{"video_id", "q",
-"a"}]`` (what ``convert`` reads) and ``<output_json stem>.provenance.jsonl`` (the settings, then one line per video:
-frames, captions, raw replies, what was kept and dropped, or why it was skipped or failed). docs/own-videos.md has
-the whole story: servers, cache, output, what is dropped.
+Per video (its id is the file name before the first dot, as ``convert`` and the feature extractor use it), four
+steps, each answer cached under ``<output_json>.cache/<video id>/`` as it arrives: **keyframes** (``data.keyframes``),
+one VLM **caption** per keyframe, one LLM **description**, one LLM request per ``--kinds`` for **QA pairs** (read by
+``parse_pairs``, filtered by ``clean_pairs``). The prompts are ``video_chatgpt/data/prompts/``. A rerun asks only
+what is missing and refuses other settings (``check_cache_settings``). Written: ``--output_json`` (``[{"video_id",
+"q", "a"}]``, what ``convert`` reads) and ``<output_json stem>.provenance.jsonl``. docs/own-videos.md has the whole
+story: servers, steps, cache, output, what is dropped.
 
 Exit status 0 when every video is done or skipped (undecodable), 1 when some request failed (listed; rerun to
 retry), 2 on bad flags.

@@ -7,12 +7,11 @@ Run (the flags that training also has mean the same here)::
     video-chatgpt data inspect ... --json          # one JSON object: input_ids, labels, video_token_count, ...
     video-chatgpt data inspect ... --color always  # keep the colours when piping into ``less -R``
 
-What is shown comes from the training dataset itself: ids and labels from ``SupervisedVideoDataset.__getitem__``,
-truncation from ``SupervisedVideoDataset.render``, built by the same calls as ``train.py``
-(``load_video_tokenizer``, ``training_template`` for the base and ``--stage``, ``SupervisedVideoDataset`` below).
-There is no second renderer, so what you see is what is trained. Supervised tokens (those with a loss: each answer
-and its ``</s>``) are green on a terminal; without a terminal they sit between ``{+`` and ``+}`` (git's word-diff
-markers) in the prompt and carry ``[+]`` in the token table. The video span is shown compactly, e.g. ``<vid_start><vid_patch>x356<vid_end>``.
+What is shown comes from the training dataset itself (``SupervisedVideoDataset``'s ``__getitem__`` and ``render``,
+built by the same calls as ``train.py``): there is no second renderer, so what you see is what is trained.
+Supervised tokens (those with a loss: each answer and its ``</s>``) are green on a terminal; without a terminal they
+sit between ``{+`` and ``+}`` (git's word-diff markers) in the prompt and carry ``[+]`` in the token table. The video
+span is shown compactly, e.g. ``<vid_start><vid_patch>x356<vid_end>``.
 
 Exit status: 0 when the record renders and its feature file loads, 1 when training would fail on it (missing or
 unreadable feature file, a truncation that cuts the video span), 2 for bad flags or an index out of range.

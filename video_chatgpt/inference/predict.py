@@ -26,10 +26,10 @@ Beside it:
   samples whose video was missing) answers only the rest. Sample ``i`` of the question file is sampled with seed
   ``--seed + i``, so a resumed run writes exactly what an uninterrupted one would.
 * ``{output_name}.errors.json``: samples without a readable video, with the paths tried and the reason. A missing
-  video is never replaced by another: the video is ``{video_dir}/{video_name}{ext}`` for ext in
-  ``constants.VIDEO_SUFFIXES`` (``.mp4 .webm .mkv .avi .mov .m4v`` and older containers; or ``{features_dir}/{video_name}.pkl|.npy``), and
-  a ``video_name`` that is absolute or climbs out with ``..`` is never opened (``files.inside``, as for training).
-  The others are predicted and the exit status is 1.
+  video is never replaced by another: it is ``{features_dir}/{video_name}.pkl|.npy``, else
+  ``{video_dir}/{video_name}{ext}`` for ext in ``constants.VIDEO_SUFFIXES``; a ``video_name`` that is absolute or
+  climbs out with ``..`` is never opened (``files.inside``, as for training). The others are predicted and the exit
+  status is 1.
 """
 
 from __future__ import annotations

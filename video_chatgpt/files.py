@@ -1,27 +1,17 @@
 """Files read one bounded way and written whole or not at all: the one reader of user JSON and the one writer.
 
-``read_json``: every JSON the commands read from a user's folder (a model's ``config.json``, a run's pointer file, a training or
-question file, a checkpoint's state) goes through ``read_json``: a size limit before reading, and any way the text
-can fail to be JSON (broken, cut short, not UTF-8, nested deeper than the parser's stack) becomes one ``UserError``
-line naming the file, instead of a ``JSONDecodeError`` or a ``RecursionError`` traceback.
-
-``write_atomically`` (and ``write_bytes_atomically`` / ``write_text_atomically`` / ``write_json_atomically``): every
-final file (a feature file, the training JSON, ``mm_projector.bin``, a run's config and reports, predictions,
-judgements) is written to ``.<name>.tmp`` in the same folder, flushed to disk, then renamed onto its name. A process
-killed while writing leaves the previous file whole and the temporary beside it; ``remove_leftover_temporaries``
-deletes those at the next start. One temporary name per final file: each final file has one writer at a time (a
-run's main process, an extraction's folder lock), and a test can aim ``strace -P`` at it.
-
-``check_output``: every command that writes checks, before anything is written or deleted, that no output is, contains
-or sits inside one of its inputs (after resolving links; or the same inode), so a writer never destroys what it reads.
-
-``staged_folder`` (with ``folder_lock`` and ``recover_killed_folder``): a whole output folder (a merged model, an
-applied delta) is written into a hidden ``.<name>.partial-*`` folder beside it and renamed into place when complete;
-``--overwrite`` moves the previous folder aside first and deletes it last, and a run killed between the two renames
-gets it back at the next start.
-
-``inside``: a path named by data (a record's ``video``, a question file's ``video_name``) joined to its folder, or a
-``UserError`` when the name is absolute or climbs out with ``..``.
+* ``read_json``: every JSON a command reads from a user's folder (a config, a pointer, a training or question file, a
+  checkpoint's state): a size limit before reading, and any way the text can fail to be JSON becomes one
+  ``UserError`` line naming the file, instead of a ``JSONDecodeError`` or ``RecursionError`` traceback.
+* ``write_atomically`` (and the bytes / text / JSON writers): every final file is written to ``.<name>.tmp`` in its
+  folder, flushed to disk and renamed onto its name, so a killed process leaves the previous file whole;
+  ``remove_leftover_temporaries`` deletes the temporaries at the next start. One temporary name per final file (each
+  has one writer at a time: a run's main process, an extraction's folder lock), so a test can aim ``strace -P`` at it.
+* ``check_output``: before anything is written or deleted, no output may be, contain or sit inside an input.
+* ``staged_folder`` (with ``folder_lock`` and ``recover_killed_folder``): a whole output folder (a merged model, an
+  applied delta) is written beside its place and renamed in when complete; a killed ``--overwrite`` gets the
+  previous folder back at the next start.
+* ``inside``: a path named by data joined to its folder, refused when it is absolute or climbs out with ``..``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ Where the adapter sits, its file names, loading and merging are shared with infe
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from torch import nn
 from transformers import BitsAndBytesConfig
 
 from video_chatgpt.errors import UserError
-from video_chatgpt.files import write_atomically, write_text_atomically
+from video_chatgpt.files import write_atomically, write_json_atomically
 from video_chatgpt.model.lora import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_NAME,
@@ -219,7 +218,7 @@ def save_adapter(model: nn.Module, folder: str | Path, state_dict: dict[str, tor
     write_atomically(
         Path(folder, ADAPTER_WEIGHTS_FILE), lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
     )
-    write_text_atomically(Path(folder, ADAPTER_CONFIG_FILE), json.dumps(config.to_dict(), indent=2, default=str))
+    write_json_atomically(Path(folder, ADAPTER_CONFIG_FILE), config.to_dict(), indent=2, default=str)
 
 
 def projector_parameter_groups(

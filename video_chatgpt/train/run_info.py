@@ -8,7 +8,6 @@ atomically; a file cut short by an older run is started again.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import shlex
@@ -19,7 +18,7 @@ import torch
 import transformers
 
 from video_chatgpt.errors import UserError
-from video_chatgpt.files import read_json, write_text_atomically
+from video_chatgpt.files import read_json, write_json_atomically
 from video_chatgpt.train.arguments import TrainingArguments
 from video_chatgpt.train.report import RUN_INFO_FILE
 
@@ -48,7 +47,7 @@ def write_run_info(
     old = _read_run_info(path)
     if old.get("runs"):
         info["runs"] = old["runs"]
-    write_text_atomically(path, json.dumps(info, indent=2))
+    write_json_atomically(path, info, indent=2)
 
 
 def append_run(
@@ -75,7 +74,7 @@ def append_run(
     path = Path(training_args.output_dir, RUN_INFO_FILE)
     info = _read_run_info(path)
     info.setdefault("runs", []).append(record)
-    write_text_atomically(path, json.dumps(info, indent=2))
+    write_json_atomically(path, info, indent=2)
 
 
 def peak_rss_gb() -> float:

@@ -260,11 +260,8 @@ def feature_shape_of(data_args: DataArguments, records: list[dict], report) -> t
 
 def model_dtype(model_args: ModelArguments, training_args: TrainingArguments) -> torch.dtype:
     """Frozen backbone: load straight in bf16/fp16 (what makes one 24 GB GPU enough). Full fine-tune: fp32."""
-    frozen = backbone_frozen(model_args, training_args)
-    if frozen and training_args.bf16:
-        return torch.bfloat16
-    if frozen and training_args.fp16:
-        return torch.float16
+    if backbone_frozen(model_args, training_args) and (training_args.bf16 or training_args.fp16):
+        return torch.bfloat16 if training_args.bf16 else torch.float16
     return torch.float32
 
 

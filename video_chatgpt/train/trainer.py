@@ -25,7 +25,6 @@ dataset's own lengths (docs/packing.md).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -41,7 +40,7 @@ from transformers import Trainer
 from video_chatgpt.constants import BASE_POINTER_FILE, EMBED_TOKENS_KEY, PROJECTOR_FILE, PROJECTOR_PREFIX
 from video_chatgpt.data.dataset import sample_lengths
 from video_chatgpt.errors import UserError
-from video_chatgpt.files import write_atomically, write_text_atomically
+from video_chatgpt.files import write_atomically, write_json_atomically
 from video_chatgpt.model.loading import load_projector, projector_state_from_state_dict, read_projector_file
 from video_chatgpt.model.lora import has_lora
 from video_chatgpt.model.video_chatgpt import VideoLanguageModel
@@ -235,7 +234,7 @@ class VideoChatGPTTrainer(Trainer):
             pointer = {"base_model": str(base), "projector": PROJECTOR_FILE}
             if full:
                 pointer["trained_from"] = str(Path(self.base_model_path).resolve())
-            write_text_atomically(Path(output_dir, BASE_POINTER_FILE), json.dumps(pointer))
+            write_json_atomically(Path(output_dir, BASE_POINTER_FILE), pointer)
 
     def _with_base_rows(self, embed: torch.Tensor, trained_rows: list[int]) -> torch.Tensor:
         """(V, H) fp32 embedding whose frozen rows are the base checkpoint's stored values, not the model's copies.

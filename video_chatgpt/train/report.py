@@ -147,26 +147,18 @@ def read_run(output_dir: str | Path) -> Run:
     out = Path(output_dir)
     run = Run(out)
     run.run_info = _read_json(out / RUN_INFO_FILE, run.problems)
-    candidates: list[tuple[int, int, Path]] = []  # (global_step, top-level first on a tie, path)
     top = out / TRAINER_STATE_FILE
-    if top.is_file():
-        candidates.append((-1, 1, top))
+    paths = [top] if top.is_file() else []
     if out.is_dir():
-        for d in out.iterdir():
-            m = _CHECKPOINT.match(d.name)
-            if m and (d / TRAINER_STATE_FILE).is_file():
-                candidates.append((int(m.group(1)), 0, d / TRAINER_STATE_FILE))
-    best = None
-    for _, tie, path in candidates:
-        state = _read_json(path, run.problems)
-        if state is None:
-            continue
-        step = _number(state.get("global_step"))
-        key = (step if step is not None else -1, tie)
-        if best is None or key > best[0]:
-            best = (key, path, state)
-    if best is not None:
-        _, run.state_path, run.state = best
+        paths += [d / TRAINER_STATE_FILE for d in out.iterdir() if _CHECKPOINT.match(d.name)]
+    states = [(p, state) for p in paths if p.is_file() and (state := _read_json(p, run.problems)) is not None]
+
+    def newest(item: tuple[Path, dict]) -> tuple[float, bool]:  # the highest global_step; the top-level file on a tie
+        step = _number(item[1].get("global_step"))
+        return (step if step is not None else -1, item[0] == top)
+
+    if states:
+        run.state_path, run.state = max(states, key=newest)
         run.from_checkpoint = run.state_path != top
     return run
 
@@ -494,20 +486,18 @@ def _segments_section(segments: list[dict]) -> list[str]:
     """One row per run segment (a start or a resume): where it resumed from, the step reached, time, loss, memory."""
     if not segments:
         return [f"Wall time per segment: {NOT_RECORDED} (`{RUN_INFO_FILE}` lists a segment when a run ends)."]
-    rows = []
-    for k, s in enumerate(segments, 1):
-        resumed = s.get("resumed_from")
-        rows.append(
-            [
-                str(k),
-                f"`{Path(str(resumed)).name}`" if resumed else "start",
-                _fmt(s.get("global_step")),
-                _duration(_number(s.get("wall_time_s"))),
-                _fmt(_number(s.get("train_loss")), 5),
-                _fmt(_number(s.get("peak_gpu_memory_gb"))),
-                _fmt(_number(s.get("peak_rss_gb"))),
-            ]
-        )
+    rows = [
+        [
+            str(k),
+            f"`{Path(str(s['resumed_from'])).name}`" if s.get("resumed_from") else "start",
+            _fmt(s.get("global_step")),
+            _duration(_number(s.get("wall_time_s"))),
+            _fmt(_number(s.get("train_loss")), 5),
+            _fmt(_number(s.get("peak_gpu_memory_gb"))),
+            _fmt(_number(s.get("peak_rss_gb"))),
+        ]
+        for k, s in enumerate(segments, 1)
+    ]
     return _table(["#", "resumed from", "reached step", "wall time", "train loss", "peak GPU GB", "peak RSS GB"], rows)
 
 

@@ -15,36 +15,26 @@ The user's document's commands work as written (``train_mem.py`` is the same rec
     # several nodes: torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 ... ; DeepSpeed:
     #   add --deepspeed configs/zero2.json (or zero3.json); FSDP: --fsdp "full_shard auto_wrap"
 
-Features:
+What ``train()`` does, in order:
 * checks before anything heavy: the model folder (``check-weights``) and the data (every feature file present and
   of one shape; ``--skip_data_check`` turns the data check off); both stop with the list of problems;
-* the training mode (``arguments.training_mode``, which ``plan-memory`` reads too): ``projector``
-  (``--tune_mm_mlp_adapter True``, or ``--stage pretrain``): only the projector and, with ``--mm_use_vid_start_end``,
-  the two new token rows train; ``lora`` (``--lora_enable True``, ``train/lora.py``): peft LoRA on the LLM's linear
-  layers, the projector and rows train too, ``--bits 4|8`` QLoRA (CUDA); ``full`` (neither): the whole model. A
-  frozen backbone is loaded directly in bf16/fp16 (``--bf16``/``--fp16``), trainables stay fp32; a full fine-tune
-  loads in fp32 (mixed precision through autocast); ``video-chatgpt plan-memory`` plans the memory of a step;
-* the loss is computed only at supervised positions (no (B, L, V) logits);
-* ``--group_by_length`` (batches of similar length) and ``--packing`` (a batch's samples in one row, no padding;
-  the same loss and gradients as the padded batch): ``docs/packing.md``; the log and the report give the padding;
-* ``output_dir/mm_projector.bin`` (the original's keys, fp32) + config + tokenizer; ``checkpoint-N`` resume,
-  automatically when ``output_dir`` holds checkpoints, or with ``--resume_from_checkpoint``;
-* a training report (``training_report.md``, ``loss.png``) at the end;
-* hardening: records whose ``video`` is absolute or climbs out of ``--video_folder`` are refused before anything is
-  read; a feature file with NaN/inf stops the run naming the file, and a non-finite loss or gradient norm stops it
-  before the optimizer step (nothing is saved as final); a checkpoint whose ``trainer_state.json`` or trainables are
-  truncated is never resumed from (the one before it is); final files are written to a temporary and renamed, and
-  a killed run's temporaries are removed at the next start; flags the original accepted but that do nothing here
-  (``--is_multimodal``, ``--video_token_len``, ``--frame_aspect_ratio``, ``--force_fsdp``) log one line each, and
-  these notes (and a bf16 -> fp32 fallback on CPU) go into ``run_info.json`` and the report.
+* the training mode (``arguments.training_mode``, which ``plan-memory`` reads too): ``projector``, ``lora``
+  (``train/lora.py``; ``--bits 4|8``: QLoRA) or ``full``. A frozen backbone is loaded in bf16/fp16, trainables stay
+  fp32; a full fine-tune loads in fp32 (mixed precision through autocast);
+* the loss only at supervised positions (no (B, L, V) logits); ``--group_by_length`` and ``--packing``:
+  ``docs/packing.md``;
+* saving (``trainer.py``: ``mm_projector.bin`` with the original's keys, config, tokenizer), resuming from the newest
+  whole ``checkpoint-N`` (``checkpoints.py``), ``run_info.json`` (``run_info.py``) and the report
+  (``training_report.md``, ``loss.png``) at the end;
+* hardening: record paths outside ``--video_folder`` are refused before anything is read; NaN/inf in a feature file,
+  the loss or the gradient norm stops the run before the optimizer step; a damaged checkpoint is never resumed from;
+  final files are written atomically; the original's no-op flags (``arguments.IGNORED_FLAGS``) and a bf16 -> fp32
+  fallback on CPU log one line each and go into the report.
 
-The recipe is ``train()`` below; its steps follow it. The base folder is resolved once (``bases.open_base``) and the
-model built by the one loader (``model.loading.load_model``: vocabulary fitting and ZeRO-3 gathers); DeepSpeed's
-set-up and the replica check are in ``distributed.py``, checkpoint validation in ``checkpoints.py``, ``run_info.json``
-in ``run_info.py``.
-
-Errors a user can fix are ``UserError`` (one line and exit status 1 from the command line, traceback with
-``--debug``); ``SystemExit(1)`` when the data check fails.
+The base folder is resolved once (``bases.open_base``) and the model built by the one loader
+(``model.loading.load_model``); DeepSpeed's set-up and the replica check are in ``distributed.py``. Errors a user can
+fix are ``UserError`` (one line and exit status 1, traceback with ``--debug``); ``SystemExit(1)`` when the data check
+fails.
 """
 
 from __future__ import annotations

@@ -17,10 +17,8 @@ Each of these files is written to ``.<name>.tmp`` and renamed (``video_chatgpt/f
 the previous file. A step whose loss or gradient norm is not finite stops the run with a ``UserError`` before the
 optimizer step, so a NaN never reaches the weights or a saved file.
 
-Logged with each loss: ``tokens_per_second`` (real tokens), ``samples_per_second``, ``padding_fraction`` (share of the
-computed token positions that were padding) and ``padding_removed`` (share of the padded batches' positions that
-``--packing`` did not compute). ``--group_by_length`` orders the samples with ``train/sampling.py`` over the
-dataset's own lengths (docs/packing.md).
+Logged with each loss: tokens/s, samples/s and the padding (``log``); ``--group_by_length`` orders the samples with
+``train/sampling.py`` over the dataset's own lengths (docs/packing.md).
 """
 
 from __future__ import annotations

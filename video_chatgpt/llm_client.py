@@ -1,12 +1,10 @@
 """The LLM client: chat-completion requests to any OpenAI-compatible server, bounded in time and size, with retries.
 
-One module for every command that asks a model over HTTP: ``evaluate``'s judge (``video_chatgpt.eval.judge``) and
-``data generate``'s VLM and LLM (``video_chatgpt.data.generate``). It imports no pipeline stage, so both can use
-it. Any OpenAI-compatible server works (OpenAI, vLLM, llama.cpp's server, Ollama's ``/v1``). ``ChatClient`` sends
-one request and returns the reply's bytes; ``read_completion`` checks a reply field by field; ``Asker`` asks again
-as the retry policy says and turns every attempt into a result or a recorded failure with its reason, never a
-traceback. A message's ``content`` is text or a list of OpenAI content parts (``{"type": "text", ...}``,
-``{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}}``): the payload is sent as it is.
+One module for every command that asks a model over HTTP (``evaluate``'s judge, ``data generate``'s VLM and LLM,
+``serve``'s vLLM backend); it imports no pipeline stage. Any OpenAI-compatible server works (OpenAI, vLLM,
+llama.cpp's server, Ollama's ``/v1``). ``ChatClient`` sends one request, ``read_completion`` checks a reply field by
+field, ``Asker`` retries and turns every attempt into a result or a recorded failure, never a traceback. A message's
+``content`` (text, or OpenAI content parts such as a base64 ``image_url``) is sent as it is.
 
 * **Time**: each attempt has one total deadline, ``timeout`` seconds from connecting to the reply's last byte.
   HTTP clients (``httpx2``, and so the ``openai`` client built on it) bound each socket read only, so a server that

@@ -506,15 +506,12 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            plan_args, model_args, _data, targs, rest = parser.parse_args_into_dataclasses(
-                args=argv, return_remaining_strings=True
-            )
+            # (training_parser's parse_args already refused any flag no dataclass has: nothing remains)
+            plan_args, model_args, _data, targs = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as exc:  # a TrainingArguments check (e.g. --warmup_ratio out of range)
         raise UserError(str(exc)) from exc
     finally:
         quiet.setLevel(level)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")  # exit status 2, as argparse
     base = open_base(model_args.model_name_or_path)
     shape = ModelShape.from_base(base, str(base.folder / "config.json"))
     if base.config.get("video_patch_token_id") is None:  # a base: training adds <vid_patch> (+ <vid_start>, <vid_end>)

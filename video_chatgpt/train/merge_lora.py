@@ -14,10 +14,8 @@ each LoRA layer is merged (W + alpha/r * B A) and the folder is written:
 * ``mm_projector.bin`` (the run's, unchanged), and ``video_chatgpt_base.json`` naming the folder itself as its base,
   so ``chat``/``predict`` load it like a training output folder, with no adapter and no other folder needed.
 
-``<out>`` may not be, hold or sit inside the run or its base (``files.check_output_folder``). It is written into a hidden
-``.<out>.partial-*`` folder beside it and renamed into place at the end (``files.staged_folder``, as apply-delta
-does); an existing ``<out>`` is refused (``--overwrite`` replaces it, and a merge killed while replacing it gets the
-old folder back at the next run).
+``<out>`` may not be, hold or sit inside the run or its base; it is written beside its place and renamed in at the
+end (``files.staged_folder``, as apply-delta does); an existing ``<out>`` is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations

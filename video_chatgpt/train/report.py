@@ -589,12 +589,7 @@ def _command_section(info: dict) -> list[str]:
 # ------------------------------------------------------------------------------------------------- entry points
 def write_report(output_dir: str | Path) -> list[Path]:
     """Write ``training_report.md`` (and ``loss.png`` when a loss was logged) in ``output_dir``; returns the paths.
-
-    Works for a finished run, a resumed run and an unfinished one (read from its newest checkpoint). Missing
-    pieces are reported as "not recorded". Raises ``UserError`` (nothing written) when ``output_dir`` is not a
-    folder or holds no trace of a run (no trainer state, no checkpoint, no run_info.json). Both files are written
-    atomically (``video_chatgpt.files``).
-    """
+    ``UserError`` (nothing written) when ``output_dir`` is not a folder or holds no trace of a run."""
     out = Path(output_dir)
     if not out.exists():
         raise UserError(f"{out}: no such folder; pass the run's --output_dir")

@@ -357,7 +357,8 @@ SHORT_HELP = {
 def _help_parser(prog: str, *dataclass_types) -> argparse.ArgumentParser:
     """A parser used only to print ``--help``: the grouped flags of ``HELP_GROUPS`` (plus any extra dataclass's
     fields first), their defaults, and a pointer to ``--help-all``."""
-    fields_ = {f.name: f for t in (ModelArguments, DataArguments, TrainingArguments) for f in dataclasses.fields(t)}
+    types = (*dataclass_types, ModelArguments, DataArguments, TrainingArguments)  # one parser: no name is in two
+    fields_ = {f.name: f for t in types for f in dataclasses.fields(t)}
     shown = argparse.ArgumentParser(
         prog=prog,
         usage="%(prog)s --model_name_or_path BASE --data_path JSON --features_dir FEATURES --output_dir RUN [flags]",
@@ -369,20 +370,18 @@ def _help_parser(prog: str, *dataclass_types) -> argparse.ArgumentParser:
         + "\nevery other Hugging Face TrainingArguments flag works too: --help-all lists them",
     )
     shown.add_argument("-h", "--help", action="store_true", help="this help; --help-all: every flag")
-    groups = [
-        (getattr(t, "help_title", t.__name__), [f.name for f in dataclasses.fields(t)], {}) for t in dataclass_types
-    ]
-    groups += [(title, names, fields_) for title, names in HELP_GROUPS.items()]
+    groups = [(getattr(t, "help_title", t.__name__), [f.name for f in dataclasses.fields(t)]) for t in dataclass_types]
+    groups += HELP_GROUPS.items()
     if dataclass_types:  # plan-memory: only the model is required
         shown.usage = "%(prog)s --model_name_or_path BASE [training flags] [--gpu_memory GIB]"
         keep = getattr(dataclass_types[0], "help_flags", None)
-        groups = [(t, [n for n in names if keep is None or n in keep], k) for t, names, k in groups]
-        groups = [(t if t != "required" else "the model", n, k) for t, n, k in groups if n]
+        groups = [(t, [n for n in names if keep is None or n in keep]) for t, names in groups]
+        groups = [(t if t != "required" else "the model", n) for t, n in groups if n]
         shown.description = getattr(dataclass_types[0], "help_description", None)
-    for title, names, known in groups:
+    for title, names in groups:
         group = shown.add_argument_group(title)
         for name in names:
-            f = known.get(name) or next(f for t in dataclass_types for f in dataclasses.fields(t) if f.name == name)
+            f = fields_[name]
             default = f.default if f.default is not dataclasses.MISSING else None
             aliases = f.metadata.get("aliases", [])
             options = [f"--{name}", *aliases] if name != "video_folder" else [*aliases, f"--{name}"]

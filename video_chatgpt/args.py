@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from itertools import takewhile
 
 
 def parse_bool(text: str) -> bool:
@@ -57,13 +58,8 @@ def help_summary(doc: str | None) -> str | None:
     reference text below them stays in the docstring and the docs)."""
     if not doc:
         return doc
-    paragraphs = doc.strip("\n").split("\n\n")
-    kept = paragraphs[:1]
-    for paragraph in paragraphs[1:]:
-        if not paragraph.startswith("    "):
-            break
-        kept.append(paragraph)
-    return "\n\n".join(kept)
+    first, *rest = doc.strip("\n").split("\n\n")
+    return "\n\n".join([first, *takewhile(lambda paragraph: paragraph.startswith("    "), rest)])
 
 
 def command_parser(command: str, description: str | None = None, **kwargs) -> argparse.ArgumentParser:

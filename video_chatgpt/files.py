@@ -190,7 +190,6 @@ def staged_folder(output: str | Path) -> Iterator[Path]:
     output = Path(os.path.abspath(output))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(output), dir=output.parent))
-    done = False
     try:
         yield tmp
         if output.exists():
@@ -200,10 +199,9 @@ def staged_folder(output: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, output)
-        done = True
-    finally:
-        if not done:
-            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ------------------------------------------------------------------------- paths named by data stay inside

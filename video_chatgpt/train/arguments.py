@@ -399,10 +399,8 @@ def _metavar(f: dataclasses.Field) -> str:
 
 def missing_required(argv: list[str], required: tuple[str, ...] = REQUIRED_FLAGS) -> list[str]:
     """The required flags (any spelling) absent from ``argv``."""
-    given = _given_flags(argv)
-    spellings = {"video_folder": {"video_folder", "features_dir"}}
-    canonical = {"video_folder": "features_dir"}
-    return [f"--{canonical.get(n, n)}" for n in required if not spellings.get(n, {n}) & given]
+    given, alias = _given_flags(argv), {"video_folder": "features_dir"}  # the spelling the message names
+    return [f"--{alias.get(n, n)}" for n in required if not {n, alias.get(n, n)} & given]
 
 
 def training_parser(
@@ -451,9 +449,8 @@ def parse_arguments(
     return model_args, data_args, training_args
 
 
-def check_deepspeed_file(argv: list[str] | None) -> None:
+def check_deepspeed_file(argv: list[str]) -> None:
     """``--deepspeed <file>``: an existing JSON object, read by the bounded reader (``UserError`` naming it)."""
-    argv = list(argv or [])
     values = [a.split("=", 1)[1] for a in argv if a.startswith("--deepspeed=")]
     values += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--deepspeed"]
     for value in values:

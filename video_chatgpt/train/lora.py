@@ -63,9 +63,7 @@ class LoraSettings:
 
     @classmethod
     def from_training_args(cls, args) -> LoraSettings:
-        targets = None
-        if args.lora_target_modules:
-            targets = tuple(t.strip() for t in args.lora_target_modules.split(",") if t.strip()) or None
+        targets = tuple(t.strip() for t in (args.lora_target_modules or "").split(",") if t.strip()) or None
         return cls(
             args.lora_r, args.lora_alpha, args.lora_dropout, targets, args.bits, args.double_quant, args.quant_type
         )

@@ -331,6 +331,9 @@ def test_plan_within_bound_of_cuda_max_memory_allocated():
         (["--video_tokens", "-5"], "--video_tokens -5"),
         (["--supervised_tokens", "-1"], "--supervised_tokens -1"),
         (["--tokens_per_sample", "100"], "video tokens 356"),  # the video alone is longer than the sample
+        # what train refuses (train.arguments.check_model_flags), plan-memory refuses (it planned them as linear)
+        (["--mm_projector_type", "mlp3x"], "--mm_projector_type 'mlp3x'"),
+        (["--stage", "stage2"], "--stage 'stage2'"),
     ],
 )
 def test_plan_memory_refuses_values_that_plan_nonsense(tmp_path, capsys, extra, words):

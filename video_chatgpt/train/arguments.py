@@ -437,16 +437,22 @@ def parse_arguments(
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as exc:  # TrainingArguments' own checks of a value (one line, not a traceback)
         raise UserError(str(exc).strip().splitlines()[0]) from None
+    check_model_flags(model_args, data_args)
+    check_flags(training_args)  # --lora_* / --bits
+    check_fsdp(training_args)
+    check_numbers(training_args)
+    return model_args, data_args, training_args
+
+
+def check_model_flags(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """The values train and plan-memory refuse alike (one ``UserError`` line): --stage, --mm_projector_type,
+    --sep_video_conv_front."""
     if data_args.sep_video_conv_front:
         raise UserError("--sep_video_conv_front True is not supported (the original never used it)")
     if model_args.stage not in (None, "pretrain", "finetune"):
         raise UserError(f"--stage {model_args.stage!r}: expected pretrain or finetune")
     if model_args.mm_projector_type not in (None, "linear", "mlp2x_gelu"):
         raise UserError(f"--mm_projector_type {model_args.mm_projector_type!r}: expected linear or mlp2x_gelu")
-    check_flags(training_args)  # --lora_* / --bits
-    check_fsdp(training_args)
-    check_numbers(training_args)
-    return model_args, data_args, training_args
 
 
 def check_deepspeed_file(argv: list[str]) -> None:

@@ -45,6 +45,7 @@ from video_chatgpt.train.arguments import (
     TRAINING_MODES,
     TrainingMode,
     asked_precision,
+    check_model_flags,
     flag_field,
     training_mode,
     training_parser,
@@ -507,11 +508,12 @@ def settings_from_flags(argv: list[str]) -> tuple[ModelShape, StepSettings, Plan
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # (training_parser's parse_args already refused any flag no dataclass has: nothing remains)
-            plan_args, model_args, _data, targs = parser.parse_args_into_dataclasses(args=argv)
+            plan_args, model_args, data_args, targs = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as exc:  # a TrainingArguments check (e.g. --warmup_ratio out of range)
         raise UserError(str(exc)) from exc
     finally:
         quiet.setLevel(level)
+    check_model_flags(model_args, data_args)  # what train refuses, plan-memory refuses (before reading the base)
     base = open_base(model_args.model_name_or_path)
     shape = ModelShape.from_base(base, str(base.folder / "config.json"))
     if base.config.get("video_patch_token_id") is None:  # a base: training adds <vid_patch> (+ <vid_start>, <vid_end>)

@@ -107,6 +107,10 @@ class ClientSettings:
     max_backoff: float = 60.0  # longest wait between attempts, Retry-After included
     max_reply_bytes: int = MAX_REPLY_BYTES
 
+    def __post_init__(self):
+        if self.max_retries < 0:  # Asker.ask makes max_retries + 1 attempts: at least one
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
 
 @dataclass(frozen=True)
 class Completion:

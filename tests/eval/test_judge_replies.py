@@ -178,3 +178,13 @@ def test_requests_carry_any_text_and_a_bad_key_is_one_line(tmp_path, capsys):
         )  # fmt: skip
     assert status == 1 and "Traceback" not in out.err and "\u00e9t\u00e9" not in out.err
     assert "error: the API key holds non-ASCII characters" in out.err
+
+
+def test_client_settings_refuse_a_negative_retry_count():
+    """``Asker.ask`` makes ``max_retries + 1`` attempts; a negative count (a Python caller's) is refused where it is
+    given, not an error from inside ``ask`` later."""
+    from video_chatgpt.llm_client import ClientSettings
+
+    assert ClientSettings(model="m", api_base="http://127.0.0.1:1", max_retries=0).max_retries == 0
+    with pytest.raises(ValueError, match="max_retries must be >= 0, got -1"):
+        ClientSettings(model="m", api_base="http://127.0.0.1:1", max_retries=-1)

@@ -331,7 +331,15 @@ def length_stats(lengths: Sequence[int], num_video_tokens: int, model_max_length
     median, p95, p99 = (int(x) for x in np.quantile(a, [0.5, 0.95, 0.99], method="nearest"))
     truncated = 0 if model_max_length is None else int((a > model_max_length).sum())
     return TokenLengths(
-        len(a), int(a.min()), median, p95, p99, int(a.max()), num_video_tokens, model_max_length, truncated
+        count=len(a),
+        min=int(a.min()),
+        median=median,
+        p95=p95,
+        p99=p99,
+        max=int(a.max()),
+        num_video_tokens=num_video_tokens,
+        model_max_length=model_max_length,
+        num_truncated=truncated,
     )
 
 

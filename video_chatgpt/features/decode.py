@@ -22,9 +22,10 @@ PyAV's RGB frames and frame count equal decord's bit for bit (checked in ``tests
   from a keyframe gives the same pixels as from the start (that is what a keyframe is; H.264 recovery points and
   HEVC CRA too), checked in ``tests/features/test_seek.py``. Every doubt (a seek that lands after its keyframe, an
   unknown timestamp, frames out of order, a corrupt frame, a sampled frame that never comes out) abandons the plan
-  for the straight path, so the frames kept are the same either way. (Damage in the parts it does not decode is not
-  seen; a truncated mp4 has fewer packets than its header says and a packet cut short is marked corrupt, so those
-  go straight through.)
+  for the straight path, so the frames kept are the same either way, except for damage in the parts the plan does
+  not decode: a packet mid-video that the decoder would drop shortens ``N`` straight through but not here. (A
+  truncated mp4 has fewer packets than its header says and a packet cut short is marked corrupt, so those go
+  straight through.)
 
 Resizing is the original's: ``torch.nn.functional.interpolate(mode="nearest")`` to ``size x size`` (aspect ratio
 not kept), which on uint8 input is a pure gather of rows and columns; the row/column indices are taken from

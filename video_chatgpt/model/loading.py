@@ -237,15 +237,16 @@ def load_llava_hf_parts(folder: str | Path, dtype: torch.dtype = torch.float32) 
         )
     if getattr(config.text_config, "tie_word_embeddings", False):
         lm.tie_weights()
-    take_meta_buffers(lm.model, full.model.language_model, "its language model were not loaded")
+    take_meta_buffers(lm, full.model.language_model, "its language model were not loaded", part="model")
     lm.generation_config.eos_token_id = getattr(config.text_config, "eos_token_id", None)
     return LlavaHfParts(lm, state, projector.linear_1.in_features, config.vision_feature_layer)
 
 
-def take_meta_buffers(target: nn.Module, source: nn.Module, what: str) -> None:
-    """``target`` was built on the meta device and filled by assignment: the buffers no state dict holds (rotary
-    ``inv_freq``) are still on meta, so take ``source``'s of the same name. ``ValueError`` ("... of ``what``") when a
-    tensor of ``target`` is still on meta after that."""
+def take_meta_buffers(model: nn.Module, source: nn.Module, what: str, part: str = "") -> None:
+    """``model`` was built on the meta device and filled by assignment: the buffers no state dict holds (rotary
+    ``inv_freq``) are still on meta, so its submodule ``part`` (``""``: all of it) takes ``source``'s of the same
+    name. ``ValueError`` ("... of ``what``") when any tensor of ``model`` is still on meta after that."""
+    target = model.get_submodule(part)
     for name, buffer in source.named_buffers():
         module_name, _, attr = name.rpartition(".")
         try:
@@ -254,7 +255,7 @@ def take_meta_buffers(target: nn.Module, source: nn.Module, what: str) -> None:
             continue
         if getattr(module, attr, None) is not None and getattr(module, attr).device.type == "meta":
             setattr(module, attr, buffer)
-    left = [n for n, t in [*target.named_parameters(), *target.named_buffers()] if t.device.type == "meta"]
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
     if left:
         raise ValueError(f"{left[:4]} of {what}")
 

@@ -56,32 +56,39 @@ def build_projector(projector_type: str, in_width: int, out_width: int) -> nn.Mo
     raise ValueError(f"--mm_projector_type {projector_type!r}: expected one of {', '.join(PROJECTOR_TYPES)}")
 
 
-# The multimodal fields of ``VideoChatGPTConfig`` and their defaults, in the order they are set.
-VIDEO_CONFIG_FIELDS = (
-    ("mm_projector_type", "linear"),
-    ("conv_template", None),
-    ("mm_vision_tower", None),
-    ("mm_hidden_size", None),
-    ("use_mm_proj", True),
-    ("mm_use_vid_start_end", False),
-    ("mm_vision_select_layer", -2),
-    ("video_token_len", None),
-    ("num_video_frames", None),
-    ("video_patch_token_id", None),
-    ("video_start_token_id", None),
-    ("video_end_token_id", None),
-)
-
-
 class VideoChatGPTConfig(LlamaConfig):
-    """LLaMA config plus the multimodal fields (``VIDEO_CONFIG_FIELDS``). ``video_token_len`` = temporal + spatial
-    tokens per video."""
+    """LLaMA config plus the multimodal fields. ``video_token_len`` = temporal + spatial tokens per video."""
 
     model_type = "video_chatgpt"
 
-    def __init__(self, **kwargs):
-        for key, default in VIDEO_CONFIG_FIELDS:
-            setattr(self, key, kwargs.pop(key, default))
+    def __init__(
+        self,
+        mm_vision_tower: str | None = None,
+        mm_hidden_size: int | None = None,
+        use_mm_proj: bool = True,
+        mm_use_vid_start_end: bool = False,
+        mm_vision_select_layer: int = -2,
+        video_token_len: int | None = None,
+        num_video_frames: int | None = None,
+        video_patch_token_id: int | None = None,
+        video_start_token_id: int | None = None,
+        video_end_token_id: int | None = None,
+        mm_projector_type: str = "linear",
+        conv_template: str | None = None,
+        **kwargs,
+    ):
+        self.mm_projector_type = mm_projector_type
+        self.conv_template = conv_template
+        self.mm_vision_tower = mm_vision_tower
+        self.mm_hidden_size = mm_hidden_size
+        self.use_mm_proj = use_mm_proj
+        self.mm_use_vid_start_end = mm_use_vid_start_end
+        self.mm_vision_select_layer = mm_vision_select_layer
+        self.video_token_len = video_token_len
+        self.num_video_frames = num_video_frames
+        self.video_patch_token_id = video_patch_token_id
+        self.video_start_token_id = video_start_token_id
+        self.video_end_token_id = video_end_token_id
         super().__init__(**kwargs)
 
 

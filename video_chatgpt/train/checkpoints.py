@@ -100,22 +100,26 @@ def _state_files_problem(ckpt: Path, shapes: list[tuple[int, ...]], weight_bytes
     """Why the optimizer, scheduler, scaler or RNG state of ``ckpt`` cannot be loaded, or None.
 
     ``shapes``: the shapes of the checkpoint's weights (each optimizer state must be of one of them)."""
-    files = [ckpt / name for name in ("optimizer.pt", "scheduler.pt", "scaler.pt")] + sorted(
-        ckpt.glob("rng_state*.pth")
-    )
-    groups = None  # the optimizer's parameter groups, which the scheduler's learning rates must match
-    for path in (f for f in files if f.exists()):
+    optimizer = ckpt / "optimizer.pt"
+    groups = None
+    if optimizer.exists():
+        bound = OPTIMIZER_BYTES_PER_WEIGHT_BYTE * weight_bytes + OPTIMIZER_SLACK_BYTES
         try:
-            if path.name == "optimizer.pt":
-                bound = OPTIMIZER_BYTES_PER_WEIGHT_BYTE * weight_bytes + OPTIMIZER_SLACK_BYTES
-                groups = _check_optimizer(load_torch_data(path, bound), shapes)
-            elif path.suffix == ".pth":
-                with safe_globals():  # numpy's arrays, as the Trainer loads them
-                    _check_rng_state(load_torch_data(path, MAX_SMALL_STATE_BYTES))
-            else:
-                _check_scheduler(load_torch_data(path, MAX_SMALL_STATE_BYTES), path.name, groups)
+            groups = _check_optimizer(load_torch_data(optimizer, bound), shapes)
         except (TorchFileError, OSError) as exc:
-            return f"{path.name}: {exc}"
+            return f"optimizer.pt: {exc}"
+    for name in ("scheduler.pt", "scaler.pt"):
+        if (ckpt / name).exists():
+            try:
+                _check_scheduler(load_torch_data(ckpt / name, MAX_SMALL_STATE_BYTES), name, groups)
+            except (TorchFileError, OSError) as exc:
+                return f"{name}: {exc}"
+    for rng in sorted(ckpt.glob("rng_state*.pth")):
+        try:
+            with safe_globals():  # numpy's arrays, as the Trainer loads them
+                _check_rng_state(load_torch_data(rng, MAX_SMALL_STATE_BYTES))
+        except (TorchFileError, OSError) as exc:
+            return f"{rng.name}: {exc}"
     return None
 
 

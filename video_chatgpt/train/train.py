@@ -15,7 +15,7 @@ The user's document's commands work as written (``train_mem.py`` is the same rec
     # several nodes: torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 ... ; DeepSpeed:
     #   add --deepspeed configs/zero2.json (or zero3.json); FSDP: --fsdp "full_shard auto_wrap"
 
-What ``train()`` does, in order:
+What ``train()`` does:
 * checks before anything heavy: the model folder (``check-weights``) and the data (every feature file present and
   of one shape; ``--skip_data_check`` turns the data check off); both stop with the list of problems;
 * the training mode (``arguments.training_mode``, which ``plan-memory`` reads too): ``projector``, ``lora``

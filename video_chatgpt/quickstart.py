@@ -156,8 +156,18 @@ def main(argv: list[str] | None = None) -> int:
 
     step("spatio-temporal CLIP features (the document's command, with the tiny tower)")
     features = work / "clip_features"
-    extract = [py, "scripts/save_spatio_temporal_clip_features.py", "--video_dir_path", world["videos_train"]]
-    run([*extract, "--clip_feat_path", features, "--vision_tower", models["vision_tower"]])
+    run(
+        [
+            py,
+            "scripts/save_spatio_temporal_clip_features.py",
+            "--video_dir_path",
+            world["videos_train"],
+            "--clip_feat_path",
+            features,
+            "--vision_tower",
+            models["vision_tower"],
+        ]
+    )
 
     step("train (the document's single-GPU command; paths and learning rate for the tiny model)")
     out = work / "Video-ChatGPT_7B-1.1_Checkpoints"

@@ -308,8 +308,10 @@ class Engine:
         history: Sequence[Turn] = (),
     ) -> str:
         """The whole answer of ``stream`` (same arguments) as one string."""
-        settings = {"history": history, "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
-        return "".join(self.stream(question, features, **settings))
+        pieces = self.stream(
+            question, features, history=history, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed
+        )
+        return "".join(pieces)
 
     @torch.inference_mode()
     def score_answers(self, question: str, features: np.ndarray, answers: list[str]) -> list[float]:

@@ -225,11 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_batch_size", type=int, default=8, help="requests generated together in one batch")
     g.add_argument("--max_queue", type=int, default=64, help="requests waiting beyond this are refused with 503")
     g.add_argument("--max_request_mb", type=float, default=DEFAULT_MAX_REQUEST_MB, help="larger bodies: 413")
-    g.add_argument("--backend", choices=BACKENDS, default="local", help="local: the model in this process; vllm: "
-                   "a vLLM server over the export-lm folder named by --model_name_or_path (docs/vllm.md)")  # fmt: skip
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="local: the model in this process; vllm: "
+        "a vLLM server over the export-lm folder named by --model_name_or_path (docs/vllm.md)",
+    )
     g.add_argument("--vllm_url", help="--backend vllm: vLLM's OpenAI base URL, e.g. http://127.0.0.1:8001/v1")
-    g.add_argument("--vllm_model", help="--backend vllm: the name vLLM serves the export under "
-                   "(its --served-model-name; default: the folder as given)")  # fmt: skip
+    g.add_argument(
+        "--vllm_model",
+        help="--backend vllm: the name vLLM serves the export under (its --served-model-name; default: the folder as given)",
+    )
     g.add_argument("--vllm_api_key_env", help="--backend vllm: environment variable with vLLM's --api-key")
     g.add_argument("--vllm_timeout", type=float, default=600.0, help="--backend vllm: seconds per request, in all")
     add_model_flags(p)
